@@ -1,0 +1,25 @@
+// The Python module medix_kernels._C: importing it registers the ops in torch.ops.medix.
+#include <pybind11/pybind11.h>
+
+namespace {
+bool cuda_compiled() {
+#ifdef MEDIX_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+bool openmp_compiled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "medix_kernels compiled ops (registered in torch.ops.medix)";
+  m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled in");
+  m.def("openmp_compiled", &openmp_compiled, "whether the CPU kernels were compiled with OpenMP");
+}
