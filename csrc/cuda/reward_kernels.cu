@@ -1,0 +1,195 @@
+// CUDA kernels for group advantages and cosine rewards (torch-free; glue in
+// csrc/torch/cuda_reward_ops.cpp). Formulas shared with the CPU kernels: common/reward_math.h.
+//
+// Group advantages: a team of LANES threads (a power of two <= 32, sized to the group) owns one
+// group: it walks the members three times (sum/min/max, squared deviations, write), reducing
+// with warp shuffles inside the team. Totals (sum_k w_k v_k) are recomputed per pass instead of
+// staged in shared memory: K is small and the re-reads hit L1/L2. One launch for group scaling.
+#include <cstdint>
+
+#include "../common/reward_math.h"
+#include "reward_kernels.cuh"
+
+namespace medix {
+namespace cuda {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float load_total(const GroupAdvParams& p, int64_t i) {
+  const T* v = static_cast<const T*>(p.values) + i * p.stride_n;
+  float acc = 0.f;
+  for (int64_t j = 0; j < p.k; ++j) {
+    float x = to_float(v[j * p.stride_k]);
+    if (p.nan_to_zero && !is_finite(x)) x = 0.f;
+    acc += (p.weights ? p.weights[j] : 1.f) * x;
+  }
+  return acc;
+}
+
+template <int LANES>
+__device__ __forceinline__ float team_sum(float x) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o, LANES);
+  return x;
+}
+template <int LANES>
+__device__ __forceinline__ float team_min(float x) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o /= 2) x = fminf(x, __shfl_xor_sync(0xffffffffu, x, o, LANES));
+  return x;
+}
+template <int LANES>
+__device__ __forceinline__ float team_max(float x) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o, LANES));
+  return x;
+}
+
+template <typename T, int LANES>
+__global__ void group_advantages_kernel(const GroupAdvParams p, const float* __restrict__ batch_std_ptr) {
+  const int64_t team = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / LANES;
+  const int lane = threadIdx.x % LANES;
+  // Every lane of a warp must reach the shuffles: teams past the end work on an empty group.
+  const bool live = team < p.num_groups;
+  int64_t b = 0, e = 0;
+  if (live) {
+    if (p.offsets) { b = p.offsets[team]; e = p.offsets[team + 1]; }
+    else { b = team * p.group_size; e = b + p.group_size; }
+    b = b < 0 ? 0 : (b > p.n ? p.n : b);  // never read outside [0, n), whatever the offsets say
+    e = e < b ? b : (e > p.n ? p.n : e);
+  }
+  const int64_t count = e - b;
+
+  float s = 0.f, lo = INFINITY, hi = -INFINITY;
+  for (int64_t i = b + lane; i < e; i += LANES) {
+    float r = load_total<T>(p, i);
+    s += r; lo = fminf(lo, r); hi = fmaxf(hi, r);
+  }
+  s = team_sum<LANES>(s); lo = team_min<LANES>(lo); hi = team_max<LANES>(hi);
+  const float mean = count > 0 ? s / float(count) : 0.f;
+  float ss = 0.f;
+  for (int64_t i = b + lane; i < e; i += LANES) {
+    float d = load_total<T>(p, i) - mean;
+    ss += d * d;
+  }
+  ss = team_sum<LANES>(ss);
+  if (!live) return;
+  const float std = count > 1 ? sqrtf(ss / float(count - 1)) : 0.f;
+  const bool degenerate = count > 0 && lo == hi;
+  if (lane == 0) {
+    if (p.group_mean) p.group_mean[team] = mean;
+    if (p.group_std) p.group_std[team] = std;
+    if (p.degenerate) p.degenerate[team] = degenerate;
+  }
+  const float batch_std = batch_std_ptr ? *batch_std_ptr : 0.f;
+  T* adv = static_cast<T*>(p.adv);
+  for (int64_t i = b + lane; i < e; i += LANES) {
+    float r = load_total<T>(p, i);
+    if (p.total) p.total[i] = r;
+    adv[i] = from_float<T>(advantage_of(r, mean, std, count, degenerate, batch_std, p));
+  }
+}
+
+// Batch std of all totals (scale == batch): one block, two passes in double.
+template <typename T>
+__global__ void batch_std_kernel(const GroupAdvParams p, float* out) {
+  __shared__ double red[32];
+  auto block_sum = [&](double v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    double t = 0;
+    if (threadIdx.x < 32) {
+      t = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0;
+      for (int o = 16; o > 0; o /= 2) t += __shfl_xor_sync(0xffffffffu, t, o);
+      if (threadIdx.x == 0) red[0] = t;
+    }
+    __syncthreads();
+    t = red[0];
+    __syncthreads();
+    return t;
+  };
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < p.n; i += blockDim.x) s += load_total<T>(p, i);
+  const double mean = block_sum(s) / double(p.n);
+  double ss = 0;
+  for (int64_t i = threadIdx.x; i < p.n; i += blockDim.x) { double d = load_total<T>(p, i) - mean; ss += d * d; }
+  ss = block_sum(ss);
+  if (threadIdx.x == 0) *out = p.n > 1 ? float(sqrt(ss / double(p.n - 1))) : 0.f;
+}
+
+template <typename T, int LANES>
+cudaError_t launch_groups(const GroupAdvParams& p, const float* batch_std, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t threads = p.num_groups * LANES;
+  const int64_t blocks = (threads + kThreads - 1) / kThreads;
+  group_advantages_kernel<T, LANES><<<unsigned(blocks), kThreads, 0, stream>>>(p, batch_std);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t group_advantages_typed(const GroupAdvParams& p, float* batch_scratch, cudaStream_t stream) {
+  if (p.num_groups == 0) return cudaSuccess;
+  const float* batch_std = nullptr;
+  if (p.scale == int(AdvScale::kBatch)) {
+    batch_std_kernel<T><<<1, 1024, 0, stream>>>(p, batch_scratch);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    batch_std = batch_scratch;
+  }
+  // Team width: the group size rounded up to a power of two (fixed groups), a warp otherwise.
+  const int64_t gs = p.offsets ? 32 : p.group_size;
+  if (gs <= 2) return launch_groups<T, 2>(p, batch_std, stream);
+  if (gs <= 4) return launch_groups<T, 4>(p, batch_std, stream);
+  if (gs <= 8) return launch_groups<T, 8>(p, batch_std, stream);
+  if (gs <= 16) return launch_groups<T, 16>(p, batch_std, stream);
+  return launch_groups<T, 32>(p, batch_std, stream);
+}
+
+template <typename T>
+__global__ void cosine_kernel(const CosineParams p) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  float dot = 0.f, xx = 0.f, yy = 0.f;
+  if (row < p.b) {
+    const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
+    const T* y = static_cast<const T*>(p.y) + row * p.y_stride;
+    for (int64_t j = lane; j < p.d; j += 32) {
+      float a = to_float(x[j]), c = to_float(y[j]);
+      dot += a * c; xx += a * a; yy += c * c;
+    }
+  }
+  dot = team_sum<32>(dot); xx = team_sum<32>(xx); yy = team_sum<32>(yy);
+  if (row < p.b && lane == 0) p.out[row] = cosine_from_sums(dot, xx, yy, p);
+}
+
+template <typename T>
+cudaError_t cosine_typed(const CosineParams& p, cudaStream_t stream) {
+  if (p.b == 0) return cudaSuccess;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (p.b * 32 + kThreads - 1) / kThreads;
+  cosine_kernel<T><<<unsigned(blocks), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t group_advantages(const GroupAdvParams& p, DType dtype, float* batch_scratch, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: return group_advantages_typed<float>(p, batch_scratch, stream);
+    case DType::kBFloat16: return group_advantages_typed<bf16>(p, batch_scratch, stream);
+    case DType::kFloat16: return group_advantages_typed<f16>(p, batch_scratch, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t cosine_rewards(const CosineParams& p, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: return cosine_typed<float>(p, stream);
+    case DType::kBFloat16: return cosine_typed<bf16>(p, stream);
+    case DType::kFloat16: return cosine_typed<f16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace medix

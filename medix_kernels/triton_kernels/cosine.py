@@ -1,0 +1,44 @@
+"""Triton kernel for row-wise cosine-similarity rewards: each program owns BLOCK_B rows and
+walks D in BLOCK_D chunks, accumulating <x, y>, |x|^2, |y|^2 in fp32 (formula as
+csrc/common/reward_math.h)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _cosine_kernel(x_ptr, y_ptr, out_ptr, B, D, x_stride, y_stride, eps, threshold,
+                   HAS_THRESHOLD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    dot = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    xx = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    yy = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + rows[:, None] * y_stride + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        dot += tl.sum(x * y, axis=1)
+        xx += tl.sum(x * x, axis=1)
+        yy += tl.sum(y * y, axis=1)
+    c = dot / (tl.maximum(tl.sqrt(xx), eps) * tl.maximum(tl.sqrt(yy), eps))
+    if HAS_THRESHOLD:
+        c = tl.where(c >= threshold, 1.0, 0.0)
+    tl.store(out_ptr + rows, c, mask=rmask)
+
+
+def cosine_rewards_triton(pred, ref, eps, threshold):
+    """Launcher with the signature of torch.ops.medix.cosine_rewards (validated by the caller)."""
+    b, d = pred.shape
+    out = torch.empty(b, dtype=torch.float32, device=pred.device)
+    if b == 0:
+        return out
+    block_d = min(triton.next_power_of_2(d), 1024)
+    block_b = max(1, min(4096 // block_d, triton.next_power_of_2(b)))
+    _cosine_kernel[(triton.cdiv(b, block_b),)](
+        pred, ref, out, b, d, pred.stride(0), ref.stride(0), eps, 0.0 if threshold is None else threshold,
+        HAS_THRESHOLD=threshold is not None, BLOCK_B=block_b, BLOCK_D=block_d)
+    return out
