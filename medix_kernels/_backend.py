@@ -7,8 +7,7 @@ available for the tensor's device: cuda > triton > torch on a GPU, cpu > torch o
 """
 from __future__ import annotations
 
-import functools
-import importlib
+import importlib.util
 import os
 
 import torch
@@ -16,43 +15,40 @@ import torch
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 
 
-@functools.lru_cache(maxsize=None)
+# Probed once at import (not per call): torch.compile traces the ops' Python wrappers, and
+# import machinery inside a traced function would break the graph.
+try:
+    from . import _C as _EXT
+    _EXT_ERROR = ""
+except ImportError as exc:  # shown in errors so a broken build is not silent
+    _EXT, _EXT_ERROR = None, str(exc)
+_CUDA_COMPILED = _EXT is not None and _EXT.cuda_compiled()
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def extension():
     """The compiled module ``medix_kernels._C`` (importing it registers torch.ops.medix), or None."""
-    try:
-        return importlib.import_module("medix_kernels._C")
-    except ImportError:
-        return None
+    return _EXT
 
 
 def extension_error() -> str:
-    try:
-        importlib.import_module("medix_kernels._C")
-        return ""
-    except ImportError as exc:  # shown in errors so a broken build is not silent
-        return str(exc)
+    return _EXT_ERROR
 
 
 def has_cpu_extension() -> bool:
-    return extension() is not None
+    return _EXT is not None
 
 
 def has_cuda_extension() -> bool:
-    ext = extension()
-    return ext is not None and ext.cuda_compiled() and torch.cuda.is_available()
+    return _CUDA_COMPILED and torch.cuda.is_available()
 
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=None)
 def has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _HAS_TRITON
 
 
 def triton_usable(device: torch.device) -> bool:

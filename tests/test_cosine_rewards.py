@@ -1,0 +1,68 @@
+"""cosine_rewards on every backend vs torch.nn.functional.cosine_similarity and the reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import medix_kernels as mk
+from tests.kernel_backends import CPU_BACKENDS, gpu_backends, needs_cuda
+from tests.tolerances import tol
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("b,d", [(1, 1), (3, 7), (64, 384), (257, 1024), (5, 4099)])
+def test_matches_torch_cosine_similarity(backend, dtype, b, d):
+    gen = torch.Generator().manual_seed(b * d)
+    x = torch.randn(b, d, generator=gen).to(dtype)
+    y = (x.float() + 0.5 * torch.randn(b, d, generator=gen)).to(dtype)
+    x[0] = 0  # a zero vector: 0, not NaN
+    got = mk.cosine_rewards(x, y, backend=backend)
+    want = F.cosine_similarity(x.float(), y.float(), dim=1, eps=1e-8)
+    assert got.dtype == torch.float32 and not got.isnan().any()
+    torch.testing.assert_close(got, want, **tol("cosine", dtype))
+    assert got[0].item() == 0.0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_threshold_and_eps(backend):
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1e-9, 0.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1e-9, 0.0]])
+    torch.testing.assert_close(mk.cosine_rewards(x, y, threshold=0.8, backend=backend), torch.tensor([1.0, 0.0, 0.0]))
+    # tiny vectors: each norm is clamped to eps separately, exactly as torch does
+    torch.testing.assert_close(mk.cosine_rewards(x, y, backend=backend), F.cosine_similarity(x, y, eps=1e-8))
+    torch.testing.assert_close(mk.cosine_rewards(x, y, eps=1e-3, backend=backend), F.cosine_similarity(x, y, eps=1e-3))
+
+
+def test_non_contiguous_rows():
+    x = torch.randn(10, 32)[:, :16]
+    y = torch.randn(10, 16)
+    torch.testing.assert_close(mk.cosine_rewards(x, y), F.cosine_similarity(x, y))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: mk.cosine_rewards(torch.ones(3), torch.ones(3)), ValueError, r"'pred' must be 2-D \[B, D\]"),
+    (lambda: mk.cosine_rewards(torch.ones(2, 3), torch.ones(2, 4)), ValueError, "same shape"),
+    (lambda: mk.cosine_rewards(torch.ones(2, 0), torch.ones(2, 0)), ValueError, "D >= 1"),
+    (lambda: mk.cosine_rewards(torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3)), TypeError, "floating-point"),
+    (lambda: mk.cosine_rewards(torch.ones(2, 3), torch.ones(2, 3).half()), TypeError, "same dtype"),
+    (lambda: mk.cosine_rewards(torch.ones(2, 3), torch.ones(2, 3), eps=0.0), ValueError, "'eps' must be"),
+])
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_opcheck_cosine():
+    x, y = torch.randn(6, 10), torch.randn(6, 10)
+    torch.library.opcheck(torch.ops.medix.cosine_rewards.default, (x, y, 1e-8, None))
+    torch.library.opcheck(torch.ops.medix.cosine_rewards.default, (x.bfloat16(), y.bfloat16(), 1e-8, 0.5))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_backends(dtype):
+    x = torch.randn(1000, 1024, device="cuda").to(dtype)
+    y = torch.randn(1000, 1024, device="cuda").to(dtype)
+    for backend in gpu_backends():
+        got = mk.cosine_rewards(x, y, backend=backend)
+        torch.testing.assert_close(got, F.cosine_similarity(x.float(), y.float()), **tol("cosine", dtype))

@@ -1,0 +1,55 @@
+"""The Triton kernels of the reward ops, run by Triton's interpreter on CPU tensors.
+
+Runs in a subprocess with TRITON_INTERPRET=1 set before Triton is imported (the flag is read at
+import time), so the rest of the test session keeps the normal mode."""
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    import medix_kernels as mk
+    from medix_kernels import reference as ref
+    from tests.tolerances import tol
+    assert "triton" in mk.backends(), mk.backends()
+    gen = torch.Generator().manual_seed(0)
+    # ragged groups, singletons, a degenerate group, every mode/scale/singleton rule
+    gi = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3, 4] + [5] * 40)
+    r = torch.randn(gi.numel(), generator=gen); r[9:11] = 0.25
+    for mode in ("grpo", "dr_grpo", "rloo"):
+        for scale in ("group", "batch", "none"):
+            for singleton in ("zero", "verl"):
+                kw = dict(group_index=gi, mode=mode, scale=scale, singleton=singleton)
+                torch.testing.assert_close(mk.group_advantages(r, backend="triton", **kw),
+                                           ref.group_advantages(r, **kw), **tol("advantages", torch.float32))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for n, g in ((1, 1), (40, 8), (1000, 5), (3000, 1500)):
+            x = torch.rand(n, generator=gen).round(decimals=1).to(dtype)
+            torch.testing.assert_close(mk.group_advantages(x, g, backend="triton").float(),
+                                       ref.group_advantages(x.float(), g).to(dtype).float(), **tol("advantages", dtype))
+    st = mk.group_stats(r, group_index=gi, backend="triton")
+    want = ref.group_stats(r, group_index=gi)
+    torch.testing.assert_close(st.mean, want[0]); torch.testing.assert_close(st.std, want[1])
+    assert st.degenerate.tolist() == want[2].tolist()
+    comp = torch.rand(30, 4, generator=gen); comp[3, 1] = float("nan")
+    total, adv = mk.composite_advantages(comp, [0.5, 0.3, 0.1, 0.1], 5, nan_policy="zero", backend="triton")
+    t2, a2 = mk.composite_advantages(comp, [0.5, 0.3, 0.1, 0.1], 5, nan_policy="zero", backend="torch")
+    torch.testing.assert_close(total, t2); torch.testing.assert_close(adv, a2, **tol("advantages", torch.float32))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for b, d in ((1, 1), (3, 7), (33, 1100)):
+            x = torch.randn(b, d, generator=gen).to(dtype); y = torch.randn(b, d, generator=gen).to(dtype); x[0] = 0
+            torch.testing.assert_close(mk.cosine_rewards(x, y, backend="triton"),
+                                       F.cosine_similarity(x.float(), y.float()), **tol("cosine", dtype))
+            torch.testing.assert_close(mk.cosine_rewards(x, y, threshold=0.1, backend="triton"),
+                                       (F.cosine_similarity(x.float(), y.float()) >= 0.1).float())
+    print("TRITON-INTERPRETER-OK")
+""")
+
+
+def test_triton_reward_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "TRITON-INTERPRETER-OK" in proc.stdout

@@ -1,0 +1,17 @@
+"""The one tolerance table of the library's tests: (rtol, atol) per op family and dtype.
+
+fp32 kernels accumulate in a different order than the float64 references; bf16/fp16 outputs
+carry one rounding of the output type (bf16 has 8 bits of mantissa: ~4e-3 relative).
+"""
+import torch
+
+TOLERANCES = {
+    # op family: {dtype: (rtol, atol)}
+    "advantages": {torch.float32: (1e-5, 2e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)},
+    "cosine": {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-5, 1e-5), torch.float16: (1e-5, 1e-5)},
+}
+
+
+def tol(family: str, dtype: torch.dtype) -> dict:
+    rtol, atol = TOLERANCES[family][dtype]
+    return {"rtol": rtol, "atol": atol}
