@@ -1,0 +1,160 @@
+"""Command line of ``python -m medix_r1.eval`` (see README.md beside this file)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .benchmarks import PAPER_BENCHMARKS, REGISTRY, load_benchmark
+from .generation import GENERATORS, PROMPT_STYLES, GenerationConfig, make_generator
+
+DEFAULT_BENCHMARK = "pubmedqa_bundled"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m medix_r1.eval",
+        description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
+                    "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
+    p.add_argument("--model", help="HF model folder, trainer checkpoint folder, or (with "
+                   "--generator openai) a served model name; default: embedded SmolLM2-135M")
+    p.add_argument("--generator", choices=GENERATORS, default="vllm")
+    p.add_argument("--base-url", help="OpenAI-compatible /v1 URL for --generator openai")
+    p.add_argument("--api-key", help="API key for --generator openai")
+    p.add_argument("--benchmarks", default=DEFAULT_BENCHMARK,
+                   help=f"comma-separated names, or 'paper' for the 17 paper benchmarks; "
+                        f"known: {', '.join(REGISTRY)}")
+    p.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH",
+                   help="local files for a benchmark (repeatable; comma-separate several files)")
+    p.add_argument("--limit", type=int, help="first N items of each benchmark")
+    p.add_argument("--output-dir", help="run folder (default eval_runs/<model>-<generator>)")
+    p.add_argument("--label", help="name of this run in tables and charts")
+    p.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default="medix")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--kv-cache-bytes", type=int, default=1 << 30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge", choices=("local", "http"),
+                   help="local: SmolLM2 judge in this process; http: --judge-url endpoint "
+                        "(default: http when --judge-url is given, else local)")
+    p.add_argument("--judge-url", help="OpenAI-compatible /v1 URL of the judge")
+    p.add_argument("--judge-model", help="judge model name at --judge-url")
+    p.add_argument("--judge-api-key")
+    p.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
+    p.add_argument("--judge-concurrency", type=int, default=8)
+    p.add_argument("--judge-timeout", type=float, default=60.0)
+    p.add_argument("--judge-max-retries", type=int, default=3,
+                   help="transport retries per judge call (timeouts, 5xx)")
+    p.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
+    p.add_argument("--judge-retries", type=int, default=2,
+                   help="extra attempts per round after an invalid (non-JSON) reply")
+    p.add_argument("--judge-max-tokens", type=int, default=24)
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--list-benchmarks", action="store_true")
+    return p
+
+
+def parse_benchmarks(text: str) -> list[str]:
+    names = PAPER_BENCHMARKS if text.strip() == "paper" else \
+        [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if not names or unknown:
+        raise ValueError(f"--benchmarks: unknown {unknown or text!r}; known: {', '.join(REGISTRY)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_data_files(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, paths = item.partition("=")
+        if not sep or not paths or name not in REGISTRY:
+            raise ValueError(f"--data-files expects NAME=PATH[,PATH] with a known NAME, got {item!r}")
+        out[name] = paths.split(",")
+    return out
+
+
+def make_judge_factory(args, output_dir: Path):
+    """A zero-argument function building the judge (only called when items need judging)."""
+    mode = args.judge or ("http" if args.judge_url else "local")
+    cache_path = output_dir / "judge_cache.jsonl"
+    common = dict(concurrency=args.judge_concurrency, timeout_s=args.judge_timeout,
+                  max_retries=args.judge_max_retries, cache_path=cache_path)
+    if mode == "http":
+        if not args.judge_url or not args.judge_model:
+            raise ValueError("--judge http needs --judge-url URL and --judge-model NAME")
+
+        def make():
+            from medix_r1.rewards import JudgeClient
+            return JudgeClient(args.judge_url, args.judge_model, args.judge_api_key, **common)
+        return mode, f"{args.judge_model}@{args.judge_url}", make
+
+    def make():
+        from medix_r1.rewards import LocalJudge
+        return LocalJudge(args.judge_model_dir, **common)
+    return mode, f"local:{args.judge_model_dir or 'SmolLM2-135M-Instruct'}", make
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_benchmarks:
+        for bench in REGISTRY.values():
+            where = bench.hub_id and f"{bench.hub_id}:{bench.config or ''}:{bench.split}" \
+                or "local files"
+            print(f"{bench.name:26s} {bench.kind:5s} {where}  {bench.note}")
+        return 0
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.model is None:
+        if args.generator == "openai":
+            raise ValueError("--generator openai needs --model NAME (the served model name)")
+        from medix_r1.models import smollm2_hf_dir
+        args.model = str(smollm2_hf_dir())
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           batch_size=args.batch_size, max_model_len=args.max_model_len,
+                           kv_cache_memory_bytes=args.kv_cache_bytes, seed=args.seed,
+                           api_key=args.api_key, base_url=args.base_url)
+    model_name = Path(args.model).name if args.generator != "openai" else args.model
+    output_dir = Path(args.output_dir or f"eval_runs/{model_name}-{args.generator}")
+    benchmarks = parse_benchmarks(args.benchmarks)
+    data_files = parse_data_files(args.data_files)
+    records = []
+    for name in benchmarks:
+        records += load_benchmark(name, limit=args.limit, data_files=data_files.get(name))
+    _, judge_name, make_judge = make_judge_factory(args, output_dir)
+    run_info = {"model": str(args.model), "generator": args.generator, "label": args.label,
+                "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "judge": judge_name, "rounds": args.rounds,
+                "benchmarks": benchmarks, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from .runner import run_eval
+
+    t0 = time.time()
+    rows = run_eval(records, lambda: make_generator(args.generator, args.model, cfg), make_judge,
+                    output_dir, run_info=run_info, rounds=args.rounds,
+                    judge_retries=args.judge_retries, judge_max_tokens=args.judge_max_tokens,
+                    batch_size=args.batch_size, prompt_style=args.prompt_style,
+                    resamples=args.resamples, progress=not args.no_progress)
+    print((output_dir / "summary.md").read_text())
+    print(f"{len(records)} items, {time.time() - t0:.1f} s; wrote {output_dir}/summary.md, "
+          f"summary.csv, accuracy.png, items.jsonl")
+    return 0 if rows else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["compare"]:
+            from .compare import compare
+            p = argparse.ArgumentParser(prog="python -m medix_r1.eval compare")
+            p.add_argument("runs", nargs="+", help="run folders (each with summary.csv)")
+            p.add_argument("--output-dir", help="also write compare.md, compare.csv, compare.png")
+            args = p.parse_args(argv[1:])
+            print(compare(args.runs, args.output_dir))
+            return 0
+        return run(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

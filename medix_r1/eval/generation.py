@@ -1,0 +1,207 @@
+"""Answer generation: vLLM in-process, transformers (``hf``), or an OpenAI-compatible endpoint.
+
+All three take OpenAI-style chat messages built by :func:`build_messages` and return one text
+per item; greedy decoding unless a temperature is given. vLLM runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) in fp32 with ``enforce_eager``, an explicit KV-cache
+size and ``max_model_len``; text prompts are tokenised with the model's chat template here and
+passed as ``TokensPrompt``. Items with images go through ``LLM.chat`` (vLLM) or as data-URL
+content parts (OpenAI endpoint); the ``hf`` path is text only.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+MEDIX_SYSTEM = (
+    "You are a medical expert. Answer in this format: first the modality tag of the image (one "
+    "of <X_RAY> <MICROSCOPY> <CLINICAL_PHOTOGRAPHY> <CT_SCAN> <GRAPHICS> <ANGIOGRAPHY> "
+    "<PET_SCAN> <ULTRASOUND> <MRI_SCAN> <FUNDUS_PHOTOGRAPHY> <OCT_SCAN> <ENDOSCOPY> "
+    "<MAMMOGRAPHY> <FLUOROSCOPY> <OTHER> <SPECT>; <OTHER> when there is no image), then your "
+    "reasoning inside <thinking> </thinking>, then the final answer inside <answer> </answer>."
+)
+PLAIN_SYSTEM = "You are a medical expert. Answer the question briefly and precisely."
+PROMPT_STYLES = {"medix": MEDIX_SYSTEM, "plain": PLAIN_SYSTEM}
+GENERATORS = ("vllm", "hf", "openai")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0          # 0 = greedy
+    batch_size: int = 16
+    max_model_len: int = 2048         # vLLM context; prompts longer than it are cut in the middle
+    kv_cache_memory_bytes: int = 1 << 30
+    seed: int = 0
+    concurrency: int = 8              # OpenAI endpoint: requests in flight
+    api_key: str | None = None
+    base_url: str | None = None       # OpenAI endpoint
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "batch_size", "max_model_len", "kv_cache_memory_bytes",
+                     "concurrency"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.max_new_tokens >= self.max_model_len:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be below "
+                             f"max_model_len ({self.max_model_len})")
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A folder with a Hugging Face ``config.json``: the folder itself or its ``model/``.
+
+    A trainer checkpoint keeps the HF-format weights in a ``model/`` subfolder, so both the
+    checkpoint folder and the model folder are accepted.
+    """
+    path = Path(model).expanduser()
+    for candidate in (path, path / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise ValueError(f"--model {model}: expected a folder with config.json (a Hugging Face model "
+                     f"folder) or a checkpoint folder whose model/ has one")
+
+
+def _image_data_url(image) -> str:
+    """An image (path, PIL image, bytes, or a datasets {'bytes','path'} dict) as a data URL."""
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (str, Path)):
+        data = Path(image).read_bytes()
+    elif isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+    elif hasattr(image, "save"):  # PIL image
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        data = buffer.getvalue()
+    else:
+        raise TypeError(f"image must be a path, bytes or a PIL image, got {type(image).__name__}")
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def build_messages(record: dict, style: str = "medix") -> list[dict]:
+    """OpenAI-style chat messages for one record (image parts first when it has images)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {sorted(PROMPT_STYLES)}, got {style!r}")
+    if record["images"]:
+        content = [{"type": "image_url", "image_url": {"url": _image_data_url(im)}}
+                   for im in record["images"]] + [{"type": "text", "text": record["problem"]}]
+    else:
+        content = record["problem"]
+    return [{"role": "system", "content": PROMPT_STYLES[style]},
+            {"role": "user", "content": content}]
+
+
+def cut_middle(token_ids: list[int], budget: int) -> list[int]:
+    """Keep the first and last ``budget // 2`` tokens when a prompt is too long (the system
+    prompt and the question at the end both survive; the middle of the context goes)."""
+    if len(token_ids) <= budget:
+        return token_ids
+    head = budget // 2
+    return token_ids[:head] + token_ids[len(token_ids) - (budget - head):]
+
+
+def _chat_ids(tokenizer, messages) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def make_vllm_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
+    # Set before vLLM is imported: keeps the engine in this process (faster on CPU, FACTS §4).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=str(model_dir), dtype="float32", enforce_eager=True,
+              max_model_len=cfg.max_model_len, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+              seed=cfg.seed)
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
+                            seed=cfg.seed)
+    budget = cfg.max_model_len - cfg.max_new_tokens
+
+    def generate(batch: list[list[dict]]) -> list[str]:
+        texts: list[str | None] = [None] * len(batch)
+        text_only = [i for i, m in enumerate(batch) if isinstance(m[-1]["content"], str)]
+        if text_only:
+            prompts = [TokensPrompt(prompt_token_ids=cut_middle(_chat_ids(tokenizer, batch[i]),
+                                                                budget)) for i in text_only]
+            for i, out in zip(text_only, llm.generate(prompts, params, use_tqdm=False)):
+                texts[i] = out.outputs[0].text
+        with_images = [i for i in range(len(batch)) if texts[i] is None]
+        if with_images:
+            outs = llm.chat([batch[i] for i in with_images], params, use_tqdm=False)
+            for i, out in zip(with_images, outs):
+                texts[i] = out.outputs[0].text
+        return texts
+
+    return generate
+
+
+def make_hf_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    budget = cfg.max_model_len - cfg.max_new_tokens
+
+    def generate(batch: list[list[dict]]) -> list[str]:
+        if any(not isinstance(m[-1]["content"], str) for m in batch):
+            raise ValueError("the hf generator is text only; use --generator vllm or openai "
+                             "for benchmarks with images")
+        ids = [cut_middle(_chat_ids(tokenizer, m), budget) for m in batch]
+        width = max(len(x) for x in ids)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        sampling = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 \
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask,
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, **sampling)
+        return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+    return generate
+
+
+def make_openai_generator(model_name: str, cfg: GenerationConfig) -> Callable:
+    from openai import OpenAI
+
+    if not cfg.base_url:
+        raise ValueError("--generator openai needs --base-url URL (an OpenAI-compatible /v1)")
+    client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "EMPTY", max_retries=3)
+
+    def one(messages):
+        reply = client.chat.completions.create(model=model_name, messages=messages,
+                                               temperature=cfg.temperature,
+                                               max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        return reply.choices[0].message.content or ""
+
+    def generate(batch: list[list[dict]]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+            return list(pool.map(one, batch))
+
+    return generate
+
+
+def make_generator(kind: str, model: str | Path, cfg: GenerationConfig) -> Callable:
+    """A function mapping a batch of chat-message lists to the generated texts."""
+    if kind == "openai":
+        return make_openai_generator(str(model), cfg)
+    if kind not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {kind!r}")
+    model_dir = resolve_model_dir(model)
+    return (make_vllm_generator if kind == "vllm" else make_hf_generator)(model_dir, cfg)

@@ -1,0 +1,116 @@
+"""Reference-based LLM-as-judge: the prompt, a strict JSON parser and the majority vote.
+
+Protocol (after the MediX-R1 paper): the judge sees the question, the reference answer and the
+model's answer, and must reply with one JSON object ``{"score": 1}`` (correct) or
+``{"score": 0}`` (incorrect). Each item is judged in ``rounds`` independent rounds (3 by
+default) and the rounds are combined by majority vote.
+
+Strict parsing rule (:func:`parse_judge_reply`): after stripping surrounding whitespace and at
+most one Markdown code fence (```` ``` ```` or ```` ```json ````), the reply must be exactly one
+JSON object with a ``"score"`` key whose value is the integer 0 or 1 (``true``/``false``,
+``1.0``, ``"1"`` and any other value are rejected); other keys are allowed. Anything else
+(extra text around the object, several objects, non-JSON) is an invalid reply: the round is
+retried with a fresh cache key, and after ``retries`` more invalid replies the round counts as
+failed.
+
+Vote rule (:func:`majority_vote`): failed rounds do not vote. The item is correct (1) only when
+strictly more valid rounds say 1 than say 0; a tie (including 1-1 with one failed round, and no
+valid round at all) scores 0. Items whose every round failed are also flagged
+``judge_failed`` and counted in the judge failure rate.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+JUDGE_SYSTEM = (
+    "You are a strict medical examiner. You compare a candidate answer with the reference "
+    "answer to a medical question and decide whether the candidate is correct."
+)
+JUDGE_TEMPLATE = """Question:
+{question}
+
+Reference answer:
+{reference}
+
+Candidate answer:
+{prediction}
+
+Is the candidate answer medically equivalent to the reference answer (same final answer or \
+diagnosis; wording may differ)? Reply with only a JSON object, no other text: \
+{{"score": 1}} if it is correct, {{"score": 0}} if it is not."""
+
+_FENCE_RE = re.compile(r"\A```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\Z", re.DOTALL)
+MAX_FIELD_CHARS = 4000  # keep judge prompts bounded: a runaway generation must not blow them up
+
+
+def judge_messages(question: str, reference: str, prediction: str) -> list[dict]:
+    """The chat messages sent to the judge for one item."""
+    for name, value in (("question", question), ("reference", reference),
+                        ("prediction", prediction)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    text = JUDGE_TEMPLATE.format(question=question[:MAX_FIELD_CHARS],
+                                 reference=reference[:MAX_FIELD_CHARS],
+                                 prediction=prediction[:MAX_FIELD_CHARS])
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
+
+
+def parse_judge_reply(text) -> int | None:
+    """The score (0 or 1) of a judge reply, or None when the reply breaks the strict rule."""
+    if not isinstance(text, str):
+        return None
+    body = text.strip()
+    fenced = _FENCE_RE.match(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or "score" not in obj:
+        return None
+    score = obj["score"]
+    if type(score) is not int or score not in (0, 1):  # bool is a subclass of int: excluded
+        return None
+    return score
+
+
+def majority_vote(votes: list[int | None]) -> int:
+    """Combine round scores (None = failed round) by strict majority; ties score 0."""
+    if not isinstance(votes, (list, tuple)):
+        raise TypeError(f"votes must be a list, got {type(votes).__name__}")
+    for v in votes:
+        if v not in (0, 1, None) or isinstance(v, bool):
+            raise ValueError(f"each vote must be 0, 1 or None, got {v!r}")
+    yes = sum(1 for v in votes if v == 1)
+    no = sum(1 for v in votes if v == 0)
+    return 1 if yes > no else 0
+
+
+async def judge_round(judge, record: dict, prediction: str, round_index: int, *,
+                      retries: int = 2, max_tokens: int = 24) -> dict:
+    """One judge round for one item: ask, parse strictly, retry invalid replies.
+
+    Each attempt uses its own cache key (item, prediction, round, attempt), so a retry is a real
+    new call and a resumed run reuses exactly the calls already paid for. Returns the round
+    record with every reply the judge gave.
+    """
+    messages = judge_messages(record["question"], record["reference"], prediction)
+    replies = []
+    for attempt in range(retries + 1):
+        key = json.dumps(["medix-eval-judge", messages, round_index, attempt])
+        reply = await judge.chat(messages, max_tokens=max_tokens, cache_key=key)
+        text = getattr(reply, "text", None)
+        score = None if getattr(reply, "failed", False) else parse_judge_reply(text)
+        replies.append({"text": text, "score": score, "failed": bool(getattr(reply, "failed", False)),
+                        "error": _short(getattr(reply, "error", None))})
+        if score is not None:
+            return {"round": round_index, "score": score, "failed": False, "replies": replies}
+    return {"round": round_index, "score": None, "failed": True, "replies": replies}
+
+
+def _short(error) -> str | None:
+    return None if error is None else str(error)[:300]
