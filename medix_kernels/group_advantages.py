@@ -56,16 +56,14 @@ def _check_values(values: torch.Tensor, name: str, dims: int, shape: str, op: st
         raise ValueError(f"{op}: '{name}' must be {dims}-D {shape}, got shape {tuple(values.shape)}")
 
 
-def _check_finite(values: torch.Tensor, nan_policy: str, name: str, op: str) -> None:
+def _report_non_finite(values: torch.Tensor, nan_policy: str, name: str, op: str) -> None:
     """Raise naming the non-finite positions (policy 'raise'), or log them (policy 'zero')."""
-    if torch.compiler.is_compiling() or values.numel() == 0:
-        return  # a data-dependent check would break the graph; the kernels still follow nan_policy
     bad = ~torch.isfinite(values)
     if values.dim() == 2:
         bad = bad.any(dim=1)
-    if not bool(bad.any()):
-        return
     pos = bad.nonzero().flatten()
+    if pos.numel() == 0:
+        return
     shown = pos[:10].tolist()
     more = f" (and {pos.numel() - 10} more)" if pos.numel() > 10 else ""
     if nan_policy == "raise":
@@ -89,11 +87,16 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
     if values.dtype == torch.float64 and backend != "torch":
         raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16 rewards, got float64 "
                         "(use backend='torch' or convert)")
-    _check_finite(values, nan_policy, "components" if values.dim() == 2 else "rewards", op)
+    name = "components" if values.dim() == 2 else "rewards"
+    eager = not torch.compiler.is_compiling()  # data-dependent checks would break a compiled graph
     nan_to_zero = nan_policy == "zero"
+    if eager and nan_to_zero and values.numel():
+        _report_non_finite(values, nan_policy, name, op)
     offsets = None if group_index is None else group_offsets(n, None, group_index)
 
     if backend == "torch":
+        if eager and not nan_to_zero and values.numel():
+            _report_non_finite(values, nan_policy, name, op)
         vals = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0) if nan_to_zero else values
         total = reference.composite_rewards(vals, weights) if vals.dim() == 2 else vals.float()
         kw = dict(group_index=group_index) if group_index is not None else {}
@@ -106,8 +109,14 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
             SINGLETONS[singleton], float(eps), nan_to_zero)
     if backend == "triton":
         from .triton_kernels.group_advantages import group_advantages_triton
-        return group_advantages_triton(*args)
-    return torch.ops.medix.group_advantages(*args)
+        out = group_advantages_triton(*args)
+    else:
+        out = torch.ops.medix.group_advantages(*args)
+    # A non-finite reward makes its group's mean non-finite: checking the G means instead of the
+    # N rewards keeps the common case cheap; the slow path names the positions.
+    if eager and not nan_to_zero and out[2].numel() and not bool(torch.isfinite(out[2]).all()):
+        _report_non_finite(values, nan_policy, name, op)
+    return out
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int | None = None, *, group_index: torch.Tensor | None = None,

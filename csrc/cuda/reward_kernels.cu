@@ -17,6 +17,10 @@ namespace {
 template <typename T>
 __device__ __forceinline__ float load_total(const GroupAdvParams& p, int64_t i) {
   const T* v = static_cast<const T*>(p.values) + i * p.stride_n;
+  if (p.k == 1 && !p.weights) {  // plain rewards: one load
+    float x = to_float(v[0]);
+    return (p.nan_to_zero && !is_finite(x)) ? 0.f : x;
+  }
   float acc = 0.f;
   for (int64_t j = 0; j < p.k; ++j) {
     float x = to_float(v[j * p.stride_k]);

@@ -46,7 +46,9 @@ GroupAdvOutputs prepare_group_advantages(const at::Tensor& values, const c10::op
     TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == k, "medix: 'weights' must be 1-D [", k, "], got shape ", w.sizes());
   }
   auto fopts = values.options().dtype(at::kFloat);
-  GroupAdvOutputs out{at::empty({n}, values.options()), at::empty({n}, fopts), at::empty({num_groups}, fopts),
+  // The per-sample total is an output only for composite rewards (weights given).
+  GroupAdvOutputs out{at::empty({n}, values.options()), at::empty({weights.has_value() ? n : 0}, fopts),
+                      at::empty({num_groups}, fopts),
                       at::empty({num_groups}, fopts), at::empty({num_groups}, values.options().dtype(at::kBool))};
   p->values = values.data_ptr();
   p->n = n; p->k = k;
@@ -57,7 +59,7 @@ GroupAdvOutputs prepare_group_advantages(const at::Tensor& values, const c10::op
   p->group_size = group_size; p->num_groups = num_groups;
   p->mode = int(mode); p->scale = int(scale); p->singleton = int(singleton);
   p->eps = float(eps); p->nan_to_zero = nan_to_zero;
-  p->total = out.total.data_ptr<float>();
+  p->total = weights.has_value() ? out.total.data_ptr<float>() : nullptr;
   p->adv = out.adv.data_ptr();
   p->group_mean = out.mean.data_ptr<float>();
   p->group_std = out.std.data_ptr<float>();

@@ -8,6 +8,7 @@
 
 namespace medix {
 
+// total is [N] for composite rewards (weights given), [0] otherwise.
 struct GroupAdvOutputs { at::Tensor adv, total, mean, std, degenerate; };
 
 GroupAdvOutputs prepare_group_advantages(const at::Tensor& values, const c10::optional<at::Tensor>& weights,
