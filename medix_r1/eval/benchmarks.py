@@ -140,7 +140,7 @@ def from_pmc_vqa(row: dict, index: int, benchmark: str) -> dict:
         text = str(row[f"Choice {letter}"]).strip()
         options.append(text.split(":", 1)[1].strip() if text[:2] == f"{letter}:" else text)
     label = str(row["Answer_label"]).strip()
-    if label not in "ABCD" or not label:
+    if label not in ("A", "B", "C", "D"):
         raise ValueError(f"{benchmark} row {index}: Answer_label must be A-D, got {label!r}")
     return _mcq_record(id=_row_id(row, index, "index", "id"), benchmark=benchmark,
                        question=row["Question"], options=options, answer_index="ABCD".index(label),
