@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
     p.add_argument("--judge-retries", type=int, default=2,
                    help="extra attempts per round after an invalid (non-JSON) reply")
-    p.add_argument("--judge-max-tokens", type=int, default=24)
+    p.add_argument("--judge-max-tokens", type=int, default=16)
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list-benchmarks", action="store_true")

@@ -40,6 +40,15 @@ Is the candidate answer medically equivalent to the reference answer (same final
 diagnosis; wording may differ)? Reply with only a JSON object, no other text: \
 {{"score": 1}} if it is correct, {{"score": 0}} if it is not."""
 
+# Two worked examples as earlier chat turns: small judges (SmolLM2-135M) only answer in JSON when
+# shown the pattern (without them it replied in prose every time; with them, valid JSON).
+JUDGE_EXAMPLES = [
+    ("Which vitamin deficiency causes scurvy?", "Vitamin C deficiency.", "Lack of ascorbic acid",
+     '{"score": 1}'),
+    ("What is the first-line treatment of anaphylaxis?", "Intramuscular adrenaline "
+     "(epinephrine).", "Oral antihistamines", '{"score": 0}'),
+]
+
 _FENCE_RE = re.compile(r"\A```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\Z", re.DOTALL)
 MAX_FIELD_CHARS = 4000  # keep judge prompts bounded: a runaway generation must not blow them up
 
@@ -50,10 +59,14 @@ def judge_messages(question: str, reference: str, prediction: str) -> list[dict]
                         ("prediction", prediction)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    messages = [{"role": "system", "content": JUDGE_SYSTEM}]
+    for q, ref, pred, reply in JUDGE_EXAMPLES:
+        messages += [{"role": "user", "content": JUDGE_TEMPLATE.format(
+            question=q, reference=ref, prediction=pred)}, {"role": "assistant", "content": reply}]
     text = JUDGE_TEMPLATE.format(question=question[:MAX_FIELD_CHARS],
                                  reference=reference[:MAX_FIELD_CHARS],
                                  prediction=prediction[:MAX_FIELD_CHARS])
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
+    return messages + [{"role": "user", "content": text}]
 
 
 def parse_judge_reply(text) -> int | None:
@@ -91,7 +104,7 @@ def majority_vote(votes: list[int | None]) -> int:
 
 
 async def judge_round(judge, record: dict, prediction: str, round_index: int, *,
-                      retries: int = 2, max_tokens: int = 24) -> dict:
+                      retries: int = 2, max_tokens: int = 16) -> dict:
     """One judge round for one item: ask, parse strictly, retry invalid replies.
 
     Each attempt uses its own cache key (item, prediction, round, attempt), so a retry is a real

@@ -105,7 +105,7 @@ async def _judge_item(judge, record, response, done_rounds, rounds_out, items_ou
 
 
 async def judge_missing(records, responses, make_judge, output_dir: Path, *, rounds: int = 3,
-                        retries: int = 2, max_tokens: int = 24, progress: bool = True) -> None:
+                        retries: int = 2, max_tokens: int = 16, progress: bool = True) -> None:
     """Judge every record not yet in items.jsonl, reusing rounds already in judge_rounds.jsonl.
 
     ``make_judge()`` builds the judge; it is called only when some item is left to judge.
@@ -146,7 +146,7 @@ def write_summary(records, output_dir: Path, *, title: str, resamples: int = 200
 
 
 def run_eval(records: list[dict], make_generate: Callable, make_judge: Callable, output_dir, *,
-             run_info: dict, rounds: int = 3, judge_retries: int = 2, judge_max_tokens: int = 24,
+             run_info: dict, rounds: int = 3, judge_retries: int = 2, judge_max_tokens: int = 16,
              batch_size: int = 16, prompt_style: str = "medix", resamples: int = 2000,
              progress: bool = True) -> list[dict]:
     """Generate, judge and summarise ``records``; returns the summary rows.
