@@ -8,6 +8,7 @@ of every sample, the group statistics and the advantages. The reference is
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -114,7 +115,7 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
         out = torch.ops.medix.group_advantages(*args)
     # A non-finite reward makes its group's mean non-finite: checking the G means instead of the
     # N rewards keeps the common case cheap; the slow path names the positions.
-    if eager and not nan_to_zero and out[2].numel() and not bool(torch.isfinite(out[2]).all()):
+    if eager and not nan_to_zero and out[2].numel() and not math.isfinite(float(out[2].sum())):
         _report_non_finite(values, nan_policy, name, op)
     return out
 

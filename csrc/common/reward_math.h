@@ -8,25 +8,32 @@
 
 namespace medix {
 
-// Advantage of one sample from its group's statistics. A group of one, or whose rewards are
-// all equal, gets 0 (exactly: r - mean of equal fp32 values need not round to 0); verl's
-// convention for a group of one (mean 0, std 1) is Singleton::kVerl.
-MEDIX_HD float advantage_of(float r, float mean, float std, int64_t count, bool degenerate,
-                            float batch_std, const GroupAdvParams& p) {
+// Every advantage rule is affine within a group: A_i = (r_i - shift) * factor. This returns
+// (shift, factor) for one group from its statistics, so the per-sample loop is a plain
+// multiply-add the compiler vectorises.
+//   grpo:    shift = mean, factor = 1 / (std + eps)      (batch std with scale == batch; 1 if none)
+//   dr_grpo: shift = mean, factor = 1
+//   rloo:    shift = mean, factor = G / (G - 1)         (r_i - mean of the others)
+// A group of one, or whose rewards are all equal, gets factor 0 (exactly 0: r - mean of equal
+// fp32 values need not round to 0); verl's convention for a group of one (mean 0, std 1) is
+// Singleton::kVerl.
+struct GroupAffine { float shift, factor; };
+
+MEDIX_HD GroupAffine group_affine(float mean, float std, int64_t count, bool degenerate, float batch_std,
+                                  const GroupAdvParams& p) {
   if (count == 1) {
     if (p.singleton == int(Singleton::kVerl) && p.mode != int(AdvMode::kRloo)) {
-      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kGroup)) return r / (1.f + p.eps);
-      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kBatch)) return r / (batch_std + p.eps);
-      return r;
+      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kGroup)) return {0.f, 1.f / (1.f + p.eps)};
+      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kBatch)) return {0.f, 1.f / (batch_std + p.eps)};
+      return {0.f, 1.f};
     }
-    return 0.f;
+    return {0.f, 0.f};
   }
-  if (degenerate) return 0.f;
-  float centred = r - mean;
-  if (p.mode == int(AdvMode::kRloo)) return centred * float(count) / float(count - 1);
-  if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return centred;
-  if (p.scale == int(AdvScale::kBatch)) return centred / (batch_std + p.eps);
-  return centred / (std + p.eps);
+  if (degenerate || count == 0) return {mean, 0.f};
+  if (p.mode == int(AdvMode::kRloo)) return {mean, float(count) / float(count - 1)};
+  if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return {mean, 1.f};
+  if (p.scale == int(AdvScale::kBatch)) return {mean, 1.f / (batch_std + p.eps)};
+  return {mean, 1.f / (std + p.eps)};
 }
 
 // torch.nn.functional.cosine_similarity: each norm is clamped to eps separately, so a zero

@@ -42,6 +42,64 @@ inline void group_bounds(const GroupAdvParams& p, int64_t g, int64_t* begin, int
   else { *begin = g * p.group_size; *end = *begin + p.group_size; }
 }
 
+// Fixed groups of a compile-time size G (plain rewards): the member loops unroll into straight
+// line code, and a block of groups is processed together so the per-group square root and
+// division pipeline instead of serialising (per-group overhead, not bandwidth, bounds the
+// general loop for small groups).
+template <typename T, int G>
+void fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+  constexpr int kBlock = 16;
+  const T* v = static_cast<const T*>(p.values);
+  T* adv = static_cast<T*>(p.adv);
+  for (int64_t g0 = gb; g0 < ge; g0 += kBlock) {
+    const int nb = int(std::min<int64_t>(kBlock, ge - g0));
+    float x[kBlock][G], mean[kBlock], ss[kBlock];
+    bool deg[kBlock];
+    for (int l = 0; l < nb; ++l) {
+      const T* row = v + (g0 + l) * G * p.stride_n;
+      float sum = 0.f, lo = INFINITY, hi = -INFINITY;
+#pragma GCC unroll 64
+      for (int j = 0; j < G; ++j) {
+        float r = to_float(row[j * p.stride_n]);
+        if (p.nan_to_zero && !is_finite(r)) r = 0.f;
+        x[l][j] = r; sum += r; lo = std::min(lo, r); hi = std::max(hi, r);
+      }
+      mean[l] = sum * (1.f / float(G));
+      deg[l] = lo == hi;
+      float acc = 0.f;
+#pragma GCC unroll 64
+      for (int j = 0; j < G; ++j) { float d = x[l][j] - mean[l]; acc += d * d; }
+      ss[l] = acc;
+    }
+    for (int l = 0; l < nb; ++l) {
+      const int64_t g = g0 + l;
+      const float std = G > 1 ? std::sqrt(ss[l] * (1.f / float(G > 1 ? G - 1 : 1))) : 0.f;
+      if (p.group_mean) p.group_mean[g] = mean[l];
+      if (p.group_std) p.group_std[g] = std;
+      if (p.degenerate) p.degenerate[g] = deg[l];
+      const GroupAffine a = group_affine(mean[l], std, G, deg[l], batch_std, p);
+      T* out = adv + g * G;
+#pragma GCC unroll 64
+      for (int j = 0; j < G; ++j) out[j] = from_float<T>((x[l][j] - a.shift) * a.factor);
+    }
+  }
+}
+
+template <typename T>
+bool try_fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+  if (p.offsets || p.k != 1 || p.weights || p.total) return false;
+  switch (p.group_size) {
+    case 2: fixed_groups<T, 2>(p, gb, ge, batch_std); return true;
+    case 4: fixed_groups<T, 4>(p, gb, ge, batch_std); return true;
+    case 5: fixed_groups<T, 5>(p, gb, ge, batch_std); return true;
+    case 8: fixed_groups<T, 8>(p, gb, ge, batch_std); return true;
+    case 16: fixed_groups<T, 16>(p, gb, ge, batch_std); return true;
+    case 32: fixed_groups<T, 32>(p, gb, ge, batch_std); return true;
+    case 64: fixed_groups<T, 64>(p, gb, ge, batch_std); return true;
+    default: return false;
+  }
+}
+
 template <typename T, typename ParallelFor>
 void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
   float batch_std = 0.f;
@@ -57,6 +115,7 @@ void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
   T* adv = static_cast<T*>(p.adv);
   int64_t avg = p.num_groups ? std::max<int64_t>(1, p.n / p.num_groups) : 1;
   pf(0, p.num_groups, std::max<int64_t>(1, 4096 / avg), [&](int64_t gb, int64_t ge) {
+    if (try_fixed_groups<T>(p, gb, ge, batch_std)) return;
     // A group's totals are staged on the stack (when it fits) for the second and third pass.
     constexpr int64_t kStage = 256;
     float stage[kStage];
@@ -64,7 +123,6 @@ void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
       int64_t b, e; group_bounds(p, g, &b, &e);
       const int64_t count = e - b;
       const bool staged = count <= kStage;
-      auto total_at = [&](int64_t i) { return staged ? stage[i - b] : row_total<T>(p, i); };
       float sum = 0.f, lo = INFINITY, hi = -INFINITY;
       for (int64_t i = b; i < e; ++i) {
         float r = row_total<T>(p, i);
@@ -73,7 +131,11 @@ void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
       }
       float mean = count ? sum / float(count) : 0.f;
       float ss = 0.f;
-      for (int64_t i = b; i < e; ++i) { float d = total_at(i) - mean; ss += d * d; }
+      if (staged) {
+        for (int64_t i = 0; i < count; ++i) { float d = stage[i] - mean; ss += d * d; }
+      } else {
+        for (int64_t i = b; i < e; ++i) { float d = row_total<T>(p, i) - mean; ss += d * d; }
+      }
       float std = count > 1 ? std::sqrt(ss / float(count - 1)) : 0.f;
       // NaN totals make lo/hi comparisons false: such a group is not degenerate, its mean is
       // NaN, and the Python wrapper reports it (nan_policy="raise").
@@ -81,10 +143,16 @@ void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
       if (p.group_mean) p.group_mean[g] = mean;
       if (p.group_std) p.group_std[g] = std;
       if (p.degenerate) p.degenerate[g] = degenerate;
-      for (int64_t i = b; i < e; ++i) {
-        float r = total_at(i);
-        if (p.total) p.total[i] = r;
-        adv[i] = from_float<T>(advantage_of(r, mean, std, count, degenerate, batch_std, p));
+      const GroupAffine a = group_affine(mean, std, count, degenerate, batch_std, p);
+      if (staged) {
+        if (p.total) for (int64_t i = b; i < e; ++i) p.total[i] = stage[i - b];
+        for (int64_t i = b; i < e; ++i) adv[i] = from_float<T>((stage[i - b] - a.shift) * a.factor);
+      } else {
+        for (int64_t i = b; i < e; ++i) {
+          float r = row_total<T>(p, i);
+          if (p.total) p.total[i] = r;
+          adv[i] = from_float<T>((r - a.shift) * a.factor);
+        }
       }
     }
   });

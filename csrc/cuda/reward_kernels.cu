@@ -86,11 +86,12 @@ __global__ void group_advantages_kernel(const GroupAdvParams p, const float* __r
     if (p.degenerate) p.degenerate[team] = degenerate;
   }
   const float batch_std = batch_std_ptr ? *batch_std_ptr : 0.f;
+  const GroupAffine a = group_affine(mean, std, count, degenerate, batch_std, p);
   T* adv = static_cast<T*>(p.adv);
   for (int64_t i = b + lane; i < e; i += LANES) {
     float r = load_total<T>(p, i);
     if (p.total) p.total[i] = r;
-    adv[i] = from_float<T>(advantage_of(r, mean, std, count, degenerate, batch_std, p));
+    adv[i] = from_float<T>((r - a.shift) * a.factor);
   }
 }
 
