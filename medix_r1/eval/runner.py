@@ -145,6 +145,11 @@ def write_summary(records, output_dir: Path, *, title: str, resamples: int = 200
     return rows
 
 
+def run_label(run_info: dict) -> str:
+    """The name of a run in tables and charts: its label, else the model folder's name."""
+    return run_info.get("label") or Path(str(run_info["model"])).name or str(run_info["model"])
+
+
 def run_eval(records: list[dict], make_generate: Callable, make_judge: Callable, output_dir, *,
              run_info: dict, rounds: int = 3, judge_retries: int = 2, judge_max_tokens: int = 16,
              batch_size: int = 16, prompt_style: str = "medix", resamples: int = 2000,
@@ -163,5 +168,5 @@ def run_eval(records: list[dict], make_generate: Callable, make_judge: Callable,
     asyncio.run(judge_missing(records, responses, make_judge, output_dir, rounds=rounds,
                               retries=judge_retries, max_tokens=judge_max_tokens,
                               progress=progress))
-    return write_summary(records, output_dir, title=run_info.get("label") or str(run_info["model"]),
+    return write_summary(records, output_dir, title=run_label(run_info),
                          resamples=resamples)
