@@ -231,7 +231,8 @@ def test_cuda_ops_match_reference(t, v, dtype):
         lp, lse, ent = ops.logprob_fwd(x, ids, temperature, with_ent)
         rlp, rlse, rent, rgrad = reference(x.cpu(), ids.cpu(), temperature, g_lp.cpu(),
                                            g_ent.cpu() if with_ent else None)
-        tol = fwd_tol(dtype) if v < 100_000 else dict(rtol=1e-5, atol=2e-4)
+        # The CUDA kernels use __expf (ex2.approx): a little looser than the interpreter's exact exp.
+        tol = dict(rtol=2e-5, atol=1e-4) if v < 100_000 else dict(rtol=2e-5, atol=3e-4)
         torch.testing.assert_close(lp.cpu().double(), rlp, **tol)
         torch.testing.assert_close(lse.cpu().double(), rlse, **tol)
         if with_ent:
@@ -346,3 +347,21 @@ def test_cuda_glue_passes_a_syntax_check(tmp_path):
            + [f"-I{cuda_include}", f"-I{tmp_path}", os.path.join(ROOT, "csrc", "torch", "cuda_loss_ops.cpp")])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_gpu_benchmark_script_dry_run_on_cpu(tmp_path):
+    # benchmarks/bench_policy_loss_gpu.py: every code path on tiny CPU shapes (Triton interpreter).
+    import csv
+    script = os.path.join(ROOT, "benchmarks", "bench_policy_loss_gpu.py")
+    out = tmp_path / "bench.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, script, "--dry-run-cpu", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    impls = {r["impl"] for r in rows}
+    assert {"medix-triton", "medix-triton kernels", "trl selective_log_softmax+entropy_from_logits"} <= impls, impls
+    assert all(float(r["ms"]) > 0 and r["device"] == "cpu (dry run)" for r in rows)
+    if not HAS_CUDA:  # without --dry-run-cpu and without a GPU it says so and exits cleanly
+        proc = subprocess.run([sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "no CUDA GPU" in proc.stdout, proc.stdout + proc.stderr
