@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "../common/dtypes.h"
 
