@@ -5,6 +5,10 @@ Ops (each with a pure-PyTorch reference in ``medix_kernels.reference`` and backe
 
 - ``group_advantages``, ``group_stats``, ``composite_advantages``: group-relative advantages.
 - ``cosine_rewards``: batched cosine-similarity rewards.
+- ``selective_log_softmax``: fused per-token log-probs (and entropy) of sampled ids.
+- ``grpo_loss`` / ``LossConfig``: the clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO,
+  GSPO, CISPO) from logits; ``fused_linear_grpo_loss`` / ``fused_linear_selective_log_softmax``:
+  the same from hidden states and the LM head, chunked so full logits never exist.
 
 ``backends()`` lists the backends usable on this machine.
 """
@@ -14,6 +18,7 @@ if has_cpu_extension():  # importing medix_kernels._C registered torch.ops.medix
     from . import _fake
 
     _fake.register()
+    _fake.register_logprob()
 
 from .cosine_rewards import cosine_rewards  # noqa: F401,E402
 from .group_advantages import (  # noqa: F401,E402
@@ -23,3 +28,7 @@ from .group_advantages import (  # noqa: F401,E402
     group_advantages,
     group_stats,
 )
+from .grpo_loss import grpo_loss  # noqa: F401,E402
+from .fused_linear import fused_linear_grpo_loss, fused_linear_selective_log_softmax  # noqa: F401,E402
+from .loss_config import LossConfig  # noqa: F401,E402
+from .selective_log_softmax import selective_log_softmax  # noqa: F401,E402

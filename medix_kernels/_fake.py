@@ -16,3 +16,19 @@ def register() -> None:
     @torch.library.register_fake("medix::cosine_rewards")
     def _cosine_rewards_fake(pred, ref, eps, threshold):
         return torch.empty((pred.shape[0],), dtype=torch.float32, device=pred.device)
+
+
+def register_logprob() -> None:
+    @torch.library.register_fake("medix::logprob_fwd")
+    def _logprob_fwd_fake(logits, ids, temperature, with_entropy):
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        ent = torch.empty(ids.shape, **f32) if with_entropy else torch.empty((0,), **f32)
+        return torch.empty(ids.shape, **f32), torch.empty(ids.shape, **f32), ent
+
+    @torch.library.register_fake("medix::logprob_bwd")
+    def _logprob_bwd_fake(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature):
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("medix::logprob_bwd_")
+    def _logprob_bwd_inplace_fake(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature):
+        return None

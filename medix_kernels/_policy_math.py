@@ -1,0 +1,83 @@
+"""The per-token policy objective shared by every backend of grpo_loss and fused_linear_grpo_loss.
+
+Only the [T, V] part (log-softmax and its gradient) is a kernel; what follows acts on per-token
+vectors and is plain differentiable PyTorch. Every aggregation is a weighted sum of per-token
+losses with weights that depend only on the mask, so a loss computed chunk by chunk (the fused
+linear path) is exactly the sum of its chunks:
+    loss = sum_t w_t * l_t
+    token-mean:              w = m / (number of tokens)
+    seq-mean-token-mean:     w = m / (len_b * number of non-empty sequences)
+    seq-mean-token-sum:      w = m / (number of non-empty sequences)
+    seq-mean-token-sum-norm: w = m / (B * max_len)
+The formulas of l_t are written out in medix_kernels.reference.policy_loss (FACTS.md section 2).
+"""
+from __future__ import annotations
+
+import torch
+
+from .loss_config import LossConfig
+
+
+def token_weights(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """[B, L] float32 aggregation weights (no gradient); zero on masked tokens and empty rows."""
+    m = mask.float()
+    lengths = m.sum(-1, keepdim=True)
+    n_seq = (lengths > 0).sum().clamp_min(1)
+    if config.aggregation == "token-mean":
+        return m / m.sum().clamp_min(1)
+    if config.aggregation == "seq-mean-token-mean":
+        return m / (lengths.clamp_min(1) * n_seq)
+    if config.aggregation == "seq-mean-token-sum":
+        return m / n_seq
+    return m / (m.shape[0] * (config.max_len if config.max_len is not None else m.shape[-1]))
+
+
+def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_ratio=None):
+    """Per-token loss (differentiable in logp), ratio and KL (detached). All arguments share a shape,
+    except seq_log_ratio (GSPO's log s, detached, broadcastable to logp)."""
+    c = config
+    old = logp.detach() if old_logp is None else old_logp
+    if c.loss_type == "gspo":
+        log_s = seq_log_ratio if seq_log_ratio is not None else torch.zeros_like(logp)
+        ratio = (log_s + logp - logp.detach()).clamp(max=10.0).exp()
+    else:
+        ratio = (logp - old).clamp(-20.0, 20.0).exp()
+    if c.loss_type == "cispo":
+        loss = -ratio.clamp(max=1.0 + c.clip_high).detach() * adv * logp
+    else:
+        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high))
+        if c.dual_clip is not None:
+            loss = torch.where(adv < 0, torch.minimum(loss, -adv * c.dual_clip), loss)
+    kl = None
+    if c.beta > 0:
+        x = ref_logp - logp
+        if c.kl == "k1":
+            kl = -x
+        elif c.kl == "k2":
+            kl = 0.5 * x * x
+        else:
+            x = x.clamp(-20.0, 20.0)
+            kl = (x.exp() - x - 1.0).clamp(-10.0, 10.0)
+        loss = loss + c.beta * kl
+    return loss, ratio.detach(), None if kl is None else kl.detach()
+
+
+def gspo_seq_log_ratio(logp, old_logp, mask):
+    """log s_b = mean over the sequence's tokens of (logp - old_logp), detached; [B, 1]."""
+    m = mask.float()
+    return (((logp.detach() - old_logp) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))
+
+
+def token_stats(ratio, kl, adv, mask, config: LossConfig, entropy=None) -> dict:
+    """Masked means as 0-d tensors (no host sync)."""
+    m = mask.float()
+    n = m.sum().clamp_min(1)
+    stats = {
+        "clip_frac_low": (((ratio < 1.0 - config.clip_low) & (adv < 0)).float() * m).sum() / n,
+        "clip_frac_high": (((ratio > 1.0 + config.clip_high) & (adv > 0)).float() * m).sum() / n,
+        "ratio_mean": (ratio * m).sum() / n,
+        "kl_mean": (kl * m).sum() / n if kl is not None else ratio.new_zeros(()),
+    }
+    if entropy is not None:
+        stats["entropy_mean"] = (entropy.detach() * m).sum() / n
+    return stats

@@ -1,0 +1,93 @@
+"""LossConfig: every option of the clipped-ratio policy loss in one small frozen dataclass."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo", "cispo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Options of ``grpo_loss`` / ``fused_linear_grpo_loss``.
+
+    loss_type: "grpo", "dapo", "dr_grpo" (token ratio, PPO clip), "gspo" (sequence ratio:
+        s = exp(mean of log-ratios over the sequence), applied per token as
+        sg(s) * exp(logp - sg(logp))), "cispo" (-sg(min(ratio, 1 + clip_high)) * A * logp).
+    clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
+    dual_clip: None, or c > 1: for A < 0 the token loss is also capped at -A * c (verl).
+    kl, beta: beta * KL(policy || reference) per token with x = ref_logp - logp:
+        k1 = -x, k2 = x^2 / 2, k3 = exp(x) - x - 1 (x clamped to [-20, 20], k3 to [-10, 10], as
+        verl's "low_var_kl"). beta = 0 turns it off (then ref_logp is not needed).
+    aggregation: "token-mean" (sum / tokens in the batch), "seq-mean-token-mean" (mean per
+        sequence, then over sequences), "seq-mean-token-sum", "seq-mean-token-sum-norm"
+        (sum / (sequences * max_len): Dr. GRPO). Sequences with no unmasked token are ignored.
+    max_len: the constant of "seq-mean-token-sum-norm" (None: the padded length L).
+    temperature: logits are divided by it before the log-softmax (> 0).
+    """
+
+    loss_type: str = "grpo"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl: str = "k3"
+    beta: float = 0.0
+    aggregation: str = "token-mean"
+    max_len: int | None = None
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        def bad(field, expected):
+            raise ValueError(f"LossConfig: '{field}' must be {expected}, got {getattr(self, field)!r}")
+
+        if self.loss_type not in LOSS_TYPES:
+            bad("loss_type", f"one of {LOSS_TYPES}")
+        if self.kl not in KL_ESTIMATORS:
+            bad("kl", f"one of {KL_ESTIMATORS}")
+        if self.aggregation not in AGGREGATIONS:
+            bad("aggregation", f"one of {AGGREGATIONS}")
+        if not (isinstance(self.clip_low, (int, float)) and 0 <= self.clip_low < 1):
+            bad("clip_low", "a float in [0, 1)")
+        if not (isinstance(self.clip_high, (int, float)) and self.clip_high >= 0):
+            bad("clip_high", "a float >= 0")
+        if self.dual_clip is not None and not (isinstance(self.dual_clip, (int, float)) and self.dual_clip > 1):
+            bad("dual_clip", "None or a float > 1")
+        if not (isinstance(self.beta, (int, float)) and self.beta >= 0):
+            bad("beta", "a float >= 0")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            bad("temperature", "a float > 0")
+        if self.max_len is not None and not (isinstance(self.max_len, int) and self.max_len >= 1):
+            bad("max_len", "None or an int >= 1")
+
+    def replace(self, **changes) -> "LossConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "LossConfig":
+        """Named configurations (overridable):
+
+        - "grpo": MediX-R1's GRPO: PPO clip 0.2, k3 KL to the reference with beta 1e-2, token-mean.
+        - "dapo": DAPO (and MediX-R1's DAPO): asymmetric clip 0.2 / 0.28, no KL, token-mean.
+        - "gspo": GSPO: sequence-level ratio, clip 3e-4 / 4e-4, no KL, seq-mean-token-mean.
+        - "dr_grpo": Dr. GRPO: clip 0.2, no KL, seq-mean-token-sum-norm.
+        - "cispo": CISPO: clip from above at 1 + 0.28 (no lower clip), no KL, token-mean.
+        - "trl": TRL GRPOTrainer defaults today: clip 0.2, beta 0, token-mean ("dapo" loss type).
+        - "verl": verl actor defaults: clip 0.2, dual clip 3, k3 ("low_var_kl"), beta 1e-3,
+          token-mean.
+        """
+        presets = {
+            "grpo": dict(loss_type="grpo", clip_low=0.2, clip_high=0.2, kl="k3", beta=1e-2, aggregation="token-mean"),
+            "dapo": dict(loss_type="dapo", clip_low=0.2, clip_high=0.28, beta=0.0, aggregation="token-mean"),
+            "gspo": dict(loss_type="gspo", clip_low=3e-4, clip_high=4e-4, beta=0.0, aggregation="seq-mean-token-mean"),
+            "dr_grpo": dict(loss_type="dr_grpo", clip_low=0.2, clip_high=0.2, beta=0.0,
+                            aggregation="seq-mean-token-sum-norm"),
+            "cispo": dict(loss_type="cispo", clip_low=0.0, clip_high=0.28, beta=0.0, aggregation="token-mean"),
+            "trl": dict(loss_type="dapo", clip_low=0.2, clip_high=0.2, beta=0.0, aggregation="token-mean"),
+            "verl": dict(loss_type="grpo", clip_low=0.2, clip_high=0.2, dual_clip=3.0, kl="k3", beta=1e-3,
+                         aggregation="token-mean"),
+        }
+        if name not in presets:
+            raise ValueError(f"LossConfig.preset: unknown preset {name!r}; choose one of {tuple(presets)}")
+        return cls(**{**presets[name], **overrides})

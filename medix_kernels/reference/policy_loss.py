@@ -1,0 +1,105 @@
+"""Pure-PyTorch references of the policy-loss ops. They materialise the full log-softmax and
+write each formula out as in the papers (FACTS.md section 2); the kernels must agree."""
+from __future__ import annotations
+
+import torch
+
+from ..loss_config import LossConfig
+
+
+def selective_log_softmax(logits, ids, *, temperature=1.0, return_entropy=False):
+    """log softmax(logits / T) gathered at ids (and the entropy of that distribution)."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logprobs.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
+    if not return_entropy:
+        return logp
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return logp, entropy
+
+
+def kl_penalty(logp, ref_logp, kl):
+    """KL estimators with x = ref_logp - logp (verl's clamps for k3)."""
+    x = ref_logp - logp
+    if kl == "k1":
+        return -x
+    if kl == "k2":
+        return 0.5 * x * x
+    x = x.clamp(-20.0, 20.0)
+    return (x.exp() - x - 1.0).clamp(-10.0, 10.0)
+
+
+def aggregate(per_token, mask, aggregation, max_len=None):
+    """Masked aggregation of a [B, L] per-token loss; sequences with no token are ignored."""
+    mask = mask.float()
+    lengths = mask.sum(-1)
+    valid = lengths > 0
+    n_seq = valid.sum().clamp_min(1)
+    if aggregation == "token-mean":
+        return (per_token * mask).sum() / mask.sum().clamp_min(1)
+    if aggregation == "seq-mean-token-mean":
+        return ((per_token * mask).sum(-1) / lengths.clamp_min(1))[valid].sum() / n_seq
+    if aggregation == "seq-mean-token-sum":
+        return (per_token * mask).sum(-1)[valid].sum() / n_seq
+    norm = max_len if max_len is not None else per_token.shape[-1]
+    return (per_token * mask).sum() / (per_token.shape[0] * norm)
+
+
+def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None):
+    """Loss and stats from per-token log-probs [B, L] (differentiable)."""
+    mask = mask.float()
+    adv = advantages.float()
+    adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
+    old_logp = logp.detach() if old_logp is None else old_logp.float()
+    c = config
+    if c.loss_type == "gspo":
+        lengths = mask.sum(-1).clamp_min(1)
+        seq_log_ratio = ((logp - old_logp) * mask).sum(-1) / lengths          # log s_i
+        log_ratio = seq_log_ratio.detach()[:, None] + logp - logp.detach()     # sg(s) * exp(logp - sg(logp))
+        ratio = log_ratio.clamp(max=10.0).exp()
+    else:
+        ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()
+    if c.loss_type == "cispo":
+        weight = ratio.clamp(max=1.0 + c.clip_high).detach()
+        per_token = -weight * adv * logp
+    else:
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high)
+        per_token = torch.maximum(unclipped, clipped)
+        if c.dual_clip is not None:
+            per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * c.dual_clip), per_token)
+    kl = None
+    if c.beta > 0:
+        kl = kl_penalty(logp, ref_logp.float(), c.kl)
+        per_token = per_token + c.beta * kl
+    loss = aggregate(per_token, mask, c.aggregation, c.max_len)
+    n_tok = mask.sum().clamp_min(1)
+    low = (ratio < 1.0 - c.clip_low) & (adv < 0)
+    high = (ratio > 1.0 + c.clip_high) & (adv > 0)
+    stats = {
+        "clip_frac_low": (low.float() * mask).sum() / n_tok,
+        "clip_frac_high": (high.float() * mask).sum() / n_tok,
+        "ratio_mean": (ratio.detach() * mask).sum() / n_tok,
+        "kl_mean": (kl.detach() * mask).sum() / n_tok if kl is not None else logp.new_zeros(()),
+    }
+    if entropy is not None:
+        stats["entropy_mean"] = (entropy.detach() * mask).sum() / n_tok
+    return loss, stats
+
+
+def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, config=LossConfig(),
+              return_entropy=False):
+    """The clipped-ratio policy loss with KL from [B, L, V] logits: (loss, stats)."""
+    if return_entropy:
+        logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=True)
+    else:
+        logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature), None
+    return policy_loss(logp, mask, advantages, old_logp, ref_logp, config, entropy)
+
+
+def fused_linear_grpo_loss(hidden, weight, ids, mask, advantages, *, bias=None, old_logp=None, ref_logp=None,
+                           config=LossConfig()):
+    """The same loss from hidden states [B, L, H] and the LM head [V, H] (full logits here)."""
+    logits = hidden.float() @ weight.float().t()
+    if bias is not None:
+        logits = logits + bias.float()
+    return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, config=config)
