@@ -1,0 +1,420 @@
+"""The trainer's configuration: one dataclass tree, loaded from a YAML recipe plus ``--set`` overrides.
+
+``load_config(recipe, overrides)`` builds a :class:`TrainConfig` from the defaults (the embedded CPU
+recipe's values), then the recipe's YAML mapping, then ``key=value`` overrides with dotted keys
+(``loss.beta=0.01``). Every value is type-checked against the field's annotation and every section
+is range-checked by :func:`validate`; an unknown key is an error that suggests the closest name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from medix_r1.rewards import RewardConfig
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "cpu_smollm2"
+
+SYSTEM_PROMPT = (
+    "You are a medical expert. Answer in exactly this format: first the image modality tag "
+    "(for a question without an image the tag is <OTHER>), then your step-by-step reasoning "
+    "inside <thinking> </thinking>, then a short final answer inside <answer> </answer>.\n"
+    "Example: <OTHER> <thinking>The study shows a clear benefit.</thinking> "
+    "<answer>Yes. The intervention improved outcomes.</answer>"
+)
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with its --help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    policy: str = _f("smollm2", "policy model: 'smollm2' (bundled SmolLM2-135M-Instruct) or a HF model folder")
+    reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
+                        "loaded only when loss.beta > 0")
+    dtype: str = _f("float32", "training dtype: float32 or bfloat16 (float32 on CPU)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves memory)")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("pubmedqa", "training records: 'pubmedqa' (bundled), a local .json/.jsonl/.parquet file "
+                    "or folder, or 'hub:NAME' (needs network)")
+    split: str = _f("train", "split name for hub datasets")
+    on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
+    context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
+                            "'question' and 'contexts' fields); 0 keeps the whole problem")
+    max_prompt_tokens: int = _f(384, "prompts longer than this many tokens are cut in the middle")
+    prompts_per_step: int = _f(5, "prompts sampled per step (each gets rollout.n responses)")
+    max_records: int = _f(0, "use only the first N records (0 = all)")
+    system_prompt: str = _f(SYSTEM_PROMPT, "system prompt asking for the MediX-R1 response format")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync) or 'hf' (transformers generate)")
+    n: int = _f(4, "responses per prompt (the group size)")
+    max_tokens: int = _f(112, "max new tokens per response")
+    temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
+    top_p: float = _f(1.0, "nucleus sampling top-p")
+    kv_cache_gb: float = _f(1.0, "vLLM KV-cache size in GiB")
+    max_model_len: int = _f(640, "vLLM max sequence length (prompt + response)")
+    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only; ignored on CPU)")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage_mode: str = _f("grpo", "group advantage: grpo, dr_grpo or rloo")
+    advantage_scale: str = _f("group", "grpo scaling: group, batch or none")
+    advantage_eps: float = _f(1e-6, "added to the group std")
+    dynamic_sampling: bool = _f(False, "DAPO: drop groups with mean reward <= low or >= high (or all equal) "
+                                "and refill the batch with more prompts")
+    dynamic_sampling_low: float = _f(0.01, "DAPO: groups with mean <= this are dropped")
+    dynamic_sampling_high: float = _f(0.99, "DAPO: groups with mean >= this are dropped")
+    max_refill_tries: int = _f(3, "DAPO: extra rollout rounds to refill the batch before training on what is kept")
+
+
+@dataclass
+class LossSection:
+    impl: str = _f("fused", "'fused' (fused_linear_grpo_loss from the last hidden state and lm_head) or "
+                   "'plain' (grpo_loss on full logits)")
+    loss_type: str = _f("grpo", "grpo, dapo, dr_grpo, gspo or cispo")
+    clip_low: float = _f(0.2, "lower clip range of the ratio")
+    clip_high: float = _f(0.2, "upper clip range of the ratio")
+    dual_clip: float = _f(3.0, "dual-clip constant c for negative advantages (0 = off)")
+    kl: str = _f("k3", "KL estimator: k1, k2 or k3")
+    beta: float = _f(0.0, "KL coefficient (0 = no KL, the reference model is not loaded)")
+    aggregation: str = _f("token-mean", "token-mean, seq-mean-token-mean, seq-mean-token-sum or "
+                          "seq-mean-token-sum-norm")
+    chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    grad_clip: float = _f(1.0, "max global grad norm (0 = off)")
+    schedule: str = _f("constant", "LR schedule: constant, linear or cosine (after warm-up)")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    min_lr_ratio: float = _f(0.1, "linear/cosine: final LR as a fraction of lr")
+    updates_per_step: int = _f(1, "optimizer epochs over each step's rollouts (1 = on-policy)")
+    mini_batch_size: int = _f(0, "sequences per optimizer step (0 = the whole step's batch)")
+    micro_batch_size: int = _f(4, "sequences per forward/backward (gradient accumulation)")
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = _f(30, "training steps (a step = one batch of rollouts)")
+    seed: int = _f(0, "seed of the data order, sampling and initialisation")
+    output_dir: str = _f("runs/medix_cpu", "checkpoints, metrics.jsonl, TensorBoard logs and the plot go here")
+    save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)")
+    keep_last: int = _f(2, "keep the last K checkpoints")
+    eval_every: int = _f(0, "run the eval hook every N steps (0 = off)")
+    max_nan_steps: int = _f(3, "stop after this many consecutive steps with a NaN/inf loss")
+    judge_failure_threshold: float = _f(0.5, "stop when the judge failure rate over the window exceeds this")
+    judge_failure_window: int = _f(5, "steps in the judge failure-rate window")
+    tensorboard: bool = _f(True, "write TensorBoard event files")
+    plot: bool = _f(True, "write rewards.png at the end")
+    progress: bool = _f(True, "show the tqdm progress bar")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+# ----------------------------------------------------------------------------- typed setting
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _hints(obj) -> dict:
+    try:
+        return typing.get_type_hints(type(obj))
+    except Exception:  # forward references the reward module may use
+        return {f.name: f.type for f in dataclasses.fields(obj)}
+
+
+def _coerce(value, tp, key: str):
+    """Check/convert ``value`` to the annotation ``tp``; TypeError naming ``key`` otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(f"{key}: expected {tp}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise TypeError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if tp is typing.Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError(f"{key}: expected a string, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if args and args[-1] is not Ellipsis and origin is list:
+            value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        elif args and len(args) == 2 and args[1] is Ellipsis:
+            value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return (tuple if (origin is tuple or tp is tuple) else list)(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{key}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if args:
+            value = {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    if isinstance(tp, type) and tp is not type(None):
+        try:
+            return tp(value)
+        except Exception:
+            raise TypeError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _unknown(name: str, known, where: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(sorted(known))}"
+    return ValueError(f"unknown config field '{where}{name}'{hint}")
+
+
+def set_value(cfg, dotted: str, value) -> None:
+    """Set ``cfg.a.b = value`` for ``dotted='a.b'`` with type checking."""
+    parts = dotted.split(".")
+    obj, prefix = cfg, ""
+    for part in parts[:-1]:
+        fields = _fields(obj)
+        if part not in fields:
+            raise _unknown(part, fields, prefix)
+        obj = getattr(obj, part)
+        prefix += part + "."
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"config field '{prefix[:-1]}' is a value, not a section")
+    name = parts[-1]
+    fields = _fields(obj)
+    if name not in fields:
+        raise _unknown(name, fields, prefix)
+    current = getattr(obj, name)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise TypeError(f"{prefix}{name}: is a section, expected a mapping, got {value!r}")
+        for k, v in value.items():
+            set_value(cfg, f"{prefix}{name}.{k}", v)
+        return
+    object.__setattr__(obj, name, _coerce(value, _hints(obj)[name], prefix + name))
+
+
+def apply_mapping(cfg, mapping: dict, prefix: str = "") -> None:
+    if not isinstance(mapping, dict):
+        raise TypeError(f"recipe must be a YAML mapping of sections, got {type(mapping).__name__}")
+    for k, v in mapping.items():
+        set_value(cfg, prefix + str(k), v)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'loss.beta=0.01' -> ('loss.beta', 0.01); the value is parsed as YAML (numbers, true/false, lists)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value (e.g. loss.beta=0.01), got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set expects key=value, got an empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """A recipe NAME in medix_r1/recipes/ or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    named = RECIPES_DIR / f"{recipe}.yaml"
+    if named.is_file():
+        return named
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(recipe, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"recipe {recipe!r} is neither a YAML file nor one of {names}{hint}")
+
+
+def load_config(recipe: str | None = DEFAULT_RECIPE, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Defaults, then the recipe's YAML, then ``key=value`` overrides; validated."""
+    cfg = TrainConfig()
+    if recipe:
+        path = resolve_recipe(recipe)
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"recipe {path}: invalid YAML: {e}") from None
+        try:
+            apply_mapping(cfg, mapping)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"recipe {path}: {e}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(mapping: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    apply_mapping(cfg, mapping)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _choice(value, choices, key):
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}{hint}")
+
+
+def _range(value, key, lo=None, hi=None, lo_open=False):
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{key} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{key} must be <= {hi}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and choice checks across the tree; ValueError naming the field."""
+    m, d, r, a, l, o, t = cfg.model, cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.optim, cfg.train
+    _choice(m.dtype, ("float32", "bfloat16"), "model.dtype")
+    _choice(d.on_malformed, ("fail", "skip"), "data.on_malformed")
+    _range(d.context_chars, "data.context_chars", 0)
+    _range(d.max_prompt_tokens, "data.max_prompt_tokens", 8)
+    _range(d.prompts_per_step, "data.prompts_per_step", 1)
+    _range(d.max_records, "data.max_records", 0)
+    _choice(r.engine, ("vllm", "hf"), "rollout.engine")
+    _range(r.n, "rollout.n", 1)
+    _range(r.max_tokens, "rollout.max_tokens", 1)
+    _range(r.temperature, "rollout.temperature", 0.0, lo_open=True)
+    _range(r.top_p, "rollout.top_p", 0.0, 1.0, lo_open=True)
+    _range(r.kv_cache_gb, "rollout.kv_cache_gb", 0.0, lo_open=True)
+    if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
+        raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
+                         f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")
+    _choice(a.advantage_mode, ("grpo", "dr_grpo", "rloo"), "algorithm.advantage_mode")
+    _choice(a.advantage_scale, ("group", "batch", "none"), "algorithm.advantage_scale")
+    _range(a.advantage_eps, "algorithm.advantage_eps", 0.0)
+    _range(a.dynamic_sampling_low, "algorithm.dynamic_sampling_low", 0.0, 1.0)
+    _range(a.dynamic_sampling_high, "algorithm.dynamic_sampling_high", 0.0, 1.0)
+    if a.dynamic_sampling_low >= a.dynamic_sampling_high:
+        raise ValueError("algorithm.dynamic_sampling_low must be < algorithm.dynamic_sampling_high")
+    _range(a.max_refill_tries, "algorithm.max_refill_tries", 0)
+    _choice(l.impl, ("fused", "plain"), "loss.impl")
+    _choice(l.loss_type, ("grpo", "dapo", "dr_grpo", "gspo", "cispo"), "loss.loss_type")
+    _range(l.clip_low, "loss.clip_low", 0.0, 1.0)
+    _range(l.clip_high, "loss.clip_high", 0.0)
+    if l.dual_clip != 0 and l.dual_clip <= 1:
+        raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
+    _choice(l.kl, ("k1", "k2", "k3"), "loss.kl")
+    _range(l.beta, "loss.beta", 0.0)
+    _choice(l.aggregation, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                            "seq-mean-token-sum-norm"), "loss.aggregation")
+    _range(l.chunk_size, "loss.chunk_size", 0)
+    _range(o.lr, "optim.lr", 0.0, 1.0, lo_open=True)
+    _range(o.weight_decay, "optim.weight_decay", 0.0)
+    _range(o.beta1, "optim.beta1", 0.0, 1.0)
+    _range(o.beta2, "optim.beta2", 0.0, 1.0)
+    _range(o.grad_clip, "optim.grad_clip", 0.0)
+    _choice(o.schedule, ("constant", "linear", "cosine"), "optim.schedule")
+    _range(o.warmup_steps, "optim.warmup_steps", 0)
+    _range(o.min_lr_ratio, "optim.min_lr_ratio", 0.0, 1.0)
+    _range(o.updates_per_step, "optim.updates_per_step", 1)
+    _range(o.mini_batch_size, "optim.mini_batch_size", 0)
+    _range(o.micro_batch_size, "optim.micro_batch_size", 1)
+    _range(t.max_steps, "train.max_steps", 1)
+    _range(t.save_every, "train.save_every", 0)
+    _range(t.keep_last, "train.keep_last", 1)
+    _range(t.eval_every, "train.eval_every", 0)
+    _range(t.max_nan_steps, "train.max_nan_steps", 1)
+    _range(t.judge_failure_threshold, "train.judge_failure_threshold", 0.0, 1.0)
+    _range(t.judge_failure_window, "train.judge_failure_window", 1)
+    if not t.output_dir:
+        raise ValueError("train.output_dir must not be empty")
+    # The reward section validates itself where it can (its own __post_init__ / validate()).
+    check = getattr(cfg.reward, "validate", None)
+    if callable(check):
+        check()
+    elif hasattr(cfg.reward, "__post_init__"):
+        cfg.reward.__post_init__()
+
+
+def describe_fields(cfg=None, prefix: str = "") -> list[str]:
+    """One line per field: 'section.name (type, default X): help' for --help."""
+    cfg = cfg if cfg is not None else TrainConfig()
+    lines = []
+    hints = _hints(cfg)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"[{prefix}{f.name}]")
+            lines.extend(describe_fields(value, prefix + f.name + "."))
+            continue
+        tp = hints.get(f.name, f.type)
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "...'"
+        help_text = f.metadata.get("help") or f.metadata.get("doc") or ""
+        lines.append(f"  {prefix}{f.name} ({tname}, default {shown})" + (f": {help_text}" if help_text else ""))
+    return lines

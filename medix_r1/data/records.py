@@ -1,0 +1,185 @@
+"""MediX-R1 training records: loading, checking, prompt building and a resumable sampler.
+
+A record has ``id``, ``images`` (list, possibly empty), ``problem`` and ``solution``
+(``"<TAG> answer"``); PubMedQA records also carry ``question`` and ``contexts``, which lets the
+trainer shorten the abstract (:func:`prompt_messages`). Local JSONL is parsed line by line so a
+malformed record is reported as ``file:line``; JSON arrays, Parquet and hub datasets go through the
+``datasets`` library.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medix_r1.rewards import validate_solution
+
+log = logging.getLogger("medix_r1.train")
+
+BUNDLED = {"pubmedqa": Path(__file__).parent / "pubmedqa" / "train.jsonl"}
+REQUIRED = ("id", "problem", "solution")
+
+
+class MalformedRecord(ValueError):
+    """A record that is not valid JSON or lacks/garbles a MediX-R1 field; names file and line."""
+
+
+def check_record(raw, where: str) -> dict:
+    """Return the normalised record or raise MalformedRecord naming ``where`` (file:line)."""
+    if not isinstance(raw, dict):
+        raise MalformedRecord(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    missing = [k for k in REQUIRED if raw.get(k) in (None, "")]
+    if missing:
+        raise MalformedRecord(f"{where}: missing field(s) {missing} (a MediX-R1 record needs "
+                              f"id, images, problem, solution)")
+    if not isinstance(raw["problem"], str) or not isinstance(raw["solution"], str):
+        raise MalformedRecord(f"{where}: 'problem' and 'solution' must be strings")
+    images = raw.get("images") or []
+    if not isinstance(images, (list, tuple)):
+        raise MalformedRecord(f"{where}: 'images' must be a list, got {type(images).__name__}")
+    record = dict(raw)
+    record["id"] = str(raw["id"])
+    record["images"] = list(images)
+    try:
+        validate_solution(record["solution"], record["id"])
+    except (ValueError, TypeError) as e:
+        raise MalformedRecord(f"{where}: {e}") from None
+    return record
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, object]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rows.append((where, json.loads(line)))
+            except json.JSONDecodeError as e:
+                rows.append((where, MalformedRecord(f"{where}: invalid JSON ({e.msg} at column {e.colno})")))
+    return rows
+
+
+def _read_with_datasets(path: Path | str, split: str) -> list[tuple[str, object]]:
+    import datasets
+
+    if isinstance(path, Path):
+        if path.suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path))
+        elif path.suffix == ".json":
+            try:
+                ds = datasets.Dataset.from_json(str(path))
+            except Exception as e:
+                raise MalformedRecord(f"{path}: cannot be read as JSON records: {e}") from None
+        else:
+            raise ValueError(f"data file {path}: expected .jsonl, .json or .parquet")
+        name = str(path)
+    else:
+        ds = datasets.load_dataset(path, split=split)
+        name = f"hub:{path}[{split}]"
+    return [(f"{name}:record {i}", row) for i, row in enumerate(ds)]
+
+
+def load_records(source: str, *, split: str = "train", on_malformed: str = "fail",
+                 max_records: int = 0) -> tuple[list[dict], int]:
+    """Records from a bundled name, a local file/folder or ``hub:NAME``.
+
+    Returns (records, number skipped). With ``on_malformed="fail"`` the first malformed record
+    raises :class:`MalformedRecord` naming its file and line.
+    """
+    if on_malformed not in ("fail", "skip"):
+        raise ValueError(f"on_malformed must be 'fail' or 'skip', got {on_malformed!r}")
+    if source in BUNDLED:
+        files = [BUNDLED[source]]
+    elif source.startswith("hub:"):
+        files = [source[4:]]
+    else:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+            if not files:
+                raise ValueError(f"data folder {path} has no .jsonl/.json/.parquet files")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"data.train: {source!r} is not a bundled set ({sorted(BUNDLED)}), "
+                                    f"an existing file or folder, or hub:NAME")
+    records, skipped = [], 0
+    for f in files:
+        rows = _read_jsonl(f) if isinstance(f, Path) and f.suffix == ".jsonl" else _read_with_datasets(f, split)
+        for where, raw in rows:
+            try:
+                if isinstance(raw, Exception):
+                    raise raw
+                records.append(check_record(raw, where))
+            except MalformedRecord as e:
+                if on_malformed == "fail":
+                    raise
+                skipped += 1
+                log.warning("skipping malformed record: %s", e)
+            if max_records and len(records) >= max_records:
+                break
+        if max_records and len(records) >= max_records:
+            break
+    if skipped:
+        log.warning("skipped %d malformed record(s) of %d", skipped, skipped + len(records))
+    if not records:
+        raise ValueError(f"data.train {source!r}: no valid records")
+    return records, skipped
+
+
+def problem_text(record: dict, context_chars: int) -> str:
+    """The user text: the question with its context cut to ``context_chars`` characters when the
+    record carries them separately (PubMedQA), else the record's problem."""
+    contexts, question = record.get("contexts"), record.get("question")
+    if context_chars > 0 and question and contexts:
+        ctx = " ".join(contexts) if isinstance(contexts, (list, tuple)) else str(contexts)
+        if len(ctx) > context_chars:
+            ctx = ctx[:context_chars].rsplit(" ", 1)[0] + " ..."
+        return f"Context: {ctx}\n\nQuestion: {question}"
+    return record["problem"]
+
+
+def prompt_messages(record: dict, system_prompt: str, context_chars: int) -> list[dict]:
+    """The chat messages of one record (the one place prompts are built; image parts go first)."""
+    text = problem_text(record, context_chars)
+    if record.get("images"):
+        content = [{"type": "image"} for _ in record["images"]] + [{"type": "text", "text": text}]
+    else:
+        content = text
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
+
+
+class PromptSampler:
+    """Shuffled epochs over ``n`` records; the state (epoch, index, seed) makes resumes exact."""
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError(f"PromptSampler needs at least one record, got n={n}")
+        self.n, self.seed, self.epoch, self.index = n, seed, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._perm = self._permutation()
+            out.append(int(self._perm[self.index]))
+            self.index += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": self.n}
+
+    def load_state(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"checkpoint data position is for {state['n']} records, the data has {self.n}")
+        self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
+        self._perm = self._permutation()

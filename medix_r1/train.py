@@ -1,0 +1,585 @@
+"""MediX-R1 GRPO trainer: ``python -m medix_r1.train [--recipe NAME|PATH] [--set key=value ...]``.
+
+One step, read top to bottom in :func:`train`:
+
+1. sample ``data.prompts_per_step`` prompts, roll out ``rollout.n`` responses each (vLLM in-process,
+   or transformers ``generate``), keeping each sampled token's raw log-prob;
+2. submit the responses to the reward worker and, while it scores them, compute the reference
+   (and old) log-probs the loss needs; then wait for the rewards;
+3. group advantages (``medix_kernels.group_advantages``); DAPO drops degenerate groups and refills
+   the batch with more prompts (bounded tries);
+4. mini-batch updates with ``fused_linear_grpo_loss`` (from the last hidden state and
+   ``lm_head.weight``) or ``grpo_loss``; AdamW with grad clipping and an LR schedule;
+5. load the new weights into the rollout engine in place; log metrics; checkpoint.
+
+With no arguments it runs the embedded CPU recipe (``recipes/cpu_smollm2.yaml``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medix_kernels import LossConfig, fused_linear_grpo_loss, fused_linear_selective_log_softmax, grpo_loss
+from medix_kernels import group_advantages, group_stats
+from medix_r1 import checkpoint as ckpt
+from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_config, to_dict
+from medix_r1.data.records import PromptSampler, load_records, prompt_messages
+from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
+from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
+
+log = logging.getLogger("medix_r1.train")
+
+EXTRA_MODEL_INPUTS = ("pixel_values", "image_grid_thw")  # passed through to the policy forward
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def resolve_model_dir(name: str) -> Path:
+    if name == "smollm2":
+        from medix_r1.models import smollm2_hf_dir
+        return Path(smollm2_hf_dir())
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.policy/reference: {name!r} is neither 'smollm2' nor a HF model folder "
+                                f"(no config.json)")
+    return path
+
+
+def load_model(model_dir: Path, cfg: TrainConfig, trainable: bool):
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
+    if trainable and cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if not trainable:
+        model.requires_grad_(False)
+    return model
+
+
+def lr_lambda(cfg: TrainConfig):
+    o, total = cfg.optim, cfg.train.max_steps
+
+    def factor(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        shape = 1.0 - progress if o.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+    return factor
+
+
+def loss_config(cfg: TrainConfig) -> LossConfig:
+    """The kernel's LossConfig from the config's loss section (temperature from the rollouts)."""
+    l = cfg.loss
+    wanted = dict(loss_type=l.loss_type, clip_low=l.clip_low, clip_high=l.clip_high,
+                  dual_clip=l.dual_clip if l.dual_clip > 0 else None, kl=l.kl, beta=l.beta,
+                  aggregation=l.aggregation, max_len=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature)
+    names = {f.name for f in dataclasses.fields(LossConfig)}
+    return LossConfig(**{k: v for k, v in wanted.items() if k in names})
+
+
+def prompt_token_ids(tokenizer, record: dict, cfg: TrainConfig) -> list[int]:
+    """Chat-templated prompt ids, cut in the middle when longer than data.max_prompt_tokens."""
+    messages = prompt_messages(record, cfg.data.system_prompt, cfg.data.context_chars)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    ids, budget = list(ids), cfg.data.max_prompt_tokens
+    if len(ids) > budget:
+        ids = ids[:budget // 2] + ids[len(ids) - (budget - budget // 2):]
+    return ids
+
+
+# ----------------------------------------------------------------------------- tensors and log-probs
+
+def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
+    """Right-padded prompt+response sequences plus, per response token, the position whose hidden
+    state predicts it (``pred_pos``), the response ids and their mask ([B, R])."""
+    B = len(prompts)
+    L = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    R = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    ids = torch.zeros((B, R), dtype=torch.long)
+    mask = torch.zeros((B, R), dtype=torch.float32)
+    pred_pos = torch.zeros((B, R), dtype=torch.long)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        seq = p + r
+        input_ids[b, :len(seq)] = torch.tensor(seq)
+        attn[b, :len(seq)] = 1
+        ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, :len(r)] = 1.0
+        pred_pos[b] = torch.clamp(torch.arange(R) + len(p) - 1, max=L - 1)
+    return {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos}
+
+
+def slice_batch(batch: dict, rows) -> dict:
+    return {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def policy_hidden(model, batch: dict) -> torch.Tensor:
+    """Last hidden states at the positions that predict each response token: [B, R, H].
+
+    The one place the policy runs forward: extra model inputs (``pixel_values``,
+    ``image_grid_thw``) in the batch are passed through, so image items need no other change."""
+    extra = {k: batch[k] for k in EXTRA_MODEL_INPUTS if k in batch}
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False, **extra)
+    hidden = out.last_hidden_state
+    idx = batch["pred_pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, idx)
+
+
+def lm_head_params(model):
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+@torch.no_grad()
+def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.Tensor:
+    """Per-token log-probs [B, R] of the response ids under ``model`` (no grad), micro-batched."""
+    weight, bias = lm_head_params(model)
+    parts = []
+    for start in range(0, batch["ids"].shape[0], micro):
+        mb = slice_batch(batch, slice(start, start + micro))
+        h = policy_hidden(model, mb)
+        parts.append(fused_linear_selective_log_softmax(h, weight, mb["ids"], bias=bias, temperature=temperature))
+    return torch.cat(parts) * batch["mask"]
+
+
+def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
+    """Loss and stats for one micro-batch; also the raw (temperature 1) log-probs for the mismatch metric."""
+    hidden = policy_hidden(model, mb)
+    weight, bias = lm_head_params(model)
+    if impl == "fused":
+        extra = {"lm_head_bias": bias} if bias is not None else {}
+        loss, stats = fused_linear_grpo_loss(hidden, weight, mb["ids"], mb["mask"], advantages,
+                                             old_logp=old_logp, ref_logp=ref_logp, config=lcfg,
+                                             chunk_size=chunk or None, **extra)
+    else:
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        loss, stats = grpo_loss(logits, mb["ids"], mb["mask"], advantages, old_logp=old_logp, ref_logp=ref_logp,
+                                config=lcfg)
+    raw = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
+                                             bias=None if bias is None else bias.detach(), temperature=1.0)
+    return loss, stats, raw
+
+
+# ----------------------------------------------------------------------------- rollouts + rewards
+
+def score(worker, rollouts: Rollouts, records: list[dict], cfg: TrainConfig):
+    """Submit the responses to the reward worker; returns a Future of RewardResults."""
+    from medix_r1.data.records import problem_text
+
+    problems = [problem_text(records[g], cfg.data.context_chars) for g in rollouts.group]
+    solutions = [records[g]["solution"] for g in rollouts.group]
+    return worker.submit(problems, rollouts.texts, solutions)
+
+
+def keep_groups(rewards: torch.Tensor, n: int, cfg: TrainConfig) -> list[int]:
+    """Indices of the groups to train on; DAPO drops degenerate groups and those with mean outside
+    (low, high)."""
+    groups = rewards.shape[0] // n
+    if not cfg.algorithm.dynamic_sampling:
+        return list(range(groups))
+    stats = group_stats(rewards, n)
+    a = cfg.algorithm
+    keep = (~stats.degenerate) & (stats.mean > a.dynamic_sampling_low) & (stats.mean < a.dynamic_sampling_high)
+    return [g for g in range(groups) if bool(keep[g])]
+
+
+def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: TrainConfig, step: int):
+    """Roll out, score and (for DAPO) filter/refill until prompts_per_step groups are kept or the
+    refill budget is spent. Returns (rollouts, reward results, records per group, info)."""
+    n, want = cfg.rollout.n, cfg.data.prompts_per_step
+    kept_r, kept_res, kept_rec = Rollouts(), [], []
+    info = {"rollout": 0.0, "reward": 0.0, "refills": 0, "dropped_groups": 0, "prompts": 0}
+    for attempt in range(cfg.algorithm.max_refill_tries + 1):
+        need = want - len(kept_rec)
+        if need <= 0:
+            break
+        idx = sampler.take(need)
+        recs = [records[i] for i in idx]
+        for i in idx:
+            if i not in prompt_cache:
+                prompt_cache[i] = prompt_token_ids(tokenizer, records[i], cfg)
+        t = time.perf_counter()
+        r = engine.generate([prompt_cache[i] for i in idx], step, cfg.train.seed, attempt)
+        info["rollout"] += time.perf_counter() - t
+        info["prompts"] += len(idx)
+        t = time.perf_counter()
+        results = score(worker, r, recs, cfg).result()
+        info["reward"] += time.perf_counter() - t
+        totals = torch.tensor([x.total for x in results], dtype=torch.float32)
+        keep = keep_groups(totals, n, cfg)
+        info["dropped_groups"] += len(idx) - len(keep)
+        for g in keep[:need]:
+            rows = range(g * n, (g + 1) * n)
+            for j in rows:
+                kept_r.prompt_ids.append(r.prompt_ids[j]); kept_r.response_ids.append(r.response_ids[j])
+                kept_r.sample_logp.append(r.sample_logp[j]); kept_r.texts.append(r.texts[j])
+                kept_r.truncated.append(r.truncated[j]); kept_r.group.append(len(kept_rec))
+                kept_res.append(results[j])
+            kept_rec.append(recs[g])
+        if attempt > 0:
+            info["refills"] += 1
+        if not cfg.algorithm.dynamic_sampling:
+            break
+    return kept_r, kept_res, kept_rec, info
+
+
+# ----------------------------------------------------------------------------- one update
+
+def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int):
+    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] or None,
+    nan_skipped)."""
+    o = cfg.optim
+    B = batch["ids"].shape[0]
+    mini = o.mini_batch_size or B
+    micro = o.micro_batch_size
+    per_token = cfg.loss.aggregation == "token-mean"
+    sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
+            "grad_norm": 0.0}
+    count, raw_logp, nan_skipped = 0, None, False
+    gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    for epoch in range(o.updates_per_step):
+        order = torch.randperm(B, generator=gen) if (o.updates_per_step > 1 or mini < B) else torch.arange(B)
+        for ms in range(0, B, mini):
+            rows = order[ms:ms + mini]
+            weight_total = float(batch["mask"][rows].sum()) if per_token else float(len(rows))
+            optimizer.zero_grad(set_to_none=True)
+            acc = {k: 0.0 for k in sums if k != "grad_norm"}
+            finite = True
+            for us in range(0, len(rows), micro):
+                r = rows[us:us + micro]
+                mb = slice_batch(batch, r)
+                w = (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9)
+                loss, stats, raw = policy_loss(
+                    model, mb, advantages[r], None if old_logp is None else old_logp[r],
+                    None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                (loss * w).backward()
+                acc["loss"] += float(loss.detach()) * w
+                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean"):
+                    if k in stats:
+                        acc[k] += float(stats[k]) * w
+                if epoch == 0:
+                    if raw_logp is None:
+                        raw_logp = torch.zeros_like(batch["mask"])
+                    raw_logp[r] = raw * mb["mask"]
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                nan_skipped = True
+                log.warning("step %d: non-finite loss, skipping this optimizer step", step)
+                continue
+            params = [p for p in model.parameters() if p.grad is not None]
+            gnorm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(gnorm):
+                optimizer.zero_grad(set_to_none=True)
+                nan_skipped = True
+                log.warning("step %d: non-finite gradient norm, skipping this optimizer step", step)
+                continue
+            optimizer.step()
+            for k, v in acc.items():
+                sums[k] += v
+            sums["grad_norm"] += float(gnorm)
+            count += 1
+    stats = {k: v / count for k, v in sums.items()} if count else {k: float("nan") for k in sums}
+    return stats, raw_logp, nan_skipped
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> dict:
+    """Run training to ``cfg.train.max_steps``; returns a summary dict (steps, rewards, timings).
+
+    ``eval_hook(step, model, tokenizer) -> dict`` runs every ``train.eval_every`` steps; its metrics
+    are logged under ``eval/``. ``reward_worker`` defaults to ``RewardWorker(cfg.reward)``."""
+    from transformers import AutoTokenizer
+
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.train.seed); np.random.seed(cfg.train.seed); torch.manual_seed(cfg.train.seed)
+
+    records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
+                                    max_records=cfg.data.max_records)
+    sampler = PromptSampler(len(records), cfg.train.seed)
+    model_dir = resolve_model_dir(cfg.model.policy)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy = load_model(model_dir, cfg, trainable=True)
+    # With beta = 0 there is no KL term, so the reference is never loaded (saves memory and a forward).
+    ref = load_model(resolve_model_dir(cfg.model.reference or cfg.model.policy), cfg, trainable=False) \
+        if cfg.loss.beta > 0 else None
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                  weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    lcfg = loss_config(cfg)
+
+    start_step, history, counters = 0, [], {"nan_in_row": 0, "skipped_records": skipped}
+    judge_window: deque = deque(maxlen=cfg.train.judge_failure_window)
+    latest = ckpt.latest_checkpoint(out_dir) if resume else None
+    if resume and latest is None:
+        log.warning("--resume: no complete checkpoint in %s, starting from step 0", out_dir)
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, model=policy, optimizer=optimizer, scheduler=scheduler)
+        start_step, history = state["step"], state["metrics"]
+        sampler.load_state(state["data_position"])
+        counters.update(state.get("counters", {}))
+        judge_window.extend(state.get("judge_window", []))
+        log.info("resumed from %s (step %d)", latest, start_step)
+
+    if cfg.rollout.engine == "vllm":
+        engine = VllmRollout(model_dir, cfg.rollout, cfg.train.seed)
+        if start_step > 0:
+            engine.sync(policy)  # the engine loaded the step-0 weights from disk
+    else:
+        engine = HfRollout(policy, tokenizer, cfg.rollout)
+    if reward_worker is None:
+        from medix_r1.rewards import RewardWorker
+        reward_worker = RewardWorker(cfg.reward)
+        own_worker = True
+    else:
+        own_worker = False
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # finish the current step, checkpoint, exit
+        stop["signal"] = signum
+        log.warning("received signal %d: stopping after this step with a checkpoint", signum)
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history)
+    bar = progress_bar(cfg.train.max_steps, start_step, cfg.train.progress)
+    prompt_cache: dict[int, list[int]] = {}
+    step = start_step
+
+    def save(step_no: int) -> Path:
+        state = {"step": step_no, "data_position": sampler.state(), "metrics": metrics.history,
+                 "counters": counters, "judge_window": list(judge_window),
+                 "reward_cache": getattr(cfg.reward, "judge_cache_path", None), "config": to_dict(cfg)}
+        return ckpt.save_checkpoint(out_dir, step_no, model=policy, tokenizer=tokenizer, optimizer=optimizer,
+                                    scheduler=scheduler, state=state, keep_last=cfg.train.keep_last)
+
+    try:
+        for step in range(start_step + 1, cfg.train.max_steps + 1):
+            t_step = time.perf_counter()
+            # 1-2. rollouts and rewards (the reference log-probs overlap the reward wait when not DAPO)
+            if cfg.algorithm.dynamic_sampling:
+                r, results, recs, info = collect(engine, reward_worker, tokenizer, records, sampler, prompt_cache,
+                                                 cfg, step)
+                future = None
+            else:
+                r, _, recs, info = None, None, None, None
+                idx = sampler.take(cfg.data.prompts_per_step)
+                recs = [records[i] for i in idx]
+                for i in idx:
+                    if i not in prompt_cache:
+                        prompt_cache[i] = prompt_token_ids(tokenizer, records[i], cfg)
+                t = time.perf_counter()
+                r = engine.generate([prompt_cache[i] for i in idx], step, cfg.train.seed)
+                info = {"rollout": time.perf_counter() - t, "reward": 0.0, "refills": 0, "dropped_groups": 0,
+                        "prompts": len(idx)}
+                future = score(reward_worker, r, recs, cfg)
+            if len(r) == 0:
+                log.warning("step %d: every group was degenerate after %d refills; no update this step",
+                            step, cfg.algorithm.max_refill_tries)
+                metrics.log(step, {"rollout/groups_kept": 0, "rollout/dropped_groups": info["dropped_groups"]})
+                bar.update(1)
+                continue
+            batch = make_batch(r.prompt_ids, r.response_ids, pad_id)
+            t = time.perf_counter()
+            ref_logp = sequence_logp(ref, batch, cfg.rollout.temperature, o.micro_batch_size) if ref is not None \
+                else None
+            # Off-policy updates need the pre-update log-probs; on-policy (one pass) uses logp.detach().
+            old_logp = sequence_logp(policy, batch, cfg.rollout.temperature, o.micro_batch_size) \
+                if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < len(r))) else None
+            t_logp = time.perf_counter() - t
+            if future is not None:
+                t = time.perf_counter()
+                results = future.result()
+                info["reward"] = time.perf_counter() - t
+
+            # 3. advantages
+            rewards = torch.tensor([x.total for x in results], dtype=torch.float32)
+            adv = group_advantages(rewards, cfg.rollout.n, mode=cfg.algorithm.advantage_mode,
+                                   scale=cfg.algorithm.advantage_scale, eps=cfg.algorithm.advantage_eps)
+
+            # 4. update
+            engine.sleep()
+            t = time.perf_counter()
+            stats, raw_logp, nan_skipped = update(policy, optimizer, batch, adv, ref_logp, old_logp, cfg, lcfg, step)
+            t_update = time.perf_counter() - t
+            scheduler.step()
+            engine.wake_up()
+
+            # 5. weight sync
+            t = time.perf_counter()
+            if not nan_skipped:
+                engine.sync(policy)
+            t_sync = time.perf_counter() - t
+
+            # metrics
+            m = step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped)
+            m.update({"optim/lr": scheduler.get_last_lr()[0], "time/rollout": info["rollout"],
+                      "time/reward_wait": info["reward"], "time/logp": t_logp, "time/update": t_update,
+                      "time/sync": t_sync})
+            counters["nan_in_row"] = counters["nan_in_row"] + 1 if nan_skipped else 0
+            judge_window.append(m["reward/judge_failed_rate"])
+            if eval_hook is not None and cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                m.update({f"eval/{k}": v for k, v in eval_hook(step, policy, tokenizer).items()})
+            m["time/step"] = time.perf_counter() - t_step
+            m["perf/tokens_per_s"] = float(batch["mask"].sum()) / m["time/step"]
+            metrics.log(step, m)
+            bar.set_postfix(bar_postfix(m))
+            bar.update(1)
+            log.info("step %d: reward %.3f (format %.3f) len %.0f | rollout %.1fs reward %.1fs logp %.1fs "
+                     "update %.1fs sync %.2fs", step, m["reward/total"], m["reward/format"],
+                     m["rollout/response_len"], info["rollout"], info["reward"], t_logp, t_update, t_sync)
+
+            # faults and checkpoints
+            if counters["nan_in_row"] >= cfg.train.max_nan_steps:
+                save(step)
+                raise TrainingStopped(f"{counters['nan_in_row']} steps in a row had a non-finite loss; stopping "
+                                      f"(lower optim.lr or check the data; train.max_nan_steps sets the limit)")
+            if len(judge_window) == judge_window.maxlen:
+                rate = sum(judge_window) / len(judge_window)
+                if rate > cfg.train.judge_failure_threshold:
+                    save(step)
+                    raise TrainingStopped(
+                        f"the judge failed on {rate:.0%} of answers over the last {len(judge_window)} steps "
+                        f"(threshold {cfg.train.judge_failure_threshold:.0%}): check reward.judge_url / the judge "
+                        f"server, or raise train.judge_failure_threshold")
+            if stop["signal"] is not None:
+                save(step)
+                log.warning("stopped by signal %d after step %d; resume with --resume", stop["signal"], step)
+                break
+            if step == cfg.train.max_steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
+                save(step)
+    finally:
+        bar.close()
+        metrics.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if own_worker:
+            reward_worker.close()
+        if cfg.train.plot and metrics.history:
+            plot_history(metrics.history, out_dir / "rewards.png")
+    return summarize(metrics.history, time.perf_counter() - t_start, step)
+
+
+def step_metrics(r: Rollouts, results, batch, raw_logp, stats, info, nan_skipped) -> dict:
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")  # noqa: E731
+    m = {f"reward/{k}": mean([float(getattr(x, k)) for x in results])
+         for k in ("total", "format", "modality", "judge", "embedding")}
+    m["reward/judge_failed_rate"] = mean([float(bool(x.judge_failed)) for x in results])
+    m["reward/exact_match_rate"] = mean([float(bool(x.exact_match)) for x in results])
+    m["reward/invalid_answer_rate"] = mean([float(bool(x.invalid_answer)) for x in results])
+    m["rollout/response_len"] = mean([len(x) for x in r.response_ids])
+    m["rollout/truncated_frac"] = mean([float(x) for x in r.truncated])
+    m["rollout/groups_kept"] = len(set(r.group))
+    m["rollout/dropped_groups"] = info["dropped_groups"]
+    m["rollout/refills"] = info["refills"]
+    if raw_logp is not None:
+        sample = torch.zeros_like(batch["mask"])
+        for b, lp in enumerate(r.sample_logp):
+            sample[b, :len(lp)] = torch.tensor(lp)
+        # verl-style rollout/trainer mismatch: mean |logp_engine - logp_trainer| over response tokens
+        m["rollout/logp_mismatch"] = float(((sample - raw_logp).abs() * batch["mask"]).sum() / batch["mask"].sum())
+    m["loss/loss"] = stats["loss"]
+    m["loss/kl_mean"] = stats["kl_mean"]
+    m["loss/clip_frac_low"] = stats["clip_frac_low"]
+    m["loss/clip_frac_high"] = stats["clip_frac_high"]
+    m["loss/clip_frac"] = stats["clip_frac_low"] + stats["clip_frac_high"]
+    m["loss/ratio_mean"] = stats["ratio_mean"]
+    m["optim/grad_norm"] = stats["grad_norm"]
+    m["nan_skipped"] = int(nan_skipped)
+    return m
+
+
+def summarize(history: list[dict], wall_s: float, last_step: int) -> dict:
+    rewards = [h["reward/total"] for h in history if "reward/total" in h]
+    k = min(10, len(rewards))
+    timing = {key: float(np.mean([h[key] for h in history if key in h]))
+              for key in ("time/rollout", "time/reward_wait", "time/logp", "time/update", "time/sync", "time/step")
+              if any(key in h for h in history)}
+    return {"steps": last_step, "wall_s": wall_s,
+            "first10_reward": float(np.mean(rewards[:k])) if k else float("nan"),
+            "last10_reward": float(np.mean(rewards[-k:])) if k else float("nan"),
+            "mean_timing_s": timing, "history": history}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = "config fields (set with --set section.field=value):\n" + "\n".join(describe_fields())
+    p = argparse.ArgumentParser(prog="python -m medix_r1.train", description=__doc__.split("\n\n")[0],
+                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help="recipe NAME in medix_r1/recipes/ (cpu_smollm2, grpo, dapo, gspo) or a YAML path "
+                        f"(default {DEFAULT_RECIPE})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, dotted (repeatable), e.g. --set loss.beta=0.01")
+    p.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
+    p.add_argument("--output-dir", help="= --set train.output_dir=DIR")
+    p.add_argument("--rollout", choices=("vllm", "hf"), help="= --set rollout.engine=...")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in the "
+                                                         "output dir (a larger --max-steps extends the run)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.output_dir is not None:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    if args.rollout is not None:
+        overrides.append(f"rollout.engine={args.rollout}")
+    try:
+        cfg = load_config(args.recipe, overrides)
+    except (ValueError, TypeError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg, resume=args.resume)
+    except TrainingStopped as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 1
+    t = summary["mean_timing_s"]
+    print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s; mean reward first 10 steps "
+          f"{summary['first10_reward']:.3f}, last 10 {summary['last10_reward']:.3f}; mean per step: "
+          + ", ".join(f"{k.split('/')[1]} {v:.1f}s" for k, v in t.items()))
+    print(f"outputs in {cfg.train.output_dir} (metrics.jsonl, tensorboard/, rewards.png, step_*/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
