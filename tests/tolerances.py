@@ -9,6 +9,14 @@ TOLERANCES = {
     # op family: {dtype: (rtol, atol)}
     "advantages": {torch.float32: (1e-5, 2e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)},
     "cosine": {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-5, 1e-5), torch.float16: (1e-5, 1e-5)},
+    # log-probs / entropy / losses (fp32 outputs; low-precision inputs are upcast exactly, so the
+    # same tolerance holds: the polynomial exp has ~2e-7 relative error)
+    "logprob": {torch.float32: (1e-5, 2e-5), torch.bfloat16: (1e-5, 2e-5), torch.float16: (1e-5, 2e-5)},
+    # d logits is written in the logits dtype: one rounding of that dtype
+    "logprob_grad": {torch.float32: (1e-4, 1e-6), torch.bfloat16: (1.6e-2, 1e-5), torch.float16: (2e-3, 1e-6)},
+    "loss": {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-4, 1e-5), torch.float16: (1e-4, 1e-5)},
+    # fused linear: matmuls in the input dtype (bf16 products are rounded to bf16 per chunk)
+    "fused_linear": {torch.float32: (1e-4, 1e-5), torch.bfloat16: (3e-2, 3e-3)},
 }
 
 

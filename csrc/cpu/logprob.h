@@ -71,7 +71,7 @@ MEDIX_INLINE void logprob_row_fwd(const T* __restrict__ x, int64_t V, float inv_
     if (want_entropy) {
 #pragma omp simd reduction(+ : bs, bd)
       for (int64_t j = 0; j < n; ++j) {
-        const float d = buf[j] - M;
+        const float d = std::max(buf[j] - M, -87.0f);  // a -inf logit adds 0, not 0 * -inf
         const float e = exp_nonpos(d);
         bs += e;
         bd += e * d;
@@ -92,24 +92,24 @@ MEDIX_INLINE void logprob_row_fwd(const T* __restrict__ x, int64_t V, float inv_
 template <typename T>
 MEDIX_INLINE void logprob_row_bwd(const T* x, T* out, int64_t V, float inv_t, int64_t id, float lse, float g_lp,
                                   float g_h, float h) {
-  const float c = lse - h;  // z - lse + H = z - c
+  // With d = z - lse (clamped at -87 so a -inf logit gives p = 0 and no 0 * inf):
+  //   dx = (1/T) * p * (-g_lp - g_H * (d + H)), plus g_lp / T at the sampled id.
   const float a = -g_lp * inv_t, b = -g_h * inv_t;
   // x and out may alias (in place): no __restrict__, each element read then written.
-  const float z_id = to_float(x[id]) * inv_t;
-  const float p_id = exp_nonpos(z_id - lse);
+  const float d_id = std::max(to_float(x[id]) * inv_t - lse, -87.0f);
+  const float p_id = exp_nonpos(d_id);
   if (g_h == 0.f) {
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) out[j] = from_float<T>(a * exp_nonpos(to_float(x[j]) * inv_t - lse));
   } else {
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) {
-      const float z = to_float(x[j]) * inv_t;
-      const float p = exp_nonpos(z - lse);
-      out[j] = from_float<T>(p * (a + b * (z - c)));
+      const float d = std::max(to_float(x[j]) * inv_t - lse, -87.0f);
+      out[j] = from_float<T>(exp_nonpos(d) * (a + b * (d + h)));
     }
   }
   // onehot term, from the saved logit (out[id] may already hold the gradient)
-  out[id] = from_float<T>(p_id * (a + b * (z_id - c)) + g_lp * inv_t);
+  out[id] = from_float<T>(p_id * (a + b * (d_id + h)) + g_lp * inv_t);
 }
 
 template <typename T>

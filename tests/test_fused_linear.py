@@ -1,0 +1,118 @@
+"""fused_linear_grpo_loss / fused_linear_selective_log_softmax vs the full-logits path."""
+import pytest
+import torch
+
+import medix_kernels as mk
+from medix_kernels import reference as ref
+from tests.tolerances import tol
+
+
+def batch(b=3, l=5, h=24, v=777, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, l, h, generator=gen).to(dtype)
+    weight = (torch.randn(v, h, generator=gen) * 0.2).to(dtype)
+    bias = (torch.randn(v, generator=gen) * 0.1).to(dtype)
+    ids = torch.randint(0, v, (b, l), generator=gen)
+    mask = torch.rand(b, l, generator=gen) > 0.3
+    mask[-1] = False
+    adv = torch.randn(b, generator=gen)
+    lp = ref.selective_log_softmax(hidden.float() @ weight.float().t() + bias.float(), ids)
+    return hidden, weight, bias, ids, mask, adv, lp + 0.2 * torch.randn(b, l, generator=gen), lp - 0.1
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "gspo", "dr_grpo", "cispo", "verl"])
+@pytest.mark.parametrize("chunk", [1, 4, None])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_full_logits_path(preset, chunk, with_bias):
+    hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=hash(preset) % 100)
+    cfg = mk.LossConfig.preset(preset)
+    ins = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    loss, stats = mk.fused_linear_grpo_loss(ins[0], ins[1], ids, mask, adv, lm_head_bias=ins[2] if with_bias else None,
+                                            old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk, backend="cpu")
+    loss.backward()
+    outs = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    want, want_stats = ref.fused_linear_grpo_loss(outs[0], outs[1], ids, mask, adv, bias=outs[2] if with_bias else None,
+                                                  old_logp=old, ref_logp=ref_lp, config=cfg)
+    want.backward()
+    t = tol("fused_linear", torch.float32)
+    torch.testing.assert_close(loss, want, **t)
+    for k in want_stats:
+        torch.testing.assert_close(stats[k], want_stats[k], **t)
+    torch.testing.assert_close(ins[0].grad, outs[0].grad, **t)
+    torch.testing.assert_close(ins[1].grad, outs[1].grad, **t)
+    if with_bias:
+        torch.testing.assert_close(ins[2].grad, outs[2].grad, **t)
+
+
+def test_bf16_weight_gradient_accumulates_in_fp32():
+    hidden, weight, _, ids, mask, adv, old, _ = batch(b=4, l=64, h=32, v=500, dtype=torch.bfloat16, seed=2)
+    mask[:] = True
+    cfg = mk.LossConfig.preset("dapo")
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss, _ = mk.fused_linear_grpo_loss(h, w, ids, mask, adv, old_logp=old, config=cfg, chunk_size=8, backend="cpu")
+    loss.backward()
+    # Oracle: the same bf16 logits, everything after them in float64, d weight summed in float64.
+    logits = (hidden @ weight.t()).double().requires_grad_(True)
+    want, _ = ref.grpo_loss(logits, ids, mask, adv, old_logp=old.double(), config=cfg)
+    (d_logits,) = torch.autograd.grad(want, logits)
+    want_w = d_logits.reshape(-1, 500).t() @ hidden.double().reshape(-1, 32)
+    assert w.grad.dtype == torch.bfloat16
+    err = ((w.grad.double() - want_w).norm() / want_w.norm()).item()
+    # d logits is rounded to bf16 once (~0.4%) and the result once more; a bf16 running sum over
+    # 32 chunks would add its own rounding at every step.
+    assert err < 1e-2, err
+
+
+def test_fused_linear_selective_log_softmax():
+    hidden, weight, bias, ids, *_ = batch()
+    got, ent = mk.fused_linear_selective_log_softmax(hidden, weight, ids, bias=bias, temperature=0.8, chunk_size=3,
+                                                     return_entropy=True)
+    want, want_ent = ref.selective_log_softmax(hidden @ weight.t() + bias, ids, temperature=0.8, return_entropy=True)
+    torch.testing.assert_close(got, want, **tol("fused_linear", torch.float32))
+    torch.testing.assert_close(ent, want_ent, **tol("fused_linear", torch.float32))
+    assert not got.requires_grad
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda b: mk.fused_linear_grpo_loss(b[0][0], b[1], b[3], b[4], b[5]), r"'hidden' must be a float tensor \[B, L, H\]"),
+    (lambda b: mk.fused_linear_grpo_loss(b[0], b[1][:, :3], b[3], b[4], b[5]), r"'lm_head_weight' must be \[V, H\]"),
+    (lambda b: mk.fused_linear_grpo_loss(b[0], b[1], b[3] + 10**6, b[4], b[5]), r"'ids' must be in \[0, V=777\)"),
+    (lambda b: mk.fused_linear_grpo_loss(b[0], b[1], b[3], b[4], b[5], chunk_size=0), "'chunk_size' must be"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(batch())
+
+
+def test_tiny_causal_lm_step_changes_parameters_and_matches_logits_path():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 300, (4, 12))
+    mask = torch.ones(4, 11, dtype=torch.bool)
+    mask[:, :3] = False  # prompt tokens
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    cfg = mk.LossConfig.preset("dapo")
+
+    out = model(ids, output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, :-1]
+    loss_f, _ = mk.fused_linear_grpo_loss(hidden, model.lm_head.weight, ids[:, 1:], mask, adv, config=cfg)
+    grads_f = torch.autograd.grad(loss_f, list(model.parameters()))
+    loss_l, _ = mk.grpo_loss(model(ids).logits[:, :-1], ids[:, 1:], mask, adv, config=cfg)
+    grads_l = torch.autograd.grad(loss_l, list(model.parameters()))
+    torch.testing.assert_close(loss_f, loss_l, rtol=1e-5, atol=1e-6)
+    for gf, gl in zip(grads_f, grads_l):
+        torch.testing.assert_close(gf, gl, rtol=1e-3, atol=1e-6)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    out = model(ids, output_hidden_states=True)
+    loss, _ = mk.fused_linear_grpo_loss(out.hidden_states[-1][:, :-1], model.lm_head.weight, ids[:, 1:], mask, adv,
+                                        config=cfg)
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
