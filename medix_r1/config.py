@@ -188,6 +188,11 @@ def _coerce(value, tp, key: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '3e-6' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise TypeError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -118,7 +118,7 @@ class VllmRollout:
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
         """Load ``model``'s current weights into the engine in place."""
-        weights = ((name, t.detach()) for name, t in model.state_dict().items())
+        weights = ((name, p.detach()) for name, p in model.named_parameters())
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                           "is_checkpoint_format": True})
         self.llm.apply_model(_refresh_lm_head)

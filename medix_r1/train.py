@@ -49,15 +49,17 @@ class TrainingStopped(RuntimeError):
 
 # ----------------------------------------------------------------------------- set-up
 
-def resolve_model_dir(name: str) -> Path:
+def resolve_model_dir(name: str) -> Path | str:
     if name == "smollm2":
         from medix_r1.models import smollm2_hf_dir
         return Path(smollm2_hf_dir())
     path = Path(name)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.policy/reference: {name!r} is neither 'smollm2' nor a HF model folder "
-                                f"(no config.json)")
-    return path
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists() and name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id such as Qwen/Qwen2.5-VL-7B-Instruct (needs network)
+    raise FileNotFoundError(f"model.policy/reference: {name!r} is neither 'smollm2', a HF model folder "
+                            f"(with config.json) nor a hub id")
 
 
 def load_model(model_dir: Path, cfg: TrainConfig, trainable: bool):
@@ -409,6 +411,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                             step, cfg.algorithm.max_refill_tries)
                 metrics.log(step, {"rollout/groups_kept": 0, "rollout/dropped_groups": info["dropped_groups"]})
                 bar.update(1)
+                if stop["signal"] is not None or step == cfg.train.max_steps or \
+                        (cfg.train.save_every and step % cfg.train.save_every == 0):
+                    save(step)
+                if stop["signal"] is not None:
+                    break
                 continue
             batch = make_batch(r.prompt_ids, r.response_ids, pad_id)
             t = time.perf_counter()

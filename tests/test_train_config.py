@@ -1,0 +1,99 @@
+"""Config tree: recipes, --set overrides, validation messages, --help."""
+import dataclasses
+
+import pytest
+
+from medix_r1.config import (TrainConfig, describe_fields, load_config, parse_override, resolve_recipe,
+                             set_value)
+from medix_r1.train import build_parser, lr_lambda
+
+
+def test_default_recipe_loads_and_matches_the_embedded_values():
+    cfg = load_config()
+    assert cfg.model.policy == "smollm2"
+    assert cfg.rollout.engine == "vllm" and cfg.rollout.n == 4
+    assert cfg.loss.beta == 0.0 and cfg.optim.lr == 2e-5
+
+
+@pytest.mark.parametrize("name", ["cpu_smollm2", "grpo", "dapo", "gspo"])
+def test_every_shipped_recipe_validates(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_paper_recipes_carry_the_paper_hyperparameters():
+    grpo, dapo, gspo = load_config("grpo"), load_config("dapo"), load_config("gspo")
+    assert (grpo.loss.kl, grpo.loss.beta, grpo.optim.lr, grpo.rollout.n) == ("k3", 0.01, 1e-6, 5)
+    assert (dapo.loss.clip_low, dapo.loss.clip_high, dapo.loss.beta) == (0.2, 0.28, 0.0)
+    assert dapo.algorithm.dynamic_sampling and dapo.algorithm.dynamic_sampling_high == 0.99
+    assert gspo.loss.loss_type == "gspo" and gspo.loss.clip_low < 1e-3
+
+
+def test_overrides_are_typed():
+    cfg = load_config(overrides=["loss.beta=0.05", "rollout.n=8", "train.tensorboard=false",
+                                 "data.train=some/file.jsonl", "optim.lr=3e-6"])
+    assert cfg.loss.beta == 0.05 and cfg.rollout.n == 8 and cfg.train.tensorboard is False
+    assert cfg.data.train == "some/file.jsonl" and cfg.optim.lr == 3e-6
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_unknown_field_suggests_the_closest_name():
+    with pytest.raises(ValueError, match=r"unknown config field 'loss\.betta'.*did you mean 'beta'"):
+        load_config(overrides=["loss.betta=0.1"])
+    with pytest.raises(ValueError, match=r"unknown config field 'rollot'.*did you mean 'rollout'"):
+        load_config(overrides=["rollot.n=2"])
+
+
+def test_wrong_type_names_the_field():
+    with pytest.raises(TypeError, match=r"rollout\.n: expected an integer, got 'four'"):
+        load_config(overrides=["rollout.n=four"])
+    with pytest.raises(TypeError, match=r"train\.tensorboard: expected a boolean"):
+        load_config(overrides=["train.tensorboard=3"])
+
+
+def test_out_of_range_and_bad_choices():
+    with pytest.raises(ValueError, match=r"rollout\.n must be >= 1, got 0"):
+        load_config(overrides=["rollout.n=0"])
+    with pytest.raises(ValueError, match=r"optim\.lr must be > 0"):
+        load_config(overrides=["optim.lr=0"])
+    with pytest.raises(ValueError, match=r"loss\.impl must be one of .*did you mean 'fused'"):
+        load_config(overrides=["loss.impl=fusd"])
+    with pytest.raises(ValueError, match=r"max_model_len .* must be >= data\.max_prompt_tokens"):
+        load_config(overrides=["rollout.max_model_len=100"])
+
+
+def test_bad_override_syntax_and_recipe_name(tmp_path):
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("loss.beta")
+    with pytest.raises(ValueError, match="did you mean 'dapo'"):
+        resolve_recipe("dapoo")
+    bad = tmp_path / "r.yaml"
+    bad.write_text("loss:\n  clip_hihg: 0.3\n")
+    with pytest.raises(ValueError, match=rf"recipe {bad}: unknown config field 'loss\.clip_hihg'.*'clip_high'"):
+        load_config(str(bad))
+
+
+def test_section_cannot_be_set_to_a_value():
+    cfg = TrainConfig()
+    with pytest.raises(TypeError, match="is a section"):
+        set_value(cfg, "loss", 3)
+
+
+def test_help_documents_every_field():
+    text = build_parser().format_help()
+    cfg = TrainConfig()
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            assert f"{section.name}.{f.name} (" in text, f"{section.name}.{f.name} missing from --help"
+    assert len(describe_fields()) > 50
+
+
+def test_lr_schedules():
+    cfg = load_config(overrides=["optim.schedule=linear", "optim.warmup_steps=2", "train.max_steps=12",
+                                 "optim.min_lr_ratio=0.0"])
+    f = lr_lambda(cfg)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == 1.0 and f(7) == pytest.approx(0.5) and f(12) == 0.0
+    cfg = load_config(overrides=["optim.schedule=cosine", "train.max_steps=10", "optim.min_lr_ratio=0.1"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(1.0) and f(5) == pytest.approx(0.55) and f(10) == pytest.approx(0.1)
