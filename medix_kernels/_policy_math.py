@@ -8,7 +8,7 @@ linear path) is exactly the sum of its chunks:
     token-mean:              w = m / (number of tokens)
     seq-mean-token-mean:     w = m / (len_b * number of non-empty sequences)
     seq-mean-token-sum:      w = m / (number of non-empty sequences)
-    seq-mean-token-sum-norm: w = m / (B * max_len)
+    seq-mean-token-sum-norm: w = m / (number of non-empty sequences * max_len)
 The formulas of l_t are written out in medix_kernels.reference.policy_loss (FACTS.md section 2).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def token_weights(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
         return m / (lengths.clamp_min(1) * n_seq)
     if config.aggregation == "seq-mean-token-sum":
         return m / n_seq
-    return m / (m.shape[0] * (config.max_len if config.max_len is not None else m.shape[-1]))
+    return m / (n_seq * (config.max_len if config.max_len is not None else m.shape[-1]))
 
 
 def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_ratio=None):

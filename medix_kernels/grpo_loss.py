@@ -65,11 +65,11 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
         kl_mean and entropy_mean when asked). No host synchronisation happens inside.
     """
     op = "grpo_loss"
-    check_logits_ids(logits, ids, op, check_finite=check_finite)
+    backend = resolve_backend(backend, logits, op)
+    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite)
     if logits.dim() != 3:
         raise ValueError(f"{op}: 'logits' must be [B, L, V], got shape {tuple(logits.shape)}")
     check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op)
-    backend = resolve_backend(backend, logits, op)
     if backend == "torch":
         return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
                                    config=config, return_entropy=return_entropy)

@@ -23,7 +23,8 @@ class LossConfig:
         verl's "low_var_kl"). beta = 0 turns it off (then ref_logp is not needed).
     aggregation: "token-mean" (sum / tokens in the batch), "seq-mean-token-mean" (mean per
         sequence, then over sequences), "seq-mean-token-sum", "seq-mean-token-sum-norm"
-        (sum / (sequences * max_len): Dr. GRPO). Sequences with no unmasked token are ignored.
+        (sum / (sequences * max_len): Dr. GRPO's constant normaliser). Sequences with no unmasked
+        token are ignored by every aggregation (they count in no denominator).
     max_len: the constant of "seq-mean-token-sum-norm" (None: the padded length L).
     temperature: logits are divided by it before the log-softmax (> 0).
     """

@@ -51,7 +51,7 @@ class _FusedLogprob(torch.autograd.Function):
         return bwd(logits, ids, lse, grad_logp, entropy, grad_entropy, ctx.temperature), None, None, None, None, None
 
 
-def check_logits_ids(logits, ids, op: str, *, check_finite: bool = False) -> None:
+def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool = False) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
         raise TypeError(f"{op}: 'logits' must be a float tensor [B, L, V] or [T, V], got "
                         f"{getattr(logits, 'dtype', type(logits).__name__)}")
@@ -66,7 +66,7 @@ def check_logits_ids(logits, ids, op: str, *, check_finite: bool = False) -> Non
         raise ValueError(f"{op}: 'ids' is on {ids.device} but 'logits' is on {logits.device}")
     if torch.compiler.is_compiling():
         return
-    if logits.device.type != "cpu" and ids.numel():  # the CPU kernels check the range themselves
+    if backend != "cpu" and ids.numel():  # the C++ CPU kernels check the range themselves, sync-free
         v = logits.shape[-1]
         bad = (ids < 0) | (ids >= v)
         if bool(bad.any()):
@@ -96,10 +96,10 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperatur
         logp [B, L] float32 (and entropy [B, L] float32), differentiable.
     """
     op = "selective_log_softmax"
-    check_logits_ids(logits, ids, op, check_finite=check_finite)
+    backend = resolve_backend(backend, logits, op)
+    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"{op}: 'temperature' must be a float > 0, got {temperature!r}")
-    backend = resolve_backend(backend, logits, op)
     if backend == "torch" or logits.dtype == torch.float64:
         return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
     logp, _, entropy = _FusedLogprob.apply(logits, ids, float(temperature), bool(return_entropy), backend,

@@ -237,3 +237,19 @@ def test_torch_compile_fullgraph_training_step():
     loss_e.backward()
     torch.testing.assert_close(loss_c, loss_e)
     torch.testing.assert_close(head.weight.grad, grad_c)
+
+
+def test_out_of_range_ids_on_the_torch_backend_is_a_value_error():
+    logits, ids, mask, adv, *_ = make_batch(2, 3, 20)
+    with pytest.raises(ValueError, match=r"'ids' must be in \[0, V=20\)"):
+        mk.grpo_loss(logits, ids + 20, mask, adv, backend="torch")
+
+
+def test_empty_sequences_count_in_no_denominator():
+    logits, ids, mask, adv, old, _ = make_batch(3, 4, 30, empty_row=False)
+    mask[2] = False
+    for agg in AGGREGATIONS:
+        cfg = mk.LossConfig.preset("dapo", aggregation=agg, max_len=4)
+        full, _ = mk.grpo_loss(logits, ids, mask, adv, old_logp=old, config=cfg, backend="cpu")
+        dropped, _ = mk.grpo_loss(logits[:2], ids[:2], mask[:2], adv[:2], old_logp=old[:2], config=cfg, backend="cpu")
+        torch.testing.assert_close(full, dropped)

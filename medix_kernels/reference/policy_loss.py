@@ -41,7 +41,7 @@ def aggregate(per_token, mask, aggregation, max_len=None):
     if aggregation == "seq-mean-token-sum":
         return (per_token * mask).sum(-1)[valid].sum() / n_seq
     norm = max_len if max_len is not None else per_token.shape[-1]
-    return (per_token * mask).sum() / (per_token.shape[0] * norm)
+    return (per_token * mask).sum() / (n_seq * norm)  # Dr. GRPO's constant, over non-empty sequences
 
 
 def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None):
