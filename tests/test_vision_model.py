@@ -1,0 +1,257 @@
+"""Tiny Qwen2.5-VL + offline tokenizer, synthetic shape QA, and the trainer-facing VL input path:
+prepare -> hf generate with images -> collate -> forward -> fused GRPO loss -> step."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import medix_kernels
+from medix_r1.vision.images import SkipLog, load_record_images
+from medix_r1.vision.inputs import (
+    build_vl_messages, check_model_accepts_images, collate_vl, freeze_vision_tower, is_vision_model,
+    prepare_vl_prompts, slice_vl_batch, vision_parameters, vl_generate_inputs,
+)
+from medix_r1.vision.qwen_vl_processor import config_for_model, image_token_counts
+from medix_r1.vision.synthetic import SHAPES, draw_shape, generate_synthetic_set
+from medix_r1.vision.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl
+
+SYSTEM = "You are a medical assistant. First name the image modality tag, then think, then answer."
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    path = generate_synthetic_set(folder, n_image=10, n_text=4, seed=1)
+    return folder, [json.loads(line) for line in open(path)]
+
+
+def small_cfg(model):
+    # 28*28*16 caps each image at 16 merged tokens: keeps the CPU tests fast
+    return config_for_model(model, max_pixels=28 * 28 * 16)
+
+
+def test_synthetic_set_records_and_images(data):
+    folder, records = data
+    assert len(records) == 14
+    image_recs = [r for r in records if r["images"]]
+    assert len(image_recs) == 10 and sum(len(r["images"]) == 2 for r in records) == 2
+    modes = set()
+    for r in records:
+        assert set(r) == {"id", "images", "source", "problem", "solution"}
+        assert r["solution"].startswith("<OTHER> ")
+        for rel in r["images"]:
+            assert not os.path.isabs(rel)
+            modes.add(Image.open(folder / rel).mode)
+        if r["images"] and "shape" in r["problem"]:
+            assert r["solution"].split()[1] in SHAPES
+    assert {"RGB", "L", "RGBA", "P"} <= modes
+    for r in image_recs:
+        assert all(img.mode == "RGB" for img in load_record_images(r, folder))
+
+
+def test_draw_shape_pixels():
+    img = draw_shape("square", "red", (60, 40))
+    assert img.getpixel((30, 20)) == (220, 30, 30) and img.getpixel((1, 1)) == (245, 245, 245)
+    tri = draw_shape("triangle", "blue", (100, 100))
+    assert tri.getpixel((50, 80)) == (40, 70, 220) and tri.getpixel((20, 20)) == (245, 245, 245)
+    with pytest.raises(ValueError, match="shape must be one of"):
+        draw_shape("hexagon", "red", (10, 10))
+
+
+def test_tiny_checkpoint_loads_like_a_real_one(tiny_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_dir)
+    assert config.model_type == "qwen2_5_vl" and is_vision_model(config)
+    text = config.text_config
+    assert (text.hidden_size, text.num_attention_heads, text.num_hidden_layers) == (128, 2, 2)
+    assert sum(text.rope_parameters["mrope_section"]) == 128 // 2 // 2
+    assert config.vision_config.depth == 2 and config.vision_config.out_hidden_size == 128
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    assert config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert config.text_config.eos_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    response = "<OTHER> <thinking> I see a red circle. </thinking> <answer> circle </answer>"
+    ids = tok(response, add_special_tokens=False)["input_ids"]
+    for t in ("<OTHER>", "<thinking>", "</answer>"):
+        assert tok.convert_tokens_to_ids(t) in ids  # markup is one token each
+    assert tok.decode(ids, skip_special_tokens=True) == response  # byte-level: exact round trip
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in MARKUP_TOKENS)
+    text_out = tok.apply_chat_template(build_vl_messages("What shape?", 1, "sys"), tokenize=False,
+                                       add_generation_prompt=True)
+    assert text_out == ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
+                        "<|vision_end|>What shape?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_build_vl_messages_places_images():
+    msgs = build_vl_messages("Compare <image> with <image> please", 2, None, "m")
+    assert msgs == [{"role": "user", "content": [
+        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": " with "},
+        {"type": "image"}, {"type": "text", "text": " please"}]}]
+    plain = build_vl_messages("Q?", 2, "S")
+    assert plain[0] == {"role": "system", "content": "S"}
+    assert plain[1]["content"] == [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Q?"}]
+    with pytest.raises(ValueError, match=r"record 'x'.*1 <image> marker.*2 image"):
+        build_vl_messages("look <image>", 2, None, "x")
+
+
+def test_text_only_model_rejects_image_records():
+    from transformers import LlamaConfig
+
+    text_cfg = LlamaConfig(num_hidden_layers=1, hidden_size=8, intermediate_size=8, num_attention_heads=1)
+    assert not is_vision_model(text_cfg)
+    check_model_accepts_images(text_cfg, [{"id": "t", "images": []}])  # text-only data is fine
+    with pytest.raises(ValueError, match=r"record 'img-3' has 1 image.*text-only model.*vision-language"):
+        check_model_accepts_images(text_cfg, [{"id": "t", "images": []}, {"id": "img-3", "images": ["a.png"]}])
+
+
+def test_prepare_expands_placeholders_per_image_and_handles_bad_records(tiny_dir, data, tmp_path):
+    model, tok = load_tiny_qwen2_5_vl(tiny_dir)
+    folder, records = data
+    cfg = small_cfg(model)
+    items = prepare_vl_prompts(records, tok, cfg, SYSTEM, folder)
+    assert len(items) == len(records)
+    pad = model.config.image_token_id
+    for item in items:
+        n_img = len(item["record"]["images"])
+        n_pad = item["input_ids"].count(pad)
+        if n_img:
+            grid = item["image_grid_thw"]
+            assert grid.shape == (n_img, 3)
+            assert n_pad == sum(image_token_counts(grid, 2)) == int(grid.prod(-1).sum()) // 4
+            assert item["pixel_values"].shape == (int(grid.prod(-1).sum()), 3 * 2 * 14 * 14)
+            assert item["input_ids"].count(tok.convert_tokens_to_ids("<|vision_start|>")) == n_img
+        else:
+            assert n_pad == 0 and item["pixel_values"] is None and item["image_grid_thw"] is None
+    # a missing image: error names the record; skip policy drops and counts it
+    bad = dict(records[0], id="broken", images=["images/none.png"])
+    with pytest.raises(ValueError, match="record 'broken'"):
+        prepare_vl_prompts([bad], tok, cfg, SYSTEM, folder)
+    log = SkipLog()
+    kept = prepare_vl_prompts([bad] + records[:3], tok, cfg, SYSTEM, folder, on_bad_image="skip", skip_log=log)
+    assert len(kept) == 3 and log.skipped == 1
+    # more images than <image> markers in the problem
+    img_rec = next(r for r in records if len(r["images"]) == 2)
+    with pytest.raises(ValueError, match="1 <image> marker"):
+        prepare_vl_prompts([dict(img_rec, problem="See <image>.")], tok, cfg, SYSTEM, folder)
+
+
+def test_image_content_changes_the_logits(tiny_dir):
+    model, tok = load_tiny_qwen2_5_vl(tiny_dir)
+    cfg = small_cfg(model)
+    out = []
+    for colour in ("red", "blue"):
+        rec = {"id": colour, "images": [_png(draw_shape("circle", colour, (56, 56)))], "problem": "What shape?"}
+        item = prepare_vl_prompts([rec], tok, cfg)[0]
+        with torch.no_grad():
+            out.append(model(**vl_generate_inputs(item)).logits[0, -1])
+    assert out[0].shape == (len(tok),) and torch.isfinite(out[0]).all()
+    assert (out[0] - out[1]).abs().max() > 1e-4  # the vision tower feeds the language model
+
+
+def _png(img):
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rollout(model, tok, items, n=2, max_new_tokens=6, seed=0):
+    """hf generate with images, n samples per prompt; returns (items per row, response ids)."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    rows, responses = [], []
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for item in items:
+            kwargs = vl_generate_inputs(item)
+            seqs = model.generate(**kwargs, generation_config=gen)
+            assert seqs.shape[0] == n
+            assert seqs[:, :kwargs["input_ids"].shape[1]].eq(kwargs["input_ids"]).all()
+            for s in seqs[:, kwargs["input_ids"].shape[1]:].tolist():
+                eos = s.index(tok.eos_token_id) + 1 if tok.eos_token_id in s else len(s)
+                rows.append(item)
+                responses.append(s[:eos])
+    return rows, responses
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_mixed_batch_generate_collate_loss_step(tiny_dir, data, frozen):
+    model, tok = load_tiny_qwen2_5_vl(tiny_dir)
+    folder, records = data
+    mixed = [r for r in records if len(r["images"]) == 2][:1] + [r for r in records if len(r["images"]) == 1][:1] \
+        + [r for r in records if not r["images"]][:1]
+    items = prepare_vl_prompts(mixed, tok, small_cfg(model), SYSTEM, folder)
+    rows, responses = _rollout(model, tok, items)
+    assert len(rows) == 6 and all(len(r) >= 1 for r in responses)
+
+    batch = collate_vl(rows, responses, tok.pad_token_id)
+    B, L = batch["input_ids"].shape
+    assert batch["image_counts"].tolist() == [2, 2, 1, 1, 0, 0]
+    assert batch["image_grid_thw"].shape == (6, 3)
+    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
+    assert batch["response_mask"].sum(1).tolist() == [float(len(r)) for r in responses]
+    for b, (item, resp) in enumerate(zip(rows, responses)):  # right padding, prompt then response
+        p = len(item["input_ids"])
+        assert batch["input_ids"][b, :p].tolist() == item["input_ids"]
+        assert batch["input_ids"][b, p:p + len(resp)].tolist() == resp
+        assert batch["ids"][b, :len(resp)].tolist() == resp
+
+    freeze_vision_tower(model, frozen)
+    model.train()
+    vision_before = [p.detach().clone() for p in vision_parameters(model)]
+    head_before = model.lm_head.weight.detach().clone()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                output_hidden_states=True, use_cache=False)
+    hidden, ids = out.hidden_states[-1], batch["input_ids"]
+    torch.testing.assert_close(model.lm_head(hidden), out.logits)  # last hidden state is post-norm
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
+    loss, _ = medix_kernels.fused_linear_grpo_loss(hidden[:, :-1], model.lm_head.weight, ids[:, 1:],
+                                                   batch["response_mask"][:, 1:], advantages)
+    assert torch.isfinite(loss)
+    # the trainer's layout (pred_pos gathers the predicting positions) gives the same loss
+    gathered = hidden.gather(1, batch["pred_pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    loss2, _ = medix_kernels.fused_linear_grpo_loss(gathered, model.lm_head.weight, batch["ids"], batch["mask"],
+                                                    advantages)
+    torch.testing.assert_close(loss, loss2, atol=1e-6, rtol=1e-5)
+    loss.backward()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
+    changed = [not torch.equal(a, p) for a, p in zip(vision_before, vision_parameters(model))]
+    assert not torch.equal(head_before, model.lm_head.weight)
+    if frozen:
+        assert not any(changed) and all(p.grad is None for p in vision_parameters(model))
+    else:
+        assert sum(changed) > len(changed) // 2  # gradients reach the vision tower through the merger
+
+
+def test_micro_batch_slices_carry_their_own_images(tiny_dir, data):
+    model, tok = load_tiny_qwen2_5_vl(tiny_dir)
+    folder, records = data
+    picked = [r for r in records if not r["images"]][:1] + [r for r in records if len(r["images"]) == 2][:1] \
+        + [r for r in records if len(r["images"]) == 1][:2]
+    items = prepare_vl_prompts(picked, tok, small_cfg(model), SYSTEM, folder)
+    responses = [tok("<OTHER> <answer> circle </answer>", add_special_tokens=False)["input_ids"]] * 4
+    batch = collate_vl(items, responses, tok.pad_token_id)
+    extra = lambda b: {k: b[k] for k in ("pixel_values", "image_grid_thw") if k in b}  # noqa: E731
+    with torch.no_grad():
+        full = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                **extra(batch)).last_hidden_state
+        for start, stop in ((0, 1), (1, 3), (3, 4), (0, 2)):
+            mb = slice_vl_batch(batch, start, stop)
+            assert mb["image_counts"].sum() == (mb["image_grid_thw"].shape[0] if "image_grid_thw" in mb else 0)
+            part = model.base_model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                                    **extra(mb)).last_hidden_state
+            mask = mb["attention_mask"].bool()
+            torch.testing.assert_close(part[mask], full[start:stop][mask], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="one entry per row"):
+        collate_vl(items, responses[:2], tok.pad_token_id)
