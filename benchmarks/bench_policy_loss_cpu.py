@@ -5,8 +5,8 @@ fp32 [4, 1024, 49,152] (SmolLM2's vocabulary), side by side in one run:
   - the eager reference (materialised log-softmax) and torch.compile of that reference
   - fused_linear_grpo_loss (H = 576) vs the full-logits path (hidden @ W^T, then grpo_loss)
 Time: median of repeats. Memory: peak RSS growth of a fresh process that runs the function once
-after its inputs exist (ru_maxrss of the child minus its RSS before the call), reported against
-the size of the logits tensor. Writes benchmarks/results/policy_loss_cpu.csv and a PNG.
+after its inputs exist and after a warm-up on a tiny shape (the kernel's peak-RSS mark VmHWM is
+reset just before the call), reported against the size of the logits tensor. Writes benchmarks/results/policy_loss_cpu.csv and a PNG.
 
     python benchmarks/bench_policy_loss_cpu.py [--quick]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import sys
 
 import torch
@@ -56,10 +55,10 @@ def build(name, inputs):
             elif name == "torch-compile":
                 loss, _ = build.compiled(x, ids, mask, adv, old_logp=old, config=cfg)
             else:
-                # inplace: the loss input is a fresh activation (as the LM head's output is), whose
-                # storage receives its own gradient
-                y = x * 1.0 if name == "medix-cpu-inplace" else x
-                loss, _ = mk.grpo_loss(y, ids, mask, adv, old_logp=old, config=cfg,
+                # inplace: the logits' storage receives their gradient (in training the logits are
+                # the LM head's output, needed by nothing else; here x.grad aliases x afterwards,
+                # which changes later repeats' values but not their cost)
+                loss, _ = mk.grpo_loss(x, ids, mask, adv, old_logp=old, config=cfg,
                                        inplace_backward=name == "medix-cpu-inplace", backend="cpu")
             loss.backward()
         if name == "torch-compile":
@@ -84,6 +83,20 @@ def _rss_kb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _reset_peak():
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _peak_child(name, shape, queue):
     # Warm up on a tiny shape first (lazy imports, compilation, thread pools), so that the peak
     # below is the measured call's own memory. ru_maxrss is the peak over the process's life.
@@ -95,9 +108,9 @@ def _peak_child(name, shape, queue):
     if name == "torch-compile":
         run()  # compile for this shape outside the measured call
     before = _rss_kb()
+    _reset_peak()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(max(0, peak - before) * 1024)
+    queue.put(max(0, _peak_kb() - before) * 1024)
 
 
 def peak_extra_bytes(name, shape):

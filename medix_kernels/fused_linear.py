@@ -27,14 +27,16 @@ def default_chunk_size(vocab: int, dtype: torch.dtype) -> int:
     return max(16, _CHUNK_BYTES // (vocab * torch.finfo(dtype).bits // 8))
 
 
-def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b accumulated and returned in float32 (no bf16 rounding of the weight gradient)."""
+def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b with acc in float32: in place for float32 inputs (no [V, H] temporary per
+    chunk); for bf16/fp16 the chunk's product is formed in float32, never summed in bf16."""
     if a.dtype == torch.float32:
-        return a @ b
+        acc.addmm_(a, b)
+        return
     try:
-        return torch.mm(a, b, out_dtype=torch.float32)
+        acc += torch.mm(a, b, out_dtype=torch.float32)
     except (TypeError, RuntimeError):
-        return a.float() @ b.float()
+        acc.addmm_(a.float(), b.float())
 
 
 def _chunk_logits(h, weight, bias):
@@ -130,8 +132,8 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             if ent_all is not None:
                 ent_all[s:e] = en
             bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None, None, config.temperature)  # logits := d logits
-            grad_h[s:e] = logits @ weight
-            grad_w += _mm_f32(logits.t(), h[s:e])
+            torch.mm(logits, weight, out=grad_h[s:e])
+            _addmm_f32_(grad_w, logits.t(), h[s:e])
             if grad_b is not None:
                 grad_b += logits.float().sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
