@@ -82,9 +82,17 @@ def test_section_cannot_be_set_to_a_value():
 def test_help_documents_every_field():
     text = build_parser().format_help()
     cfg = TrainConfig()
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):  # a nested section: a [header], then its fields
+                assert f"[{prefix}{f.name}]" in text, f"section {prefix}{f.name} missing from --help"
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                assert f"{prefix}{f.name} (" in text, f"{prefix}{f.name} missing from --help"
     for section in dataclasses.fields(cfg):
-        for f in dataclasses.fields(getattr(cfg, section.name)):
-            assert f"{section.name}.{f.name} (" in text, f"{section.name}.{f.name} missing from --help"
+        walk(getattr(cfg, section.name), f"{section.name}.")
     assert len(describe_fields()) > 50
 
 

@@ -1,0 +1,151 @@
+"""An in-process judge: a causal LM (SmolLM2-135M-Instruct by default) through transformers.
+
+Verdicts (:meth:`LocalJudge.judge_many`) need no generation: one batched forward pass over the
+chat-formatted prompts gives the next-token logits, and the reply is YES when the log-sum-exp of
+the logits of the YES-like first tokens ("YES", "Yes", "yes", with and without a leading space)
+beats that of the NO-like ones. Several variants are pooled because SmolLM2's tokenizer splits
+"YES" into "Y" + "ES" while "NO" is one token: comparing only "Y" with "NO" would favour NO.
+The reply is therefore always YES or NO, so a local verdict never fails on parsing.
+
+:meth:`LocalJudge.chat` (used by the evaluation harness with its own prompt) generates greedily.
+Model calls run in a worker thread (``asyncio.to_thread``) under a lock, one at a time: the event
+loop stays free and memory stays bounded. A deadline stops the wait, not the forward pass that is
+already running (PyTorch cannot interrupt it); the next call waits for that pass to end.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from .judge import JUDGE_MAX_TOKENS, ChatReply, JudgeBase, JudgeVerdict, judge_messages
+
+YES_WORDS = ("YES", "Yes", "yes", " YES", " Yes", " yes")
+NO_WORDS = ("NO", "No", "no", " NO", " No", " no")
+
+
+class LocalJudge(JudgeBase):
+    """Same interface as :class:`JudgeClient`; ``max_retries`` is accepted for symmetry and unused
+    (a local forward pass has no transient faults worth retrying)."""
+
+    def __init__(self, model_dir=None, *, concurrency: int = 1, timeout_s: float = 120.0, max_retries: int = 0,
+                 cache_path=None, parity: str = "strict", batch_size: int = 16, max_prompt_tokens: int = 768,
+                 device: str = "cpu"):
+        super().__init__(cache_path, parity)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model_dir is None:
+            from medix_r1.models import smollm2_hf_dir
+            model_dir = smollm2_hf_dir()
+        if not Path(model_dir).is_dir():
+            raise ValueError(f"model_dir must be a Hugging Face model folder, got {str(model_dir)!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model_id = f"local:{Path(model_dir).name}"
+        self.timeout_s, self.batch_size, self.max_prompt_tokens = float(timeout_s), batch_size, max_prompt_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer.padding_side = "left"  # the last position is then every row's next token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+        self.device = device
+        self.yes_ids = self._first_tokens(YES_WORDS)
+        self.no_ids = self._first_tokens(NO_WORDS)
+        self._lock = threading.Lock()
+
+    def _first_tokens(self, words) -> list[int]:
+        return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+
+    def _prompt_ids(self, messages) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)
+        # keep the end (the generation prompt and the question) when a prompt is too long
+        return ids[-self.max_prompt_tokens:]
+
+    # ------------------------------------------------------------------ verdicts (batched logits)
+    def yes_no_replies(self, messages_list) -> list[str]:
+        """'YES' or 'NO' for each prompt from the next-token logits (blocking, batched)."""
+        import torch
+
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(messages_list), self.batch_size):
+                rows = [self._prompt_ids(m) for m in messages_list[start:start + self.batch_size]]
+                batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
+                logits = self.model(**batch).logits[:, -1, :].float()
+                yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
+                no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
+                out += ["YES" if bool(y > n) else "NO" for y, n in zip(yes, no)]
+                self.counters.requests += len(rows)
+        return out
+
+    async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
+        return (await self.judge_many([(question, reference, answer)], deadline=deadline))[0]
+
+    async def judge_many(self, items, *, deadline=None) -> list[JudgeVerdict]:
+        items = list(items)
+        keys = [self.verdict_key(q, r, a) for q, r, a in items]
+        replies: list[ChatReply | None] = [self._cached(k) for k in keys]
+        todo = [i for i, rep in enumerate(replies) if rep is None]
+        if todo:
+            t0 = time.monotonic()
+            messages = [judge_messages(items[i][2], items[i][1]) for i in todo]
+            try:
+                texts = await asyncio.wait_for(asyncio.to_thread(self.yes_no_replies, messages),
+                                               timeout=self._remaining(deadline))
+                latency = time.monotonic() - t0
+                for i, text in zip(todo, texts):
+                    self.cache.put(keys[i], text)
+                    self.counters.latencies.append(latency)
+                    replies[i] = ChatReply(text=text, attempts=1, latency=latency)
+            except Exception as exc:  # deadline or a model error: every pending item fails
+                error = "deadline reached" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+                self.counters.failures += len(todo)
+                for i in todo:
+                    replies[i] = ChatReply(text=None, failed=True, error=error, attempts=1,
+                                           latency=time.monotonic() - t0)
+        return [self._verdict(rep) for rep in replies]
+
+    def _remaining(self, deadline) -> float:
+        if deadline is None:
+            return self.timeout_s
+        return max(0.0, deadline - time.monotonic())
+
+    # ------------------------------------------------------------------ generic chat (greedy)
+    def generate(self, messages, max_tokens: int) -> str:
+        """Greedy generation of at most ``max_tokens`` new tokens (blocking)."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            ids = torch.tensor([self._prompt_ids(messages)], device=self.device)
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            self.counters.requests += 1
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    async def chat(self, messages, *, max_tokens: int = JUDGE_MAX_TOKENS, cache_key=None, deadline=None) -> ChatReply:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        hit = self._cached(cache_key)
+        if hit is not None:
+            return hit
+        t0 = time.monotonic()
+        try:
+            text = await asyncio.wait_for(asyncio.to_thread(self.generate, messages, max_tokens),
+                                          timeout=self._remaining(deadline))
+        except Exception as exc:
+            self.counters.failures += 1
+            error = "deadline reached" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+            return ChatReply(text=None, failed=True, error=error, attempts=1, latency=time.monotonic() - t0)
+        latency = time.monotonic() - t0
+        self.counters.latencies.append(latency)
+        if cache_key is not None:
+            self.cache.put(cache_key, text)
+        return ChatReply(text=text, attempts=1, latency=latency)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,131 @@
+"""Parsing MediX-R1 responses and reference solutions.
+
+A response looks like ``<TAG> <thinking>...</thinking> <answer>...</answer>``; a reference
+solution is stored as ``"<TAG> answer text"``.
+
+Official rules (MediX-R1 reward code, FACTS.md section 1), reproduced with ``parity="official"``:
+
+- whitespace around every ``<``, ``>`` and ``/`` is removed before anything else (this also turns
+  ``a / b`` inside an answer into ``a/b``);
+- format: 1 when the text from the first ``<thinking>`` on (stripped) is exactly
+  ``<thinking>...</thinking>`` + optional whitespace + ``<answer>...</answer>``; text before
+  ``<thinking>`` is not checked, trailing text fails;
+- modality: 1 when the text before the first ``<thinking>`` (stripped) equals the reference tag,
+  case-insensitively; 0 without ``<thinking>``;
+- answer: the first ``<answer>...</answer>`` content (the whole response without one), stripped
+  and with leading/trailing dots removed;
+- invalid answer: empty, a single character, or containing ``__``, ``:`` or ``?``.
+
+``parity="strict"`` (the default) differs in one place only: whitespace is removed around the
+*tags* (``< thinking >``, ``</ answer>``...), not around every ``<``, ``>`` and ``/``, so an answer
+such as ``1 / 2`` or ``PSA < 4`` keeps its text; the answer is also stripped once more after
+the dots are removed (``". Yes"`` gives ``"Yes"``, not ``" Yes"``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MODALITY_TAGS = (
+    "<X_RAY>", "<MICROSCOPY>", "<CLINICAL_PHOTOGRAPHY>", "<CT_SCAN>", "<GRAPHICS>", "<ANGIOGRAPHY>",
+    "<PET_SCAN>", "<ULTRASOUND>", "<MRI_SCAN>", "<FUNDUS_PHOTOGRAPHY>", "<OCT_SCAN>", "<ENDOSCOPY>",
+    "<MAMMOGRAPHY>", "<FLUOROSCOPY>", "<OTHER>", "<SPECT>",
+)
+PARITIES = ("strict", "official")
+
+_OFFICIAL_SPACES = re.compile(r"\s*([</>])\s*")
+# A tag: '<', optional '/', a word, '>' with any whitespace in between (strict mode only).
+_TAG_SPACES = re.compile(r"\s*<\s*(/?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*>\s*")
+_FORMAT = re.compile(r"<thinking>.*?</thinking>\s*<answer>.*?</answer>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_THINKING = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """What the reward needs from one response (after whitespace normalisation)."""
+    normalized: str       # the response after whitespace removal around tags
+    modality_tag: str     # text before the first <thinking>, stripped ('' without <thinking>)
+    thinking: str | None  # first <thinking> content, stripped; None without a closed block
+    answer: str           # the extracted answer (see module docstring)
+    format_ok: bool       # the official format rule
+
+
+def _check_parity(parity: str) -> None:
+    if parity not in PARITIES:
+        raise ValueError(f"parity must be one of {PARITIES}, got {parity!r}")
+
+
+def normalize_response(response: str, parity: str = "strict") -> str:
+    """Remove whitespace around tag delimiters (official: around every '<', '>' and '/')."""
+    _check_parity(parity)
+    if parity == "official":
+        return _OFFICIAL_SPACES.sub(r"\1", response)
+    return _TAG_SPACES.sub(r"<\1\2>", response)
+
+
+def clean_answer(text: str, parity: str = "strict") -> str:
+    """Strip, then remove leading/trailing dots (strict: and strip again)."""
+    text = text.strip().strip(".")
+    return text if parity == "official" else text.strip()
+
+
+def parse_response(response: str, parity: str = "strict") -> ParsedResponse:
+    """Split a response into modality tag, thinking, answer and format validity."""
+    if not isinstance(response, str):
+        raise TypeError(f"response must be a str, got {type(response).__name__}")
+    text = normalize_response(response, parity)
+    start = text.find("<thinking>")
+    if start < 0:
+        modality, format_ok = "", False
+    else:
+        modality = text[:start].strip()
+        format_ok = _FORMAT.fullmatch(text[start:].strip()) is not None
+    thinking = _THINKING.search(text)
+    answer = _ANSWER.search(text)
+    return ParsedResponse(
+        normalized=text, modality_tag=modality,
+        thinking=thinking.group(1).strip() if thinking else None,
+        answer=clean_answer(answer.group(1) if answer else text, parity),
+        format_ok=format_ok)
+
+
+def parse_solution(solution: str, parity: str = "strict") -> tuple[str, str]:
+    """``"<TAG> answer"`` -> (tag, cleaned answer). The tag keeps its brackets, e.g. ``"<OTHER>"``.
+
+    Raises ValueError when the solution has no leading tag or an unknown one.
+    """
+    if not isinstance(solution, str):
+        raise TypeError(f"solution must be a str, got {type(solution).__name__}")
+    text = solution.strip()
+    end = text.find(">")
+    if not text.startswith("<") or end < 0:
+        raise ValueError(f"solution must start with a modality tag such as <OTHER>, got {solution[:80]!r}")
+    tag = text[: end + 1]
+    if tag.upper() not in MODALITY_TAGS:
+        raise ValueError(f"solution has unknown modality tag {tag!r}; expected one of {', '.join(MODALITY_TAGS)}")
+    return tag, clean_answer(text[end + 1:], parity)
+
+
+def validate_solution(solution, sample_id) -> tuple[str, str]:
+    """Check a reference solution at data-loading time; the error names the sample id."""
+    try:
+        return parse_solution(solution)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"sample {sample_id!r}: {e}") from None
+
+
+def is_invalid_answer(answer: str) -> bool:
+    """Official rule: empty, a single character, or containing '__', ':' or '?'."""
+    return len(answer) <= 1 or "__" in answer or ":" in answer or "?" in answer
+
+
+def format_reward(parsed: ParsedResponse) -> float:
+    return 1.0 if parsed.format_ok else 0.0
+
+
+def modality_reward(parsed: ParsedResponse, reference_tag: str) -> float:
+    """1 when the response's tag equals the reference tag, case-insensitively."""
+    if not parsed.modality_tag:
+        return 0.0
+    return 1.0 if parsed.modality_tag.lower() == reference_tag.lower() else 0.0

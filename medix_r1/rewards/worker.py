@@ -1,0 +1,273 @@
+"""The reward worker: scores batches in the background so training overlaps judging.
+
+Design: one daemon thread running its own asyncio event loop. ``submit`` validates the batch in
+the caller's thread (so caller mistakes raise at once, with the sample index) and hands the
+scoring coroutine to the loop with ``asyncio.run_coroutine_threadsafe``, which returns exactly
+the ``concurrent.futures.Future`` the trainer waits on. Why a thread and not a process:
+
+- the judge work is I/O (HTTP requests waiting on a vLLM server); one event loop keeps hundreds
+  of requests in flight with no extra memory, and the GIL is released while waiting;
+- the CPU-heavy parts (the embedding model, the local judge's forward pass) run in PyTorch
+  kernels that release the GIL, in ``asyncio.to_thread``, so they overlap the trainer too;
+- a process would have to load the embedding and judge models a second time (memory is tight on
+  the CPU box) and pickle every batch and result across, for no gain here.
+
+Deadline: every component is awaited with ``asyncio.wait_for`` against the batch deadline
+(``deadline_s`` after submission; the judge backends cut each item off at the deadline and a
+last-resort guard abandons the whole judge call ``GUARD_S`` = 0.2 s later); what is not done by
+then counts as failed (judge reward 0 and
+``judge_failed``; embedding 0 and ``embedding_failed``). Format and modality are computed first
+and never wait. The batch never fails as a whole: an unexpected error inside a component fails
+that component for the affected samples, and the error text is kept in ``judge_error``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from .config import RewardConfig, RewardResult
+from .parsing import (format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution)
+
+log = logging.getLogger(__name__)
+GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+@dataclass
+class Sample:
+    problem: str
+    response: str
+    reference_tag: str
+    reference: str
+    truncated: bool
+
+
+def clean_text(value, name: str, index: int, limit: int | None = None) -> tuple[str, bool]:
+    """A str from a str or UTF-8 bytes; invalid bytes and lone surrogates become U+FFFD."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise TypeError(f"{name}[{index}] must be a str (or UTF-8 bytes), got {type(value).__name__}")
+    value = _SURROGATES.sub("\ufffd", value)
+    if limit is not None and len(value) > limit:
+        return value[:limit], True
+    return value, False
+
+
+def prepare(problems, responses, solutions, cfg: RewardConfig) -> list[Sample]:
+    """Check a batch and turn it into Samples; raises ValueError/TypeError on caller mistakes."""
+    for name, seq in (("problems", problems), ("responses", responses), ("solutions", solutions)):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
+            raise TypeError(f"{name} must be a list, got {type(seq).__name__}")
+    if not (len(problems) == len(responses) == len(solutions)):
+        raise ValueError(f"problems, responses and solutions must have the same length, got "
+                         f"{len(problems)}, {len(responses)} and {len(solutions)}")
+    samples = []
+    for i, (problem, response, solution) in enumerate(zip(problems, responses, solutions)):
+        problem, _ = clean_text(problem, "problems", i)
+        response, truncated = clean_text(response, "responses", i, cfg.max_response_chars)
+        solution, _ = clean_text(solution, "solutions", i)
+        try:
+            tag, reference = parse_solution(solution, cfg.parity)
+        except ValueError as e:
+            raise ValueError(f"solutions[{i}]: {e}") from None
+        samples.append(Sample(problem, response, tag, reference, truncated))
+    return samples
+
+
+async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedder_fn, deadline: float,
+                        ) -> list[RewardResult]:
+    """All reward components of a batch. ``judge``: a judge backend or None (judge='none');
+    ``embedder_fn``: a zero-argument function returning the Embedder, or None (embedding off)."""
+    results, pending = [], []
+    for i, s in enumerate(samples):
+        parsed = parse_response(s.response, cfg.parity)
+        r = RewardResult(format=format_reward(parsed), modality=modality_reward(parsed, s.reference_tag),
+                         answer=parsed.answer, truncated=s.truncated)
+        if is_invalid_answer(parsed.answer):
+            r.invalid_answer = True
+        elif parsed.answer == s.reference:
+            r.exact_match, r.judge, r.embedding = True, 1.0, 1.0
+        else:
+            pending.append(i)
+        results.append(r)
+
+    async def run_judge():
+        if judge is None or not pending:
+            return
+        items = [(samples[i].problem, samples[i].reference, results[i].answer) for i in pending]
+        try:
+            # the backends stop each item at the deadline themselves; this is the last-resort guard
+            verdicts = await asyncio.wait_for(judge.judge_many(items, deadline=deadline),
+                                              timeout=max(0.0, deadline - time.monotonic()) + GUARD_S)
+        except Exception as exc:  # the deadline or a bug in the backend: fail these judgements
+            error = "batch deadline reached" if isinstance(exc, asyncio.TimeoutError) else \
+                f"{type(exc).__name__}: {exc}"
+            for i in pending:
+                results[i].judge_failed, results[i].judge_error = True, error
+            return
+        for i, v in zip(pending, verdicts):
+            r = results[i]
+            r.judge = 1.0 if v.correct else 0.0
+            r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
+
+    async def run_embedding():
+        if embedder_fn is None or not pending:
+            return
+
+        def compute():
+            return embedder_fn().rewards([results[i].answer for i in pending],
+                                         [samples[i].reference for i in pending],
+                                         mode=cfg.embedding_mode, threshold=cfg.embedding_threshold)
+        try:
+            values, bad = await asyncio.wait_for(asyncio.to_thread(compute),
+                                                 timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            log.warning("embedding reward failed for %d samples: %s", len(pending), exc)
+            for i in pending:
+                results[i].embedding_failed = True
+            return
+        for i, v, b in zip(pending, values, bad):
+            results[i].embedding, results[i].embedding_failed = v, b
+
+    await asyncio.gather(run_judge(), run_embedding())
+    for r in results:
+        r.total = cfg.weights.total(judge=r.judge, embedding=r.embedding, modality=r.modality, format=r.format)
+    return results
+
+
+def make_judge(cfg: RewardConfig):
+    """The judge backend the config asks for (None for judge='none')."""
+    if cfg.judge == "none":
+        return None
+    common = dict(concurrency=cfg.judge_concurrency, timeout_s=cfg.judge_timeout_s,
+                  max_retries=cfg.judge_max_retries, cache_path=cfg.judge_cache_path, parity=cfg.parity)
+    if cfg.judge == "http":
+        from .judge import JudgeClient
+        return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)
+    from .local_judge import LocalJudge
+    return LocalJudge(cfg.judge_model, **common)
+
+
+class RewardWorker:
+    """Background scorer: ``submit(problems, responses, solutions)`` -> Future[list[RewardResult]].
+
+    ``judge`` / ``embedder`` override the backends built from ``cfg`` (tests, shared models).
+    Models are loaded lazily on the worker's thread on the first batch that needs them.
+    """
+
+    def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None):
+        self.cfg = cfg if cfg is not None else RewardConfig()
+        self.cfg.validate()
+        if judge is not None and getattr(judge, "parity", self.cfg.parity) != self.cfg.parity:
+            raise ValueError(f"judge parity {judge.parity!r} differs from cfg.parity {self.cfg.parity!r}")
+        self._judge, self._embedder = judge, embedder
+        self._load_lock = threading.Lock()
+        self._stats = {"batches": 0, "samples": 0, "judge_failed": 0, "embedding_failed": 0,
+                       "exact_match": 0, "invalid_answer": 0, "deadline_misses": 0, "busy_s": 0.0}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="medix-reward-worker", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # models -------------------------------------------------------------------------------
+    def _get_judge(self):
+        with self._load_lock:
+            if self._judge is None and self.cfg.judge != "none":
+                self._judge = make_judge(self.cfg)
+            return self._judge
+
+    def _get_embedder(self):
+        with self._load_lock:
+            if self._embedder is None:
+                from .embedding import Embedder
+                self._embedder = Embedder(self.cfg.embedding_model, batch_size=self.cfg.embedding_batch_size)
+            return self._embedder
+
+    def _embedding_enabled(self) -> bool:
+        return self._embedder is not None or str(self.cfg.embedding_model).lower() != "none"
+
+    # scoring ------------------------------------------------------------------------------
+    def submit(self, problems, responses, solutions) -> Future:
+        """Validate now (raises on caller mistakes), score in the background."""
+        if self._closed:
+            raise RuntimeError("RewardWorker is closed")
+        samples = prepare(problems, responses, solutions, self.cfg)
+        deadline = time.monotonic() + self.cfg.deadline_s
+        return asyncio.run_coroutine_threadsafe(self._score(samples, deadline), self._loop)
+
+    async def _score(self, samples, deadline) -> list[RewardResult]:
+        t0 = time.monotonic()
+        judge = None
+        if self.cfg.judge != "none":
+            try:  # loading may take a while (LocalJudge): off the loop, within the deadline
+                judge = await asyncio.wait_for(asyncio.to_thread(self._get_judge),
+                                               timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                judge = _FailingJudge(f"judge unavailable: {type(exc).__name__}: {exc}")
+        embedder_fn = self._get_embedder if self._embedding_enabled() else None
+        results = await score_samples(samples, self.cfg, judge, embedder_fn, deadline)
+        s = self._stats
+        s["batches"] += 1
+        s["samples"] += len(results)
+        for key in ("judge_failed", "embedding_failed", "exact_match", "invalid_answer"):
+            s[key] += sum(bool(getattr(r, key)) for r in results)
+        s["deadline_misses"] += time.monotonic() > deadline
+        s["busy_s"] += time.monotonic() - t0
+        return results
+
+    def score(self, problems, responses, solutions) -> list[RewardResult]:
+        """Blocking ``submit(...).result()``."""
+        return self.submit(problems, responses, solutions).result()
+
+    def stats(self) -> dict:
+        out = dict(self._stats)
+        judge = self._judge
+        if judge is not None and hasattr(judge, "stats"):
+            out.update({f"judge_{k}": v for k, v in judge.stats().items()})
+        return out
+
+    def close(self) -> None:
+        """Close the judge's HTTP client and stop the thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        judge = self._judge
+        if judge is not None and hasattr(judge, "aclose"):
+            try:
+                asyncio.run_coroutine_threadsafe(judge.aclose(), self._loop).result(timeout=5)
+            except Exception as exc:  # closing must not raise in a finally block
+                log.debug("judge close failed: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _FailingJudge:
+    """Stands in for a judge that could not be built: every verdict fails with the reason."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    async def judge_many(self, items, *, deadline=None):
+        from .judge import JudgeVerdict
+        return [JudgeVerdict(correct=None, failed=True, error=self.error) for _ in items]
+
+
+def compute_rewards(problems, responses, solutions, cfg: RewardConfig | None = None, *, judge=None,
+                    embedder=None) -> list[RewardResult]:
+    """Synchronous convenience: score one batch with a temporary worker."""
+    with RewardWorker(cfg, judge=judge, embedder=embedder) as worker:
+        return worker.score(problems, responses, solutions)
