@@ -17,6 +17,12 @@ decides the behaviour (no marker: reply "YES"):
 ``mode-slow``      sleep ``slow_s`` seconds, then YES (past a batch deadline)
 =================  =====================================================================
 
+Optional constructor arguments (defaults keep the table above exact): ``yes_text`` / ``no_text``
+replace the text sent wherever the table says YES / NO (e.g. ``'{"score": 1}'`` for a judge that
+must answer in JSON); ``scripts`` maps extra mode names to reply lists: ``mode-NAME`` then
+replies ``scripts[NAME][k]`` to the k-th request with the same prompt text (the last entry once
+the list is used up), e.g. ``{"flaky": ["not json", '{"score": 1}']}``.
+
 Every request is logged on arrival in ``server.log`` as (monotonic time, mode). ``GET /v1/models`` lists one
 model. Usage::
 
@@ -81,8 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._act(mode, seen, text, server)
 
     def _act(self, mode: str, seen: int, text: str, server: "FaultServer") -> int:
+        if mode in server.scripts:
+            replies = server.scripts[mode]
+            self._reply(replies[min(seen, len(replies) - 1)])
+            return 200
         if mode in ("yes", "no"):
-            self._reply(mode.upper())
+            self._reply(server.yes_text if mode == "yes" else server.no_text)
             return 200
         if mode == "echo":
             self._reply(text.split("echo=", 1)[-1].split()[0] if "echo=" in text else text)
@@ -104,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 400
         if mode in ("timeout", "slow"):
             time.sleep(server.slow_s)
-            self._reply("YES")
+            self._reply(server.yes_text)
             return 200
         if mode == "drop" or (mode == "dropOnce" and seen == 0):
             # close without any reply: the client sees the connection end
@@ -114,15 +124,21 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return 0
-        self._reply("YES")
+        self._reply(server.yes_text)
         return 200
 
 
 class FaultServer:
     """Runs the fault-injecting server on 127.0.0.1 (a free port) in a daemon thread."""
 
-    def __init__(self, slow_s: float = 5.0):
+    def __init__(self, slow_s: float = 5.0, *, yes_text: str = "YES", no_text: str = "NO",
+                 scripts: dict[str, list[str]] | None = None):
         self.slow_s = slow_s
+        self.yes_text, self.no_text = yes_text, no_text
+        self.scripts = {name: list(replies) for name, replies in (scripts or {}).items()}
+        for name, replies in self.scripts.items():
+            if not re.fullmatch(r"[A-Za-z0-9]+", name) or not replies:
+                raise ValueError(f"scripts: mode name {name!r} must be alphanumeric with >= 1 reply")
         self.log: list[tuple[float, str]] = []
         self.payloads: list[dict] = []
         self._counts: dict[str, int] = {}
