@@ -11,14 +11,20 @@ JUDGE_KINDS = ("local", "http", "none")
 EMBEDDING_MODES = ("threshold", "continuous")
 
 
+def _f(default, help: str):
+    """A dataclass field with its --help text (printed by the trainer's --help)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RewardWeights:
     """Total = content * (judge*J + embedding*E + modality*M) + format*F (MediX-R1 defaults)."""
-    content: float = 0.9
-    judge: float = 0.575
-    embedding: float = 0.375
-    modality: float = 0.05
-    format: float = 0.1
+    content: float = _f(0.9, "weight of the content part (judge, embedding and modality rewards) in the total")
+    judge: float = _f(0.575, "weight of the LLM-judge reward J inside the content part")
+    embedding: float = _f(0.375, "weight of the embedding (semantic similarity) reward E inside the content part")
+    modality: float = _f(0.05, "weight of the modality-tag reward M inside the content part")
+    format: float = _f(0.1, "weight of the format reward F (<thinking>...</thinking> <answer>...</answer>) "
+                            "in the total")
 
     def validate(self) -> None:
         for name, value in asdict(self).items():
@@ -34,22 +40,37 @@ class RewardWeights:
 @dataclass
 class RewardConfig:
     """Everything the composite reward and its judge need (the trainer's ``reward`` section)."""
-    weights: RewardWeights = field(default_factory=RewardWeights)
-    parity: str = "strict"                 # "strict" or "official" (see medix_r1.rewards)
-    embedding_model: Optional[str] = None  # sentence-transformers folder/name; None = bundled MiniLM; "none" = off
-    embedding_mode: str = "threshold"      # "threshold" (cos >= threshold -> 1) or "continuous" (cos clamped to [0, 1])
-    embedding_threshold: float = 0.8
-    embedding_batch_size: int = 64
-    judge: str = "local"                   # "local" (in-process causal LM), "http" (OpenAI-compatible) or "none"
-    judge_url: Optional[str] = None        # e.g. http://127.0.0.1:8000/v1 (judge="http")
-    judge_model: Optional[str] = None      # served model name (http) or model folder (local; None = SmolLM2)
-    judge_api_key_env: str = "MEDIX_JUDGE_API_KEY"
-    judge_concurrency: int = 16
-    judge_timeout_s: float = 30.0
-    judge_max_retries: int = 3
-    judge_cache_path: Optional[str] = None  # JSONL cache of judge replies (None = in memory only)
-    deadline_s: float = 300.0              # a batch always returns within this many seconds
-    max_response_chars: int = 20000        # longer responses are truncated before scoring
+    weights: RewardWeights = field(default_factory=RewardWeights, metadata={
+        "help": "weights of the total: content * (judge*J + embedding*E + modality*M) + format*F"})
+    parity: str = _f("strict", "'strict' (tag-only whitespace removal, YES/NO replies only, anything else is a "
+                               "failed judgement) or 'official' (the MediX-R1 code's rules: whitespace removed "
+                               "around every '<', '>', '/'; any reply containing YES is correct)")
+    embedding_model: Optional[str] = _f(None, "sentence-transformers folder or name for the embedding reward; "
+                                              "None = the bundled all-MiniLM-L6-v2; 'none' = embedding reward off")
+    embedding_mode: str = _f("threshold", "'threshold' (1 when cosine >= embedding_threshold, else 0) or "
+                                          "'continuous' (cosine clamped to [0, 1])")
+    embedding_threshold: float = _f(0.8, "cosine similarity at or above which the embedding reward is 1 "
+                                         "(threshold mode)")
+    embedding_batch_size: int = _f(64, "sentences per batch when encoding answers and references")
+    judge: str = _f("local", "judge backend: 'local' (causal LM in this process, SmolLM2 by default), 'http' "
+                             "(an OpenAI-compatible server, e.g. vLLM) or 'none' (judge reward 0 except exact "
+                             "matches)")
+    judge_url: Optional[str] = _f(None, "base URL of the OpenAI-compatible judge server, e.g. "
+                                        "http://127.0.0.1:8000/v1 (judge='http')")
+    judge_model: Optional[str] = _f(None, "served model name (judge='http') or model folder (judge='local'; "
+                                          "None = SmolLM2-135M-Instruct)")
+    judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
+                                                       "(unset: 'EMPTY', which a local vLLM server accepts)")
+    judge_concurrency: int = _f(16, "judge requests in flight at once (judge='http')")
+    judge_timeout_s: float = _f(30.0, "seconds one judge request may take before it is retried")
+    judge_max_retries: int = _f(3, "retries per judge request after a timeout, a 5xx, a 429 or a dropped "
+                                   "connection (4xx and malformed replies are not retried)")
+    judge_cache_path: Optional[str] = _f(None, "JSONL file caching judge replies across runs (None = in memory "
+                                               "only)")
+    deadline_s: float = _f(300.0, "a batch always returns within this many seconds; judgements not done by then "
+                                  "score 0 and are flagged judge_failed")
+    max_response_chars: int = _f(20000, "responses longer than this many characters are truncated before "
+                                         "scoring (flag 'truncated')")
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
