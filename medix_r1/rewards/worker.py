@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import threading
 import time
@@ -103,8 +104,10 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
         items = [(samples[i].problem, samples[i].reference, results[i].answer) for i in pending]
         try:
             # the backends stop each item at the deadline themselves; this is the last-resort guard
-            verdicts = await asyncio.wait_for(judge.judge_many(items, deadline=deadline),
-                                              timeout=max(0.0, deadline - time.monotonic()) + GUARD_S)
+            verdicts = list(await asyncio.wait_for(judge.judge_many(items, deadline=deadline),
+                                                   timeout=max(0.0, deadline - time.monotonic()) + GUARD_S))
+            if len(verdicts) != len(items):  # a backend bug: never pair verdicts with the wrong samples
+                raise RuntimeError(f"the judge returned {len(verdicts)} verdicts for {len(items)} items")
         except Exception as exc:  # the deadline or a bug in the backend: fail these judgements
             error = "batch deadline reached" if isinstance(exc, asyncio.TimeoutError) else \
                 f"{type(exc).__name__}: {exc}"
@@ -127,13 +130,18 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
         try:
             values, bad = await asyncio.wait_for(asyncio.to_thread(compute),
                                                  timeout=max(0.0, deadline - time.monotonic()))
+            values, bad = list(values), list(bad)
+            if not (len(values) == len(bad) == len(pending)):
+                raise RuntimeError(f"the embedder returned {len(values)} values for {len(pending)} pairs")
         except Exception as exc:
             log.warning("embedding reward failed for %d samples: %s", len(pending), exc)
             for i in pending:
                 results[i].embedding_failed = True
             return
         for i, v, b in zip(pending, values, bad):
-            results[i].embedding, results[i].embedding_failed = v, b
+            v = float(v)
+            ok = math.isfinite(v) and not b
+            results[i].embedding, results[i].embedding_failed = (v if ok else 0.0), not ok
 
     await asyncio.gather(run_judge(), run_embedding())
     for r in results:
