@@ -88,11 +88,21 @@ def test_judge_round_retries_invalid_reply_with_new_cache_key():
 
 
 def test_judge_round_counts_failure_after_retries():
-    judge = ScriptedJudge(["no json", RuntimeError("HTTP 500"), '{"score": 3}'])
+    judge = ScriptedJudge(["no json", "YES", '{"score": 3}'])
     result = asyncio.run(judge_round(judge, RECORD, "ibuprofen", 1, retries=2))
     assert result["failed"] and result["score"] is None and len(result["replies"]) == 3
-    assert result["replies"][1]["failed"] and "500" in result["replies"][1]["error"]
+    assert [r["score"] for r in result["replies"]] == [None] * 3
     assert judge.replies == []
+
+
+def test_transport_failure_ends_the_round_without_more_calls():
+    """The client already retried the transport (its max_retries); the round does not again."""
+    judge = ScriptedJudge(["no json", RuntimeError("HTTP 500"), '{"score": 1}'])
+    result = asyncio.run(judge_round(judge, RECORD, "ibuprofen", 1, retries=2))
+    assert result["failed"] and result["score"] is None and len(result["replies"]) == 2
+    assert result["replies"][1]["failed"] and "500" in result["replies"][1]["error"]
+    assert result["replies"][1]["attempts"] == 3
+    assert judge.replies == ['{"score": 1}']
 
 
 def test_round_cache_keys_differ_between_rounds_and_repeat_on_resume():

@@ -11,7 +11,9 @@ JSON object with a ``"score"`` key whose value is the integer 0 or 1 (``true``/`
 ``1.0``, ``"1"`` and any other value are rejected); other keys are allowed. Anything else
 (extra text around the object, several objects, non-JSON) is an invalid reply: the round is
 retried with a fresh cache key, and after ``retries`` more invalid replies the round counts as
-failed.
+failed. A transport failure (``ChatReply.failed``: timeouts, 5xx, dropped connections after the
+judge client's own ``max_retries``) ends the round as failed at once: the client has already
+retried it, and retrying again here would multiply the requests.
 
 Vote rule (:func:`majority_vote`): failed rounds do not vote. The item is correct (1) only when
 strictly more valid rounds say 1 than say 0; a tie (including 1-1 with one failed round, and no
@@ -20,6 +22,7 @@ valid round at all) scores 0. Items whose every round failed are also flagged
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -107,22 +110,39 @@ async def judge_round(judge, record: dict, prediction: str, round_index: int, *,
                       retries: int = 2, max_tokens: int = 16) -> dict:
     """One judge round for one item: ask, parse strictly, retry invalid replies.
 
-    Each attempt uses its own cache key (item, prediction, round, attempt), so a retry is a real
-    new call and a resumed run reuses exactly the calls already paid for. Returns the round
-    record with every reply the judge gave.
+    Each attempt uses its own cache key (judge model, messages, token limit, round, attempt), so
+    a retry is a real new call and a resumed run reuses exactly the calls already paid for.
+    ``judge`` is a :class:`medix_r1.rewards.JudgeClient` or ``LocalJudge`` (anything with
+    ``async chat(messages, *, max_tokens, cache_key) -> ChatReply``). Returns the round record
+    with every reply the judge gave (text, parsed score, transport failure and error, attempts
+    the client made, whether it came from the cache).
     """
     messages = judge_messages(record["question"], record["reference"], prediction)
     replies = []
     for attempt in range(retries + 1):
-        key = json.dumps(["medix-eval-judge", messages, round_index, attempt])
+        key = round_cache_key(getattr(judge, "model_id", "judge"), messages, max_tokens,
+                              round_index, attempt)
         reply = await judge.chat(messages, max_tokens=max_tokens, cache_key=key)
+        failed = bool(getattr(reply, "failed", False))
         text = getattr(reply, "text", None)
-        score = None if getattr(reply, "failed", False) else parse_judge_reply(text)
-        replies.append({"text": text, "score": score, "failed": bool(getattr(reply, "failed", False)),
-                        "error": _short(getattr(reply, "error", None))})
+        score = None if failed else parse_judge_reply(text)
+        replies.append({"text": text, "score": score, "failed": failed,
+                        "error": _short(getattr(reply, "error", None)),
+                        "attempts": int(getattr(reply, "attempts", 0) or 0),
+                        "cached": bool(getattr(reply, "cached", False))})
         if score is not None:
             return {"round": round_index, "score": score, "failed": False, "replies": replies}
+        if failed:  # the client already retried the transport; do not multiply its retries
+            break
     return {"round": round_index, "score": None, "failed": True, "replies": replies}
+
+
+def round_cache_key(model_id: str, messages: list[dict], max_tokens: int, round_index: int,
+                    attempt: int) -> str:
+    """The judge-cache key of one attempt of one round (a sha256 hex digest)."""
+    blob = json.dumps(["medix-eval-judge-v2", str(model_id), messages, max_tokens, round_index,
+                       attempt], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8", "replace")).hexdigest()
 
 
 def _short(error) -> str | None:

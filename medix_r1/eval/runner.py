@@ -8,6 +8,9 @@ Files in the output folder (all append-only JSON lines except the summaries):
 - ``judge_rounds.jsonl``: one line per finished judge round (score or failure, every reply).
 - ``items.jsonl``: the final per-item record (answer, reference, how it was decided, all
   rounds with all judge replies, the vote).
+- ``judge_stats.jsonl``: one line per session that built the judge: the client's counters
+  (calls, HTTP requests or forward passes, transport retries, failures, cache hits, latency
+  percentiles), shown under the table in ``summary.md``.
 - ``summary.md``, ``summary.csv``, ``accuracy.png``: rebuilt at the end of every run.
 
 A killed run restarted with the same arguments skips every generation, round and item already
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +32,7 @@ from .generation import build_messages
 from .judging import judge_round, majority_vote
 from .records import exact_match, extract_answer
 from .store import JsonlWriter, read_jsonl
-from .summary import summarize, to_csv, to_markdown
+from .summary import judge_stats_markdown, summarize, to_csv, to_markdown
 
 # run.json keys that must agree between a run and its resumption.
 RESUME_KEYS = ("model", "generator", "prompt_style", "max_new_tokens", "temperature",
@@ -108,7 +112,9 @@ async def judge_missing(records, responses, make_judge, output_dir: Path, *, rou
                         retries: int = 2, max_tokens: int = 16, progress: bool = True) -> None:
     """Judge every record not yet in items.jsonl, reusing rounds already in judge_rounds.jsonl.
 
-    ``make_judge()`` builds the judge; it is called only when some item is left to judge.
+    ``make_judge()`` builds the judge; it is called only when some item is left to judge. The
+    judge is closed (``aclose``) when judging ends, also on an error, and its counters
+    (``stats()``) are appended to ``judge_stats.jsonl``.
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
@@ -121,25 +127,40 @@ async def judge_missing(records, responses, make_judge, output_dir: Path, *, rou
     if not todo:
         return
     judge = make_judge()
-    with JsonlWriter(output_dir / "judge_rounds.jsonl") as rounds_out, \
-            JsonlWriter(output_dir / "items.jsonl") as items_out, \
-            tqdm(total=len(todo), desc="judge", unit="item", disable=not progress) as bar:
-        async def tracked(record):
-            await _judge_item(judge, record, responses[record_key(record)], done_rounds,
-                              rounds_out, items_out, rounds=rounds, retries=retries,
-                              max_tokens=max_tokens)
-            bar.update(1)
+    started = time.time()
+    try:
+        with JsonlWriter(output_dir / "judge_rounds.jsonl") as rounds_out, \
+                JsonlWriter(output_dir / "items.jsonl") as items_out, \
+                tqdm(total=len(todo), desc="judge", unit="item", disable=not progress) as bar:
+            async def tracked(record):
+                await _judge_item(judge, record, responses[record_key(record)], done_rounds,
+                                  rounds_out, items_out, rounds=rounds, retries=retries,
+                                  max_tokens=max_tokens)
+                bar.update(1)
 
-        await asyncio.gather(*(tracked(r) for r in todo))
+            await asyncio.gather(*(tracked(r) for r in todo))
+    finally:
+        stats = judge.stats() if callable(getattr(judge, "stats", None)) else None
+        if callable(getattr(judge, "aclose", None)):
+            await judge.aclose()
+        if isinstance(stats, dict):
+            with JsonlWriter(output_dir / "judge_stats.jsonl") as out:
+                out.write({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                           "seconds": round(time.time() - started, 2), "items": len(todo),
+                           **stats})
 
 
 def write_summary(records, output_dir: Path, *, title: str, resamples: int = 2000) -> list[dict]:
     """summary.md, summary.csv and accuracy.png for the items of ``records``."""
-    wanted = {record_key(r) for r in records}
-    items = [row for row in read_jsonl(output_dir / "items.jsonl") if row["key"] in wanted]
+    # In benchmark order, not completion order: items finish in any order (concurrent judging,
+    # resumed runs), and the bootstrap interval must not depend on it.
+    order = {record_key(r): i for i, r in enumerate(records)}
+    items = sorted((row for row in read_jsonl(output_dir / "items.jsonl") if row["key"] in order),
+                   key=lambda row: order[row["key"]])
     rows = summarize(items, resamples=resamples)
     (output_dir / "summary.csv").write_text(to_csv(rows))
-    (output_dir / "summary.md").write_text(to_markdown(rows, title))
+    sessions = read_jsonl(output_dir / "judge_stats.jsonl")
+    (output_dir / "summary.md").write_text(to_markdown(rows, title) + judge_stats_markdown(sessions))
     bar_chart({title: [r for r in rows if r["benchmark"] != "overall"] or rows},
               output_dir / "accuracy.png", title=title)
     return rows

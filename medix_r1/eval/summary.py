@@ -96,6 +96,30 @@ def to_markdown(rows: list[dict], title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge_stats_markdown(sessions: list[dict]) -> str:
+    """The judge client's counters, one line per session that judged (empty when none did).
+
+    ``requests`` counts what was sent (HTTP requests, or local generate calls), so a resumed run
+    that re-pays nothing shows only cache hits.
+    """
+    if not sessions:
+        return ""
+
+    def ms(value):
+        return "-" if value is None else f"{1000 * value:.0f}"
+
+    lines = ["", "Judge sessions (client counters): calls, requests sent, transport retries, "
+             "failed calls, cache hits, latency p50/p90 ms, wall s", "",
+             "| Started | Items | Calls | Requests | Retries | Failed | Cache hits | p50 | p90 | "
+             "Wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in sessions:
+        lines.append(f"| {s.get('started', '?')} | {s.get('items', '?')} | {s.get('calls', 0)} | "
+                     f"{s.get('requests', 0)} | {s.get('retries', 0)} | {s.get('failures', 0)} | "
+                     f"{s.get('cache_hits', 0)} | {ms(s.get('latency_p50_s'))} | "
+                     f"{ms(s.get('latency_p90_s'))} | {s.get('seconds', '?')} |")
+    return "\n".join(lines) + "\n"
+
+
 def read_summary_csv(path) -> list[dict]:
     """Rows of a summary.csv written by :func:`to_csv` (numbers converted back)."""
     with open(path, newline="") as f:
