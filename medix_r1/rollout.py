@@ -36,6 +36,8 @@ class Rollouts:
     texts: list[str] = field(default_factory=list)
     group: list[int] = field(default_factory=list)      # index of the prompt in the step's list
     truncated: list[bool] = field(default_factory=list)  # hit max_tokens without EOS
+    # per sample: the prompt's image inputs {"pixel_values", "image_grid_thw"} (shared by the group) or None
+    images: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -56,7 +58,7 @@ def _is_oom(err: BaseException) -> bool:
 class VllmRollout:
     """vLLM engine colocated with the trainer, weights synced in place."""
 
-    def __init__(self, model_dir, cfg, seed: int):
+    def __init__(self, model_dir, cfg, seed: int, engine_kwargs: dict | None = None):
         # Must be set before vLLM builds its engine: keeps the worker in this process (FACTS §4).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
@@ -71,6 +73,7 @@ class VllmRollout:
             kwargs.update(dtype="float32", kv_cache_memory_bytes=int(cfg.kv_cache_gb * (1 << 30)))
             log.info("vLLM sleep/wake is not supported on CPU: the KV cache (%.2f GiB) stays "
                      "allocated during training", cfg.kv_cache_gb)
+        kwargs.update(engine_kwargs or {})  # e.g. limit_mm_per_prompt for a vision-language policy
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:
@@ -80,13 +83,15 @@ class VllmRollout:
 
     def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+
+        from medix_r1.vision.trainer import check_vllm_prompt, split_prompt, vllm_request
 
         c = self.cfg
         params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
                                  logprobs=0, seed=sample_seed(seed, step, i, attempt))
                   for i in range(len(prompt_ids))]
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        # TokensPrompt dicts; a VL item adds multi_modal_data={"image": [...]} (see vllm_request)
+        prompts = [vllm_request(p) for p in prompt_ids]
         try:
             outs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
@@ -95,10 +100,13 @@ class VllmRollout:
             raise
         r = Rollouts()
         for i, out in enumerate(outs):
+            check_vllm_prompt(getattr(out, "prompt_token_ids", None), prompt_ids[i])
+            trainer_ids, images = split_prompt(prompt_ids[i])
             for comp in out.outputs:
                 ids = list(comp.token_ids)
                 logps = [lp[t].logprob for t, lp in zip(ids, comp.logprobs)]
-                r.prompt_ids.append(list(prompt_ids[i]))
+                r.prompt_ids.append(trainer_ids)
+                r.images.append(images)
                 r.response_ids.append(ids)
                 r.sample_logp.append(logps)
                 r.texts.append(comp.text)
@@ -151,19 +159,23 @@ class HfRollout:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
+        from medix_r1.vision.trainer import split_prompt
+
         r = Rollouts()
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
         try:
-            for i, p in enumerate(prompt_ids):
+            for i, prompt in enumerate(prompt_ids):
+                p, images = split_prompt(prompt)  # a VL item brings pixel_values + image_grid_thw
+                extra = {k: v.to(device) for k, v in images.items()} if images else {}
                 # One prompt at a time (its n samples share it): no padding, exact log-probs, and a
                 # per-prompt seed that a resumed run reproduces. The global RNG is left untouched.
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(sample_seed(seed, step, i, attempt))
                     x = torch.tensor([p], device=device)
                     out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                              generation_config=self.gen)
+                                              generation_config=self.gen, **extra)
                 new = out.sequences[:, len(p):]
                 logits = torch.stack(out.logits, dim=1).float()          # raw logits [n, T, V]
                 logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -171,6 +183,7 @@ class HfRollout:
                     ids = new[j].tolist()
                     end = ids.index(self.eos) + 1 if self.eos in ids else len(ids)
                     r.prompt_ids.append(list(p))
+                    r.images.append(images)
                     r.response_ids.append(ids[:end])
                     r.sample_logp.append(logp[j, :end].tolist())
                     r.texts.append(self.tokenizer.decode(ids[:end], skip_special_tokens=True))

@@ -3,7 +3,8 @@
 A record's ``images`` list holds, per image, one of:
   - a path (relative to the folder of the data file, or absolute),
   - raw ``bytes`` of an encoded image,
-  - a dict ``{"bytes": <base64 str or bytes>}`` (the layout HF datasets export), or ``{"path": ...}``.
+  - a dict ``{"bytes": <base64 str or bytes>}`` (the layout HF datasets export), or ``{"path": ...}``,
+  - a PIL image (what ``datasets`` yields for an ``Image`` column).
 
 Images are opened only when asked for (records stay small in memory) and normalised to RGB:
 greyscale, palette, RGBA/LA (composited on white), CMYK and 16-bit greyscale ("I;16", "I")
@@ -113,6 +114,10 @@ def load_image(ref, *, record_id="?", index=0, base_dir=None,
     """Open one image entry of a record and return it as RGB under ``max_pixels``."""
     if not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if isinstance(ref, Image.Image):  # already decoded (datasets' Image feature)
+        if ref.width < 1 or ref.height < 1:
+            raise ImageError(f"{_where(record_id, index, ref)}: image has zero size {ref.size}")
+        return downscale_to_budget(to_rgb(ref), max_pixels)
     kind, value = _image_bytes_or_path(ref, record_id, index, base_dir)
     source = io.BytesIO(value) if kind == "bytes" else value
     try:
