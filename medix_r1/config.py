@@ -131,6 +131,22 @@ class TrainSection:
 
 
 @dataclass
+class VisionSection:
+    """Vision-language policies (Qwen2.5-VL / Qwen3-VL); ignored for a text-only policy."""
+    freeze_tower: bool = _f(False, "keep the vision tower (and its merger) frozen; false trains it with the "
+                            "language model (verl's default)")
+    on_bad_image: str = _f("skip", "a record whose image is missing, corrupt or unusable: 'skip' (count it, "
+                           "sample another record) or 'fail' (stop with an error naming the record)")
+    check_files_at_start: bool = _f(True, "stat every image path before training (decoding errors are "
+                                    "still found when a record is first sampled)")
+    processor: str = _f("auto", "image preprocessing: 'auto' (transformers' image processor of the model "
+                        "folder when it loads, else the project's), 'transformers' or 'project'")
+    min_pixels: int = _f(0, "min pixels of an image after resizing to the patch grid (0 = model default)")
+    max_pixels: int = _f(0, "max pixels of an image after resizing (0 = model default, 1280 merged tokens)")
+    max_decode_pixels: int = _f(4096 * 4096, "larger images are downscaled right after decoding")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -140,6 +156,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    vision: VisionSection = field(default_factory=VisionSection)
 
 
 # ----------------------------------------------------------------------------- typed setting
@@ -396,6 +413,14 @@ def validate(cfg: TrainConfig) -> None:
     _range(t.max_nan_steps, "train.max_nan_steps", 1)
     _range(t.judge_failure_threshold, "train.judge_failure_threshold", 0.0, 1.0)
     _range(t.judge_failure_window, "train.judge_failure_window", 1)
+    v = cfg.vision
+    _choice(v.on_bad_image, ("skip", "fail"), "vision.on_bad_image")
+    _choice(v.processor, ("auto", "transformers", "project"), "vision.processor")
+    _range(v.min_pixels, "vision.min_pixels", 0)
+    _range(v.max_pixels, "vision.max_pixels", 0)
+    _range(v.max_decode_pixels, "vision.max_decode_pixels", 1)
+    if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:
+        raise ValueError(f"vision.min_pixels ({v.min_pixels}) must be <= vision.max_pixels ({v.max_pixels})")
     if not t.output_dir:
         raise ValueError("train.output_dir must not be empty")
     # The reward section validates itself where it can (its own __post_init__ / validate()).
