@@ -9,7 +9,7 @@ decides the behaviour (no marker: reply "YES"):
 ``mode-garbage``   200 with a valid body whose text is "Perhaps, hard to say"
 ``mode-badjson``   200 with a body that is not JSON
 ``mode-500``       always HTTP 500                ``mode-500once``  500 first, then YES
-``mode-429``       429 with ``Retry-After: 1`` on the first request, then YES
+``mode-429``       429 with ``Retry-After: 1`` (``retry_after``) on the first request, then YES
 ``mode-400``       HTTP 400 (not retryable)
 ``mode-timeout``   sleep ``slow_s`` seconds before replying (past the client's timeout)
 ``mode-drop``      close the connection without a reply
@@ -23,8 +23,11 @@ must answer in JSON); ``scripts`` maps extra mode names to reply lists: ``mode-N
 replies ``scripts[NAME][k]`` to the k-th request with the same prompt text (the last entry once
 the list is used up), e.g. ``{"flaky": ["not json", '{"score": 1}']}``.
 
-Every request is logged on arrival in ``server.log`` as (monotonic time, mode). ``GET /v1/models`` lists one
-model. Usage::
+``retry_after`` sets mode-429's Retry-After header value (default ``"1"``).
+
+Every request is logged on arrival in ``server.log`` as (monotonic time, mode), with its JSON body in
+``server.payloads`` and its HTTP headers (lower-cased names) in ``server.headers`` at the same index;
+``server.prompts()`` lists the last message's text of each. ``GET /v1/models`` lists one model. Usage::
 
     with FaultServer(slow_s=5) as server:
         client = JudgeClient(server.url, "fault-model")
@@ -83,7 +86,8 @@ class _Handler(BaseHTTPRequestHandler):
         found = _MODE.search(text)
         mode = found.group(1) if found else "yes"
         seen = server.count(text)  # how many times this exact prompt came before
-        server.record(mode, payload)  # on arrival, so requests still hanging are counted too
+        # on arrival, so requests still hanging are counted too
+        server.record(mode, payload, {k.lower(): v for k, v in self.headers.items()})
         self._act(mode, seen, text, server)
 
     def _act(self, mode: str, seen: int, text: str, server: "FaultServer") -> int:
@@ -107,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b'{"error": {"message": "injected 500"}}')
             return 500
         if mode == "429" and seen == 0:
-            self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
+            self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": server.retry_after})
             return 429
         if mode == "400":
             self._send(400, b'{"error": {"message": "bad request"}}')
@@ -132,8 +136,9 @@ class FaultServer:
     """Runs the fault-injecting server on 127.0.0.1 (a free port) in a daemon thread."""
 
     def __init__(self, slow_s: float = 5.0, *, yes_text: str = "YES", no_text: str = "NO",
-                 scripts: dict[str, list[str]] | None = None):
+                 scripts: dict[str, list[str]] | None = None, retry_after: str = "1"):
         self.slow_s = slow_s
+        self.retry_after = str(retry_after)
         self.yes_text, self.no_text = yes_text, no_text
         self.scripts = {name: list(replies) for name, replies in (scripts or {}).items()}
         for name, replies in self.scripts.items():
@@ -141,6 +146,7 @@ class FaultServer:
                 raise ValueError(f"scripts: mode name {name!r} must be alphanumeric with >= 1 reply")
         self.log: list[tuple[float, str]] = []
         self.payloads: list[dict] = []
+        self.headers: list[dict] = []
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -156,14 +162,20 @@ class FaultServer:
             self._counts[text] = n + 1
             return n
 
-    def record(self, mode: str, payload: dict) -> None:
+    def record(self, mode: str, payload: dict, headers: dict | None = None) -> None:
         with self._lock:
             self.log.append((time.monotonic(), mode))
             self.payloads.append(payload)
+            self.headers.append(dict(headers or {}))
 
     def requests(self, mode: str | None = None) -> list[tuple[float, str]]:
         with self._lock:
             return [row for row in self.log if mode is None or row[1] == mode]
+
+    def prompts(self) -> list[str]:
+        """The last message's text of every request, in arrival order (parallel to ``log``)."""
+        with self._lock:
+            return [str((p.get("messages") or [{}])[-1].get("content", "")) for p in self.payloads]
 
     def start(self) -> "FaultServer":
         self._thread.start()
