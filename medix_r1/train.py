@@ -37,6 +37,7 @@ from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_c
 from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
 from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
+from medix_r1.vision.trainer import setup_vision
 
 log = logging.getLogger("medix_r1.train")
 
@@ -63,10 +64,10 @@ def resolve_model_dir(name: str) -> Path | str:
 
 
 def load_model(model_dir: Path, cfg: TrainConfig, trainable: bool):
-    from transformers import AutoModelForCausalLM
+    from medix_r1.vision.trainer import auto_model_class  # AutoModelForImageTextToText for Qwen-VL
 
     dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype)
     model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
     if trainable and cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -113,9 +114,11 @@ def prompt_token_ids(tokenizer, record: dict, cfg: TrainConfig) -> list[int]:
 
 # ----------------------------------------------------------------------------- tensors and log-probs
 
-def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
+def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, images=None) -> dict:
     """Right-padded prompt+response sequences plus, per response token, the position whose hidden
-    state predicts it (``pred_pos``), the response ids and their mask ([B, R])."""
+    state predicts it (``pred_pos``), the response ids and their mask ([B, R]). ``images`` (one
+    entry per row, image inputs or None) is kept as a list; :func:`slice_batch` turns a selection
+    of rows into ``pixel_values`` / ``image_grid_thw``."""
     B = len(prompts)
     L = max(len(p) + len(r) for p, r in zip(prompts, responses))
     R = max(1, max(len(r) for r in responses))
@@ -131,10 +134,16 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[b, :len(r)] = 1.0
         pred_pos[b] = torch.clamp(torch.arange(R) + len(p) - 1, max=L - 1)
-    return {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos}
+    batch = {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos}
+    if images and any(x is not None for x in images):
+        batch["images"] = list(images)
+    return batch
 
 
 def slice_batch(batch: dict, rows) -> dict:
+    if "images" in batch:
+        from medix_r1.vision.trainer import select_rows
+        return select_rows(batch, rows)
     return {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -209,7 +218,19 @@ def keep_groups(rewards: torch.Tensor, n: int, cfg: TrainConfig) -> list[int]:
     return [g for g in range(groups) if bool(keep[g])]
 
 
-def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: TrainConfig, step: int):
+def take_prompts(sampler, k: int, tokenizer, records, prompt_cache, cfg: TrainConfig, vision=None):
+    """k record indices and each one's prompt for the engine: token ids, or for a vision-language
+    policy an item with its images (bad-image records are skipped and replaced, see vision.trainer)."""
+    if vision is not None:
+        return vision.take(sampler, k)
+    idx = sampler.take(k)
+    for i in idx:
+        if i not in prompt_cache:
+            prompt_cache[i] = prompt_token_ids(tokenizer, records[i], cfg)
+    return idx, [prompt_cache[i] for i in idx]
+
+
+def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: TrainConfig, step: int, vision=None):
     """Roll out, score and (for DAPO) filter/refill until prompts_per_step groups are kept or the
     refill budget is spent. Returns (rollouts, reward results, records per group, info)."""
     n, want = cfg.rollout.n, cfg.data.prompts_per_step
@@ -219,13 +240,10 @@ def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: Trai
         need = want - len(kept_rec)
         if need <= 0:
             break
-        idx = sampler.take(need)
+        idx, prompts = take_prompts(sampler, need, tokenizer, records, prompt_cache, cfg, vision)
         recs = [records[i] for i in idx]
-        for i in idx:
-            if i not in prompt_cache:
-                prompt_cache[i] = prompt_token_ids(tokenizer, records[i], cfg)
         t = time.perf_counter()
-        r = engine.generate([prompt_cache[i] for i in idx], step, cfg.train.seed, attempt)
+        r = engine.generate(prompts, step, cfg.train.seed, attempt)
         info["rollout"] += time.perf_counter() - t
         info["prompts"] += len(idx)
         t = time.perf_counter()
@@ -240,6 +258,7 @@ def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: Trai
                 kept_r.prompt_ids.append(r.prompt_ids[j]); kept_r.response_ids.append(r.response_ids[j])
                 kept_r.sample_logp.append(r.sample_logp[j]); kept_r.texts.append(r.texts[j])
                 kept_r.truncated.append(r.truncated[j]); kept_r.group.append(len(kept_rec))
+                kept_r.images.append(r.images[j] if r.images else None)
                 kept_res.append(results[j])
             kept_rec.append(recs[g])
         if attempt > 0:
@@ -331,12 +350,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
     model_dir = resolve_model_dir(cfg.model.policy)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # None for a text-only policy (which refuses records with images, naming the record)
+    vision = setup_vision(records, model_dir, tokenizer, cfg, {})
     policy = load_model(model_dir, cfg, trainable=True)
+    if vision is not None:
+        vision.configure_policy(policy)  # vision.freeze_tower
     # With beta = 0 there is no KL term, so the reference is never loaded (saves memory and a forward).
     ref = load_model(resolve_model_dir(cfg.model.reference or cfg.model.policy), cfg, trainable=False) \
         if cfg.loss.beta > 0 else None
     o = cfg.optim
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     lcfg = loss_config(cfg)
@@ -353,9 +376,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
         counters.update(state.get("counters", {}))
         judge_window.extend(state.get("judge_window", []))
         log.info("resumed from %s (step %d)", latest, start_step)
+    if vision is not None:
+        vision.attach(counters)  # bad-image records are counted in the checkpointed counters
 
     if cfg.rollout.engine == "vllm":
-        engine = VllmRollout(model_dir, cfg.rollout, cfg.train.seed)
+        engine = VllmRollout(model_dir, cfg.rollout, cfg.train.seed,
+                             engine_kwargs=vision.vllm_engine_kwargs() if vision is not None else None)
         if start_step > 0:
             engine.sync(policy)  # the engine loaded the step-0 weights from disk
     else:
@@ -392,17 +418,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
             # 1-2. rollouts and rewards (the reference log-probs overlap the reward wait when not DAPO)
             if cfg.algorithm.dynamic_sampling:
                 r, results, recs, info = collect(engine, reward_worker, tokenizer, records, sampler, prompt_cache,
-                                                 cfg, step)
+                                                 cfg, step, vision)
                 future = None
             else:
                 r, _, recs, info = None, None, None, None
-                idx = sampler.take(cfg.data.prompts_per_step)
+                idx, prompts = take_prompts(sampler, cfg.data.prompts_per_step, tokenizer, records, prompt_cache,
+                                            cfg, vision)
                 recs = [records[i] for i in idx]
-                for i in idx:
-                    if i not in prompt_cache:
-                        prompt_cache[i] = prompt_token_ids(tokenizer, records[i], cfg)
                 t = time.perf_counter()
-                r = engine.generate([prompt_cache[i] for i in idx], step, cfg.train.seed)
+                r = engine.generate(prompts, step, cfg.train.seed)
                 info = {"rollout": time.perf_counter() - t, "reward": 0.0, "refills": 0, "dropped_groups": 0,
                         "prompts": len(idx)}
                 future = score(reward_worker, r, recs, cfg)
@@ -417,7 +441,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                 if stop["signal"] is not None:
                     break
                 continue
-            batch = make_batch(r.prompt_ids, r.response_ids, pad_id)
+            batch = make_batch(r.prompt_ids, r.response_ids, pad_id, r.images)
             t = time.perf_counter()
             ref_logp = sequence_logp(ref, batch, cfg.rollout.temperature, o.micro_batch_size) if ref is not None \
                 else None
@@ -460,6 +484,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                 m.update({f"eval/{k}": v for k, v in eval_hook(step, policy, tokenizer).items()})
             m["time/step"] = time.perf_counter() - t_step
             m["perf/tokens_per_s"] = float(batch["mask"].sum()) / m["time/step"]
+            if vision is not None:
+                m.update(vision.metrics())  # data/skipped_image_records
             metrics.log(step, m)
             bar.set_postfix(bar_postfix(m))
             bar.update(1)

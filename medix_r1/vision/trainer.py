@@ -148,6 +148,12 @@ class VisionPrompts:
             self.check_files()
 
     # -- bad records
+    def attach(self, counters: dict) -> None:
+        """Keep the skip record in the trainer's (checkpointed) counters, merged with a resumed run's."""
+        self.bad |= set(int(i) for i in counters.get("bad_image_records", []))
+        self.counters = counters
+        self._sync_counters()
+
     def _sync_counters(self) -> None:
         self.counters["bad_image_records"] = sorted(self.bad)
         self.counters["skipped_image_records"] = len(self.bad)
