@@ -124,3 +124,37 @@ def test_resume_refuses_a_different_run(tmp_path):
     run(tmp_path, CountingGenerator(), CountingJudge())
     with pytest.raises(ValueError, match="different run"):
         run(tmp_path, CountingGenerator(), CountingJudge(), info={"model": "other"})
+
+
+class ConcurrencyJudge(CountingJudge):
+    """Records how many chat calls are in flight at once; also has stats() and aclose()."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = self.peak = 0
+        self.closed = False
+
+    async def chat(self, messages, *, max_tokens, cache_key=None):
+        import asyncio
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.001)
+        self.active -= 1
+        return await super().chat(messages, max_tokens=max_tokens, cache_key=cache_key)
+
+    def stats(self):
+        return {"calls": self.calls, "requests": self.calls}
+
+    async def aclose(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("limit, peak", [(1, 1), (2, 2), (None, 12)])
+def test_judge_calls_in_flight_are_bounded_and_judge_closed(tmp_path, limit, peak):
+    judge = ConcurrencyJudge()
+    run(tmp_path, CountingGenerator(), judge, judge_in_flight=limit)
+    # 4 judged items x 3 rounds start together; only the bound limits them
+    assert judge.peak == peak and judge.closed
+    (stats,) = read_jsonl(tmp_path / "judge_stats.jsonl")
+    assert stats["calls"] == 18 and stats["items"] == 6
+    assert "| 18 | 18 |" in (tmp_path / "summary.md").read_text()

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", help="judge model name at --judge-url")
     p.add_argument("--judge-api-key")
     p.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
-    p.add_argument("--judge-concurrency", type=int, default=8)
+    p.add_argument("--judge-concurrency", type=int, default=8,
+                   help="judge requests in flight (http judge; the local judge runs one at a time)")
     p.add_argument("--judge-timeout", type=float, default=60.0)
     p.add_argument("--judge-max-retries", type=int, default=3,
                    help="transport retries per judge call (timeouts, 5xx)")
@@ -124,7 +125,7 @@ def run(argv: list[str]) -> int:
     records = []
     for name in benchmarks:
         records += load_benchmark(name, limit=args.limit, data_files=data_files.get(name))
-    _, judge_name, make_judge = make_judge_factory(args, output_dir)
+    judge_mode, judge_name, make_judge = make_judge_factory(args, output_dir)
     run_info = {"model": str(args.model), "generator": args.generator, "label": args.label,
                 "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "judge": judge_name, "rounds": args.rounds,
@@ -136,7 +137,10 @@ def run(argv: list[str]) -> int:
                     output_dir, run_info=run_info, rounds=args.rounds,
                     judge_retries=args.judge_retries, judge_max_tokens=args.judge_max_tokens,
                     batch_size=args.batch_size, prompt_style=args.prompt_style,
-                    resamples=args.resamples, progress=not args.no_progress)
+                    resamples=args.resamples, progress=not args.no_progress,
+                    # the local judge runs one call at a time; its timeout must not run while
+                    # a call only waits for its turn
+                    judge_in_flight=1 if judge_mode == "local" else args.judge_concurrency)
     print((output_dir / "summary.md").read_text())
     print(f"{len(records)} items, {time.time() - t0:.1f} s; wrote {output_dir}/summary.md, "
           f"summary.csv, accuracy.png, items.jsonl")

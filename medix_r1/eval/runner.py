@@ -108,18 +108,39 @@ async def _judge_item(judge, record, response, done_rounds, rounds_out, items_ou
     return item
 
 
+class _InFlightLimit:
+    """Passes ``chat`` calls through to ``judge`` with at most ``limit`` of them in flight.
+
+    Every round of every item is started at once; without this bound all of them would wait
+    inside the judge, and a judge whose timeout also runs while a call waits for the model (the
+    in-process judge serialises its calls) would time out calls that never ran.
+    """
+
+    def __init__(self, judge, limit: int):
+        self.judge, self.model_id = judge, getattr(judge, "model_id", "judge")
+        self._sem = asyncio.Semaphore(limit)
+
+    async def chat(self, messages, **kwargs):
+        async with self._sem:
+            return await self.judge.chat(messages, **kwargs)
+
+
 async def judge_missing(records, responses, make_judge, output_dir: Path, *, rounds: int = 3,
-                        retries: int = 2, max_tokens: int = 16, progress: bool = True) -> None:
+                        retries: int = 2, max_tokens: int = 16, max_in_flight: int | None = None,
+                        progress: bool = True) -> None:
     """Judge every record not yet in items.jsonl, reusing rounds already in judge_rounds.jsonl.
 
     ``make_judge()`` builds the judge; it is called only when some item is left to judge. The
     judge is closed (``aclose``) when judging ends, also on an error, and its counters
-    (``stats()``) are appended to ``judge_stats.jsonl``.
+    (``stats()``) are appended to ``judge_stats.jsonl``. ``max_in_flight`` bounds the judge
+    calls waiting at once (None: unbounded; use 1 for an in-process judge).
     """
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
+        raise ValueError(f"max_in_flight must be a positive int or None, got {max_in_flight!r}")
     done_items = {row["key"] for row in read_jsonl(output_dir / "items.jsonl")}
     done_rounds = {(row["key"], row["round"]): row
                    for row in read_jsonl(output_dir / "judge_rounds.jsonl")}
@@ -127,13 +148,14 @@ async def judge_missing(records, responses, make_judge, output_dir: Path, *, rou
     if not todo:
         return
     judge = make_judge()
+    asker = judge if max_in_flight is None else _InFlightLimit(judge, max_in_flight)
     started = time.time()
     try:
         with JsonlWriter(output_dir / "judge_rounds.jsonl") as rounds_out, \
                 JsonlWriter(output_dir / "items.jsonl") as items_out, \
                 tqdm(total=len(todo), desc="judge", unit="item", disable=not progress) as bar:
             async def tracked(record):
-                await _judge_item(judge, record, responses[record_key(record)], done_rounds,
+                await _judge_item(asker, record, responses[record_key(record)], done_rounds,
                                   rounds_out, items_out, rounds=rounds, retries=retries,
                                   max_tokens=max_tokens)
                 bar.update(1)
@@ -174,7 +196,7 @@ def run_label(run_info: dict) -> str:
 def run_eval(records: list[dict], make_generate: Callable, make_judge: Callable, output_dir, *,
              run_info: dict, rounds: int = 3, judge_retries: int = 2, judge_max_tokens: int = 16,
              batch_size: int = 16, prompt_style: str = "medix", resamples: int = 2000,
-             progress: bool = True) -> list[dict]:
+             judge_in_flight: int | None = None, progress: bool = True) -> list[dict]:
     """Generate, judge and summarise ``records``; returns the summary rows.
 
     ``make_generate`` and ``make_judge`` are factories called only when work is left, so a
@@ -188,6 +210,6 @@ def run_eval(records: list[dict], make_generate: Callable, make_judge: Callable,
                                  prompt_style=prompt_style, progress=progress)
     asyncio.run(judge_missing(records, responses, make_judge, output_dir, rounds=rounds,
                               retries=judge_retries, max_tokens=judge_max_tokens,
-                              progress=progress))
+                              max_in_flight=judge_in_flight, progress=progress))
     return write_summary(records, output_dir, title=run_label(run_info),
                          resamples=resamples)
