@@ -46,7 +46,7 @@ def first_sentence(text: str) -> str:
 def judge_items(n: int = N_ITEMS):
     """(question, reference, answer) triples; answers are valid and never equal to the reference:
     even items restate their own reference loosely, odd items give another record's finding."""
-    records = [json.loads(line) for line in DATA.read_text().splitlines()[:4 * n]]
+    records = [json.loads(line) for line in DATA.read_text().split("\n")[:4 * n]]  # not splitlines: U+2028 in text
     usable = []
     for r in records:
         _, reference = parse_solution(r["solution"])
