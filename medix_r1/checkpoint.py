@@ -98,6 +98,12 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
         weights.update(load_file(f))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if (set(missing) - tied or unexpected) and hasattr(model, "from_pretrained"):
+        # transformers 5 saves some models (Qwen2/2.5-VL) under their original checkpoint names
+        # ("visual.*", "model.layers.*"), not the module names; its own loader maps them back.
+        fresh = type(model).from_pretrained(str(path / "model"), dtype=next(model.parameters()).dtype)
+        missing, unexpected = model.load_state_dict(fresh.state_dict(), strict=False)
+        del fresh
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {sorted(set(missing) - tied)}, "
                          f"unexpected {sorted(unexpected)})")

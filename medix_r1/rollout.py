@@ -88,7 +88,8 @@ class VllmRollout:
 
         c = self.cfg
         params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                                 logprobs=0, seed=sample_seed(seed, step, i, attempt))
+                                 logprobs=0, seed=sample_seed(seed, step, i, attempt),
+                                 logit_bias=getattr(self, "logit_bias", None))
                   for i in range(len(prompt_ids))]
         # TokensPrompt dicts; a VL item adds multi_modal_data={"image": [...]} (see vllm_request)
         prompts = [vllm_request(p) for p in prompt_ids]
@@ -113,6 +114,11 @@ class VllmRollout:
                 r.group.append(i)
                 r.truncated.append(comp.finish_reason == "length")
         return r
+
+    def suppress_tokens(self, token_ids) -> None:
+        """Never sample these ids (VL policies: image placeholder / vision markers, which a training
+        forward would take for image slots). The returned log-probs stay raw (bias not applied)."""
+        self.logit_bias = {int(t): -100.0 for t in token_ids} or None
 
     def sleep(self) -> None:
         """Free the KV cache while training (GPU only; a no-op on CPU, logged once at start-up)."""
@@ -196,6 +202,10 @@ class HfRollout:
         finally:
             self.model.train(was_training)
         return r
+
+    def suppress_tokens(self, token_ids) -> None:
+        """Never sample these ids (see VllmRollout.suppress_tokens); ``out.logits`` stay unprocessed."""
+        self.gen.suppress_tokens = [int(t) for t in token_ids] or None
 
     def sleep(self) -> None:
         pass

@@ -386,6 +386,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
             engine.sync(policy)  # the engine loaded the step-0 weights from disk
     else:
         engine = HfRollout(policy, tokenizer, cfg.rollout)
+    if vision is not None:
+        engine.suppress_tokens(vision.suppress_ids())  # no image placeholders inside responses
     if reward_worker is None:
         from medix_r1.rewards import RewardWorker
         reward_worker = RewardWorker(cfg.reward)

@@ -35,7 +35,7 @@ from medix_r1.vision.inputs import (
     is_vision_model,
 )
 from medix_r1.vision.qwen_vl_processor import (
-    IMAGE_PAD, VLImageConfig, config_for_model, expand_image_placeholders, image_token_counts, smart_resize,
+    IMAGE_PAD, VISION_END, VISION_START, VLImageConfig, config_for_model, expand_image_placeholders, image_token_counts, smart_resize,
 )
 
 log = logging.getLogger("medix_r1.train")
@@ -238,6 +238,17 @@ class VisionPrompts:
     def configure_policy(self, policy) -> None:
         n = freeze_vision_tower(policy, self.vcfg.freeze_tower)
         log.info("vision tower %s (%.1fM parameters)", "frozen" if self.vcfg.freeze_tower else "trained", n / 1e6)
+
+    def suppress_ids(self) -> list[int]:
+        """Vision tokens a response must not contain: a sampled <|image_pad|> would be taken for an
+        image slot by the training forward (features/tokens mismatch), a <|vision_start|> would shift
+        the multimodal rope positions."""
+        ids = {self.image_token_id}
+        for name in (VISION_START, VISION_END, "<|video_pad|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != getattr(self.tokenizer, "unk_token_id", None):
+                ids.add(tid)
+        return sorted(ids)
 
     def vllm_engine_kwargs(self) -> dict:
         return {"limit_mm_per_prompt": {"image": max(1, self.max_images)}}
