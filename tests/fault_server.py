@@ -132,6 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
         return 200
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) drops the SYNs of a burst of concurrent connections: the
+    # client then waits ~1 s for the retransmit and may time out before the server ever sees it
+    request_queue_size = 128
+
+
 class FaultServer:
     """Runs the fault-injecting server on 127.0.0.1 (a free port) in a daemon thread."""
 
@@ -149,12 +155,14 @@ class FaultServer:
         self.headers: list[dict] = []
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fault-server", daemon=True)
+        # a short poll interval: stop() returns in ~0.05 s instead of up to 0.5 s
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fault-server", daemon=True)
 
     def count(self, text: str) -> int:
         with self._lock:

@@ -25,6 +25,7 @@ import email.utils
 import os
 import random
 import string
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -221,16 +222,23 @@ class JudgeClient(JudgeBase):
         self.seed = seed
         self._rng = random.Random(seed)
         self._loop = None  # the SDK client and the semaphore belong to one event loop
+        self._state_lock = threading.Lock()
 
-    def _state(self):
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            from openai import AsyncOpenAI
-            self._client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
-                                       max_retries=0)
-            self._sem = asyncio.Semaphore(self.concurrency)
-            self._loop = loop
-        return self._client, self._sem
+    def _state(self, loop=None):
+        loop = loop if loop is not None else asyncio.get_running_loop()
+        with self._state_lock:
+            if self._loop is not loop:
+                from openai import AsyncOpenAI
+                self._client = AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s,
+                                           max_retries=0)
+                self._sem = asyncio.Semaphore(self.concurrency)
+                self._loop = loop
+            return self._client, self._sem
+
+    def bind(self, loop) -> None:
+        """Build the HTTP client for ``loop`` now, from any thread. Building it takes a while (the SDK
+        import, an SSL context): done on the loop itself it would stall every timer, deadlines too."""
+        self._state(loop)
 
     async def aclose(self) -> None:
         if self._loop is asyncio.get_running_loop():

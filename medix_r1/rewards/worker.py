@@ -177,7 +177,7 @@ class RewardWorker:
         self._judge, self._embedder = judge, embedder
         self._load_lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "judge_failed": 0, "embedding_failed": 0,
-                       "exact_match": 0, "invalid_answer": 0, "deadline_misses": 0, "busy_s": 0.0}
+                       "exact_match": 0, "invalid_answer": 0, "deadline_reached": 0, "deadline_misses": 0, "busy_s": 0.0}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="medix-reward-worker", daemon=True)
         self._thread.start()
@@ -188,6 +188,8 @@ class RewardWorker:
         with self._load_lock:
             if self._judge is None and self.cfg.judge != "none":
                 self._judge = make_judge(self.cfg)
+            if self._judge is not None and hasattr(self._judge, "bind"):
+                self._judge.bind(self._loop)  # the HTTP client is built here, off the event loop
             return self._judge
 
     def _get_embedder(self):
@@ -196,6 +198,17 @@ class RewardWorker:
                 from .embedding import Embedder
                 self._embedder = Embedder(self.cfg.embedding_model, batch_size=self.cfg.embedding_batch_size)
             return self._embedder
+
+    def preload(self) -> Future:
+        """Load the judge and the embedding model now, in the background (they are otherwise
+        loaded by the first batch, and their loading time counts against its deadline).
+        Returns a Future that is done (or holds the loading error) when both are ready."""
+        def load():
+            if self.cfg.judge != "none" or self._judge is not None:
+                self._get_judge()
+            if self._embedding_enabled():
+                self._get_embedder()
+        return asyncio.run_coroutine_threadsafe(asyncio.to_thread(load), self._loop)
 
     def _embedding_enabled(self) -> bool:
         return self._embedder is not None or str(self.cfg.embedding_model).lower() != "none"
@@ -212,7 +225,7 @@ class RewardWorker:
     async def _score(self, samples, deadline) -> list[RewardResult]:
         t0 = time.monotonic()
         judge = None
-        if self.cfg.judge != "none":
+        if self.cfg.judge != "none" or self._judge is not None:
             try:  # loading may take a while (LocalJudge): off the loop, within the deadline
                 judge = await asyncio.wait_for(asyncio.to_thread(self._get_judge),
                                                timeout=max(0.0, deadline - time.monotonic()))
@@ -225,8 +238,10 @@ class RewardWorker:
         s["samples"] += len(results)
         for key in ("judge_failed", "embedding_failed", "exact_match", "invalid_answer"):
             s[key] += sum(bool(getattr(r, key)) for r in results)
-        s["deadline_misses"] += time.monotonic() > deadline
-        s["busy_s"] += time.monotonic() - t0
+        now = time.monotonic()
+        s["deadline_reached"] += now >= deadline  # something was cut off at the deadline
+        s["deadline_misses"] += now > deadline + GUARD_S + 0.5  # returned late: should never happen
+        s["busy_s"] += now - t0
         return results
 
     def score(self, problems, responses, solutions) -> list[RewardResult]:
