@@ -4,9 +4,10 @@ fp32 [4, 1024, 49,152] (SmolLM2's vocabulary), side by side in one run:
   - grpo_loss on the compiled C++ backend (plain and with inplace_backward)
   - the eager reference (materialised log-softmax) and torch.compile of that reference
   - fused_linear_grpo_loss (H = 576) vs the full-logits path (hidden @ W^T, then grpo_loss)
-Time: median of repeats. Memory: peak RSS growth of a fresh process that runs the function once
-after its inputs exist and after a warm-up on a tiny shape (the kernel's peak-RSS mark VmHWM is
-reset just before the call), reported against the size of the logits tensor. Writes benchmarks/results/policy_loss_cpu.csv and a PNG.
+Time: median of repeats. Memory: peak RSS growth during one call in a fresh process, after its
+inputs exist and after one warm-up call at the same shape (steady state, as every step of a
+training loop sees it; the kernel's peak-RSS mark VmHWM is reset just before the measured call),
+reported against the size of the logits tensor. Gradients are taken with torch.autograd.grad. Writes benchmarks/results/policy_loss_cpu.csv and a PNG.
 
     python benchmarks/bench_policy_loss_cpu.py [--quick]
 """
@@ -49,7 +50,6 @@ def build(name, inputs):
         x = logits.requires_grad_(True)
 
         def run():
-            x.grad = None
             if name == "torch-eager":
                 loss, _ = ref.grpo_loss(x, ids, mask, adv, old_logp=old, config=cfg)
             elif name == "torch-compile":
@@ -60,7 +60,10 @@ def build(name, inputs):
                 # which changes later repeats' values but not their cost)
                 loss, _ = mk.grpo_loss(x, ids, mask, adv, old_logp=old, config=cfg,
                                        inplace_backward=name == "medix-cpu-inplace", backend="cpu")
-            loss.backward()
+            # autograd.grad, not backward(): a leaf's .grad would be a clone of a gradient that
+            # aliases the leaf itself (in-place), a copy real training never makes (there the
+            # logits are the LM head's output and their gradient flows on into the matmul).
+            torch.autograd.grad(loss, x)
         if name == "torch-compile":
             build.compiled = torch.compile(ref.grpo_loss, dynamic=False)
         return run
@@ -68,13 +71,12 @@ def build(name, inputs):
     w = weight.requires_grad_(True)
 
     def run():
-        h.grad = w.grad = None
         if name == "fused-linear":
             loss, _ = mk.fused_linear_grpo_loss(h, w, ids, mask, adv, old_logp=old, config=cfg, backend="cpu")
         else:  # full logits, then the fused log-prob kernel (the best non-chunked path)
             loss, _ = mk.grpo_loss(h @ w.t(), ids, mask, adv, old_logp=old, config=cfg, inplace_backward=True,
                                    backend="cpu")
-        loss.backward()
+        torch.autograd.grad(loss, (h, w))
     return run
 
 
@@ -98,15 +100,9 @@ def _peak_kb():
 
 
 def _peak_child(name, shape, queue):
-    # Warm up on a tiny shape first (lazy imports, compilation, thread pools), so that the peak
-    # below is the measured call's own memory. ru_maxrss is the peak over the process's life.
-    build(name, make_inputs(2, 8, 64, 8))()
-    if name == "torch-compile":
-        torch._dynamo.reset()
     inputs = make_inputs(*shape)
     run = build(name, inputs)
-    if name == "torch-compile":
-        run()  # compile for this shape outside the measured call
+    run()  # steady state, as in a training loop: compiled, allocator and thread pools warm
     before = _rss_kb()
     _reset_peak()
     run()

@@ -20,7 +20,7 @@ from .grpo_loss import check_loss_inputs
 from .loss_config import LossConfig
 from .selective_log_softmax import _ops
 
-_CHUNK_BYTES = 64 << 20  # logits of one chunk, in bytes of the hidden dtype (default chunk size)
+_CHUNK_BYTES = 32 << 20  # logits of one chunk, in bytes of the hidden dtype (default chunk size)
 
 
 def default_chunk_size(vocab: int, dtype: torch.dtype) -> int:
@@ -136,6 +136,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             _addmm_f32_(grad_w, logits.t(), h[s:e])
             if grad_b is not None:
                 grad_b += logits.float().sum(0)
+            del logits  # free this chunk before the next one is computed (one chunk alive, not two)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         stats = token_stats(ratio_all.view(b, l), None if kl_all is None else kl_all.view(b, l),
@@ -149,9 +150,15 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, *unused):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         hidden_shape, w_dtype, b_dtype = ctx.shapes
-        gh = (grad_h * grad_loss.to(grad_h.dtype)).view(hidden_shape)
-        gw = (grad_w * grad_loss).to(w_dtype)
-        gb = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
+        if torch.equal(grad_loss, torch.ones_like(grad_loss)):
+            # The usual case (loss.backward()): hand the stored gradients over as they are, no
+            # second [V, H] buffer (a fp32 weight's gradient is then never copied at all).
+            gh, gw = grad_h.view(hidden_shape), grad_w.to(w_dtype)
+            gb = None if grad_b is None else grad_b.to(b_dtype)
+        else:
+            gh = (grad_h * grad_loss.to(grad_h.dtype)).view(hidden_shape)
+            gw = (grad_w * grad_loss).to(w_dtype)
+            gb = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
         return gh, gw, gb, None, None, None, None, None, None, None, None, None
 
 
@@ -163,7 +170,7 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     """grpo_loss from the last hidden states [B, L, H] and the LM head [V, H] (+ bias [V]).
 
     Gradients flow to hidden, lm_head_weight (accumulated in float32, returned in its dtype) and
-    lm_head_bias. chunk_size: tokens per chunk (default: ~64 MB of logits per chunk).
+    lm_head_bias. chunk_size: tokens per chunk (default: ~32 MB of logits per chunk).
     Returns (loss, stats) like grpo_loss.
     """
     op = "fused_linear_grpo_loss"

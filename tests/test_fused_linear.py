@@ -116,3 +116,19 @@ def test_tiny_causal_lm_step_changes_parameters_and_matches_logits_path():
     loss.backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_scaled_and_repeated_backward():
+    """grad_loss != 1 (loss * 3) scales every gradient; a second backward (retain_graph) gives the
+    same gradients again (the stored gradients are never scaled in place)."""
+    hidden, weight, _, ids, mask, adv, old, _ = batch(seed=5)
+    cfg = mk.LossConfig.preset("grpo", beta=0.0)
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss, _ = mk.fused_linear_grpo_loss(h, w, ids, mask, adv, old_logp=old, config=cfg, chunk_size=3, backend="cpu")
+    g1 = torch.autograd.grad(loss, (h, w), retain_graph=True)
+    g3 = torch.autograd.grad(loss * 3.0, (h, w), retain_graph=True)
+    g1b = torch.autograd.grad(loss, (h, w))
+    for a, b, c in zip(g1, g3, g1b):
+        torch.testing.assert_close(b, 3.0 * a)
+        torch.testing.assert_close(c, a)
