@@ -96,16 +96,14 @@ def test_mixed_two_step_run_trains_language_and_vision_and_checkpoints(tiny, dat
     vision = {k for k in after if ".visual." in k or k.startswith("visual.")}
     assert vision and len(changed & vision) > len(vision) // 2  # the vision tower is trained
     assert len(changed - vision) > len(set(after) - vision) // 2
-    # the step batches mixed image and text-only prompts
-    state = json.loads((final / "trainer_state.json").read_text())
-    records = records_of(data)
-    assert state["step"] == 2
+    # the steps trained on image and text-only prompts
+    image_prompts = sum(x["data/image_prompts"] for x in lines)
+    assert 0 < image_prompts < 6
 
 
 def test_bad_images_are_skipped_and_counted(data, full_run):
     out, _ = full_run
     records = records_of(data)
-    ids = [r["id"] for r in records]
     state = json.loads((out / "step_000002" / "trainer_state.json").read_text())
     bad = sorted(records[i]["id"] for i in state["counters"]["bad_image_records"])
     # the two missing files are found before training; the corrupt PNG when first sampled
@@ -114,7 +112,6 @@ def test_bad_images_are_skipped_and_counted(data, full_run):
     assert lines[-1]["data/skipped_image_records"] == len(bad) == state["counters"]["skipped_image_records"]
     # the sampler drew replacements: 2 steps x 3 prompts were trained on
     assert lines[0]["rollout/groups_kept"] == 3 and lines[1]["rollout/groups_kept"] == 3
-    assert ids.index("bad-corrupt") >= 0
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny, data, full_run, tmp_path):
@@ -132,8 +129,13 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, data, full_run, tmp_path)
 
 
 def test_frozen_vision_tower_stays_unchanged(tiny, data, tmp_path):
+    """Also covers, with images: the KL term (a VL reference model), mini-batches of shuffled rows
+    (old log-probs + row selection) and the DAPO collect path."""
     out = tmp_path / "frozen"
-    T.train(config(tiny, data, out, "train.max_steps=1", "vision.freeze_tower=true"), reward_worker=CharRewardWorker())
+    T.train(config(tiny, data, out, "train.max_steps=1", "vision.freeze_tower=true", "loss.beta=0.01",
+                   "optim.mini_batch_size=6", "algorithm.dynamic_sampling=true"), reward_worker=CharRewardWorker())
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["rollout/groups_kept"] >= 1 and line["loss/kl_mean"] == line["loss/kl_mean"]
     before, after = weights(tiny), weights(out / "step_000001" / "model")
     vision = [k for k in after if ".visual." in k or k.startswith("visual.")]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
@@ -174,7 +176,7 @@ def test_corrupt_image_is_found_lazily_and_replaced(tiny, data):
     idx, items = vp.take(sampler, len(records))  # a whole epoch: every record is drawn
     assert len(idx) == len(records) and {records[i]["id"] for i in vp.bad} == names | {"bad-corrupt"}
     assert not {records[i]["id"] for i in idx} & (names | {"bad-corrupt"})
-    assert vp.metrics() == {"data/skipped_image_records": 3} and vp.counters["skipped_image_records"] == 3
+    assert vp.metrics()["data/skipped_image_records"] == 3 and vp.counters["skipped_image_records"] == 3
     kinds = {bool(records[i]["images"]) for i in idx}
     assert kinds == {True, False}  # image and text-only prompts in the same draw
     vp_fail, _ = _prompts(tiny, data, "vision.on_bad_image=fail", "vision.check_files_at_start=false")

@@ -232,6 +232,7 @@ class VisionPrompts:
                     continue
                 idx.append(i)
                 items.append(item)
+        self.last_image_prompts = sum(it["pixel_values"] is not None for it in items)
         return idx, items
 
     # -- model and engine
@@ -254,7 +255,8 @@ class VisionPrompts:
         return {"limit_mm_per_prompt": {"image": max(1, self.max_images)}}
 
     def metrics(self) -> dict:
-        return {"data/skipped_image_records": len(self.bad)}
+        return {"data/skipped_image_records": len(self.bad),
+                "data/image_prompts": getattr(self, "last_image_prompts", 0)}  # of the last draw
 
 
 # ----------------------------------------------------------------------------- engines
