@@ -325,3 +325,24 @@ def test_vl_recipes_load_validate_and_carry_the_paper_hyperparameters(name, poli
     assert cfg.train.max_steps == -(-2 * 51335 // 512)  # 2 epochs
     assert cfg.vision.on_bad_image == "skip"
     assert IMAGE_PAD  # the recipes rely on the Qwen-VL placeholder token
+
+
+def test_parquet_records_with_embedded_images_stay_encoded_until_sampled(tiny, tmp_path):
+    """A MediX-style parquet with a datasets Image column: loaded as bytes, decoded by prepare()."""
+    import datasets
+
+    from medix_r1.vision.synthetic import draw_shape
+
+    feats = datasets.Features({"id": datasets.Value("string"), "images": datasets.List(datasets.Image()),
+                               "problem": datasets.Value("string"), "solution": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"id": ["p0", "p1"], "images": [[draw_shape("circle", "red", (90, 60))], []],
+                                     "problem": ["What shape is shown?", "What is two plus two?"],
+                                     "solution": ["<OTHER> circle", "<OTHER> four"]}, features=feats)
+    path = tmp_path / "train.parquet"
+    ds.to_parquet(str(path))
+    records = T.load_records(str(path))[0]
+    assert isinstance(records[0]["images"][0], dict) and records[0]["images"][0]["bytes"]
+    vp, records = _prompts(tiny, str(path))
+    item = vp.prepare(0)
+    assert item["image_grid_thw"].tolist() == [[1, 4, 6]]  # 60x90 -> smart_resize 56x84 -> 4x6 patches
+    assert vp.prepare(1)["pixel_values"] is None

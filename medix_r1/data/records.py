@@ -80,6 +80,8 @@ def _read_with_datasets(path: Path | str, split: str) -> list[tuple[str, object]
     else:
         ds = datasets.load_dataset(path, split=split)
         name = f"hub:{path}[{split}]"
+    from medix_r1.vision.images import keep_images_encoded
+    ds = keep_images_encoded(ds)  # image columns stay bytes until a record is sampled
     return [(f"{name}:record {i}", row) for i, row in enumerate(ds)]
 
 

@@ -181,3 +181,16 @@ def load_images_with_policy(records, base_dir=None, on_bad_image: str = "skip",
                 raise
             skip_log.add(str(exc))
     return pairs, skip_log
+
+
+def keep_images_encoded(ds):
+    """A ``datasets.Dataset`` whose ``images`` column holds Image features, cast to ``decode=False``:
+    rows then carry ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled
+    (iterating a decoding Image column would hold every decoded image of the data in memory)."""
+    import datasets
+
+    feature = (ds.features or {}).get("images")
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.Image) and inner.decode:
+        return ds.cast_column("images", type(feature)(datasets.Image(decode=False)))
+    return ds
