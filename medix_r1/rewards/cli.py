@@ -1,0 +1,295 @@
+"""``python -m medix_r1.rewards score``: score a JSONL file of responses offline.
+
+Each input line is a JSON object with ``problem``, ``response`` and ``solution`` (``"<TAG> answer"``);
+every other field is kept. Each output line is the input object plus ``rewards``: every reward
+component, the weighted total and the flags (:meth:`RewardResult.to_dict`), in input order.
+
+The whole input is checked before anything is scored: a malformed line stops the run with an error
+naming the file and the line. The run is resumable: the lines already in the output are kept and
+skipped (a line cut short by a kill is dropped and rewritten), so re-running the same command after
+an interruption scores only the rest. The judge's API key is read from the environment variable
+named by ``--judge-api-key-env`` (default ``MEDIX_JUDGE_API_KEY``); it is never a flag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardResult, RewardWeights
+from .parsing import PARITIES, parse_solution
+
+REQUIRED = ("problem", "response", "solution")
+COMPONENTS = ("total", "format", "modality", "judge", "embedding")
+FLAGS = ("judge_failed", "embedding_failed", "exact_match", "invalid_answer", "truncated")
+_DEFAULTS = RewardConfig(judge="none")
+
+
+DESCRIPTION = """\
+Each input line is a JSON object with "problem", "response" and "solution" ("<TAG> answer"); every
+other field is kept. Each output line is the input object plus "rewards": every reward component
+(total, format, modality, judge, embedding), the flags (judge_failed, embedding_failed, exact_match,
+invalid_answer, truncated), the extracted answer and the judge's reply, in input order.
+
+The whole input is checked before anything is scored: a malformed line stops the run with an error
+naming the file and the line. The run is resumable: the complete lines already in --output are
+kept and skipped (a line cut short by a kill is dropped and rewritten), so re-running the same
+command after an interruption scores only the rest. A summary (mean of each component, failure
+counts, judge counters) is printed as JSON at the end.
+
+The judge's API key is read from the environment variable named by --judge-api-key-env
+(default MEDIX_JUDGE_API_KEY), never from a flag."""
+
+
+class InputError(Exception):
+    """A problem with the input or output file; the message names the file and line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m medix_r1.rewards",
+        description="MediX-R1 composite rewards (format, modality, LLM judge, embedding) for JSONL files.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser(
+        "score", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="score a JSONL file of responses (resumable)",
+        description=DESCRIPTION,
+        epilog="The total is content * (judge*J + embedding*E + modality*M) + format*F, by default "
+               "0.9 * (0.575 J + 0.375 E + 0.05 M) + 0.1 F.\n\n"
+               "examples:\n"
+               "  python -m medix_r1.rewards score --input rollouts.jsonl --output scored.jsonl \\\n"
+               "      --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen3-4B-Instruct-2507\n"
+               "  python -m medix_r1.rewards score --input rollouts.jsonl --output scored.jsonl --judge none "
+               "--embedding-model none")
+    io = p.add_argument_group("files")
+    io.add_argument("--input", required=True, metavar="PATH",
+                    help="JSONL input: one object per line with 'problem', 'response' and 'solution' "
+                         "(other fields are kept); blank lines are ignored")
+    io.add_argument("--output", required=True, metavar="PATH",
+                    help="JSONL output: each input object plus a 'rewards' object, in input order. If it "
+                         "exists, its complete lines are kept and only the remaining inputs are scored")
+    io.add_argument("--summary-json", metavar="PATH", default=None,
+                    help="also write the end-of-run summary (means, failures, judge counters) to this file")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    j = p.add_argument_group("judge")
+    j.add_argument("--judge", choices=JUDGE_KINDS, default=None,
+                   help="judge backend: 'http' (an OpenAI-compatible server; the default when --judge-url is "
+                        "given), 'local' (SmolLM2-135M or --judge-model in this process; the default "
+                        "otherwise) or 'none' (judge reward 0 except exact matches)")
+    j.add_argument("--judge-url", default=None, metavar="URL",
+                   help="base URL of the judge server, e.g. http://127.0.0.1:8000/v1")
+    j.add_argument("--judge-model", default=None, metavar="NAME",
+                   help="served model name (http) or model folder (local; default SmolLM2-135M-Instruct)")
+    j.add_argument("--judge-api-key-env", default=_DEFAULTS.judge_api_key_env, metavar="VAR",
+                   help="environment variable holding the judge server's API key (default %(default)s; "
+                        "unset: 'EMPTY')")
+    j.add_argument("--judge-concurrency", type=int, default=_DEFAULTS.judge_concurrency, metavar="N",
+                   help="judge requests in flight at once (default %(default)s)")
+    j.add_argument("--judge-timeout-s", type=float, default=_DEFAULTS.judge_timeout_s, metavar="S",
+                   help="seconds per judge request before a retry (default %(default)s)")
+    j.add_argument("--judge-max-retries", type=int, default=_DEFAULTS.judge_max_retries, metavar="N",
+                   help="retries per judge request on timeouts, 5xx, 429 and dropped connections "
+                        "(default %(default)s)")
+    j.add_argument("--cache", default=None, metavar="PATH",
+                   help="JSONL cache of judge replies, shared across runs (default: in memory only)")
+
+    r = p.add_argument_group("reward")
+    r.add_argument("--parity", choices=PARITIES, default=_DEFAULTS.parity,
+                   help="'strict' (default): whitespace removed around tags only, a judge reply that is not "
+                        "YES/NO is a failed judgement; 'official': the MediX-R1 code's rules")
+    r.add_argument("--embedding-model", default=None, metavar="PATH|none",
+                   help="sentence-transformers folder or name for the embedding reward (default: the bundled "
+                        "all-MiniLM-L6-v2); 'none' turns the embedding reward off")
+    r.add_argument("--embedding-mode", choices=EMBEDDING_MODES, default=_DEFAULTS.embedding_mode,
+                   help="'threshold' (1 when cosine >= --embedding-threshold; default) or 'continuous' "
+                        "(cosine clamped to [0, 1])")
+    r.add_argument("--embedding-threshold", type=float, default=_DEFAULTS.embedding_threshold, metavar="X",
+                   help="cosine threshold of the embedding reward (default %(default)s)")
+    r.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one weight of the total (repeatable): content, judge, embedding, modality, "
+                        "format; e.g. --weight format=0.2")
+    r.add_argument("--max-response-chars", type=int, default=_DEFAULTS.max_response_chars, metavar="N",
+                   help="truncate longer responses before scoring (default %(default)s)")
+
+    b = p.add_argument_group("batching")
+    b.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="lines per scoring batch; two batches are in flight at once (default %(default)s)")
+    b.add_argument("--deadline-s", type=float, default=_DEFAULTS.deadline_s, metavar="S",
+                   help="each batch returns within this many seconds; judgements not done by then score 0 and "
+                        "are flagged judge_failed (default %(default)s)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ files
+def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; raises InputError naming the first bad line."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    records = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            missing = [k for k in REQUIRED if k not in obj]
+            if missing:
+                raise InputError(f"{where}: missing field(s) {', '.join(missing)} (each line needs "
+                                 f"{', '.join(REQUIRED)})")
+            for k in REQUIRED:
+                if not isinstance(obj[k], str):
+                    raise InputError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")
+            try:
+                parse_solution(obj["solution"], parity)
+            except ValueError as e:
+                raise InputError(f"{where}: bad 'solution': {e}") from None
+            records.append((lineno, obj))
+    return records
+
+
+def resume_output(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
+    """The output's complete lines (checked against the inputs); a torn last line is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, else an unterminated (torn) line
+    done, good_bytes = [], 0
+    for k, raw in enumerate(lines):
+        where = f"{path}:{k + 1}"
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            if not isinstance(obj, dict) or not isinstance(obj.get("rewards"), dict):
+                raise ValueError("no 'rewards' object")
+        except ValueError as e:
+            if k == len(lines) - 1 and not tail:  # a torn last line that happens to end in a newline
+                break
+            raise InputError(f"{where}: the existing output has a malformed line ({e}); it is not a "
+                             f"partial output of this command, remove it or choose another --output") from None
+        if k >= len(records):
+            raise InputError(f"{path} has more lines ({len(lines)}) than the input has records ({len(records)})")
+        original = {key: value for key, value in obj.items() if key != "rewards"}
+        lineno, record = records[k]
+        if original != {key: value for key, value in record.items() if key != "rewards"}:
+            raise InputError(f"{where} does not match input line {lineno}: the output belongs to another input; "
+                             f"remove it or choose another --output")
+        done.append(obj)
+        good_bytes += len(raw) + 1
+    if good_bytes != len(data):
+        with open(path, "r+b") as fh:  # drop the torn line: it is rewritten from the input
+            fh.truncate(good_bytes)
+    return done
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def make_config(args) -> RewardConfig:
+    judge = args.judge or ("http" if args.judge_url else "local")
+    weights = {}
+    names = {f for f in RewardWeights.__dataclass_fields__}
+    for item in args.weight:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in names:
+            raise ValueError(f"--weight must be NAME=VALUE with NAME in {sorted(names)}, got {item!r}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--weight {name.strip()}: {value!r} is not a number") from None
+    return RewardConfig(
+        weights=RewardWeights(**weights), parity=args.parity, embedding_model=args.embedding_model,
+        embedding_mode=args.embedding_mode, embedding_threshold=args.embedding_threshold, judge=judge,
+        judge_url=args.judge_url, judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env,
+        judge_concurrency=args.judge_concurrency, judge_timeout_s=args.judge_timeout_s,
+        judge_max_retries=args.judge_max_retries, judge_cache_path=args.cache, deadline_s=args.deadline_s,
+        max_response_chars=args.max_response_chars)
+
+
+def summarize(rows: list[dict], *, scored_now: int, resumed: int, elapsed: float, worker_stats: dict) -> dict:
+    out = {"lines": len(rows), "scored_now": scored_now, "resumed": resumed, "seconds": round(elapsed, 3)}
+    rewards = [r["rewards"] for r in rows]
+    for key in COMPONENTS:
+        vals = [float(r.get(key, 0.0)) for r in rewards]
+        out[f"mean_{key}"] = sum(vals) / len(vals) if vals else math.nan
+    for key in FLAGS:
+        out[key] = sum(bool(r.get(key)) for r in rewards)
+    out["judge_failures"] = out["judge_failed"]
+    out["judge_counters"] = {k[len("judge_"):]: v for k, v in worker_stats.items()
+                             if k.startswith("judge_") and k != "judge_failed"}
+    out["worker"] = {k: v for k, v in worker_stats.items() if not k.startswith("judge_")}
+    return out
+
+
+def score_command(args) -> int:
+    from tqdm import tqdm
+
+    from .worker import RewardWorker
+
+    in_path, out_path = Path(args.input), Path(args.output)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg = make_config(args)
+    records = read_inputs(in_path, cfg.parity)
+    done = resume_output(out_path, records)
+    todo = records[len(done):]
+    rows = list(done)
+    t0 = time.monotonic()
+    stats: dict = {}
+    if todo:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+        with RewardWorker(cfg) as worker, open(out_path, "a", encoding="utf-8") as out, \
+                tqdm(total=len(records), initial=len(done), desc="score", unit="line", file=sys.stderr,
+                     disable=args.no_progress) as bar:
+            def submit(batch):
+                objs = [obj for _, obj in batch]
+                return worker.submit([o["problem"] for o in objs], [o["response"] for o in objs],
+                                     [o["solution"] for o in objs])
+            pending = [submit(batches[0])]
+            for k, batch in enumerate(batches):
+                if k + 1 < len(batches):
+                    pending.append(submit(batches[k + 1]))  # the next batch scores while this one finishes
+                results: list[RewardResult] = pending.pop(0).result()
+                for (_, obj), res in zip(batch, results):
+                    row = dict(obj)
+                    row["rewards"] = res.to_dict()
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    rows.append(row)
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+            stats = worker.stats()
+    summary = summarize(rows, scored_now=len(todo), resumed=len(done), elapsed=time.monotonic() - t0,
+                        worker_stats=stats)
+    text = json.dumps(summary, indent=2, default=str)
+    if args.summary_json:
+        Path(args.summary_json).write_text(text + "\n")
+    print(text)
+    print(f"{out_path}: {len(rows)} lines ({len(done)} kept, {len(todo)} scored now); mean total "
+          f"{summary['mean_total']:.4f}, judge failures {summary['judge_failures']}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "score":
+            return score_command(args)
+    except (InputError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
