@@ -33,12 +33,20 @@ MODALITY_TAGS = (
 )
 PARITIES = ("strict", "official")
 
-_OFFICIAL_SPACES = re.compile(r"\s*([</>])\s*")
-# A tag: '<', optional '/', a word, '>' with any whitespace in between (strict mode only).
-_TAG_SPACES = re.compile(r"\s*<\s*(/?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*>\s*")
-_FORMAT = re.compile(r"<thinking>.*?</thinking>\s*<answer>.*?</answer>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_THINKING = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
+# Everything here runs in linear time on any input: a policy can emit 20,000 characters of
+# whitespace or thousands of unclosed tags, and a pattern such as r"\s*<" scanned over a long
+# whitespace run backtracks quadratically (seconds per response).
+# Official: the whitespace before or after any '<', '>' or '/' goes (the same result as
+# re.sub(r"\s*([</>])\s*", r"\1", text)); a run is only matched from its start ((?<!\s)).
+_OFFICIAL_BEFORE = re.compile(r"(?<!\s)\s+(?=[</>])")
+_OFFICIAL_AFTER = re.compile(r"(?<=[</>])\s+")
+# Strict: a tag is '<', an optional '/', a word and '>', with any whitespace in between; the
+# whitespace around each tag goes (the same result as re.sub(r"\s*<\s*(/?)\s*(WORD)\s*>\s*", ...)).
+_TAG = re.compile(r"<\s*(?:(/)\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*>")
+# The official format rule is a full match of "<thinking>.*?</thinking>\s*<answer>.*?</answer>" (dot
+# matches newlines); it holds iff the text starts with <thinking>, ends with </answer> and a
+# "</thinking>\s*<answer>" lies between them, checked by one search (see format_ok()).
+_THINK_TO_ANSWER = re.compile(r"</thinking>\s*<answer>")
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,38 @@ def normalize_response(response: str, parity: str = "strict") -> str:
     """Remove whitespace around tag delimiters (official: around every '<', '>' and '/')."""
     _check_parity(parity)
     if parity == "official":
-        return _OFFICIAL_SPACES.sub(r"\1", response)
-    return _TAG_SPACES.sub(r"<\1\2>", response)
+        return _OFFICIAL_AFTER.sub("", _OFFICIAL_BEFORE.sub("", response))
+    out, pos, after_tag = [], 0, False
+    for m in _TAG.finditer(response):
+        between = response[pos:m.start()]
+        out.append(between.strip() if after_tag else between.rstrip())
+        out.append(f"<{m.group(1) or ''}{m.group(2)}>")
+        pos, after_tag = m.end(), True
+    rest = response[pos:]
+    out.append(rest.lstrip() if after_tag else rest)
+    return "".join(out)
+
+
+def _block(text: str, open_tag: str, close_tag: str) -> str | None:
+    """The content of the first ``open_tag ... close_tag`` block (like a lazy regex search), or None."""
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    start += len(open_tag)
+    end = text.find(close_tag, start)
+    # no close after the first open means none after any later open either
+    return None if end < 0 else text[start:end]
+
+
+def format_ok(text: str) -> bool:
+    """Whether ``text`` fully matches ``<thinking>.*?</thinking>\\s*<answer>.*?</answer>`` (DOTALL)."""
+    head, tail = "<thinking>", "</answer>"
+    if not (text.startswith(head) and text.endswith(tail)):
+        return False
+    # the earliest "</thinking>\s*<answer>" after the opening tag ends earliest; it must end before
+    # the final </answer> begins
+    found = _THINK_TO_ANSWER.search(text, len(head))
+    return found is not None and found.end() <= len(text) - len(tail)
 
 
 def clean_answer(text: str, parity: str = "strict") -> str:
@@ -77,17 +115,17 @@ def parse_response(response: str, parity: str = "strict") -> ParsedResponse:
     text = normalize_response(response, parity)
     start = text.find("<thinking>")
     if start < 0:
-        modality, format_ok = "", False
+        modality, fmt = "", False
     else:
         modality = text[:start].strip()
-        format_ok = _FORMAT.fullmatch(text[start:].strip()) is not None
-    thinking = _THINKING.search(text)
-    answer = _ANSWER.search(text)
+        fmt = format_ok(text[start:].strip())
+    thinking = _block(text, "<thinking>", "</thinking>")
+    answer = _block(text, "<answer>", "</answer>")
     return ParsedResponse(
         normalized=text, modality_tag=modality,
-        thinking=thinking.group(1).strip() if thinking else None,
-        answer=clean_answer(answer.group(1) if answer else text, parity),
-        format_ok=format_ok)
+        thinking=thinking.strip() if thinking is not None else None,
+        answer=clean_answer(answer if answer is not None else text, parity),
+        format_ok=fmt)
 
 
 def parse_solution(solution: str, parity: str = "strict") -> tuple[str, str]:
