@@ -377,3 +377,26 @@ def test_bare_embedder_returning_nan_or_too_few_values():
     res = score([GOOD.format("Aspirin"), GOOD.format("Ibuprofen")], [SOL.format("X y")] * 2,
                 judge=ScriptedJudge(), embedder=Bare([1.0], [False]))
     assert all(r.embedding_failed and r.embedding == 0.0 and r.judge == 1.0 for r in res)
+
+
+def test_close_cancels_running_batches():
+    import concurrent.futures
+    w = RewardWorker(RewardConfig(deadline_s=60), judge=BareJudge(sleep=30), embedder=FakeEmbedder())
+    future = w.submit(["q"], [GOOD.format("Aspirin")], [SOL.format("Ibuprofen")])
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    w.close()
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=1)
+    w.close()  # idempotent
+
+
+def test_preload_loads_the_backends():
+    emb = FakeEmbedder()
+    with RewardWorker(RewardConfig(judge="none"), embedder=emb) as w:
+        assert w.preload().result(timeout=5) is None
+    with RewardWorker(RewardConfig(judge="http", judge_url="http://127.0.0.1:9/v1", judge_model="m",
+                                   embedding_model="none")) as w:
+        w.preload().result(timeout=30)
+        assert w._judge is not None and w._judge._loop is w._loop  # HTTP client built for the worker's loop

@@ -27,11 +27,13 @@ import random
 import string
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
 
 PROMPT_VERSION = "medix-yesno-v1"
+LATENCY_WINDOW = 10_000
 JUDGE_MAX_TOKENS = 4
 JUDGE_PROMPT = (
     "You are checking a medical answer against the correct one.\n"
@@ -90,14 +92,16 @@ class JudgeCounters:
     retries: int = 0
     failures: int = 0     # calls that ended without a reply
     cache_hits: int = 0
-    latencies: list = field(default_factory=list)
+    # the latest LATENCY_WINDOW paid (non-cached) calls: bounded memory and a cheap snapshot
+    # over a long training run (hundreds of thousands of calls)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def snapshot(self) -> dict:
         lat = sorted(self.latencies)
         out = {"calls": self.calls, "requests": self.requests, "retries": self.retries,
                "failures": self.failures, "cache_hits": self.cache_hits}
         for q in (50, 90, 99):
-            # nearest-rank percentile of the paid (non-cached) calls' latencies, in seconds
+            # nearest-rank percentile of the latest paid (non-cached) calls' latencies, in seconds
             out[f"latency_p{q}_s"] = lat[min(len(lat) - 1, max(0, -(-q * len(lat) // 100) - 1))] if lat else None
         return out
 

@@ -256,16 +256,26 @@ class RewardWorker:
         return out
 
     def close(self) -> None:
-        """Close the judge's HTTP client and stop the thread (idempotent)."""
+        """Cancel the batches still running (their futures raise CancelledError instead of never
+        completing), close the judge's HTTP client and stop the thread (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        judge = self._judge
-        if judge is not None and hasattr(judge, "aclose"):
-            try:
-                asyncio.run_coroutine_threadsafe(judge.aclose(), self._loop).result(timeout=5)
-            except Exception as exc:  # closing must not raise in a finally block
-                log.debug("judge close failed: %s", exc)
+
+        async def shutdown():
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=2)
+            judge = self._judge
+            if judge is not None and hasattr(judge, "aclose"):
+                await judge.aclose()
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        except Exception as exc:  # closing must not raise in a finally block
+            log.debug("reward worker shutdown: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
