@@ -159,7 +159,7 @@ def test_judge_none_with_the_bundled_embedder(input_file, tmp_path, capsys):
     pytest.importorskip("sentence_transformers")
     out = tmp_path / "scored.jsonl"
     rc, summary, err = run_main(["score", "--input", str(input_file), "--output", str(out), "--judge", "none",
-                                 "--no-progress", "--batch-size", "50"], capsys)
+                                 "--no-progress", "--batch-size", "50", "--embedding-mode", "continuous"], capsys)
     assert rc == 0, err
     rows = read_jsonl(out)
     assert len(rows) == N and [r["id"] for r in rows] == [r["id"] for r in RECORDS]
@@ -167,11 +167,16 @@ def test_judge_none_with_the_bundled_embedder(input_file, tmp_path, capsys):
         r = row["rewards"]
         assert set(r) == KEYS and not r["judge_failed"] and not r["embedding_failed"]
         assert r["judge"] == (1.0 if kind == "exact" else 0.0) and r["judge_reply"] is None
-        assert r["embedding"] in (0.0, 1.0)
         if kind == "exact":
-            assert r["total"] == pytest.approx(1.0)
-        if kind == "invalid":
+            assert r["total"] == pytest.approx(1.0) and r["embedding"] == 1.0
+        elif kind == "invalid":
             assert r["embedding"] == 0.0
+        else:
+            assert 0.0 <= r["embedding"] < 1.0
+    # the default (bundled MiniLM) embedder really ran: cosines strictly inside (0, 1), bar the odd
+    # negative one clamped to 0
+    inside = [row["rewards"]["embedding"] for row, k in zip(rows, KINDS) if k not in ("exact", "invalid")]
+    assert sum(0.0 < v < 1.0 for v in inside) >= 0.8 * len(inside), inside
     assert summary["judge_failures"] == 0 and summary["judge_counters"] == {}
     assert 0.0 < summary["mean_total"] < 1.0
 

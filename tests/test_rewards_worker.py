@@ -400,3 +400,14 @@ def test_preload_loads_the_backends():
                                    embedding_model="none")) as w:
         w.preload().result(timeout=30)
         assert w._judge is not None and w._judge._loop is w._loop  # HTTP client built for the worker's loop
+
+
+def test_embedding_model_none_value_means_the_bundled_model():
+    assert RewardWorker(RewardConfig(judge="none"))._embedding_enabled()  # None: bundled MiniLM, on
+    for off in ("none", "None", " NONE "):
+        w = RewardWorker(RewardConfig(judge="none", embedding_model=off))
+        assert not w._embedding_enabled()
+        w.close()
+    w = RewardWorker(RewardConfig(judge="none", embedding_model="none"), embedder=FakeEmbedder())
+    assert w._embedding_enabled()  # an injected embedder wins
+    w.close()

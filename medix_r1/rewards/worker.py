@@ -211,7 +211,9 @@ class RewardWorker:
         return asyncio.run_coroutine_threadsafe(asyncio.to_thread(load), self._loop)
 
     def _embedding_enabled(self) -> bool:
-        return self._embedder is not None or str(self.cfg.embedding_model).lower() != "none"
+        # None is the bundled MiniLM (on); only the string "none" turns the embedding reward off
+        model = self.cfg.embedding_model
+        return self._embedder is not None or model is None or str(model).strip().lower() != "none"
 
     # scoring ------------------------------------------------------------------------------
     def submit(self, problems, responses, solutions) -> Future:
