@@ -235,7 +235,8 @@ def test_huge_response_is_truncated_and_flagged():
 def test_non_utf8_bytes_and_surrogates_are_replaced():
     judge = ScriptedJudge()
     raw = "<OTHER><thinking>t</thinking><answer>Aspi\udcffrin</answer>"
-    res = score([GOOD.format("Aspirin").encode() + b"\xff\xfe", b"<OTHER><thinking>t</thinking><answer>Ye\xffs</answer>", raw],
+    res = score([GOOD.format("Aspirin").encode() + b"\xff\xfe",
+                 b"<OTHER><thinking>t</thinking><answer>Ye\xffs</answer>", raw],
                 [SOL.format("Yes")] * 3, judge=judge)
     assert res[0].format == 0.0 and res[0].answer == "Aspirin"  # trailing U+FFFD fails the format
     assert res[1].answer == "Ye\ufffds" and res[1].format == 1.0

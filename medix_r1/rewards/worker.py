@@ -166,7 +166,12 @@ class RewardWorker:
     """Background scorer: ``submit(problems, responses, solutions)`` -> Future[list[RewardResult]].
 
     ``judge`` / ``embedder`` override the backends built from ``cfg`` (tests, shared models).
-    Models are loaded lazily on the worker's thread on the first batch that needs them.
+    Models are loaded lazily on the worker's thread on the first batch that needs them (their
+    loading time counts against that batch's deadline), or up front with :meth:`preload`.
+    ``stats()``: batch/sample counts, flag counts, ``deadline_reached`` (batches in which something
+    was cut off by the deadline), ``deadline_misses`` (batches returned late: a bug), ``busy_s`` and
+    the judge's counters prefixed ``judge_`` (calls, requests, retries, failures, cache_hits, latency
+    percentiles).
     """
 
     def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None):
@@ -177,7 +182,8 @@ class RewardWorker:
         self._judge, self._embedder = judge, embedder
         self._load_lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "judge_failed": 0, "embedding_failed": 0,
-                       "exact_match": 0, "invalid_answer": 0, "deadline_reached": 0, "deadline_misses": 0, "busy_s": 0.0}
+                       "exact_match": 0, "invalid_answer": 0, "deadline_reached": 0, "deadline_misses": 0,
+                       "busy_s": 0.0}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="medix-reward-worker", daemon=True)
         self._thread.start()
