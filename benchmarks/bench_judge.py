@@ -286,6 +286,7 @@ def plot(path: Path, rows: list[dict]) -> None:
     if seq:
         ax.axhline(seq[0]["samples_per_s"], color="gray", ls="--", label="official sequential")
     ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrency")
     ax.set_ylabel("judged samples / s")
     ax.set_title(f"LLM judge throughput (n={rows[0]['n']})")
