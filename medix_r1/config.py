@@ -24,9 +24,7 @@ DEFAULT_RECIPE = "cpu_smollm2"
 SYSTEM_PROMPT = (
     "You are a medical expert. Answer in exactly this format: first the image modality tag "
     "(for a question without an image the tag is <OTHER>), then your step-by-step reasoning "
-    "inside <thinking> </thinking>, then a short final answer inside <answer> </answer>.\n"
-    "Example: <OTHER> <thinking>The study shows a clear benefit.</thinking> "
-    "<answer>Yes. The intervention improved outcomes.</answer>"
+    "inside <thinking> </thinking>, then a short final answer inside <answer> </answer>."
 )
 
 
@@ -58,6 +56,9 @@ class DataConfig:
     prompts_per_step: int = _f(5, "prompts sampled per step (each gets rollout.n responses)")
     max_records: int = _f(0, "use only the first N records (0 = all)")
     system_prompt: str = _f(SYSTEM_PROMPT, "system prompt asking for the MediX-R1 response format")
+    example_question: str = _f("", "a demonstration question shown (with example_answer) as one user/assistant "
+                               "exchange before each record ('' = none; the CPU recipe sets one)")
+    example_answer: str = _f("", "the demonstration answer, written in the MediX-R1 response format")
 
 
 @dataclass
@@ -367,6 +368,8 @@ def validate(cfg: TrainConfig) -> None:
     _range(d.max_prompt_tokens, "data.max_prompt_tokens", 8)
     _range(d.prompts_per_step, "data.prompts_per_step", 1)
     _range(d.max_records, "data.max_records", 0)
+    if bool(d.example_question) != bool(d.example_answer):
+        raise ValueError("data.example_question and data.example_answer go together: set both or neither")
     _choice(r.engine, ("vllm", "hf"), "rollout.engine")
     _range(r.n, "rollout.n", 1)
     _range(r.max_tokens, "rollout.max_tokens", 1)

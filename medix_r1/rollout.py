@@ -25,6 +25,12 @@ log = logging.getLogger("medix_r1.train")
 
 OOM_HINT = ("out of memory during rollouts: lower rollout.kv_cache_gb, rollout.max_tokens or "
             "data.prompts_per_step (e.g. --set rollout.max_tokens=64)")
+OOM_START_HINT = ("out of memory while starting vLLM: lower rollout.kv_cache_gb (CPU) or "
+                  "rollout.gpu_memory_utilization (GPU), or rollout.max_model_len")
+
+
+class RolloutOutOfMemory(RuntimeError):
+    """Rollouts ran out of memory; the message names the config knobs to turn."""
 
 
 @dataclass
@@ -70,7 +76,12 @@ class VllmRollout:
             kwargs.update(dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization,
                           enable_sleep_mode=True)
         else:
-            kwargs.update(dtype="float32", kv_cache_memory_bytes=int(cfg.kv_cache_gb * (1 << 30)))
+            # No chunked prefill on CPU: when a prompt is prefilled in parts, vLLM discards the token
+            # sampled for it and rewinds that request's seeded generator, which a CPU generator refuses
+            # ("CPU Generator does not use offset"); it happened as soon as a step's prompts exceeded
+            # the default token budget (e.g. 12 prompts x 4 samples x 190 tokens).
+            kwargs.update(dtype="float32", kv_cache_memory_bytes=int(cfg.kv_cache_gb * (1 << 30)),
+                          enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.max_model_len, 8192))
             log.info("vLLM sleep/wake is not supported on CPU: the KV cache (%.2f GiB) stays "
                      "allocated during training", cfg.kv_cache_gb)
         kwargs.update(engine_kwargs or {})  # e.g. limit_mm_per_prompt for a vision-language policy
@@ -78,7 +89,7 @@ class VllmRollout:
             self.llm = LLM(**kwargs)
         except Exception as e:
             if _is_oom(e):
-                raise RuntimeError(f"{OOM_HINT} (while starting vLLM: {e})") from e
+                raise RolloutOutOfMemory(f"{OOM_START_HINT} ({type(e).__name__}: {e})") from e
             raise
 
     def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
@@ -97,7 +108,7 @@ class VllmRollout:
             outs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
             if _is_oom(e):
-                raise RuntimeError(f"{OOM_HINT} ({e})") from e
+                raise RolloutOutOfMemory(f"{OOM_HINT} ({type(e).__name__}: {e})") from e
             raise
         r = Rollouts()
         for i, out in enumerate(outs):
@@ -197,7 +208,7 @@ class HfRollout:
                     r.truncated.append(self.eos not in ids)
         except Exception as e:
             if _is_oom(e):
-                raise RuntimeError(f"{OOM_HINT} ({e})") from e
+                raise RolloutOutOfMemory(f"{OOM_HINT} ({type(e).__name__}: {e})") from e
             raise
         finally:
             self.model.train(was_training)

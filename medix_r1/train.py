@@ -43,7 +43,7 @@ from medix_r1 import checkpoint as ckpt
 from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_config, to_dict
 from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
-from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
+from medix_r1.rollout import HfRollout, RolloutOutOfMemory, Rollouts, VllmRollout
 from medix_r1.vision.trainer import setup_vision
 
 log = logging.getLogger("medix_r1.train")
@@ -109,7 +109,8 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
 
 def prompt_token_ids(tokenizer, record: dict, cfg: TrainConfig) -> list[int]:
     """Chat-templated prompt ids, cut in the middle when longer than data.max_prompt_tokens."""
-    messages = prompt_messages(record, cfg.data.system_prompt, cfg.data.context_chars)
+    messages = prompt_messages(record, cfg.data.system_prompt, cfg.data.context_chars,
+                               (cfg.data.example_question, cfg.data.example_answer))
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):
         ids = ids["input_ids"]
@@ -612,7 +613,7 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = train(cfg, resume=args.resume)
-    except TrainingStopped as e:
+    except (TrainingStopped, RolloutOutOfMemory) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
     t = summary["mean_timing_s"]

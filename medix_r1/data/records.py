@@ -145,14 +145,22 @@ def problem_text(record: dict, context_chars: int) -> str:
     return record["problem"]
 
 
-def prompt_messages(record: dict, system_prompt: str, context_chars: int) -> list[dict]:
-    """The chat messages of one record (the one place prompts are built; image parts go first)."""
+def prompt_messages(record: dict, system_prompt: str, context_chars: int,
+                    example: tuple[str, str] = ("", "")) -> list[dict]:
+    """The chat messages of one record (the one place prompts are built; image parts go first).
+
+    ``example`` = (question, answer): when both are set, one demonstration exchange (a user turn
+    and an assistant turn in the requested format) goes between the system prompt and the record.
+    Small models follow a shown format far more often than a described one."""
     text = problem_text(record, context_chars)
     if record.get("images"):
         content = [{"type": "image"} for _ in record["images"]] + [{"type": "text", "text": text}]
     else:
         content = text
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
+    demo = []
+    if example[0] and example[1]:
+        demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
+    return [{"role": "system", "content": system_prompt}, *demo, {"role": "user", "content": content}]
 
 
 class PromptSampler:
