@@ -34,15 +34,16 @@ def bar_chart(runs: dict[str, list[dict]], path: Path, title: str = "Accuracy (L
         err = np.vstack([acc - low, high - acc])
         bars = ax.bar(x + (k - (len(runs) - 1) / 2) * width, acc, width, yerr=err, capsize=3,
                       label=label)
-        for bar, value in zip(bars, acc):
-            if not np.isnan(value):
-                ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value),
+        for bar, value, top in zip(bars, acc, high):
+            if not np.isnan(value):  # above the error bar, where the whisker cannot cover it
+                ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2,
+                                             value if np.isnan(top) else max(value, top)),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 2),
                             textcoords="offset points")
     ax.set_xticks(x)
     ax.set_xticklabels(benchmarks, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy % (95% CI)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 106)
     ax.set_title(title, fontsize=10)
     if len(runs) > 1:
         ax.legend(fontsize=7)
