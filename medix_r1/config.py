@@ -63,7 +63,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync) or 'hf' (transformers generate)")
+    engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync), 'hf' (transformers "
+                     "generate) or 'server' (a separate `python -m medix_r1.rollout_server`, see ROLLOUT_SERVER.md)")
     n: int = _f(4, "responses per prompt (the group size)")
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
@@ -71,6 +72,16 @@ class RolloutConfig:
     kv_cache_gb: float = _f(1.0, "vLLM KV-cache size in GiB")
     max_model_len: int = _f(640, "vLLM max sequence length (prompt + response)")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only; ignored on CPU)")
+    server_url: str = _f("", "engine=server: the rollout server's base URL, e.g. http://127.0.0.1:8100")
+    server_timeout_s: float = _f(600.0, "engine=server: HTTP timeout of one generate / weight update, and the "
+                                 "weight-sync group's timeout")
+    server_sync_backend: str = _f("auto", "engine=server: weight-sync backend: auto (nccl for CUDA weights, else "
+                                  "gloo), gloo or nccl")
+    server_sync_host: str = _f("", "engine=server: the trainer's address as the server reaches it ('' = this "
+                               "machine's address on the route to the server)")
+    server_sync_port: int = _f(0, "engine=server: port of the trainer's weight-sync store (0 = a free one)")
+    server_sync_bucket_mb: float = _f(0.0, "engine=server: pack same-dtype tensors into broadcasts of up to this "
+                                      "many MiB (0 = one broadcast per parameter)")
 
 
 @dataclass
@@ -370,7 +381,14 @@ def validate(cfg: TrainConfig) -> None:
     _range(d.max_records, "data.max_records", 0)
     if bool(d.example_question) != bool(d.example_answer):
         raise ValueError("data.example_question and data.example_answer go together: set both or neither")
-    _choice(r.engine, ("vllm", "hf"), "rollout.engine")
+    _choice(r.engine, ("vllm", "hf", "server"), "rollout.engine")
+    if r.engine == "server" and not r.server_url.startswith(("http://", "https://")):
+        raise ValueError(f"rollout.engine=server needs rollout.server_url=http://HOST:PORT (the rollout server, "
+                         f"`python -m medix_r1.rollout_server --model DIR --port PORT`), got {r.server_url!r}")
+    _range(r.server_timeout_s, "rollout.server_timeout_s", 0.0, lo_open=True)
+    _choice(r.server_sync_backend, ("auto", "gloo", "nccl"), "rollout.server_sync_backend")
+    _range(r.server_sync_port, "rollout.server_sync_port", 0, 65535)
+    _range(r.server_sync_bucket_mb, "rollout.server_sync_bucket_mb", 0.0)
     _range(r.n, "rollout.n", 1)
     _range(r.max_tokens, "rollout.max_tokens", 1)
     _range(r.temperature, "rollout.temperature", 0.0, lo_open=True)

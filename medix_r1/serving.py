@@ -35,6 +35,13 @@ passes, a ``RuntimeError`` carries the tail of the server log.
 CLI (a local judge server until Ctrl-C)::
 
     python -m medix_r1.serving --model DIR [--port P] [--served-model-name NAME]
+
+:func:`rollout_server` does the same for the project's own rollout server
+(``python -m medix_r1.rollout_server``, ``rollout.engine=server``; see ROLLOUT_SERVER.md), ready
+when its ``GET /health`` answers::
+
+    with rollout_server(smollm2_hf_dir(), kv_cache_gb=0.25) as server:
+        cfg = load_config(..., ["rollout.engine=server", f"rollout.server_url={server.url}"])
 """
 from __future__ import annotations
 
@@ -159,21 +166,36 @@ def vllm_server(model_dir, *, port: int | None = None, host: str = "127.0.0.1", 
     cmd = server_command(model_dir, port=port, host=host, served_model_name=name, dtype=dtype,
                          max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes,
                          enforce_eager=enforce_eager, extra_args=extra_args)
+    url = f"http://{host}:{port}/v1"
+
+    def ready() -> bool:
+        models = _served_models(url)
+        return models is not None and name in models
+
+    with _server_process(cmd, what="the vLLM server", ready=ready, log_path=log_path, log_prefix="medix-vllm-",
+                         env=env, ready_timeout_s=ready_timeout_s, stop_grace_s=stop_grace_s) as (process, log_path):
+        yield VllmServer(url=url, model=name, process=process, log_path=log_path, port=port, host=host)
+
+
+@contextlib.contextmanager
+def _server_process(cmd: list[str], *, what: str, ready, log_path=None, log_prefix: str = "medix-server-",
+                    env: dict | None = None, ready_timeout_s: float = 180.0, stop_grace_s: float = 20.0):
+    """Run ``cmd`` in its own process group with stdout/stderr in ``log_path`` (default: a temporary
+    file, removed on a clean exit, kept when the body raised); wait until ``ready()`` is true; yield
+    ``(process, log_path)``; stop the group on exit (:func:`_stop`)."""
     own_log = log_path is None
     if own_log:
-        fd, log_path = tempfile.mkstemp(prefix="medix-vllm-", suffix=".log")
+        fd, log_path = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
         os.close(fd)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    url = f"http://{host}:{port}/v1"
     ok = False
     with open(log_path, "ab") as log:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
     try:
-        server = VllmServer(url=url, model=name, process=process, log_path=log_path, port=port, host=host)
-        _wait_ready(server, ready_timeout_s)
-        yield server
+        _wait_until(process, log_path, ready, ready_timeout_s, what)
+        yield process, log_path
         ok = True
     finally:
         _stop(process, stop_grace_s)
@@ -182,20 +204,80 @@ def vllm_server(model_dir, *, port: int | None = None, host: str = "127.0.0.1", 
                 log_path.unlink()
 
 
-def _wait_ready(server: VllmServer, timeout_s: float) -> None:
+def _wait_until(process: subprocess.Popen, log_path: Path, ready, timeout_s: float, what: str) -> None:
+    """Poll ``ready()`` every 0.5 s; RuntimeError with the log's tail if the process exits first or
+    ``timeout_s`` passes."""
     start = time.monotonic()
     while True:
-        code = server.process.poll()
+        code = process.poll()
         if code is not None:
-            raise RuntimeError(f"the vLLM server exited with code {code} before it was ready "
-                               f"(log {server.log_path}):\n{server.log_tail()}")
-        models = _served_models(server.url)
-        if models is not None and server.model in models:
+            raise RuntimeError(f"{what} exited with code {code} before it was ready "
+                               f"(log {log_path}):\n{_tail(log_path, LOG_TAIL_CHARS)}")
+        if ready():
             return
         if time.monotonic() - start > timeout_s:
-            raise RuntimeError(f"the vLLM server was not ready after {timeout_s:g} s "
-                               f"(log {server.log_path}):\n{server.log_tail()}")
+            raise RuntimeError(f"{what} was not ready after {timeout_s:g} s "
+                               f"(log {log_path}):\n{_tail(log_path, LOG_TAIL_CHARS)}")
         time.sleep(0.5)
+
+
+# ----------------------------------------------------------------------------- rollout server
+
+@dataclass
+class RolloutServer:
+    """A running ``python -m medix_r1.rollout_server``: ``url`` is the base URL for
+    ``rollout.server_url`` (``http://host:port``)."""
+    url: str
+    model: str
+    process: subprocess.Popen
+    log_path: Path
+    port: int
+    host: str
+    command: list
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        return _tail(self.log_path, chars)
+
+    def health(self, timeout: float = 5.0) -> dict | None:
+        return _health(self.url, timeout)
+
+
+def _health(url: str, timeout: float = 2.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def rollout_server_command(model_dir, *, port: int, host: str = "127.0.0.1", max_model_len: int = 640,
+                           kv_cache_gb: float = 1.0, dtype: str = "auto", extra_args=()) -> list[str]:
+    """The command line :func:`rollout_server` runs."""
+    return [sys.executable, "-m", "medix_r1.rollout_server", "--model", str(model_dir), "--host", host,
+            "--port", str(port), "--max-model-len", str(max_model_len), "--kv-cache-gb", str(kv_cache_gb),
+            "--dtype", dtype] + [str(a) for a in extra_args]
+
+
+@contextlib.contextmanager
+def rollout_server(model_dir, *, port: int | None = None, host: str = "127.0.0.1", max_model_len: int = 640,
+                   kv_cache_gb: float = 1.0, dtype: str = "auto", extra_args=(), ready_timeout_s: float = 180.0,
+                   log_path=None, env: dict | None = None, stop_grace_s: float = 20.0):
+    """Run ``python -m medix_r1.rollout_server`` for ``model_dir`` (a folder or 'smollm2'); yields a
+    :class:`RolloutServer` once ``GET /health`` answers (the engine is loaded by then). Same process
+    handling as :func:`vllm_server`: own process group, SIGTERM then SIGKILL on exit, a
+    ``RuntimeError`` with the log's tail when it dies or is not ready in ``ready_timeout_s``.
+    ``extra_args``: more server flags, e.g. ``["--engine-arg", "max_num_seqs=32"]``."""
+    if str(model_dir) != "smollm2" and not Path(model_dir).exists():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    port = free_port(host) if port is None else int(port)
+    url = f"http://{host}:{port}"
+    cmd = rollout_server_command(model_dir, port=port, host=host, max_model_len=max_model_len,
+                                 kv_cache_gb=kv_cache_gb, dtype=dtype, extra_args=extra_args)
+    with _server_process(cmd, what="the rollout server", ready=lambda: _health(url) is not None, log_path=log_path,
+                         log_prefix="medix-rollout-", env=env, ready_timeout_s=ready_timeout_s,
+                         stop_grace_s=stop_grace_s) as (process, log_path):
+        yield RolloutServer(url=url, model=str(model_dir), process=process, log_path=log_path, port=port, host=host,
+                            command=cmd)
 
 
 def main(argv=None) -> int:

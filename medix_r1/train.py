@@ -392,6 +392,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                              engine_kwargs=vision.vllm_engine_kwargs() if vision is not None else None)
         if start_step > 0:
             engine.sync(policy)  # the engine loaded the step-0 weights from disk
+    elif cfg.rollout.engine == "server":
+        from medix_r1.rollout import ServerRollout
+        engine = ServerRollout(cfg.rollout, cfg.train.seed, model_dir=model_dir)
+        engine.sync(policy)  # a running server may hold another run's weights: start from the policy's
     else:
         engine = HfRollout(policy, tokenizer, cfg.rollout)
     if vision is not None:

@@ -1,0 +1,625 @@
+"""A rollout server: one in-process vLLM engine behind a small HTTP API, weights synced over torch.distributed.
+
+``python -m medix_r1.rollout_server --model DIR [--host 127.0.0.1] [--port 8100] [--max-model-len 640]
+[--kv-cache-gb 1.0] [--dtype auto]`` loads ``DIR`` into a vLLM ``LLM`` (in this process:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and serves it until SIGTERM / Ctrl-C. The trainer talks to it
+with :class:`medix_r1.rollout.ServerRollout` (``rollout.engine=server``); see ROLLOUT_SERVER.md.
+
+Endpoints (JSON in, JSON out; errors are ``{"detail": "..."}`` with 400 bad request, 409 wrong
+state, 507 out of memory, 500 anything else):
+
+- ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``instance`` (a random id per
+  server start), ``weights_version`` (0 = the checkpoint's weights, +1 per update), ``weight_sync``
+  (whether a sync group is open) and ``last_update`` (timings of the last weight update).
+- ``POST /generate``: ``prompt_token_ids`` (one list of ids per prompt), ``n``, ``max_tokens``,
+  ``temperature``, ``top_p``, ``seeds`` (one per prompt, optional), ``logit_bias`` (optional
+  ``{token id: bias}``). Returns ``outputs``: per prompt ``prompt_len`` and ``samples``, each with
+  ``token_ids``, ``logprobs`` (the sampled tokens' raw log-probs, before temperature and bias:
+  what vLLM returns with ``logprobs=0``), ``text`` and ``finish_reason``; plus ``instance`` and
+  ``weights_version`` so a client can tell which weights sampled.
+- ``POST /init_weight_sync``: ``host``, ``port`` (the trainer's store), ``world_size``, ``rank`` (this
+  server's rank; the trainer is rank 0), ``backend`` (``gloo`` or ``nccl``), ``timeout_s``. The
+  server joins a process group with the trainer and answers once the group is formed.
+- ``POST /update_weights``: ``params`` (the list of ``{name, dtype, shape}`` in the order they will
+  be broadcast), ``bucket_mb`` (0: one broadcast per tensor), ``sync_id``. The tensors themselves
+  never travel in HTTP bodies: the server receives each one with a broadcast from rank 0 and feeds
+  it to the engine as it arrives (the worker's ``reload_weights(is_checkpoint_format=True)``), then
+  refreshes the tied LM head's repacked copy and resets the prefix cache, exactly like
+  ``VllmRollout.sync``. It answers when the engine holds the new weights.
+- ``POST /close_weight_sync``: drop the group.
+
+Weight-sync groups are standalone: vLLM owns the process's default torch.distributed group (world
+size 1), so neither side calls ``init_process_group``. With ``gloo`` (CPU; also works between GPU
+machines, through host memory) both sides build a ``ProcessGroupGloo`` on a ``TCPStore`` that the
+trainer hosts; with ``nccl`` (GPU) both build vLLM's ``PyNcclCommunicator`` over a
+``StatelessProcessGroup``. Before the first broadcast of an update the server writes a ready key
+into the store (after it validated the request and got the engine), so a trainer never broadcasts
+into a request the server refused. If loading fails half-way the server still receives the rest
+(so the trainer is not left hanging), reports the error and refuses to generate until a complete
+update arrives.
+
+Every engine call (start-up, generate, weight updates, group set-up) runs on one engine thread,
+in order; ``/health`` answers while it is busy.
+"""
+
+import os
+
+# Same reason as in train.py: busy-waiting OpenMP threads starve everything else on a small CPU box.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+log = logging.getLogger("medix_r1.rollout_server")
+
+DEFAULT_PORT = 8100
+TRAINER_RANK = 0  # hosts the store and broadcasts the weights
+SYNC_PREFIX = "medix_weight_sync"
+BACKENDS = ("gloo", "nccl")
+# dtypes a weight update may carry (names as str(torch.dtype) without the "torch.")
+DTYPES = {name: getattr(torch, name) for name in
+          ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+
+
+# ----------------------------------------------------------------------------- protocol (both sides)
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"weight sync does not carry dtype {dtype}; supported: {sorted(DTYPES)}")
+    return name
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; supported: {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_meta(meta: list[dict]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """``[{name, dtype, shape}]`` -> ``[(name, torch dtype, shape)]``; ValueError naming a bad entry."""
+    out = []
+    for i, m in enumerate(meta):
+        try:
+            name, dtype, shape = str(m["name"]), parse_dtype(m["dtype"]), tuple(int(s) for s in m["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"params[{i}] ({m!r}): {e}") from None
+        if not name or any(s < 0 for s in shape):
+            raise ValueError(f"params[{i}] ({m!r}): empty name or negative size")
+        out.append((name, dtype, shape))
+    return out
+
+
+def plan_buckets(meta: list[tuple[str, torch.dtype, tuple[int, ...]]], bucket_bytes: int) -> list[list[int]]:
+    """Groups of consecutive parameter indices that travel as one flat broadcast.
+
+    ``bucket_bytes <= 0``: one tensor per broadcast. Otherwise consecutive tensors of one dtype
+    are packed while they fit in ``bucket_bytes``; a larger tensor travels alone. Both sides
+    compute the same plan from the same metadata."""
+    if bucket_bytes <= 0:
+        return [[i] for i in range(len(meta))]
+    buckets, current, size, dtype = [], [], 0, None
+    for i, (_, dt, shape) in enumerate(meta):
+        nbytes = math.prod(shape) * torch.empty((), dtype=dt).element_size()
+        if current and (dt != dtype or size + nbytes > bucket_bytes):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(i)
+        size, dtype = size + nbytes, dt
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def local_address_towards(host: str, port: int = 9) -> str:
+    """This machine's address on the route to ``host`` (no packet is sent: a UDP connect only picks
+    the route). Loopback for a loopback peer."""
+    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
+def ready_key(sync_id: str, rank: int) -> str:
+    return f"medix/ready/{sync_id}/{rank}"
+
+
+class WeightSyncGroup:
+    """A standalone two-or-more-party group for broadcasting weights from the trainer (rank 0).
+
+    Built in two steps because rank 0 must host the store before it tells the other side where
+    it is: :meth:`open_store` (does not block), then :meth:`connect` (blocks until every rank
+    joined). ``store`` doubles as the side channel for ready keys."""
+
+    def __init__(self, backend: str, rank: int, world_size: int, timeout_s: float, store, spg=None):
+        if backend not in BACKENDS:
+            raise ValueError(f"weight-sync backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend, self.rank, self.world_size = backend, rank, world_size
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.store, self.spg = store, spg
+        self.pg = self.comm = None
+        self.device = torch.device("cpu")  # where broadcast tensors live (the CUDA device with nccl)
+        self.port: int | None = None
+
+    @classmethod
+    def open_store(cls, backend: str, host: str, port: int, rank: int, world_size: int,
+                   timeout_s: float) -> "WeightSyncGroup":
+        """Rank 0 hosts the store (``port`` 0: a free one, see :attr:`port`); others connect to it."""
+        if not 0 <= rank < world_size or world_size < 2:
+            raise ValueError(f"rank {rank} / world size {world_size}: need world_size >= 2 and 0 <= rank < world_size")
+        td = datetime.timedelta(seconds=timeout_s)
+        if backend == "gloo":
+            from torch.distributed import TCPStore
+            store = TCPStore(host, port, world_size, is_master=rank == TRAINER_RANK, timeout=td,
+                             wait_for_workers=False)
+            group = cls(backend, rank, world_size, timeout_s, store)
+            group.port = store.port
+            return group
+        from vllm.distributed.utils import StatelessProcessGroup
+        sock = None
+        if rank == TRAINER_RANK:  # bind first so that port 0 becomes a known port
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen()
+            port = sock.getsockname()[1]
+        spg = StatelessProcessGroup.create(host, port, rank, world_size, store_timeout=int(timeout_s),
+                                           listen_socket=sock)
+        group = cls(backend, rank, world_size, timeout_s, spg.store, spg)
+        group.port = port
+        return group
+
+    def connect(self, local_host: str, device=None) -> "WeightSyncGroup":
+        """Form the group (blocks until all ranks call it). ``local_host``: this side's address the
+        others reach it at (gloo); ``device``: the CUDA device (nccl)."""
+        if self.backend == "gloo":
+            import torch.distributed as dist
+            opts = dist.ProcessGroupGloo._Options()
+            opts._timeout = self.timeout
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_host)]
+            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(SYNC_PREFIX, self.store), self.rank, self.world_size, opts)
+        else:
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            self.device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
+            self.comm = PyNcclCommunicator(self.spg, device=self.device)
+            if self.comm.disabled:  # vLLM disables it silently without an NCCL library: broadcasts would be no-ops
+                raise RuntimeError("vLLM's PyNcclCommunicator is disabled (no NCCL library?): use the gloo backend")
+        return self
+
+    def broadcast(self, tensor: torch.Tensor, src: int = TRAINER_RANK) -> None:
+        if self.backend == "gloo":
+            import torch.distributed as dist
+            opts = dist.BroadcastOptions()
+            opts.rootRank, opts.rootTensor, opts.timeout = src, 0, self.timeout
+            self.pg.broadcast([tensor], opts).wait()
+        else:
+            self.comm.broadcast(tensor, src=src, stream=torch.cuda.current_stream(self.device))
+
+    def synchronize(self) -> None:
+        if self.backend == "nccl":
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def close(self) -> None:
+        pg, self.pg, self.comm, self.spg = self.pg, None, None, None
+        if pg is not None:
+            try:
+                pg.shutdown()
+            except Exception as e:  # a peer that is gone already
+                log.debug("weight-sync group shutdown: %s", e)
+        self.store = None
+
+
+def send_weights(group: WeightSyncGroup, tensors, meta, bucket_bytes: int) -> int:
+    """Rank 0: broadcast ``tensors`` (an iterable in ``meta`` order, each already of the meta's
+    dtype and shape) bucket by bucket; at most one bucket (or one tensor) is held at a time.
+    Returns the bytes sent."""
+    it, sent = iter(tensors), 0
+    for bucket in plan_buckets(meta, bucket_bytes):
+        parts = [next(it) for _ in bucket]
+        for t, i in zip(parts, bucket):
+            if tuple(t.shape) != meta[i][2] or t.dtype != meta[i][1]:
+                raise ValueError(f"{meta[i][0]}: tensor is {t.dtype} {tuple(t.shape)}, metadata says "
+                                 f"{meta[i][1]} {meta[i][2]}")
+        flat = parts[0].contiguous() if len(parts) == 1 else torch.cat([p.reshape(-1) for p in parts])
+        group.broadcast(flat.to(group.device))
+        sent += flat.numel() * flat.element_size()
+    group.synchronize()
+    return sent
+
+
+def receive_weights(group: WeightSyncGroup, meta, bucket_bytes: int):
+    """Rank > 0: yield ``(name, tensor)`` as each bucket arrives (the mirror of :func:`send_weights`)."""
+    for bucket in plan_buckets(meta, bucket_bytes):
+        if len(bucket) == 1:
+            name, dtype, shape = meta[bucket[0]]
+            t = torch.empty(shape, dtype=dtype, device=group.device)
+            group.broadcast(t)
+            group.synchronize()
+            yield name, t
+            continue
+        sizes = [math.prod(meta[i][2]) for i in bucket]
+        flat = torch.empty(sum(sizes), dtype=meta[bucket[0]][1], device=group.device)
+        group.broadcast(flat)
+        group.synchronize()
+        for i, part in zip(bucket, flat.split(sizes)):
+            yield meta[i][0], part.view(meta[i][2])
+
+
+# ----------------------------------------------------------------------------- server
+
+class RequestError(Exception):
+    """An error the client caused or can fix; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def engine_kwargs(model: str, *, max_model_len: int, kv_cache_gb: float, dtype: str, seed: int,
+                  gpu_memory_utilization: float, enforce_eager: bool | None, on_gpu: bool) -> dict:
+    """``LLM(...)`` arguments; on CPU the same as VllmRollout's (fp32, explicit KV cache, no chunked
+    prefill: seeded CPU generators refuse the rewind a chunked prefill needs)."""
+    kw = dict(model=str(model), max_model_len=max_model_len, seed=seed,
+              enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager)
+    if on_gpu:
+        kw.update(dtype="bfloat16" if dtype == "auto" else dtype, gpu_memory_utilization=gpu_memory_utilization)
+    else:
+        kw.update(dtype="float32" if dtype == "auto" else dtype, kv_cache_memory_bytes=int(kv_cache_gb * (1 << 30)),
+                  enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
+    return kw
+
+
+def sampling_kwargs(req: dict, i: int) -> dict:
+    """SamplingParams arguments for prompt ``i`` of a /generate request (already schema-checked)."""
+    seeds = req.get("seeds")
+    bias = req.get("logit_bias")
+    return dict(n=req["n"], temperature=req["temperature"], top_p=req["top_p"], max_tokens=req["max_tokens"],
+                logprobs=0, seed=None if seeds is None else int(seeds[i]),
+                logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None)
+
+
+def check_generate(req: dict, max_model_len: int) -> None:
+    prompts, seeds = req["prompt_token_ids"], req.get("seeds")
+    if not prompts:
+        raise RequestError("prompt_token_ids is empty")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise RequestError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts (one per prompt)")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise RequestError(f"prompt {i} is empty")
+        if len(p) + req["max_tokens"] > max_model_len:
+            raise RequestError(f"prompt {i} has {len(p)} tokens + max_tokens {req['max_tokens']} > the server's "
+                               f"--max-model-len {max_model_len}")
+
+
+def _is_oom(err: BaseException) -> bool:
+    from medix_r1.rollout import _is_oom as is_oom
+    return is_oom(err)
+
+
+class RolloutEngine:
+    """The vLLM engine and the weight-sync state; every method runs on the engine thread."""
+
+    def __init__(self, model: str, kwargs: dict):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker in this process (FACTS §4)
+        from vllm import LLM
+
+        t = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.model, self.dtype, self.max_model_len = model, str(kwargs["dtype"]), int(kwargs["max_model_len"])
+        self.instance = uuid.uuid4().hex[:12]
+        self.weights_version = 0
+        self.weights_broken = None  # the error of a failed update (generation refused until a full one)
+        self.group: WeightSyncGroup | None = None
+        self.last_update: dict = {}
+        self.device = self.llm.apply_model(lambda m: next(m.parameters()).device)[0]
+        log.info("engine ready in %.1f s (%s, %s, max_model_len %d, instance %s)", time.perf_counter() - t,
+                 model, self.dtype, self.max_model_len, self.instance)
+
+    def health(self) -> dict:
+        return {"status": "ok" if self.weights_broken is None else "weights_broken", "model": self.model,
+                "dtype": self.dtype, "max_model_len": self.max_model_len, "instance": self.instance,
+                "weights_version": self.weights_version, "weight_sync": self.group is not None,
+                "last_update": self.last_update, "error": self.weights_broken}
+
+    def generate(self, req: dict) -> dict:
+        from vllm import SamplingParams
+
+        if self.weights_broken is not None:
+            raise RequestError(f"a weight update failed ({self.weights_broken}); the engine's weights are "
+                               "inconsistent until a complete /update_weights", 409)
+        check_generate(req, self.max_model_len)
+        prompts = req["prompt_token_ids"]
+        params = [SamplingParams(**sampling_kwargs(req, i)) for i in range(len(prompts))]
+        t = time.perf_counter()
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outputs, tokens = [], 0
+        for out in outs:
+            samples = []
+            for comp in out.outputs:
+                ids = list(comp.token_ids)
+                tokens += len(ids)
+                samples.append({"token_ids": ids, "logprobs": [lp[tok].logprob for tok, lp in zip(ids, comp.logprobs)],
+                                "text": comp.text, "finish_reason": comp.finish_reason})
+            outputs.append({"prompt_len": len(out.prompt_token_ids), "samples": samples})
+        dt = time.perf_counter() - t
+        log.info("generate: %d prompts x %d, %d tokens in %.2f s", len(prompts), req["n"], tokens, dt)
+        return {"outputs": outputs, "instance": self.instance, "weights_version": self.weights_version,
+                "seconds": dt}
+
+    def init_weight_sync(self, req: dict) -> dict:
+        self.close_weight_sync()
+        backend = req["backend"]
+        if backend == "nccl" and self.device.type != "cuda":
+            raise RequestError("backend nccl needs the server's engine on a GPU; this one runs on "
+                               f"{self.device}: use gloo")
+        t = time.perf_counter()
+        try:
+            group = WeightSyncGroup.open_store(backend, req["host"], req["port"], req["rank"], req["world_size"],
+                                               req["timeout_s"])
+            group.connect(local_address_towards(req["host"], req["port"]), self.device)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        except Exception as e:
+            raise RequestError(f"could not join the trainer's weight-sync group at {req['host']}:{req['port']} "
+                               f"({backend}): {type(e).__name__}: {e}. If the trainer is on another machine, set "
+                               "rollout.server_sync_host to its address as seen from this server", 502) from None
+        self.group = group
+        log.info("weight-sync group joined: %s rank %d/%d via %s:%d in %.2f s", backend, req["rank"],
+                 req["world_size"], req["host"], req["port"], time.perf_counter() - t)
+        return {"ok": True, "rank": group.rank, "world_size": group.world_size, "backend": backend,
+                "instance": self.instance}
+
+    def close_weight_sync(self) -> dict:
+        closed = self.group is not None
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+        return {"ok": True, "closed": closed}
+
+    def update_weights(self, req: dict) -> dict:
+        from medix_r1.rollout import _refresh_lm_head
+
+        if self.group is None:
+            raise RequestError("no weight-sync group: POST /init_weight_sync first (did the server restart?)", 409)
+        try:
+            meta = check_meta(req["params"])
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        bucket_bytes = int(req["bucket_mb"] * (1 << 20))
+        group = self.group
+        t0 = time.perf_counter()
+        group.store.set(ready_key(req["sync_id"], group.rank), "1")  # the trainer may broadcast now
+        incoming = receive_weights(group, meta, bucket_bytes)
+        counts = {"tensors": 0, "bytes": 0, "receive_failed": False}
+
+        def stream():
+            while True:
+                try:
+                    name, tensor = next(incoming)
+                except StopIteration:
+                    return
+                except Exception:
+                    counts["receive_failed"] = True
+                    raise
+                counts["tensors"] += 1
+                counts["bytes"] += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        error = None
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
+                                                              "is_checkpoint_format": True})
+        except Exception as e:
+            error = e
+        # Whatever happened, take every broadcast the trainer sends, so that it is not left waiting.
+        try:
+            for _ in incoming:
+                counts["tensors"] += 1
+        except Exception as e:
+            counts["receive_failed"] = True
+            error = error or e
+        if error is None and counts["tensors"] != len(meta):
+            error = RuntimeError(f"the engine took {counts['tensors']} of {len(meta)} tensors")
+        if error is not None:
+            self.weights_broken = f"{type(error).__name__}: {error}"
+            log.error("weight update failed: %s", self.weights_broken)
+            if counts["receive_failed"]:
+                self.close_weight_sync()  # the trainer's side broke off: this group is of no use any more
+            raise RequestError(f"weight update failed after {counts['tensors']} of {len(meta)} tensors: "
+                               f"{self.weights_broken}", 500)
+        t_load = time.perf_counter() - t0
+        self.llm.apply_model(_refresh_lm_head)  # the tied LM head's repacked copy (CPU backend)
+        self.llm.reset_prefix_cache()
+        self.weights_broken = None
+        self.weights_version += 1
+        dt = time.perf_counter() - t0
+        self.last_update = {"tensors": counts["tensors"], "bytes": counts["bytes"], "seconds": dt,
+                            "receive_and_load_seconds": t_load, "bucket_mb": req["bucket_mb"]}
+        log.info("weights updated to version %d: %d tensors, %.1f MB in %.2f s", self.weights_version,
+                 counts["tensors"], counts["bytes"] / 1e6, dt)
+        return {"ok": True, "weights_version": self.weights_version, "instance": self.instance, **self.last_update}
+
+
+class EngineThread:
+    """Runs callables on one thread, in order (vLLM is not thread-safe; its CPU backend pins the
+    OpenMP threads of the thread that built it)."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.busy = threading.Event()
+
+    def __call__(self, fn, *args):
+        def run():
+            self.busy.set()
+            try:
+                return fn(*args)
+            finally:
+                self.busy.clear()
+        return self.pool.submit(run).result()
+
+    def shutdown(self):
+        self.pool.shutdown(wait=True)
+
+
+def build_app(engine: RolloutEngine, runner: EngineThread):
+    """The FastAPI app over ``engine`` (every engine call goes through ``runner``)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel, Field
+
+    class GenerateRequest(BaseModel):
+        prompt_token_ids: list[list[int]]
+        n: int = Field(1, ge=1)
+        max_tokens: int = Field(16, ge=1)
+        temperature: float = Field(1.0, ge=0.0)
+        top_p: float = Field(1.0, gt=0.0, le=1.0)
+        seeds: list[int] | None = None
+        logit_bias: dict[int, float] | None = None
+
+    class InitRequest(BaseModel):
+        host: str
+        port: int = Field(ge=1, le=65535)
+        world_size: int = Field(2, ge=2)
+        rank: int = Field(1, ge=1)
+        backend: str = Field("gloo", pattern="^(gloo|nccl)$")
+        timeout_s: float = Field(600.0, gt=0)
+
+    class ParamMeta(BaseModel):
+        name: str
+        dtype: str
+        shape: list[int]
+
+    class UpdateRequest(BaseModel):
+        params: list[ParamMeta]
+        bucket_mb: float = Field(0.0, ge=0.0)
+        sync_id: str = Field(min_length=1, max_length=64)
+
+    def respond(body: dict) -> Response:
+        # allow_nan: a raw log-prob may be -inf; Python's json reads it back
+        return Response(json.dumps(body, allow_nan=True), media_type="application/json")
+
+    app = FastAPI(title="medix rollout server")
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception):
+        status = 507 if _is_oom(exc) else 500
+        log.exception("%s failed", request.url.path)
+        return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=status)
+
+    @app.get("/health")
+    def health():
+        return respond({**engine.health(), "busy": runner.busy.is_set()})
+
+    @app.post("/generate")
+    def generate(req: GenerateRequest):
+        return respond(runner(engine.generate, req.model_dump()))
+
+    @app.post("/init_weight_sync")
+    def init_weight_sync(req: InitRequest):
+        if req.rank >= req.world_size:
+            raise RequestError(f"rank {req.rank} must be < world_size {req.world_size}")
+        return respond(runner(engine.init_weight_sync, req.model_dump()))
+
+    @app.post("/update_weights")
+    def update_weights(req: UpdateRequest):
+        return respond(runner(engine.update_weights, req.model_dump()))
+
+    @app.post("/close_weight_sync")
+    def close_weight_sync():
+        return respond(runner(engine.close_weight_sync))
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m medix_r1.rollout_server",
+                                description="Serve rollouts (generate with raw log-probs) from an in-process vLLM "
+                                            "engine whose weights a trainer updates over torch.distributed "
+                                            "(rollout.engine=server).")
+    p.add_argument("--model", required=True, help="Hugging Face model folder (or 'smollm2' for the bundled "
+                                                   "SmolLM2-135M-Instruct): the policy's architecture")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                                                       "trainers on other machines)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--max-model-len", type=int, default=640, help="max prompt + response tokens (default 640; "
+                                                                  ">= the trainer's rollout.max_model_len)")
+    p.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV-cache size in GiB on CPU (default 1.0)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="GPU memory share for vLLM (GPU only; default 0.9: the GPU is the server's)")
+    p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    p.add_argument("--seed", type=int, default=0, help="engine seed (requests carry their own seeds)")
+    eager = p.add_mutually_exclusive_group()
+    eager.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
+                       help="no CUDA graphs / torch.compile (the default on CPU)")
+    eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vllm.LLM argument (repeatable, value parsed as YAML), e.g. max_num_seqs=64")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    return p
+
+
+def main(argv=None) -> int:
+    import yaml
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = args.model
+    if model == "smollm2":
+        from medix_r1.models import smollm2_hf_dir
+        model = str(smollm2_hf_dir())
+    elif not Path(model).exists() and model.count("/") != 1:
+        print(f"error: --model {model!r}: no such folder", file=sys.stderr)
+        return 2
+    kwargs = engine_kwargs(model, max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb, dtype=args.dtype,
+                           seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
+                           enforce_eager=args.enforce_eager, on_gpu=torch.cuda.is_available())
+    for text in args.engine_arg:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            print(f"error: --engine-arg expects KEY=VALUE, got {text!r}", file=sys.stderr)
+            return 2
+        kwargs[key.strip()] = yaml.safe_load(value)
+    runner = EngineThread()
+    try:
+        engine = runner(RolloutEngine, model, kwargs)
+    except Exception as e:
+        hint = " (lower --kv-cache-gb / --gpu-memory-utilization or --max-model-len)" if _is_oom(e) else ""
+        print(f"error: vLLM did not start{hint}: {type(e).__name__}: {e}", file=sys.stderr)
+        runner.shutdown()
+        return 1
+    import uvicorn
+
+    print(f"rollout server for {model} at http://{args.host}:{args.port} (trainer: --set rollout.engine=server "
+          f"--set rollout.server_url=http://{args.host}:{args.port})", flush=True)
+    try:
+        uvicorn.run(build_app(engine, runner), host=args.host, port=args.port, log_level="warning",
+                    timeout_keep_alive=30)
+    finally:
+        runner(engine.close_weight_sync)
+        runner.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
