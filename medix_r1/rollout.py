@@ -51,7 +51,9 @@ class Rollouts:
 
 def sample_seed(base: int, step: int, prompt_index: int, attempt: int = 0) -> int:
     """A per-request seed that depends only on (run seed, step, prompt, refill attempt): a resumed
-    run samples exactly what the uninterrupted one did."""
+    run samples exactly what the uninterrupted one did. ``prompt_index`` is the prompt's index in the
+    step's global list: the engines' ``generate(..., offset=)`` adds the position of a torchrun rank's
+    slice, so N ranks sample what one process samples."""
     return zlib.crc32(f"{base}/{step}/{prompt_index}/{attempt}".encode()) & 0x7FFFFFFF
 
 
@@ -92,14 +94,15 @@ class VllmRollout:
                 raise RolloutOutOfMemory(f"{OOM_START_HINT} ({type(e).__name__}: {e})") from e
             raise
 
-    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0,
+                 offset: int = 0) -> Rollouts:
         from vllm import SamplingParams
 
         from medix_r1.vision.trainer import check_vllm_prompt, split_prompt, vllm_request
 
         c = self.cfg
         params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                                 logprobs=0, seed=sample_seed(seed, step, i, attempt),
+                                 logprobs=0, seed=sample_seed(seed, step, offset + i, attempt),
                                  logit_bias=getattr(self, "logit_bias", None))
                   for i in range(len(prompt_ids))]
         # TokensPrompt dicts; a VL item adds multi_modal_data={"image": [...]} (see vllm_request)
@@ -175,7 +178,8 @@ class HfRollout:
                                     return_dict_in_generate=True)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0,
+                 offset: int = 0) -> Rollouts:
         from medix_r1.vision.trainer import split_prompt
 
         r = Rollouts()
@@ -189,7 +193,7 @@ class HfRollout:
                 # One prompt at a time (its n samples share it): no padding, exact log-probs, and a
                 # per-prompt seed that a resumed run reproduces. The global RNG is left untouched.
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sample_seed(seed, step, i, attempt))
+                    torch.manual_seed(sample_seed(seed, step, offset + i, attempt))
                     x = torch.tensor([p], device=device)
                     out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
                                               generation_config=self.gen, **extra)
@@ -350,14 +354,15 @@ class ServerRollout:
 
     # -- rollouts
 
-    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], step: int, seed: int, attempt: int = 0,
+                 offset: int = 0) -> Rollouts:
         if any(isinstance(p, dict) for p in prompt_ids):
             raise RolloutServerError("rollout.engine=server takes text prompts only; a vision-language policy "
                                      "needs rollout.engine=vllm or hf")
         c = self.cfg
         body = {"prompt_token_ids": [list(map(int, p)) for p in prompt_ids], "n": c.n, "max_tokens": c.max_tokens,
                 "temperature": c.temperature, "top_p": c.top_p,
-                "seeds": [sample_seed(seed, step, i, attempt) for i in range(len(prompt_ids))],
+                "seeds": [sample_seed(seed, step, offset + i, attempt) for i in range(len(prompt_ids))],
                 "logit_bias": {str(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None}
         resp = self._request("POST", "/generate", body)
         if self.version is not None and (resp.get("instance"), resp.get("weights_version")) != self.version:
