@@ -1,0 +1,1 @@
+"""The medix benchmark suite: ``python -m benchmarks --help`` (see benchmarks/README.md)."""

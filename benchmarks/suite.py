@@ -1,0 +1,246 @@
+"""The suite runner: every selected op at its sweep of shapes, every implementation side by side.
+
+Per case (an op at one shape): build the inputs once, build each implementation (a peer that
+cannot run here is skipped with its reason, printed and listed in the run's meta file), time them
+interleaved (``common.interleaved``), then measure each one's peak extra memory (``memory``),
+and write one row per implementation. Speed-ups are computed afterwards from the measured
+medians of the same case: ``x_vs_<peer>`` = peer median / this row's median (> 1: this row is
+faster).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import common, hardware
+from .memory import MemoryWorker, cuda_peak_extra
+from .ops import OPS, Unavailable
+
+PEER_FAMILIES = ("eager", "compile", "trl", "verl", "liger", "st")
+PARAM_COLUMNS = ("tokens", "vocab", "hidden", "n", "group", "k", "dim")
+COLUMNS = (["op", "shape", *PARAM_COLUMNS, "dtype", "device", "impl", "role", "family", "backend",
+            "median_us", "p10_us", "p90_us", "n_samples", "calls_per_sample", "first_call_ms",
+            "peak_mem_MB", "mem_method", "bytes_moved", "flops", "GBps", "TFLOPs", "bound", "frac_peak",
+            "peak_GBps", "peak_TFLOPs", "peak_source"]
+           + [f"x_vs_{f}" for f in PEER_FAMILIES]
+           + ["best_peer", "x_vs_best_peer", "load_1m_start", "load_1m_end", "load_5m", "threads", "profile",
+              "note", "device_name", "medix", "torch", "triton", "driver", "trl_version", "liger_version", "date"])
+
+
+@dataclass
+class Settings:
+    profile: str = "quick"
+    device: str = "cpu"
+    dtype: str = "float32"
+    ops: tuple = tuple(OPS)
+    peers: tuple | None = None       # families to run besides medix (None: all)
+    memory: str = "auto"             # auto | worker | isolated | none
+    mem_budget_gb: float | None = None
+    out_dir: str = str(common.RESULTS)
+    name: str | None = None
+    rounds_min: int | None = None
+    budget_s: float | None = None
+    dry_run: bool = False
+
+
+TIMING = {  # profile: (rounds_min, budget_s per case, min_sample_s, warm-up calls)
+    "smoke": (3, 0.0, 2e-4, 1),
+    "quick": (5, 2.0, 2e-3, 2),
+    "medium": (7, 4.0, 2e-3, 2),
+    "full": (10, 6.0, 2e-3, 3),
+}
+
+
+def mem_budget_bytes(s: Settings) -> int:
+    if s.mem_budget_gb is not None:
+        return int(s.mem_budget_gb * 2**30)
+    if s.device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return int(0.8 * free)
+    try:
+        with open("/proc/meminfo") as fh:
+            avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        avail = 8 * 2**30
+    return int(0.4 * avail)  # the machine is shared: leave most of it to the others
+
+
+def csv_path(s: Settings, env: dict) -> Path:
+    if s.name:
+        return Path(s.out_dir) / (s.name if s.name.endswith(".csv") else s.name + ".csv")
+    suffix = "" if s.profile == "medium" else f"-{s.profile}"
+    dev = "cpu-dryrun" if s.dry_run else s.device
+    return Path(s.out_dir) / f"{dev}-{env['date']}{suffix}.csv"
+
+
+def _fmt(x, nd=3):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    return round(x, nd)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """x_vs_<family> = median of that peer family's row in the same case / this row's median;
+    best_peer: the fastest peer row of the case."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["op"], r["shape"], r["dtype"], r["device"]), []).append(r)
+    for case_rows in cases.values():
+        fam = {}
+        for r in case_rows:
+            if r["role"] == "peer":
+                t = float(r["median_us"])
+                if r["family"] not in fam or t < fam[r["family"]][0]:
+                    fam[r["family"]] = (t, r["impl"])
+        best = min(fam.values(), default=None)
+        for r in case_rows:
+            t = float(r["median_us"])
+            for f in PEER_FAMILIES:
+                r[f"x_vs_{f}"] = round(fam[f][0] / t, 3) if f in fam and t > 0 else ""
+            r["best_peer"] = best[1] if best else ""
+            r["x_vs_best_peer"] = round(best[0] / t, 3) if best and t > 0 else ""
+
+
+def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
+    t_start = time.perf_counter()
+    device, dtype = s.device, getattr(torch, s.dtype)
+    elem = torch.empty((), dtype=dtype).element_size()
+    rounds_min, budget_s, min_sample_s, warmup = TIMING[s.profile]
+    rounds_min = s.rounds_min or rounds_min
+    budget_s = s.budget_s if s.budget_s is not None else budget_s
+    if device == "cuda":
+        warmup = max(warmup, 3)
+    env = common.environment(device)
+    if s.dry_run:
+        env["device_name"] += " [dry run: TRITON_INTERPRET=1, tiny shapes; timings meaningless]"
+    peaks = hardware.peaks(device, dtype, env["device_name"])
+    log(f"device: {env['device_name']}; peaks: {peaks['peak_GBps']:.1f} GB/s, {peaks['peak_TFLOPs']:.3f} TFLOP/s "
+        f"({peaks['peak_source']}); load {common.load_avg()[0]:.2f}")
+    budget = mem_budget_bytes(s)
+    mem_method = s.memory
+    if mem_method == "auto":
+        mem_method = "cuda-allocator" if device == "cuda" else "worker"
+    out_csv = csv_path(s, env)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    worker = None
+    if mem_method in ("worker", "isolated"):
+        worker = MemoryWorker(isolated=mem_method == "isolated", log_path=str(out_csv.with_suffix(".memlog")))
+    timer = common.Timer(device)
+    rows, skipped, errors = [], {}, []
+
+    def skip(op, impl, reason):
+        key = f"{op} / {impl}"
+        if key not in skipped:
+            skipped[key] = reason
+            log(f"  skipped {key}: {reason}")
+
+    try:
+        for op_name in s.ops:
+            spec = OPS[op_name]
+            log(f"== {op_name}: {spec.description}")
+            for params in spec.cases(s.profile, device):
+                label = spec.label(params)
+                need = spec.footprint(params, elem)
+                if need > budget:
+                    skip(op_name, label, f"needs ~{need / 2**30:.1f} GiB, memory budget {budget / 2**30:.1f} GiB "
+                                         "(--mem-budget-gb)")
+                    continue
+                inputs = spec.make_inputs(params, dtype, device)
+                impls, fns = {}, {}
+                for imp in spec.impls(device):
+                    if imp.role == "peer" and s.peers is not None and imp.family not in s.peers:
+                        continue
+                    try:
+                        fns[imp.name] = imp.build(inputs)
+                        impls[imp.name] = imp
+                    except Unavailable as exc:
+                        skip(op_name, imp.name, str(exc))
+
+                def failed(name, exc):
+                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                    errors.append(f"{op_name} {label} {name}: {msg}")
+                    log(f"  {name} failed at {label}: {msg}")
+
+                load0 = common.load_avg()
+                res = common.interleaved(fns, device=device, rounds_min=rounds_min, budget_s=budget_s,
+                                         min_sample_s=min_sample_s, warmup=warmup, timer=timer, on_error=failed)
+                load1 = common.load_avg()
+                mem = {}
+                if mem_method == "cuda-allocator":
+                    for name in res:
+                        try:
+                            mem[name] = cuda_peak_extra(fns[name])
+                        except Exception as exc:  # noqa: BLE001
+                            mem[name] = f"{type(exc).__name__}: {exc}"
+                fns = inputs = None
+                gc.collect()
+                if worker is not None and res:
+                    mem = worker.measure(op_name, params, s.dtype, device, list(res))
+                nbytes = spec.bytes_moved(params, elem)
+                flops = spec.flops(params)
+                for name, info in res.items():
+                    imp = impls[name]
+                    st = common.summarize(info["samples"])
+                    med = st["median_s"]
+                    gbps = nbytes / med / 1e9
+                    tflops = flops / med / 1e12 if flops else None
+                    frac = (tflops / peaks["peak_TFLOPs"]) if spec.bound == "compute" else gbps / peaks["peak_GBps"]
+                    m = mem.get(name)
+                    note = imp.note
+                    if isinstance(m, str):
+                        note = (note + "; " if note else "") + f"memory not measured: {m}"
+                    rows.append({
+                        "op": op_name, "shape": label, **{k: params.get(k, "") for k in PARAM_COLUMNS},
+                        "dtype": s.dtype if op_name not in ("group_advantages", "composite_advantages") else "float32",
+                        "device": device, "impl": name, "role": imp.role, "family": imp.family,
+                        "backend": imp.backend + (" (interpreted)" if s.dry_run and imp.backend == "triton" else ""),
+                        "median_us": _fmt(med * 1e6), "p10_us": _fmt(st["p10_s"] * 1e6),
+                        "p90_us": _fmt(st["p90_s"] * 1e6), "n_samples": st["n_samples"],
+                        "calls_per_sample": info["calls_per_sample"], "first_call_ms": _fmt(info["first_call_s"] * 1e3),
+                        "peak_mem_MB": _fmt(m / 2**20, 4) if isinstance(m, int) else "",
+                        "mem_method": mem_method if isinstance(m, int) else "",
+                        "bytes_moved": nbytes, "flops": flops or "", "GBps": _fmt(gbps),
+                        "TFLOPs": _fmt(tflops, 4), "bound": spec.bound, "frac_peak": _fmt(frac, 4),
+                        "peak_GBps": peaks["peak_GBps"], "peak_TFLOPs": peaks["peak_TFLOPs"],
+                        "peak_source": peaks["peak_source"],
+                        "load_1m_start": round(load0[0], 2), "load_1m_end": round(load1[0], 2),
+                        "load_5m": round(load1[1], 2), "threads": torch.get_num_threads(), "profile": s.profile,
+                        "note": note, **env})
+                case_rows = [r for r in rows if r["op"] == op_name and r["shape"] == label]
+                add_ratios(case_rows)
+                log(_case_table(label, case_rows, load0[0]))
+    finally:
+        if worker is not None:
+            worker.close()
+    add_ratios(rows)
+    common.write_csv(out_csv, rows, COLUMNS)
+    meta = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
+            "env": env, "peaks": peaks, "mem_method": mem_method,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "mem_budget_GiB": round(budget / 2**30, 2),
+            "skipped": skipped, "errors": errors, "wall_s": round(time.perf_counter() - t_start, 1),
+            "csv": out_csv.name}
+    out_csv.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"wrote {out_csv} ({len(rows)} rows, {meta['wall_s']} s)")
+    return out_csv, rows, meta
+
+
+def _case_table(label, rows, load) -> str:
+    lines = [f"  {label}  (load {load:.2f})"]
+    for r in sorted(rows, key=lambda r: float(r["median_us"])):
+        mem = f"{float(r['peak_mem_MB']):9.1f} MB" if r["peak_mem_MB"] != "" else "        - MB"
+        ratios = " ".join(f"{f}x{r[f'x_vs_{f}']}" for f in PEER_FAMILIES if r[f"x_vs_{f}"] != "")
+        lines.append(f"    {r['impl']:26s} {float(r['median_us']):12.1f} us [{float(r['p10_us']):.1f}, "
+                     f"{float(r['p90_us']):.1f}] {mem}  {ratios}")
+    return "\n".join(lines)
+
+
+def dry_run_env() -> None:
+    """The dry run: Triton kernels run in the interpreter on CPU tensors (set before triton loads)."""
+    os.environ["TRITON_INTERPRET"] = "1"
