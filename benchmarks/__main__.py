@@ -38,6 +38,9 @@ def _suite_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-budget-gb", type=float, default=None,
                    help="skip cases whose inputs + temporaries would exceed this (default: 40%% of available RAM "
                         "on the CPU, 80%% of free GPU memory)")
+    p.add_argument("--shape", default=None,
+                   help="one custom shape instead of the profile's sweep, e.g. tokens=4096,vocab=49152,hidden=576 "
+                        "(each op takes the keys it uses: tokens, vocab, hidden; n, group, k; n, dim)")
     p.add_argument("--rounds", type=int, default=None, help="minimum interleaved rounds per case")
     p.add_argument("--budget-s", type=float, default=None, help="timing budget per case (s)")
     p.add_argument("--dry-run-cpu", action="store_true",
@@ -91,6 +94,12 @@ def main(argv=None) -> int:
                        memory=args.memory, mem_budget_gb=args.mem_budget_gb,
                        out_dir=args.out_dir or str(common.RESULTS), name=args.name, rounds_min=args.rounds,
                        budget_s=args.budget_s, dry_run=args.dry_run_cpu)
+    if args.shape:
+        try:
+            s.shape = {k.strip(): int(v) for k, v in (kv.split("=") for kv in args.shape.split(","))}
+        except ValueError:
+            print(f"--shape: expected k=v,k=v with integer values, got {args.shape!r}", file=sys.stderr)
+            return 2
     out_csv, rows, meta = suite.run(s)
     if not args.no_report and rows:
         from . import report

@@ -11,6 +11,11 @@ Rows (triton.testing.do_bench medians; GB/s from the bytes each variant must mov
 CSV: benchmarks/results/policy_loss_gpu.csv (GPU name, versions, date). Without a GPU the script
 exits with a message; ``--dry-run-cpu`` runs every code path on tiny CPU shapes (torch reference
 and the Triton interpreter) to check the logic, writing its CSV to a temporary folder.
+
+The whole suite (every op, every peer, the sweeps) is ``python -m benchmarks --device cuda``; this
+script keeps the kernel-level rows (medix's raw forward/backward kernels without the autograd
+wrapper). Timing (CUDA events, L2 flushed), peaks (datasheet table), peak memory (allocator
+counters) and the Liger imports come from the suite's modules.
 """
 from __future__ import annotations
 
@@ -21,10 +26,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-H100_BW = 3.35e12  # bytes/s, H100 SXM HBM3 (FACTS.md section 3)
 
 
 def parse_args():
@@ -44,32 +47,24 @@ if ARGS.dry_run_cpu:
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks import common, hardware  # noqa: E402
+from benchmarks.memory import cuda_peak_extra  # noqa: E402
+from benchmarks.peers import liger_peer  # noqa: E402
 from medix_kernels.triton_kernels import logprob as tk  # noqa: E402
 
 
 def bench(fn, device) -> float:
-    """Median milliseconds of fn()."""
-    if device == "cuda":
-        import triton.testing
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of fn() (CUDA events and a cold L2 per sample on a GPU; wall clock on the CPU)."""
+    rounds = 20 if device == "cuda" else 3
+    res = common.interleaved({"fn": fn}, device=device, rounds_min=rounds, rounds_max=rounds, budget_s=0.0,
+                             min_sample_s=1e-3 if device == "cuda" else 0.0, warmup=3 if device == "cuda" else 1)
+    return statistics.median(res["fn"]["samples"]) * 1e3
 
 
 def peak_mb(fn, device) -> float:
     if device != "cuda":
         return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return cuda_peak_extra(fn) / 2**20
 
 
 def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, eps_low=0.2, eps_high=0.28, beta=0.04):
@@ -123,7 +118,8 @@ def main() -> int:
     tokens, vocab, hidden = (4 * 8, 1000, 64) if dry else (ARGS.tokens, ARGS.vocab, ARGS.hidden)
     seq = tokens // b
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
-    bw = H100_BW
+    peak = hardware.table_peak(gpu, str(dtype).replace("torch.", "")) if device == "cuda" else None
+    bw = peak[0] if peak else hardware.measure_bandwidth(device)
     import medix_kernels as mk
     backends = ["triton"] + (["cuda"] if "cuda" in mk.backends() else [])
     if dry:
@@ -182,7 +178,7 @@ def main() -> int:
     else:
         print("medix_kernels.grpo_loss not available yet: only the kernel-level GRPO rows were measured")
     if device == "cuda":
-        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+        triton_grpo_loss = liger_peer.triton_grpo_loss(device)
         # Liger takes logits [B, L + 1, V] (it drops the last position) and writes the gradient in place.
         lg = torch.cat([logits, logits[:, :1]], dim=1).requires_grad_(True)
 
@@ -209,7 +205,7 @@ def main() -> int:
         record("fused-linear grpo fwd+bwd", "medix fused_linear_grpo_loss", bench(medix_fused, device), flop_bytes,
                peak_mb(medix_fused, device), note=f"{6 * tokens * vocab * hidden / 1e12:.1f} TFLOP per call")
         if device == "cuda":
-            from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+            LigerFusedLinearGRPOLoss = liger_peer.fused_linear_grpo_loss_cls()
             liger = LigerFusedLinearGRPOLoss(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="grpo",
                                              use_ref_model=True, chunk_size=1)
 

@@ -159,7 +159,7 @@ def interleaved(fns: dict, *, device: str, rounds_min: int = 5, rounds_max: int 
     """
     timer = timer or Timer(device)
     info, live = {}, {}
-    for name, fn in fns.items():
+    for name, fn in list(fns.items()):
         try:
             t0 = time.perf_counter()
             fn()
