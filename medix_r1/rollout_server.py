@@ -393,6 +393,21 @@ class RolloutEngine:
             self.group = None
         return {"ok": True, "closed": closed}
 
+    def _finish_failed_reload(self) -> None:
+        # A reload that stopped half-way leaves vLLM's layerwise reload open: layers still on the
+        # meta device with wrapped loaders, and the next reload fails on them. Finalising puts
+        # every layer back on its device (untouched layers keep their old weights); the weights
+        # stay marked broken until a complete update.
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+        vllm_config = self.llm.llm_engine.vllm_config
+        try:
+            with set_current_vllm_config(vllm_config):
+                self.llm.apply_model(lambda model: finalize_layerwise_reload(model, vllm_config.model_config))
+        except Exception as e:
+            log.error("could not finalise the failed reload (%s: %s); a restart may be needed", type(e).__name__, e)
+
     def update_weights(self, req: dict) -> dict:
         from medix_r1.rollout import _refresh_lm_head
 
@@ -407,7 +422,7 @@ class RolloutEngine:
         t0 = time.perf_counter()
         group.store.set(ready_key(req["sync_id"], group.rank), "1")  # the trainer may broadcast now
         incoming = receive_weights(group, meta, bucket_bytes)
-        counts = {"tensors": 0, "bytes": 0, "receive_failed": False}
+        counts = {"tensors": 0, "bytes": 0, "receive_failed": False, "drained": 0, "last": None}
 
         def stream():
             while True:
@@ -420,6 +435,7 @@ class RolloutEngine:
                     raise
                 counts["tensors"] += 1
                 counts["bytes"] += tensor.numel() * tensor.element_size()
+                counts["last"] = name
                 yield name, tensor
 
         error = None
@@ -431,7 +447,7 @@ class RolloutEngine:
         # Whatever happened, take every broadcast the trainer sends, so that it is not left waiting.
         try:
             for _ in incoming:
-                counts["tensors"] += 1
+                counts["drained"] += 1
         except Exception as e:
             counts["receive_failed"] = True
             error = error or e
@@ -440,10 +456,11 @@ class RolloutEngine:
         if error is not None:
             self.weights_broken = f"{type(error).__name__}: {error}"
             log.error("weight update failed: %s", self.weights_broken)
+            self._finish_failed_reload()
             if counts["receive_failed"]:
                 self.close_weight_sync()  # the trainer's side broke off: this group is of no use any more
-            raise RequestError(f"weight update failed after {counts['tensors']} of {len(meta)} tensors: "
-                               f"{self.weights_broken}", 500)
+            raise RequestError(f"weight update failed at tensor {counts['tensors']} of {len(meta)} "
+                               f"({counts['last']}): {self.weights_broken}", 500)
         t_load = time.perf_counter() - t0
         self.llm.apply_model(_refresh_lm_head)  # the tied LM head's repacked copy (CPU backend)
         self.llm.reset_prefix_cache()
