@@ -19,7 +19,7 @@ from medix_r1.rollout_server import (RequestError, WeightSyncGroup, check_genera
                                      receive_weights, sampling_kwargs, send_weights)
 from medix_r1.serving import free_port
 
-from tests.train_helpers import CharRewardWorker, make_tiny_model
+from tests.train_helpers import CharRewardWorker
 
 
 def server_cfg(url, *extra):
@@ -148,13 +148,24 @@ def test_unreachable_server_names_the_url_and_the_command():
     assert "python -m medix_r1.rollout_server --model /models/policy --host 127.0.0.1 --port" in msg
 
 
+@pytest.mark.slow  # loads SmolLM2 and the data before it reaches the engine
 def test_trainer_with_an_unreachable_server_stops_before_training(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
-    model = make_tiny_model(tmp_path / "tiny")
-    cfg = server_cfg(url, f"model.policy={model}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1",
-                     "train.progress=false", "train.plot=false")
+    cfg = server_cfg(url, f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1", "train.progress=false",
+                     "train.plot=false")
+    model = T.resolve_model_dir("smollm2")
     with pytest.raises(RolloutServerError, match=f"{url} is unreachable.*--model {model}"):
         T.train(cfg, reward_worker=CharRewardWorker())
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_rollout_server_that_dies_at_start_up_reports_its_log():
+    from medix_r1.models import smollm2_hf_dir
+    from medix_r1.serving import rollout_server
+    with pytest.raises(RuntimeError, match="the rollout server exited with code 2 before it was ready"
+                                           "(.|\n)*unrecognized arguments: --no-such-flag"):
+        with rollout_server(smollm2_hf_dir(), extra_args=["--no-such-flag"], ready_timeout_s=120):
+            pass
 
 
 def test_config_validation():
@@ -290,14 +301,14 @@ def test_weight_sync_over_gloo_makes_the_server_match_the_policy(server, smollm2
     model, cfg = policy
     eng = ServerRollout(cfg.rollout, 0)
     ps = prompts(tok, cfg)
-    before = eng.generate(ps, 1, 0)
     version = server.health()["weights_version"]
     with torch.no_grad():  # the embeddings (tied to the LM head) and one layer
         gen = torch.Generator().manual_seed(0)
         for name, p in model.named_parameters():
             if "embed_tokens" in name or ".layers.2." in name:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05 * p.std())
-    stale = mismatch(model, eng.generate(ps, 1, 0), tok.eos_token_id)
+    before = eng.generate(ps, 1, 0)
+    stale = mismatch(model, before, tok.eos_token_id)
     eng.sync(model)
     assert eng.group is not None and eng.group.backend == "gloo"
     assert server.health()["weights_version"] == version + 1 and eng.version[1] == version + 1
