@@ -5,6 +5,13 @@ scheduler states, the RNG states (python, numpy, torch), and ``trainer_state.jso
 the data position, the reward-cache pointer, counters, the config and the metrics so far. A folder
 counts only when its ``COMPLETE`` marker exists (it is written last, before the rename), so a run
 killed at any moment resumes from the latest complete checkpoint.
+
+Under torchrun (a process group) the model and optimizer are sharded (FSDP2) and saved with
+``torch.distributed.checkpoint`` instead: ``dcp/`` holds every rank's shards (from
+``get_state_dict``), ``sched_rng.pt`` the scheduler and rank 0's RNG states, and ``model/`` a
+consolidated Hugging Face folder when the model is small enough (``dist.full_model_max_gb``). DCP
+reshards on load, so such a checkpoint resumes at any world size, a single process without a
+process group included; a torchrun job also resumes from the single-process format.
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from medix_r1 import distributed as dist
 
 PREFIX = "step_"
 MARKER = "COMPLETE"
@@ -36,8 +45,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep_last: int) -> Path:
-    """Write ``step_{step}`` atomically; ``state`` is JSON-serialisable trainer state. Returns the folder."""
+                    keep_last: int, full_model_max_gb: float = 4.0) -> Path:
+    """Write ``step_{step}`` atomically; ``state`` is JSON-serialisable trainer state. Returns the folder.
+    Every rank calls it under torchrun (the sharded save is collective)."""
+    if dist.enabled():
+        return save_sharded(out_dir, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                            scheduler=scheduler, state=state, keep_last=keep_last,
+                            full_model_max_gb=full_model_max_gb)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = step_dir(out_dir, step)
@@ -50,17 +64,76 @@ def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, schedule
         tokenizer.save_pretrained(tmp / "model")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state()}, tmp / "optim_rng.pt")
+    _finish(tmp, final, step, state, keep_last)
+    return final
+
+
+def _finish(tmp: Path, final: Path, step: int, state: dict, keep_last: int) -> None:
+    """trainer_state.json, then the COMPLETE marker, then the rename; prune old checkpoints."""
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     (tmp / MARKER).write_text(str(step))
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-        old = out_dir / f".old_{final.name}_{os.getpid()}"
+        old = final.parent / f".old_{final.name}_{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    prune(out_dir, keep_last)
+    prune(final.parent, keep_last)
+
+
+def save_sharded(out_dir, step: int, *, model, tokenizer, optimizer, scheduler, state: dict, keep_last: int,
+                 full_model_max_gb: float) -> Path:
+    """The torchrun checkpoint: every rank writes its shards into rank 0's temp folder (``dcp/``); after
+    a barrier rank 0 adds the rest, the marker, and renames. Output dir on a filesystem all ranks share."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    out_dir = Path(out_dir)
+    final = step_dir(out_dir, step)
+    tmp = None
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".tmp_{final.name}_{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    tmp = Path(dist.broadcast(str(tmp) if tmp else None))
+    dist.reshard(model)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    full = None
+    if full_model_max_gb > 0 and sum(p.numel() for p in model.parameters()) * 4 <= full_model_max_gb * (1 << 30):
+        # gathered parameter by parameter; only rank 0 keeps the (CPU) tensors
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_main():
+        if full is not None:
+            save_hf_folder(tmp / "model", model, full, tokenizer)
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state(), "world_size": dist.world_size()},
+                   tmp / "sched_rng.pt")
+    dist.barrier()  # every rank's shards are written
+    if dist.is_main():
+        _finish(tmp, final, step, state, keep_last)
+    dist.barrier()  # the checkpoint exists for every rank
     return final
+
+
+def save_hf_folder(folder: Path, model, state_dict: dict, tokenizer) -> None:
+    """A Hugging Face folder (config, safetensors, tokenizer) from a full state dict: what
+    ``from_pretrained`` and vLLM load. (``save_pretrained`` would name the architecture after FSDP's
+    wrapper class.)"""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in state_dict.items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)  # the input embeddings' tensor
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -87,12 +160,17 @@ def prune(out_dir, keep_last: int) -> None:
 
 
 def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and RNG states from ``path``; return the trainer state."""
+    """Restore model, optimizer, scheduler and RNG states from ``path``; return the trainer state.
+    Either format, at any world size: a sharded (``dcp/``) or a single-process checkpoint."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not (path / MARKER).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    if (path / "dcp").is_dir():
+        return load_sharded(path, model=model, optimizer=optimizer, scheduler=scheduler)
+    if dist.enabled():
+        return load_full_into_sharded(path, model=model, optimizer=optimizer, scheduler=scheduler)
     weights = {}
     for f in sorted((path / "model").glob("*.safetensors")):
         weights.update(load_file(f))
@@ -109,6 +187,49 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
                          f"unexpected {sorted(unexpected)})")
     blob = torch.load(path / "optim_rng.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
+    """A ``dcp/`` checkpoint into this run's model and optimizer, sharded or not: DCP reshards to the
+    current world size, and loads without a process group in a single process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    dist.reshard(model)
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the targets, in this run's sharding
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path / "dcp"), no_dist=not dist.enabled())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    blob = torch.load(path / "sched_rng.pt", weights_only=False)
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_full_into_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
+    """A single-process checkpoint (``model/`` safetensors + ``optim_rng.pt``) into a sharded run: every
+    rank reads the full tensors and keeps its shards (``set_state_dict(full_state_dict=True)``)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    weights = {}
+    for f in sorted((path / "model").glob("*.safetensors")):
+        weights.update(load_file(f))
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    blob = torch.load(path / "optim_rng.pt", weights_only=False)
+    # torch's optimizer state is keyed by parameter position; the trainer built its AdamW from the
+    # trainable parameters in named_parameters() order, so position i is that list's i-th name.
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    plain = blob["optimizer"]
+    optim_sd = {"state": {names[i]: v for i, v in plain["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain["param_groups"]]}
+    dist.reshard(model)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim_sd,
+                   options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "trainer_state.json").read_text())

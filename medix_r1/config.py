@@ -159,6 +159,16 @@ class VisionSection:
 
 
 @dataclass
+class DistSection:
+    """torchrun / FSDP2 runs (DISTRIBUTED.md); ignored by a single process started without torchrun."""
+    timeout_min: float = _f(60.0, "minutes a collective waits for the slowest rank before the run fails (one "
+                            "rank's rollouts or judge calls may take long)")
+    full_model_max_gb: float = _f(4.0, "sharded checkpoints also write a consolidated HF model/ folder (gathered "
+                                  "on rank 0's CPU) when the policy's fp32 size is at most this many GiB "
+                                  "(0 = never; the dcp/ folder always holds the weights)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,6 +179,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainSection = field(default_factory=TrainSection)
     vision: VisionSection = field(default_factory=VisionSection)
+    dist: DistSection = field(default_factory=DistSection)
 
 
 # ----------------------------------------------------------------------------- typed setting
@@ -442,6 +453,8 @@ def validate(cfg: TrainConfig) -> None:
     _range(v.max_decode_pixels, "vision.max_decode_pixels", 1)
     if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:
         raise ValueError(f"vision.min_pixels ({v.min_pixels}) must be <= vision.max_pixels ({v.max_pixels})")
+    _range(cfg.dist.timeout_min, "dist.timeout_min", 0.0, lo_open=True)
+    _range(cfg.dist.full_model_max_gb, "dist.full_model_max_gb", 0.0)
     if not t.output_dir:
         raise ValueError("train.output_dir must not be empty")
     # The reward section validates itself where it can (its own __post_init__ / validate()).

@@ -17,18 +17,23 @@ def _finite(v) -> bool:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl (+ TensorBoard). ``history`` holds every logged record."""
+    """Append-only metrics.jsonl (+ TensorBoard). ``history`` holds every logged record.
 
-    def __init__(self, out_dir, *, tensorboard: bool, history: list[dict] | None = None):
+    ``write=False`` (the ranks other than 0 of a torchrun job) keeps the history and writes nothing."""
+
+    def __init__(self, out_dir, *, tensorboard: bool, history: list[dict] | None = None, write: bool = True):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
         self.history = list(history or [])
+        self.write = write
+        self.writer = None
+        if not write:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         # Rewrite from the checkpoint's history: steps a killed run logged after it are dropped.
         with open(self.path, "w") as fh:
             for rec in self.history:
                 fh.write(json.dumps(rec) + "\n")
-        self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
@@ -36,6 +41,8 @@ class MetricsLog:
     def log(self, step: int, metrics: dict) -> None:
         rec = {"step": step, **metrics}
         self.history.append(rec)
+        if not self.write:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if self.writer is not None:

@@ -1,6 +1,6 @@
 """MediX-R1 GRPO trainer: ``python -m medix_r1.train [--recipe NAME|PATH] [--set key=value ...]``.
 
-One step, read top to bottom in :func:`train`:
+One step, read top to bottom in :func:`run_training`:
 
 1. sample ``data.prompts_per_step`` prompts, roll out ``rollout.n`` responses each (vLLM in-process,
    or transformers ``generate``), keeping each sampled token's raw log-prob;
@@ -12,11 +12,15 @@ One step, read top to bottom in :func:`train`:
    ``lm_head.weight``) or ``grpo_loss``; AdamW with grad clipping and an LR schedule;
 5. load the new weights into the rollout engine in place; log metrics; checkpoint.
 
-With no arguments it runs the embedded CPU recipe (``recipes/cpu_smollm2.yaml``).
+With no arguments it runs the embedded CPU recipe (``recipes/cpu_smollm2.yaml``). Under
+``torchrun --nproc-per-node N -m medix_r1.train ...`` each rank rolls out and trains on its share of
+the step's prompts with an FSDP2-sharded policy and computes what one process would (the mechanics
+are in :mod:`medix_r1.distributed`, one call each here; see DISTRIBUTED.md).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -40,6 +44,7 @@ import torch  # noqa: E402
 from medix_kernels import LossConfig, fused_linear_grpo_loss, fused_linear_selective_log_softmax, grpo_loss
 from medix_kernels import group_advantages, group_stats
 from medix_r1 import checkpoint as ckpt
+from medix_r1 import distributed as dist
 from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_config, to_dict
 from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
@@ -74,13 +79,17 @@ def load_model(model_dir: Path, cfg: TrainConfig, trainable: bool):
     from medix_r1.vision.trainer import auto_model_class  # AutoModelForImageTextToText for Qwen-VL
 
     dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
+    if dist.enabled():  # fp32 master weights (bf16 compute through FSDP's mixed precision on a GPU)
+        dtype = torch.float32 if trainable else dist.mixed_precision(cfg).param_dtype or torch.float32
     model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype)
     model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
     if trainable and cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant checkpointing composes with FSDP's hooks (the recomputation gathers the layer again)
+        model.gradient_checkpointing_enable(**({"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+                                               if dist.enabled() else {}))
     if not trainable:
         model.requires_grad_(False)
-    return model
+    return dist.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -173,15 +182,23 @@ def lm_head_params(model):
     return head.weight, getattr(head, "bias", None)
 
 
+def micro_logp(model, mb: dict, temperature: float) -> torch.Tensor:
+    weight, bias = lm_head_params(model)
+    return fused_linear_selective_log_softmax(policy_hidden(model, mb), weight, mb["ids"], bias=bias,
+                                              temperature=temperature)
+
+
 @torch.no_grad()
 def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.Tensor:
     """Per-token log-probs [B, R] of the response ids under ``model`` (no grad), micro-batched."""
-    weight, bias = lm_head_params(model)
-    parts = []
-    for start in range(0, batch["ids"].shape[0], micro):
-        mb = slice_batch(batch, slice(start, start + micro))
-        h = policy_hidden(model, mb)
-        parts.append(fused_linear_selective_log_softmax(h, weight, mb["ids"], bias=bias, temperature=temperature))
+    B, parts = batch["ids"].shape[0], []
+    # Under torchrun every rank runs as many forwards as the busiest one (FSDP's collectives); the
+    # extra ones (on row 0) are discarded.
+    for start in range(0, dist.max_int(math.ceil(B / micro)) * micro, micro):
+        mb = slice_batch(batch, slice(start, start + micro) if start < B else slice(0, 1))
+        logp = dist.run(model, micro_logp, mb, temperature)
+        if start < B:
+            parts.append(logp)
     return torch.cat(parts) * batch["mask"]
 
 
@@ -238,51 +255,81 @@ def take_prompts(sampler, k: int, tokenizer, records, prompt_cache, cfg: TrainCo
     return idx, [prompt_cache[i] for i in idx]
 
 
-def collect(engine, worker, tokenizer, records, sampler, prompt_cache, cfg: TrainConfig, step: int, vision=None):
+def rollout(engine, policy, prompts, step: int, cfg: TrainConfig, attempt: int = 0, offset: int = 0) -> Rollouts:
+    """``engine.generate`` for this rank's prompts, ``offset`` = their position in the step's global list
+    (the sampling seeds use the global index). Under torchrun the ``hf`` engine generates on the whole
+    policy, gathered on every rank for the call (every rank enters, even with no prompts)."""
+    gather = dist.full_weights(policy) if isinstance(engine, HfRollout) else contextlib.nullcontext()
+    with gather:
+        return engine.generate(prompts, step, cfg.train.seed, attempt, offset=offset) if prompts else Rollouts()
+
+
+def sync_weights(engine, policy) -> None:
+    """The policy's new weights into the engine; a sharded policy reaches the vLLM engine one gathered
+    parameter at a time (the server engine gathers DTensors itself; hf has nothing to do)."""
+    engine.sync(dist.gathered(policy) if isinstance(engine, VllmRollout) else policy)
+
+
+def collect(engine, worker, policy, tokenizer, records, sampler, prompt_cache, cfg: TrainConfig, step: int,
+            vision=None):
     """Roll out, score and (for DAPO) filter/refill until prompts_per_step groups are kept or the
-    refill budget is spent. Returns (rollouts, reward results, records per group, info)."""
+    refill budget is spent. Returns (rollouts, reward results, owner rank of each kept group, info).
+
+    Under torchrun every rank draws the same prompts, rolls out and scores its slice, and the kept
+    groups are agreed through an all-gather: every rank runs the same rounds, and the kept groups are
+    a single process's, in its order (``owners`` lists their ranks in that order)."""
     n, want = cfg.rollout.n, cfg.data.prompts_per_step
-    kept_r, kept_res, kept_rec = Rollouts(), [], []
+    kept_r, kept_res, owners = Rollouts(), [], []
     info = {"rollout": 0.0, "reward": 0.0, "refills": 0, "dropped_groups": 0, "prompts": 0}
     for attempt in range(cfg.algorithm.max_refill_tries + 1):
-        need = want - len(kept_rec)
+        need = want - len(owners)
         if need <= 0:
             break
         idx, prompts = take_prompts(sampler, need, tokenizer, records, prompt_cache, cfg, vision)
-        recs = [records[i] for i in idx]
+        lo, hi = dist.shard_range(len(idx))
+        recs = [records[i] for i in idx[lo:hi]]
         t = time.perf_counter()
-        r = engine.generate(prompts, step, cfg.train.seed, attempt)
+        r = rollout(engine, policy, prompts[lo:hi], step, cfg, attempt, offset=lo)
         info["rollout"] += time.perf_counter() - t
         info["prompts"] += len(idx)
         t = time.perf_counter()
-        results = score(worker, r, recs, cfg).result()
+        results = score(worker, r, recs, cfg).result() if len(r) else []
         info["reward"] += time.perf_counter() - t
         totals = torch.tensor([x.total for x in results], dtype=torch.float32)
-        keep = keep_groups(totals, n, cfg)
+        mine = keep_groups(totals, n, cfg) if len(results) else []
+        keep = [g for part in dist.all_gather([lo + g for g in mine]) for g in part]  # global, ascending
         info["dropped_groups"] += len(idx) - len(keep)
+        group_rank = dist.owners(len(idx))
         for g in keep[:need]:
-            rows = range(g * n, (g + 1) * n)
+            owners.append(group_rank[g])
+            if not lo <= g < hi:
+                continue
+            rows = range((g - lo) * n, (g - lo + 1) * n)
             for j in rows:
                 kept_r.prompt_ids.append(r.prompt_ids[j]); kept_r.response_ids.append(r.response_ids[j])
                 kept_r.sample_logp.append(r.sample_logp[j]); kept_r.texts.append(r.texts[j])
-                kept_r.truncated.append(r.truncated[j]); kept_r.group.append(len(kept_rec))
+                kept_r.truncated.append(r.truncated[j]); kept_r.group.append(len(kept_r.group) // n)
                 kept_r.images.append(r.images[j] if r.images else None)
                 kept_res.append(results[j])
-            kept_rec.append(recs[g])
         if attempt > 0:
             info["refills"] += 1
         if not cfg.algorithm.dynamic_sampling:
             break
-    return kept_r, kept_res, kept_rec, info
+    return kept_r, kept_res, owners, info
 
 
 # ----------------------------------------------------------------------------- one update
 
-def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int):
+def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int,
+           layout: dist.Layout):
     """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] or None,
-    nan_skipped)."""
+    nan_skipped).
+
+    Mini-batches and loss weights come from the global batch (``layout``, a single process's rows and
+    order): each rank runs its own rows of a mini-batch, weighted by their share of the mini-batch's
+    global weight, and FSDP sums the ranks' gradients; ranks with fewer rows run zero-weight passes."""
     o = cfg.optim
-    B = batch["ids"].shape[0]
+    B = len(layout.tokens)  # rows of the global batch (every rank's)
     mini = o.mini_batch_size or B
     micro = o.micro_batch_size
     per_token = cfg.loss.aggregation == "token-mean"
@@ -293,22 +340,27 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     for epoch in range(o.updates_per_step):
         order = torch.randperm(B, generator=gen) if (o.updates_per_step > 1 or mini < B) else torch.arange(B)
         for ms in range(0, B, mini):
-            rows = order[ms:ms + mini]
-            weight_total = float(batch["mask"][rows].sum()) if per_token else float(len(rows))
+            rows = order[ms:ms + mini].tolist()
+            weight_total = float(sum(layout.tokens[g] for g in rows)) if per_token else float(len(rows))
+            mine = layout.mine(rows)
             optimizer.zero_grad(set_to_none=True)
             acc = {k: 0.0 for k in sums if k != "grad_norm"}
             finite = True
-            for us in range(0, len(rows), micro):
-                r = rows[us:us + micro]
+            for us in range(0, layout.micro_steps(rows, micro) * micro, micro):
+                real = us < len(mine)
+                r = torch.tensor(mine[us:us + micro] if real else [0], dtype=torch.long)
                 mb = slice_batch(batch, r)
-                w = (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9)
-                loss, stats, raw = policy_loss(
-                    model, mb, advantages[r], None if old_logp is None else old_logp[r],
+                w = (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9) if real \
+                    else 0.0
+                loss, stats, raw = dist.run(
+                    model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
                     None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
-                if not torch.isfinite(loss):
+                if not dist.all_true(not real or bool(torch.isfinite(loss))):
                     finite = False
                     break
                 (loss * w).backward()
+                if not real:
+                    continue
                 acc["loss"] += float(loss.detach()) * w
                 for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean"):
                     if k in stats:
@@ -323,7 +375,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 log.warning("step %d: non-finite loss, skipping this optimizer step", step)
                 continue
             params = [p for p in model.parameters() if p.grad is not None]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+            gnorm = dist.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
             if not torch.isfinite(gnorm):
                 optimizer.zero_grad(set_to_none=True)
                 nan_skipped = True
@@ -334,17 +386,36 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 sums[k] += v
             sums["grad_norm"] += float(gnorm)
             count += 1
+    keys = [k for k in sums if k != "grad_norm"]  # weighted shares of each rank: their sum is the global value
+    sums.update(zip(keys, dist.sum_floats([sums[k] for k in keys])))
     stats = {k: v / count for k, v in sums.items()} if count else {k: float("nan") for k in sums}
     return stats, raw_logp, nan_skipped
 
 
 # ----------------------------------------------------------------------------- the loop
 
+def placeholder_batch(pad_id: int) -> dict:
+    """One row, one pad token: what a torchrun rank left without rows (DAPO) runs its zero-weight
+    forward/backward passes on (the other ranks' FSDP collectives need them)."""
+    return make_batch([[pad_id]], [[pad_id]], pad_id)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> dict:
     """Run training to ``cfg.train.max_steps``; returns a summary dict (steps, rewards, timings).
 
     ``eval_hook(step, model, tokenizer) -> dict`` runs every ``train.eval_every`` steps; its metrics
-    are logged under ``eval/``. ``reward_worker`` defaults to ``RewardWorker(cfg.reward)``."""
+    are logged under ``eval/`` (under torchrun it is called on every rank, with the sharded model).
+    ``reward_worker`` defaults to ``RewardWorker(cfg.reward)`` (one per rank under torchrun)."""
+    own_group = dist.init(cfg.dist.timeout_min)  # under torchrun: join its process group
+    try:
+        dist.check_config(cfg, dist.world_size())
+        return run_training(cfg, resume=resume, eval_hook=eval_hook, reward_worker=reward_worker)
+    finally:
+        if own_group:
+            dist.close()
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> dict:
     from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
@@ -360,6 +431,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # None for a text-only policy (which refuses records with images, naming the record)
     vision = setup_vision(records, model_dir, tokenizer, cfg, {})
+    if vision is not None and dist.enabled():
+        raise ValueError(f"{cfg.model.policy} is a vision-language policy: torchrun training supports text "
+                         "policies only for now; run it as a single process (python -m medix_r1.train)")
     policy = load_model(model_dir, cfg, trainable=True)
     if vision is not None:
         vision.configure_policy(policy)  # vision.freeze_tower
@@ -388,10 +462,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
         vision.attach(counters)  # bad-image records are counted in the checkpointed counters
 
     if cfg.rollout.engine == "vllm":
-        engine = VllmRollout(model_dir, cfg.rollout, cfg.train.seed,
-                             engine_kwargs=vision.vllm_engine_kwargs() if vision is not None else None)
+        kwargs = vision.vllm_engine_kwargs() if vision is not None else {}
+        if dist.enabled():  # one engine per rank, on the rank's device (vLLM's torchrun mode)
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        engine = VllmRollout(model_dir, cfg.rollout, cfg.train.seed, engine_kwargs=kwargs)
         if start_step > 0:
-            engine.sync(policy)  # the engine loaded the step-0 weights from disk
+            sync_weights(engine, policy)  # the engine loaded the step-0 weights from disk
     elif cfg.rollout.engine == "server":
         from medix_r1.rollout import ServerRollout
         engine = ServerRollout(cfg.rollout, cfg.train.seed, model_dir=model_dir)
@@ -414,8 +490,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
         log.warning("received signal %d: stopping after this step with a checkpoint", signum)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history)
-    bar = progress_bar(cfg.train.max_steps, start_step, cfg.train.progress)
+    # rank 0 alone writes metrics.jsonl, TensorBoard, the plot and the progress bar
+    metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history, write=dist.is_main())
+    bar = progress_bar(cfg.train.max_steps, start_step, cfg.train.progress and dist.is_main())
     prompt_cache: dict[int, list[int]] = {}
     step = start_step
 
@@ -424,59 +501,69 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                  "counters": counters, "judge_window": list(judge_window),
                  "reward_cache": getattr(cfg.reward, "judge_cache_path", None), "config": to_dict(cfg)}
         return ckpt.save_checkpoint(out_dir, step_no, model=policy, tokenizer=tokenizer, optimizer=optimizer,
-                                    scheduler=scheduler, state=state, keep_last=cfg.train.keep_last)
+                                    scheduler=scheduler, state=state, keep_last=cfg.train.keep_last,
+                                    full_model_max_gb=cfg.dist.full_model_max_gb)
 
     try:
         for step in range(start_step + 1, cfg.train.max_steps + 1):
             t_step = time.perf_counter()
-            # 1-2. rollouts and rewards (the reference log-probs overlap the reward wait when not DAPO)
+            # 1-2. rollouts and rewards (the reference log-probs overlap the reward wait when not DAPO);
+            # under torchrun each rank rolls out its slice of the step's prompts (whole groups)
             if cfg.algorithm.dynamic_sampling:
-                r, results, recs, info = collect(engine, reward_worker, tokenizer, records, sampler, prompt_cache,
-                                                 cfg, step, vision)
+                r, results, group_owner, info = collect(engine, reward_worker, policy, tokenizer, records, sampler,
+                                                        prompt_cache, cfg, step, vision)
                 future = None
             else:
-                r, _, recs, info = None, None, None, None
                 idx, prompts = take_prompts(sampler, cfg.data.prompts_per_step, tokenizer, records, prompt_cache,
                                             cfg, vision)
-                recs = [records[i] for i in idx]
+                lo, hi = dist.shard_range(len(idx))
                 t = time.perf_counter()
-                r = engine.generate(prompts, step, cfg.train.seed)
+                r = rollout(engine, policy, prompts[lo:hi], step, cfg, offset=lo)
                 info = {"rollout": time.perf_counter() - t, "reward": 0.0, "refills": 0, "dropped_groups": 0,
                         "prompts": len(idx)}
-                future = score(reward_worker, r, recs, cfg)
-            if len(r) == 0:
+                future = score(reward_worker, r, [records[i] for i in idx[lo:hi]], cfg)
+                group_owner = dist.owners(len(idx))  # the rank of each prompt group
+            if not group_owner:
                 log.warning("step %d: every group was degenerate after %d refills; no update this step",
                             step, cfg.algorithm.max_refill_tries)
                 metrics.log(step, {"rollout/groups_kept": 0, "rollout/dropped_groups": info["dropped_groups"]})
                 bar.update(1)
-                if stop["signal"] is not None or step == cfg.train.max_steps or \
+                stopping = dist.any_true(stop["signal"] is not None)
+                if stopping or step == cfg.train.max_steps or \
                         (cfg.train.save_every and step % cfg.train.save_every == 0):
                     save(step)
-                if stop["signal"] is not None:
+                if stopping:
                     break
                 continue
-            batch = make_batch(r.prompt_ids, r.response_ids, pad_id, r.images)
+            rows_global = len(group_owner) * cfg.rollout.n
+            batch = make_batch(r.prompt_ids, r.response_ids, pad_id, r.images) if len(r) else placeholder_batch(pad_id)
+            batch = dist.to_device(batch)
             t = time.perf_counter()
             ref_logp = sequence_logp(ref, batch, cfg.rollout.temperature, o.micro_batch_size) if ref is not None \
                 else None
             # Off-policy updates need the pre-update log-probs; on-policy (one pass) uses logp.detach().
             old_logp = sequence_logp(policy, batch, cfg.rollout.temperature, o.micro_batch_size) \
-                if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < len(r))) else None
+                if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < rows_global)) else None
             t_logp = time.perf_counter() - t
             if future is not None:
                 t = time.perf_counter()
                 results = future.result()
                 info["reward"] = time.perf_counter() - t
 
-            # 3. advantages
-            rewards = torch.tensor([x.total for x in results], dtype=torch.float32)
+            # 3. advantages, over the global batch (every rank's rewards, in a single process's order)
+            layout = dist.row_layout(group_owner, cfg.rollout.n, [len(x) for x in r.response_ids],
+                                     [x.total for x in results])
+            rewards = torch.tensor(layout.rewards, dtype=torch.float32)
             adv = group_advantages(rewards, cfg.rollout.n, mode=cfg.algorithm.advantage_mode,
                                    scale=cfg.algorithm.advantage_scale, eps=cfg.algorithm.advantage_eps)
+            own = layout.own_rows()
+            adv = (adv[own] if own else torch.zeros(1)).to(dist.device())  # this rank's rows
 
             # 4. update
             engine.sleep()
             t = time.perf_counter()
-            stats, raw_logp, nan_skipped = update(policy, optimizer, batch, adv, ref_logp, old_logp, cfg, lcfg, step)
+            stats, raw_logp, nan_skipped = update(policy, optimizer, batch, adv, ref_logp, old_logp, cfg, lcfg, step,
+                                                  layout)
             t_update = time.perf_counter() - t
             scheduler.step()
             engine.wake_up()
@@ -484,7 +571,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
             # 5. weight sync
             t = time.perf_counter()
             if not nan_skipped:
-                engine.sync(policy)
+                sync_weights(engine, policy)
             t_sync = time.perf_counter() - t
 
             # metrics
@@ -497,7 +584,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
             if eval_hook is not None and cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 m.update({f"eval/{k}": v for k, v in eval_hook(step, policy, tokenizer).items()})
             m["time/step"] = time.perf_counter() - t_step
-            m["perf/tokens_per_s"] = float(batch["mask"].sum()) / m["time/step"]
+            m["perf/tokens_per_s"] = float(sum(layout.tokens)) / m["time/step"]
             if vision is not None:
                 m.update(vision.metrics())  # data/skipped_image_records
             metrics.log(step, m)
@@ -520,9 +607,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
                         f"the judge failed on {rate:.0%} of answers over the last {len(judge_window)} steps "
                         f"(threshold {cfg.train.judge_failure_threshold:.0%}): check reward.judge_url / the judge "
                         f"server, or raise train.judge_failure_threshold")
-            if stop["signal"] is not None:
+            if dist.any_true(stop["signal"] is not None):  # a signal on any rank stops every rank
                 save(step)
-                log.warning("stopped by signal %d after step %d; resume with --resume", stop["signal"], step)
+                log.warning("stopped by signal %s after step %d; resume with --resume", stop["signal"], step)
                 break
             if step == cfg.train.max_steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step)
@@ -533,29 +620,42 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
             signal.signal(s, h)
         if own_worker:
             reward_worker.close()
-        if cfg.train.plot and metrics.history:
+        if cfg.train.plot and metrics.history and dist.is_main():
             plot_history(metrics.history, out_dir / "rewards.png")
     return summarize(metrics.history, time.perf_counter() - t_start, step)
 
 
 def step_metrics(r: Rollouts, results, batch, raw_logp, stats, info, nan_skipped) -> dict:
-    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")  # noqa: E731
-    m = {f"reward/{k}": mean([float(getattr(x, k)) for x in results])
-         for k in ("total", "format", "modality", "judge", "embedding")}
-    m["reward/judge_failed_rate"] = mean([float(bool(x.judge_failed)) for x in results])
-    m["reward/exact_match_rate"] = mean([float(bool(x.exact_match)) for x in results])
-    m["reward/invalid_answer_rate"] = mean([float(bool(x.invalid_answer)) for x in results])
-    m["rollout/response_len"] = mean([len(x) for x in r.response_ids])
-    m["rollout/truncated_frac"] = mean([float(x) for x in r.truncated])
-    m["rollout/groups_kept"] = len(set(r.group))
-    m["rollout/dropped_groups"] = info["dropped_groups"]
-    m["rollout/refills"] = info["refills"]
-    if raw_logp is not None:
-        sample = torch.zeros_like(batch["mask"])
+    """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
+    ranks (a single process's means); ``stats`` and ``info`` are global already."""
+    rows = len(results)
+    pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
+             for k in ("total", "format", "modality", "judge", "embedding")}
+    pairs["reward/judge_failed_rate"] = (sum(float(bool(x.judge_failed)) for x in results), rows)
+    pairs["reward/exact_match_rate"] = (sum(float(bool(x.exact_match)) for x in results), rows)
+    pairs["reward/invalid_answer_rate"] = (sum(float(bool(x.invalid_answer)) for x in results), rows)
+    pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
+    pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
+    pairs["rollout/groups_kept"] = (len(set(r.group)), 1)
+    mismatch = (0.0, 0.0)
+    if raw_logp is not None and rows:
+        mask = batch["mask"][:rows]
+        sample = torch.zeros_like(mask)
         for b, lp in enumerate(r.sample_logp):
             sample[b, :len(lp)] = torch.tensor(lp)
         # verl-style rollout/trainer mismatch: mean |logp_engine - logp_trainer| over response tokens
-        m["rollout/logp_mismatch"] = float(((sample - raw_logp).abs() * batch["mask"]).sum() / batch["mask"].sum())
+        mismatch = (float(((sample - raw_logp[:rows]).abs() * mask).sum()), float(mask.sum()))
+    pairs["rollout/logp_mismatch"] = mismatch
+    totals = dist.sum_floats([v for pair in pairs.values() for v in pair])
+    m = {}
+    for i, key in enumerate(pairs):
+        total, n = totals[2 * i], totals[2 * i + 1]
+        if key == "rollout/groups_kept":
+            m[key] = int(total)
+        elif key != "rollout/logp_mismatch" or n > 0:
+            m[key] = total / n if n else float("nan")
+    m["rollout/dropped_groups"] = info["dropped_groups"]
+    m["rollout/refills"] = info["refills"]
     m["loss/loss"] = stats["loss"]
     m["loss/kl_mean"] = stats["kl_mean"]
     m["loss/clip_frac_low"] = stats["clip_frac_low"]
@@ -601,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    # under torchrun the ranks other than 0 log warnings only
+    logging.basicConfig(level=logging.WARNING if args.quiet or dist.env_rank() > 0 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.max_steps is not None:
@@ -612,6 +713,7 @@ def main(argv=None) -> int:
         overrides.append(f"rollout.engine={args.rollout}")
     try:
         cfg = load_config(args.recipe, overrides)
+        dist.check_config(cfg)  # e.g. data.prompts_per_step divisible by torchrun's world size
     except (ValueError, TypeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -620,6 +722,8 @@ def main(argv=None) -> int:
     except (TrainingStopped, RolloutOutOfMemory) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
+    if dist.env_rank() > 0:
+        return 0
     t = summary["mean_timing_s"]
     print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s; mean reward first 10 steps "
           f"{summary['first10_reward']:.3f}, last 10 {summary['last10_reward']:.3f}; mean per step: "

@@ -1,0 +1,170 @@
+"""torchrun + FSDP2 training (issue 9): a 2-rank run computes what one process computes, its sharded
+checkpoints resume at another world size (2 -> 1 -> 2), and a batch that does not split is refused.
+
+The 2-rank runs are real ``torchrun --nproc-per-node 2`` launches (gloo on this CPU machine) of
+``tests/dist_train_entry.py`` (the trainer's CLI with the scripted CharRewardWorker); the
+single-process runs call ``medix_r1.train.train`` in this process, without a process group.
+
+Tolerance: everything is fp32 and both runs sample the same responses (per-prompt seeds from the
+global prompt index), so the runs differ only in the order of float additions (each rank's
+micro-batches and their cross-rank sum vs one process's accumulation, attention over differently
+padded batches): ~1e-7 relative per operation. Losses and gradient norms must agree to 1e-5
+relative, parameters to 1e-5 absolute, i.e. 1% of one AdamW step at lr 1e-3. A real mistake (a
+row given another row's advantage, a wrong loss weight, averaged instead of summed gradients)
+moves parameters by whole AdamW steps (~1e-3) and gradient norms by far more than 1e-5.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medix_r1 import checkpoint as ckpt
+from medix_r1 import train as T
+from medix_r1.config import load_config
+
+from tests.train_helpers import CharRewardWorker, make_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY = REPO / "tests" / "dist_train_entry.py"
+# Off-policy mini-batches of 4 rows out of 6 (shuffled: the ranks hold 3 rows each, so a mini-batch
+# splits unevenly and the lighter rank runs zero-weight passes), micro-batches of 2, a KL term (the
+# frozen reference is sharded too).
+SETTINGS = ["rollout.engine=hf", "rollout.max_tokens=6", "rollout.n=3", "data.prompts_per_step=2",
+            "data.max_records=20", "optim.lr=1e-3", "optim.weight_decay=0.0", "optim.updates_per_step=2",
+            "optim.mini_batch_size=4", "optim.micro_batch_size=2", "loss.beta=0.01", "train.save_every=1",
+            "train.keep_last=10", "train.progress=false", "train.tensorboard=false", "train.plot=false"]
+STEPS = 4  # the single-process reference; the 2-rank run does steps 1-2, the resumes 3 and 4
+KEYS = ("loss/loss", "loss/kl_mean", "loss/ratio_mean", "optim/grad_norm", "reward/total")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tiny, out, *more, resume=False, nproc=2, timeout=420) -> subprocess.CompletedProcess:
+    sets = [x for s in [f"model.policy={tiny}", f"train.output_dir={out}", *SETTINGS, *more] for x in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(free_port()), str(ENTRY), "--recipe", "cpu_smollm2", "-q", *sets,
+           *(["--resume"] if resume else [])]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def history(out) -> list[dict]:
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(step_folder) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(Path(step_folder) / "model" / "model.safetensors"))
+
+
+def assert_same_step(a: dict, b: dict):
+    assert a["step"] == b["step"]
+    for k in KEYS:
+        assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), (a["step"], k, a[k], b[k])
+
+
+def assert_same_weights(wa: dict, wb: dict):
+    assert sorted(wa) == sorted(wb)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < 1e-5, worst
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def single(tiny, tmp_path_factory):
+    """The uninterrupted single-process run (no process group), a checkpoint every step."""
+    out = tmp_path_factory.mktemp("single")
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", f"train.output_dir={out}", *SETTINGS,
+                                      f"train.max_steps={STEPS}"])
+    T.train(cfg, reward_worker=CharRewardWorker())
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny, tmp_path_factory):
+    """2 steps at world size 2, with activation checkpointing (the single run has none: same math)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    proc = torchrun(tiny, out, "train.max_steps=2", "model.gradient_checkpointing=true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_compute_what_one_process_computes(single, two_ranks):
+    ref, got = history(single), history(two_ranks)
+    assert [h["step"] for h in got] == [1, 2]  # rank 0 alone wrote metrics.jsonl
+    for a, b in zip(ref[:2], got):
+        assert_same_step(a, b)
+    assert ref[1]["loss/loss"] != ref[0]["loss/loss"] and abs(ref[0]["loss/loss"]) > 1e-3  # a real objective
+    assert_same_weights(weights(single / "step_000002"), weights(two_ranks / "step_000002"))
+    final = two_ranks / "step_000002"
+    for name in ("COMPLETE", "trainer_state.json", "sched_rng.pt", "dcp/.metadata", "model/config.json"):
+        assert (final / name).exists(), name
+    assert sorted(p.name for p in (final / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert json.loads((final / "model" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["data_position"]["index"] == 4  # 2 steps x 2 global prompts
+    assert not list(two_ranks.glob(".tmp_*"))
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_in_one_process_and_back_on_two_ranks(tiny, single, two_ranks, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(two_ranks / "step_000002", run / "step_000002")
+    # world size 2 -> 1: a plain process (no process group) loads the DCP shards, continues with step 3
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", f"train.output_dir={run}", *SETTINGS,
+                                      "train.max_steps=3"])
+    T.train(cfg, resume=True, reward_worker=CharRewardWorker())
+    ref = history(single)
+    got = history(run)
+    assert [h["step"] for h in got] == [1, 2, 3]
+    assert_same_step(ref[2], got[2])
+    assert_same_weights(weights(single / "step_000003"), weights(run / "step_000003"))
+    assert (run / "step_000003" / "optim_rng.pt").is_file()  # a single process writes its own format
+    # world size 1 -> 2: the single-process checkpoint resumes under torchrun, step 4
+    proc = torchrun(tiny, run, "train.max_steps=4", resume=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    before, got = got, history(run)
+    assert got[:3] == before  # steps 1-3 come from the checkpoint's history: a resume, not a new run
+    assert_same_step(ref[3], got[3])
+    assert_same_weights(weights(single / "step_000004"), weights(run / "step_000004"))
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_000002", "step_000003", "step_000004"]
+
+
+@pytest.mark.slow
+def test_prompts_per_step_that_does_not_split_over_the_ranks_is_refused(tiny, tmp_path):
+    proc = torchrun(tiny, tmp_path / "run", "data.prompts_per_step=3", timeout=300)
+    assert proc.returncode != 0
+    assert "config error: data.prompts_per_step (3) must be divisible by the number of ranks (2)" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_shard_range_splits_contiguously_and_evenly():
+    from medix_r1.distributed import shard_range
+    parts = [shard_range(7, r, 3) for r in range(3)]
+    assert parts == [(0, 3), (3, 5), (5, 7)]
+    assert [shard_range(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
+
+
+def test_a_single_process_needs_no_process_group():
+    from medix_r1 import distributed as dist
+    assert not dist.enabled() and dist.world_size() == 1 and dist.is_main()
+    assert dist.all_true(True) and not dist.all_true(False) and dist.max_int(3) == 3
+    assert dist.sum_floats([1.5, 2]) == [1.5, 2.0] and dist.all_gather("x") == ["x"]
+    model = torch.nn.Linear(2, 2)
+    assert dist.gathered(model) is model and dist.run(model, lambda m, x: x + 1, 1) == 2
