@@ -13,6 +13,7 @@ import os
 import torch
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
+_NAMES = BACKENDS + ("auto",)
 
 
 # Probed once at import (not per call): torch.compile traces the ops' Python wrappers, and
@@ -71,8 +72,10 @@ def backends() -> list[str]:
 
 def resolve_backend(backend: str, tensor: torch.Tensor, op: str) -> str:
     """Validate a backend name for ``tensor``'s device, resolving ``"auto"``."""
-    if backend not in BACKENDS + ("auto",):
-        raise ValueError(f"{op}: backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    if backend == "auto" and _EXT is not None and tensor.device.type == "cpu":
+        return "cpu"  # the common case first (this runs on every call of every op)
+    if backend not in _NAMES:
+        raise ValueError(f"{op}: backend must be one of {_NAMES}, got {backend!r}")
     device = tensor.device
     if backend == "auto":
         if device.type == "cuda":

@@ -13,6 +13,11 @@ def register() -> None:
         return (values.new_empty((n,)), torch.empty((n if weights is not None else 0,), **f32), torch.empty((g,), **f32),
                 torch.empty((g,), **f32), torch.empty((g,), dtype=torch.bool, device=values.device))
 
+    @torch.library.register_fake("medix::group_offsets")
+    def _group_offsets_fake(group_index):
+        groups = torch.library.get_ctx().new_dynamic_size()  # data-dependent: the number of id changes + 1
+        return group_index.new_empty((groups + 1,), dtype=torch.int64)
+
     @torch.library.register_fake("medix::cosine_rewards")
     def _cosine_rewards_fake(pred, ref, eps, threshold):
         return torch.empty((pred.shape[0],), dtype=torch.float32, device=pred.device)

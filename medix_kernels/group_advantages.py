@@ -93,7 +93,12 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
     nan_to_zero = nan_policy == "zero"
     if eager and nan_to_zero and values.numel():
         _report_non_finite(values, nan_policy, name, op)
-    offsets = None if group_index is None else group_offsets(n, None, group_index)
+    offsets = None
+    if group_index is not None:
+        if eager and backend == "cpu":  # one C++ pass (count, check, fill) instead of four torch ops
+            offsets = torch.ops.medix.group_offsets(group_index)
+        else:
+            offsets = group_offsets(n, None, group_index)
 
     if backend == "torch":
         if eager and not nan_to_zero and values.numel():

@@ -1,6 +1,7 @@
 """group_advantages / group_stats / composite_advantages on every backend vs the reference, and
 vs TRL's and verl's formulas written out independently here."""
 import math
+import os
 
 import pytest
 import torch
@@ -219,3 +220,90 @@ def test_cuda_fixed_groups(dtype, n, g):
         got = mk.group_advantages(r, g, backend=backend)
         want = ref.group_advantages(r.float().cpu(), g).to(dtype)
         torch.testing.assert_close(got.float().cpu(), want.float(), **tol("advantages", dtype))
+
+
+# --- CPU kernel paths: serial vs threaded, AVX-512 tiles vs scalar, ragged offsets in C++ -------
+SERIAL_WORK = 1 << 18  # csrc/cpu/group_advantages.h kGroupAdvSerialWork
+
+
+@pytest.mark.parametrize("g", [4, 5, 8, 16, 64])
+def test_serial_and_threaded_paths_agree(g):
+    """Below kGroupAdvSerialWork elements a call stays on the calling thread, above it the groups
+    are split over the threads: both give the reference's values (and each other's)."""
+    gen = torch.Generator().manual_seed(g)
+    for n in (SERIAL_WORK - SERIAL_WORK % g - g, SERIAL_WORK - SERIAL_WORK % g + 16 * g * 37):
+        r = (torch.rand(n, generator=gen) * 2).round(decimals=1)
+        got = mk.group_advantages(r, g, backend="cpu")
+        torch.testing.assert_close(got, ref.group_advantages(r, g), **tol("advantages", torch.float32))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = mk.group_advantages(r, g, backend="cpu")
+        finally:
+            torch.set_num_threads(threads)
+        torch.testing.assert_close(got, one, rtol=1e-6, atol=1e-6)
+
+
+def test_isa_variants_agree(tmp_path):
+    """The AVX-512 tile kernels against the AVX2 and baseline builds of the scalar kernels
+    (MEDIX_CPU_LEVEL caps the level picked at run time): fixed sizes with and without a vector
+    kernel, ragged groups, composite rewards, NaN handling, stats."""
+    script = tmp_path / "dump.py"
+    script.write_text(
+        "import sys, torch, medix_kernels as mk\n"
+        "gen = torch.Generator().manual_seed(0)\n"
+        "out = {}\n"
+        "for g in (2, 3, 5, 8, 12, 16, 17, 32, 64):\n"
+        "    r = (torch.rand(16 * g * 9 + 3 * g, generator=gen) * 3).round(decimals=1)\n"
+        "    r[7] = float('nan')\n"
+        "    out[f'g{g}'] = mk.group_advantages(r, g, nan_policy='zero')\n"
+        "    out[f's{g}'] = torch.stack(list(mk.group_stats(r.nan_to_num(0.0), g)[:2]))\n"
+        "    out[f'rl{g}'] = mk.group_advantages(r.nan_to_num(0.0), g, mode='rloo', scale='batch')\n"
+        "ids = torch.repeat_interleave(torch.arange(300), torch.randint(1, 21, (300,), generator=gen))\n"
+        "r = torch.rand(ids.numel(), generator=gen).round(decimals=1)\n"
+        "out['ragged'] = mk.group_advantages(r, group_index=ids)\n"
+        "c = (torch.rand(max(ids.numel(), 3048), 4, generator=gen) > 0.5).float()\n"
+        "out['comp_total'], out['comp_adv'] = mk.composite_advantages(c[:ids.numel()], [0.5175, 0.3375, 0.045, 0.1], group_index=ids)\n"
+        "out['comp8'] = torch.cat(mk.composite_advantages(c[:3048], [0.5175, 0.3375, 0.045, 0.1], 8))\n"
+        "torch.save(out, sys.argv[1])\n")
+    import subprocess
+    import sys
+    results = {}
+    for level in ("2", "1", "0"):
+        path = tmp_path / f"out{level}.pt"
+        env = dict(os.environ, MEDIX_CPU_LEVEL=level)
+        subprocess.run([sys.executable, str(script), str(path)], check=True, env=env, timeout=300)
+        results[level] = torch.load(path)
+    for level in ("1", "0"):
+        for key, want in results[level].items():
+            got = results["2"][key]
+            if key == "comp_total":  # summed in double in every kernel: the same fp32 totals
+                assert torch.equal(got, want), key
+            else:
+                torch.testing.assert_close(got, want, **tol("advantages", torch.float32), msg=key)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+def test_cpu_group_offsets_op(dtype):
+    ids = torch.tensor([3, 3, 5, 9, 9, 9, 10], dtype=dtype)
+    assert torch.ops.medix.group_offsets(ids).tolist() == [0, 2, 3, 6, 7]
+    assert torch.ops.medix.group_offsets(ids[:0]).tolist() == [0]
+    with pytest.raises(ValueError, match=r"non-decreasing.*position 3 has id 0 after 1"):
+        torch.ops.medix.group_offsets(torch.tensor([0, 0, 1, 0], dtype=dtype))
+    with pytest.raises(TypeError, match="integer tensor"):
+        torch.ops.medix.group_offsets(torch.tensor([0.0, 1.0]))
+
+
+def test_ragged_cpu_matches_python_offsets_path():
+    gen = torch.Generator().manual_seed(5)
+    gi = random_group_index(5000, 20, gen)
+    r = torch.rand(5000, generator=gen).round(decimals=1)
+    got = mk.group_advantages(r, group_index=gi, backend="cpu")
+    want = torch.ops.medix.group_advantages(r, None, group_offsets_py(5000, gi), 0, 0, 0, 0, 1e-6, False)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, ref.group_advantages(r, group_index=gi), **tol("advantages", torch.float32))
+
+
+def group_offsets_py(n, gi):
+    from medix_kernels._groups import group_offsets
+    return group_offsets(n, None, gi)

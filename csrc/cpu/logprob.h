@@ -18,8 +18,7 @@
 
 #include "../common/dtypes.h"
 #include "../common/logprob_params.h"
-
-#define MEDIX_INLINE inline __attribute__((always_inline))
+#include "isa.h"
 
 namespace medix {
 namespace cpu {
@@ -150,20 +149,9 @@ using RangeFn = void (*)(const LogprobParams&, int64_t, int64_t);
   }
 
 MEDIX_LOGPROB_VARIANT(base, )
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-MEDIX_LOGPROB_VARIANT(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,prefer-vector-width=512"))))
-MEDIX_LOGPROB_VARIANT(avx2, __attribute__((target("avx2,fma"))))
-// 2: AVX-512 (f, bw, vl, dq), 1: AVX2 + FMA, 0: baseline x86-64.
-inline int cpu_level() {
-  static const int level = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                                   __builtin_cpu_supports("avx512dq")
-                               ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                             : 0;
-  return level;
-}
-#else
-inline int cpu_level() { return 0; }
+#if MEDIX_HAS_ISA_VARIANTS
+MEDIX_LOGPROB_VARIANT(avx512, MEDIX_TARGET_AVX512)
+MEDIX_LOGPROB_VARIANT(avx2, MEDIX_TARGET_AVX2)
 #endif
 
 template <typename T>
@@ -174,7 +162,7 @@ RangeFn<T> pick(RangeFn<T> base, RangeFn<T> avx2, RangeFn<T> avx512) {
 
 template <typename T, typename ParallelFor>
 void logprob_fwd(const LogprobParams& p, ParallelFor pf) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if MEDIX_HAS_ISA_VARIANTS
   RangeFn<T> fn = pick<T>(logprob_fwd_range_base<T>, logprob_fwd_range_avx2<T>, logprob_fwd_range_avx512<T>);
 #else
   RangeFn<T> fn = logprob_fwd_range_base<T>;
@@ -184,7 +172,7 @@ void logprob_fwd(const LogprobParams& p, ParallelFor pf) {
 
 template <typename T, typename ParallelFor>
 void logprob_bwd(const LogprobParams& p, ParallelFor pf) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if MEDIX_HAS_ISA_VARIANTS
   RangeFn<T> fn = pick<T>(logprob_bwd_range_base<T>, logprob_bwd_range_avx2<T>, logprob_bwd_range_avx512<T>);
 #else
   RangeFn<T> fn = logprob_bwd_range_base<T>;

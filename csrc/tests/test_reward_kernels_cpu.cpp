@@ -2,10 +2,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <random>
 #include <vector>
 
 #include "../cpu/cosine.h"
 #include "../cpu/group_advantages.h"
+#include "../cpu/group_offsets.h"
 
 namespace {
 
@@ -68,6 +71,136 @@ void test_composite_bf16_and_nan() {
   expect_near(medix::to_float(adv[0]), -0.75, 1e-2, "dr_grpo advantage in bf16");
 }
 
+// The dispatching entry (AVX-512 tiles on a machine that has it) against the scalar kernels, for
+// every group size with a vector kernel and its neighbours, every rule, remainders of < 16
+// groups, degenerate groups, NaN/inf rewards (both policies) and composite rewards.
+struct Outputs {
+  std::vector<float> adv, total, mean, stdv;
+  std::vector<char> deg;
+};
+
+Outputs run_groups(const std::vector<float>& vals, int64_t n, int64_t k, const std::vector<float>* w, int64_t g,
+                   int mode, int scale, bool nan_to_zero, bool scalar, const std::vector<int64_t>* offsets = nullptr) {
+  Outputs o;
+  const int64_t groups = offsets ? int64_t(offsets->size()) - 1 : n / g;
+  o.adv.assign(n, -1.f); o.total.assign(n, -1.f); o.mean.assign(groups, -1.f); o.stdv.assign(groups, -1.f);
+  std::unique_ptr<bool[]> deg(new bool[groups]);
+  medix::GroupAdvParams p;
+  p.values = vals.data(); p.n = n; p.k = k; p.stride_n = k; p.stride_k = 1;
+  p.weights = w ? w->data() : nullptr;
+  p.group_size = offsets ? 0 : g; p.offsets = offsets ? offsets->data() : nullptr;
+  p.num_groups = groups; p.mode = mode; p.scale = scale; p.eps = 1e-4f; p.nan_to_zero = nan_to_zero;
+  p.total = w ? o.total.data() : nullptr; p.adv = o.adv.data();
+  p.group_mean = o.mean.data(); p.group_std = o.stdv.data(); p.degenerate = deg.get();
+  if (scalar) {
+    // the reference: what the baseline build runs (fixed-size loops or the general loop)
+    float batch_std = 0.f;
+    if (scale == int(medix::AdvScale::kBatch)) {
+      double s = 0, ss = 0;
+      for (int64_t i = 0; i < n; ++i) s += medix::cpu::row_total<float>(p, i);
+      for (int64_t i = 0; i < n; ++i) { double d = medix::cpu::row_total<float>(p, i) - s / n; ss += d * d; }
+      batch_std = float(std::sqrt(ss / double(n - 1)));
+    }
+    medix::cpu::group_range_base<float>(p, 0, groups, batch_std);
+  } else {
+    medix::cpu::group_advantages<float>(p, Serial{});
+  }
+  o.deg.assign(deg.get(), deg.get() + groups);
+  return o;
+}
+
+bool same(float a, float b, float tol) {
+  if (a == b) return true;
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return std::fabs(a - b) <= tol * (1.f + std::fabs(b));
+}
+
+void compare(const Outputs& got, const Outputs& want, const char* what, int64_t g) {
+  int bad = 0;
+  auto note = [&](bool ok, const char* field, size_t i, double a, double b) {
+    if (!ok && bad++ < 3) std::printf("  %s[%zu]: got %.9g want %.9g\n", field, i, a, b);
+  };
+  for (size_t i = 0; i < want.adv.size(); ++i) {
+    note(same(got.adv[i], want.adv[i], 2e-5f), "adv", i, got.adv[i], want.adv[i]);
+    note(same(got.total[i], want.total[i], 0.f), "total", i, got.total[i], want.total[i]);
+  }
+  for (size_t i = 0; i < want.mean.size(); ++i) {
+    note(same(got.mean[i], want.mean[i], 1e-6f), "mean", i, got.mean[i], want.mean[i]);
+    note(same(got.stdv[i], want.stdv[i], 1e-5f), "std", i, got.stdv[i], want.stdv[i]);
+    note(got.deg[i] == want.deg[i], "degenerate", i, got.deg[i], want.deg[i]);
+  }
+  if (bad) { std::printf("FAIL %s (group size %lld): %d mismatches\n", what, (long long)g, bad); ++failures; }
+}
+
+void test_vector_kernels_match_scalar() {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(0.f, 3.f);
+  const int sizes[] = {2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 32, 48, 64, 80};
+  for (int g : sizes) {
+    for (int64_t groups : {int64_t(1), int64_t(16), int64_t(37), int64_t(100)}) {
+      const int64_t n = groups * g;
+      std::vector<float> r(n);
+      for (auto& x : r) x = std::round(u(rng) * 2.f) / 2.f;  // ties: some degenerate groups
+      for (int64_t i = 0; i < g && groups > 2; ++i) r[2 * g + i] = 0.1f;  // equal, not exactly summable
+      for (int mode = 0; mode < 3; ++mode)
+        for (int scale = 0; scale < 3; ++scale)
+          compare(run_groups(r, n, 1, nullptr, g, mode, scale, false, false),
+                  run_groups(r, n, 1, nullptr, g, mode, scale, false, true), "plain rewards", g);
+      if (groups > 20) {  // non-finite rewards: scalar semantics, both policies
+        r[5] = NAN; r[n - 1] = INFINITY; r[3 * g] = -INFINITY;
+        for (bool z : {false, true})
+          compare(run_groups(r, n, 1, nullptr, g, 0, 0, z, false), run_groups(r, n, 1, nullptr, g, 0, 0, z, true),
+                  z ? "nan_to_zero" : "NaN propagates", g);
+      }
+      for (int64_t k : {int64_t(2), int64_t(3), int64_t(4), int64_t(8), int64_t(16)}) {
+        std::vector<float> c(n * k), w(k);
+        for (auto& x : c) x = float(rng() % 2);
+        for (int64_t j = 0; j < k; ++j) w[j] = 0.1f * float(j + 1);
+        if (groups > 20) c[7] = NAN;
+        compare(run_groups(c, n, k, &w, g, 0, 0, true, false), run_groups(c, n, k, &w, g, 0, 0, true, true),
+                "composite rewards", g);
+      }
+    }
+  }
+}
+
+void test_ragged_vector_kernel_matches_scalar() {
+  std::mt19937 rng(11);
+  for (int64_t n : {int64_t(7), int64_t(500), int64_t(5000)}) {
+    std::vector<int64_t> off = {0};
+    while (off.back() < n) off.push_back(std::min<int64_t>(n, off.back() + 1 + int64_t(rng() % 20)));  // 1..20
+    std::vector<float> r(n);
+    for (auto& x : r) x = float(rng() % 4) * 0.25f;
+    for (int mode = 0; mode < 3; ++mode)
+      for (int scale = 0; scale < 3; ++scale)
+        compare(run_groups(r, n, 1, nullptr, 0, mode, scale, false, false, &off),
+                run_groups(r, n, 1, nullptr, 0, mode, scale, false, true, &off), "ragged rewards", 0);
+    r[n / 2] = NAN; r[n - 1] = -INFINITY;
+    for (bool z : {false, true})
+      compare(run_groups(r, n, 1, nullptr, 0, 0, 0, z, false, &off), run_groups(r, n, 1, nullptr, 0, 0, 0, z, true, &off),
+              "ragged non-finite", 0);
+    std::vector<float> c(n * 4), w = {0.5175f, 0.3375f, 0.045f, 0.1f};
+    for (auto& x : c) x = float(rng() % 2);
+    compare(run_groups(c, n, 4, &w, 0, 0, 0, false, false, &off), run_groups(c, n, 4, &w, 0, 0, 0, false, true, &off),
+            "ragged composite", 0);
+  }
+}
+
+void test_group_offsets() {
+  const std::vector<int64_t> ids = {3, 3, 5, 9, 9, 9, 10};
+  const medix::cpu::GroupIdScan s = medix::cpu::scan_group_ids(ids.data(), int64_t(ids.size()));
+  std::vector<int64_t> off(s.num_groups + 1, -1);
+  medix::cpu::fill_group_offsets(ids.data(), int64_t(ids.size()), s.num_groups, off.data());
+  const std::vector<int64_t> want = {0, 2, 3, 6, 7};
+  if (s.num_groups != 4 || s.first_decrease != -1 || off != want) { std::printf("FAIL group offsets\n"); ++failures; }
+  const std::vector<int32_t> bad = {0, 0, 1, 0};
+  if (medix::cpu::scan_group_ids(bad.data(), 4).first_decrease != 3) { std::printf("FAIL decrease position\n"); ++failures; }
+  const std::vector<int32_t> one = {7};
+  if (medix::cpu::scan_group_ids(one.data(), 1).num_groups != 1 || medix::cpu::scan_group_ids(one.data(), 0).num_groups != 0) {
+    std::printf("FAIL group offsets of one / no id\n"); ++failures;
+  }
+}
+
 void test_cosine() {
   std::vector<float> x = {1, 0, 0, 0, 3, 4}, y = {1, 0, 5, 0, 3, 4};
   std::vector<float> out(3);
@@ -99,9 +232,12 @@ int main() {
   test_grpo_fixed_groups();
   test_ragged_rloo_and_singleton();
   test_composite_bf16_and_nan();
+  test_vector_kernels_match_scalar();
+  test_ragged_vector_kernel_matches_scalar();
+  test_group_offsets();
   test_cosine();
   test_half_conversions();
   if (failures) { std::printf("%d failure(s)\n", failures); return 1; }
-  std::printf("reward kernel tests passed\n");
+  std::printf("reward kernel tests passed (cpu level %d)\n", medix::cpu::cpu_level());
   return 0;
 }

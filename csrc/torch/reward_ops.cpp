@@ -7,6 +7,7 @@
 
 #include "../cpu/cosine.h"
 #include "../cpu/group_advantages.h"
+#include "../cpu/group_offsets.h"
 #include "checks.h"
 #include "reward_ops.h"
 
@@ -112,6 +113,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_adv
   return {o.adv, o.total, o.mean, o.std, o.degenerate};
 }
 
+// Offsets [G + 1] (int64) of the contiguous groups given by non-decreasing ids (one pass to count
+// and check, one to fill): what the Python wrapper otherwise builds from several torch ops.
+at::Tensor group_offsets_cpu(const at::Tensor& group_index) {
+  const auto st = group_index.scalar_type();
+  TORCH_CHECK_TYPE(at::isIntegralType(st, /*includeBool=*/false), "medix: 'group_index' must be an integer tensor, got ",
+                   st);
+  check_dim(group_index, "group_index", 1, "[N]");
+  at::Tensor ids = (st == at::kLong || st == at::kInt) ? group_index.contiguous() : group_index.to(at::kLong).contiguous();
+  const int64_t n = ids.numel();
+  at::Tensor out;
+  auto run = [&](auto* id) {
+    const cpu::GroupIdScan s = cpu::scan_group_ids(id, n);
+    if (s.first_decrease >= 0) {
+      const int64_t i = s.first_decrease;
+      TORCH_CHECK_VALUE(false, "'group_index' must be non-decreasing (rewards laid out group by group); position ", i,
+                        " has id ", int64_t(id[i]), " after ", int64_t(id[i - 1]));
+    }
+    out = at::empty({s.num_groups + 1}, ids.options().dtype(at::kLong));
+    cpu::fill_group_offsets(id, n, s.num_groups, out.data_ptr<int64_t>());
+  };
+  if (ids.scalar_type() == at::kInt) run(ids.data_ptr<int32_t>());
+  else run(ids.data_ptr<int64_t>());
+  return out;
+}
+
 at::Tensor cosine_rewards_cpu(const at::Tensor& x, const at::Tensor& y, double eps, c10::optional<double> threshold) {
   at::Tensor out;
   CosineParams p = prepare_cosine(x, y, eps, threshold, &out);
@@ -127,11 +153,13 @@ TORCH_LIBRARY_FRAGMENT(medix, m) {
       "int singleton, float eps, bool nan_to_zero) -> (Tensor adv, Tensor total, Tensor mean, Tensor std, "
       "Tensor degenerate)");
   m.def("cosine_rewards(Tensor pred, Tensor ref, float eps, float? threshold) -> Tensor");
+  m.def("group_offsets(Tensor group_index) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(medix, CPU, m) {
   m.impl("group_advantages", &group_advantages_cpu);
   m.impl("cosine_rewards", &cosine_rewards_cpu);
+  m.impl("group_offsets", &group_offsets_cpu);
 }
 
 }  // namespace medix
