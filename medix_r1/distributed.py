@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import math
 import os
+import sys
 import weakref
 from dataclasses import dataclass
 
@@ -63,8 +64,12 @@ def init(timeout_min: float = 60.0) -> bool:
 
 
 def close() -> None:
-    if enabled():
-        tdist.destroy_process_group()
+    if not enabled():
+        return
+    vllm_state = sys.modules.get("vllm.distributed.parallel_state")
+    if vllm_state is not None and vllm_state.model_parallel_is_initialized():
+        return  # an in-process vLLM engine made subgroups of this group: its shutdown destroys them all
+    tdist.destroy_process_group()
 
 
 def enabled() -> bool:
@@ -314,9 +319,15 @@ def full_weights(model: torch.nn.Module):
     for unit in units:
         unit.unshard()
     root.set_reshard_after_forward(False)
+    # transformers' generate() runs every rank's decode loop in lockstep (synced_gpus, an all-reduce per
+    # token) when the model is FSDP-managed, which deadlocks ranks with different prompt counts; with
+    # the weights gathered nothing needs syncing.
+    managed = model.__dict__.get("_is_fsdp_managed_module")
+    model._is_fsdp_managed_module = False
     try:
         yield
     finally:
+        model._is_fsdp_managed_module = managed
         root.set_reshard_after_forward(True)               # the layers, as created in shard()
         root.set_reshard_after_forward(False, recurse=False)
         for unit in units:
