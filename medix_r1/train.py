@@ -609,7 +609,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, rewa
                         f"server, or raise train.judge_failure_threshold")
             if dist.any_true(stop["signal"] is not None):  # a signal on any rank stops every rank
                 save(step)
-                log.warning("stopped by signal %s after step %d; resume with --resume", stop["signal"], step)
+                log.warning("stopped by signal %s after step %d; resume with --resume",
+                            stop["signal"] or "(on another rank)", step)
                 break
             if step == cfg.train.max_steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step)

@@ -1,5 +1,6 @@
 """torchrun + FSDP2 training (issue 9): a 2-rank run computes what one process computes, its sharded
-checkpoints resume at another world size (2 -> 1 -> 2), and a batch that does not split is refused.
+checkpoints resume at another world size (2 -> 1 -> 2), a fault on one rank is followed by every
+rank, and a batch that does not split is refused.
 
 The 2-rank runs are real ``torchrun --nproc-per-node 2`` launches (gloo on this CPU machine) of
 ``tests/dist_train_entry.py`` (the trainer's CLI with the scripted CharRewardWorker); the
@@ -49,13 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(tiny, out, *more, resume=False, nproc=2, timeout=420) -> subprocess.CompletedProcess:
+def torchrun(tiny, out, *more, resume=False, env=None, nproc=2, timeout=420) -> subprocess.CompletedProcess:
     sets = [x for s in [f"model.policy={tiny}", f"train.output_dir={out}", *SETTINGS, *more] for x in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
            "127.0.0.1", "--master-port", str(free_port()), str(ENTRY), "--recipe", "cpu_smollm2", "-q", *sets,
            *(["--resume"] if resume else [])]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def history(out) -> list[dict]:
@@ -144,6 +145,20 @@ def test_sharded_checkpoint_resumes_in_one_process_and_back_on_two_ranks(tiny, s
     assert_same_step(ref[3], got[3])
     assert_same_weights(weights(single / "step_000004"), weights(run / "step_000004"))
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_000002", "step_000003", "step_000004"]
+
+
+@pytest.mark.slow
+def test_a_nan_loss_or_a_signal_on_one_rank_is_followed_by_every_rank(tiny, tmp_path):
+    # rank 1 alone sees a non-finite loss in step 1 and a SIGTERM during step 2 (tests/dist_train_entry.py);
+    # a rank that decided alone would leave the other waiting in a collective (the run would hang)
+    out = tmp_path / "run"
+    proc = torchrun(tiny, out, "train.max_steps=4", "train.save_every=0", env={"MEDIX_TEST_ONE_RANK_FAULTS": "1"},
+                    timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.stderr.count("step 1: non-finite loss, skipping this optimizer step") == 2  # both ranks
+    got = history(out)
+    assert [h["step"] for h in got] == [1, 2] and [h["nan_skipped"] for h in got] == [1, 0]
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_000002"]  # the stop's checkpoint
 
 
 @pytest.mark.slow
