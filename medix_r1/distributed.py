@@ -73,8 +73,11 @@ def close() -> None:
 
 
 def enabled() -> bool:
-    """True inside a process group (torchrun): sharded model, DCP checkpoints, collectives."""
-    return tdist.is_available() and tdist.is_initialized()
+    """True inside torchrun's process group: sharded model, DCP checkpoints, collectives.
+
+    A process group alone is not enough: an in-process vLLM engine in a plain single process
+    creates a world-size-1 group of its own, and that run must stay unsharded."""
+    return launched_by_torchrun() and tdist.is_available() and tdist.is_initialized()
 
 
 def rank() -> int:

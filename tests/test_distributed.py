@@ -183,3 +183,19 @@ def test_a_single_process_needs_no_process_group():
     assert dist.sum_floats([1.5, 2]) == [1.5, 2.0] and dist.all_gather("x") == ["x"]
     model = torch.nn.Linear(2, 2)
     assert dist.gathered(model) is model and dist.run(model, lambda m, x: x + 1, 1) == 2
+
+
+def test_a_process_group_that_torchrun_did_not_make_does_not_shard(tmp_path, monkeypatch):
+    """An in-process vLLM engine in a plain single process creates a world-size-1 group of its own;
+    the trainer must not take that for torchrun (it sharded the model and broke hf rollouts)."""
+    import torch.distributed as tdist
+    from medix_r1 import distributed as dist
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert tdist.is_initialized() and not dist.enabled() and dist.world_size() == 1
+        model = torch.nn.Linear(2, 2)
+        assert dist.gathered(model) is model
+    finally:
+        tdist.destroy_process_group()
