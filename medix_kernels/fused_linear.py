@@ -20,30 +20,49 @@ from .grpo_loss import check_loss_inputs
 from .loss_config import LossConfig
 from .selective_log_softmax import _ops
 
-_CHUNK_BYTES = 32 << 20  # logits of one chunk, in bytes of the hidden dtype (default chunk size)
+# Default chunk: bytes of one chunk of logits in the hidden dtype. On a GPU a larger chunk keeps
+# the matmuls wide; on the CPU the chunk buffer is the only [chunk, V] memory of the whole call
+# (logits and their gradient share it), so it is kept small: every chunk still reads W and
+# updates the fp32 d W once, which is what bounds how small it can be before time is lost.
+_CHUNK_BYTES = {"cpu": 12 << 20, "other": 32 << 20}
 
 
-def default_chunk_size(vocab: int, dtype: torch.dtype) -> int:
-    return max(16, _CHUNK_BYTES // (vocab * torch.finfo(dtype).bits // 8))
+def default_chunk_size(vocab: int, dtype: torch.dtype, device: torch.device | str | None = None) -> int:
+    """Tokens per chunk: the chunk budget in rows of logits, a multiple of 16 (GEMM-friendly), >= 16.
+    (12 MB on the CPU: 64 tokens of SmolLM2's 49,152-word vocabulary in fp32.)"""
+    kind = "cpu" if device is None or torch.device(device).type == "cpu" else "other"
+    rows = _CHUNK_BYTES[kind] // (vocab * torch.finfo(dtype).bits // 8)
+    return max(16, rows - rows % 16)
 
 
-def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b with acc in float32: in place for float32 inputs (no [V, H] temporary per
-    chunk); for bf16/fp16 the chunk's product is formed in float32, never summed in bf16."""
+def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool = False) -> None:
+    """acc += a @ b (acc = a @ b when ``first``) with acc in float32: in place for float32 inputs
+    (no [V, H] temporary per chunk); for bf16/fp16 the chunk's product is formed in float32, never
+    summed in bf16 (on the CPU, where mm has no out_dtype, from float32 copies of the chunk)."""
     if a.dtype == torch.float32:
-        acc.addmm_(a, b)
+        torch.mm(a, b, out=acc) if first else acc.addmm_(a, b)
         return
     try:
-        acc += torch.mm(a, b, out_dtype=torch.float32)
-    except (TypeError, RuntimeError):
-        acc.addmm_(a.float(), b.float())
+        prod = torch.mm(a, b, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        torch.mm(a.float(), b.float(), out=acc) if first else acc.addmm_(a.float(), b.float())
+        return
+    acc.copy_(prod) if first else acc.add_(prod)
 
 
-def _chunk_logits(h, weight, bias):
-    logits = h @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    return logits
+def _chunk_logits(h, weight, bias, out=None):
+    """h @ weight^T (+ bias), written into ``out`` ([rows, V] of the hidden dtype) when given."""
+    if out is None:
+        return h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
+
+
+def _chunk_buffer(t, chunk, weight):
+    """The one [chunk, V] buffer of a chunked pass: each chunk's logits are written into it (and,
+    in the loss, the logits' gradient over them), so no chunk allocates or faults in new pages."""
+    return torch.empty(min(chunk, t), weight.shape[0], dtype=weight.dtype, device=weight.device)
 
 
 def _check(hidden, weight, ids, bias, op):
@@ -79,9 +98,10 @@ def _chunked_logp(h, weight, bias, ids, temperature, backend, chunk, with_entrop
     t = h.shape[0]
     logp = torch.empty(t, dtype=torch.float32, device=h.device)
     ent = torch.empty(t if with_entropy else 0, dtype=torch.float32, device=h.device)
+    buf = _chunk_buffer(t, chunk, weight)
     for s in range(0, t, chunk):
         e = min(t, s + chunk)
-        lp, _, en = fwd(_chunk_logits(h[s:e], weight, bias), ids[s:e], temperature, with_entropy)
+        lp, _, en = fwd(_chunk_logits(h[s:e], weight, bias, out=buf[: e - s]), ids[s:e], temperature, with_entropy)
         logp[s:e] = lp
         if with_entropy:
             ent[s:e] = en
@@ -108,15 +128,17 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
 
         fwd, _, bwd_inplace = _ops(backend)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        # The first chunk's product is written into d W directly (no [V, H] zero-fill first).
+        grad_w = (torch.empty if t > 0 else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
         ratio_all = torch.empty(t, dtype=torch.float32, device=h.device)
         kl_all = torch.empty(t, dtype=torch.float32, device=h.device) if config.beta > 0 else None
         ent_all = torch.empty(t, dtype=torch.float32, device=h.device) if with_entropy else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        buf = _chunk_buffer(t, chunk, weight)
         for s in range(0, t, chunk):
             e = min(t, s + chunk)
-            logits = _chunk_logits(h[s:e], weight, bias)
+            logits = _chunk_logits(h[s:e], weight, bias, out=buf[: e - s])
             lp, lse, en = fwd(logits, flat_ids[s:e], config.temperature, with_entropy)
             with torch.enable_grad():
                 lp = lp.requires_grad_(True)
@@ -133,10 +155,10 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                 ent_all[s:e] = en
             bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None, None, config.temperature)  # logits := d logits
             torch.mm(logits, weight, out=grad_h[s:e])
-            _addmm_f32_(grad_w, logits.t(), h[s:e])
+            _addmm_f32_(grad_w, logits.t(), h[s:e], first=s == 0)
             if grad_b is not None:
-                grad_b += logits.float().sum(0)
-            del logits  # free this chunk before the next one is computed (one chunk alive, not two)
+                grad_b += logits.sum(0, dtype=torch.float32)
+        del buf, logits
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         stats = token_stats(ratio_all.view(b, l), None if kl_all is None else kl_all.view(b, l),
@@ -170,7 +192,8 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     """grpo_loss from the last hidden states [B, L, H] and the LM head [V, H] (+ bias [V]).
 
     Gradients flow to hidden, lm_head_weight (accumulated in float32, returned in its dtype) and
-    lm_head_bias. chunk_size: tokens per chunk (default: ~32 MB of logits per chunk).
+    lm_head_bias. chunk_size: tokens per chunk (default: ~8 MB of logits per chunk on the CPU,
+    ~32 MB on a GPU; one buffer of that size holds each chunk's logits and then their gradient).
     Returns (loss, stats) like grpo_loss.
     """
     op = "fused_linear_grpo_loss"
@@ -184,7 +207,7 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
                                                        bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
                                                        config=config)
         return loss, stats
-    chunk = chunk_size or default_chunk_size(lm_head_weight.shape[0], hidden.dtype)
+    chunk = chunk_size or default_chunk_size(lm_head_weight.shape[0], hidden.dtype, hidden.device)
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
                                      ref_logp, config, chunk, backend, bool(return_entropy))
     names = sorted(["clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"]
@@ -208,7 +231,7 @@ def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tenso
     if backend == "torch" or hidden.dtype == torch.float64:
         logits = _chunk_logits(hidden.float(), weight.float(), None if bias is None else bias.float())
         return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
-    chunk = chunk_size or default_chunk_size(weight.shape[0], hidden.dtype)
+    chunk = chunk_size or default_chunk_size(weight.shape[0], hidden.dtype, hidden.device)
     logp, ent = _chunked_logp(hidden.reshape(b * l, hdim), weight, bias, ids.reshape(b * l), float(temperature),
                               backend, chunk, with_entropy=return_entropy)
     return (logp.view(b, l), ent.view(b, l)) if return_entropy else logp.view(b, l)

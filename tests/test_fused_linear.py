@@ -132,3 +132,39 @@ def test_scaled_and_repeated_backward():
     for a, b, c in zip(g1, g3, g1b):
         torch.testing.assert_close(b, 3.0 * a)
         torch.testing.assert_close(c, a)
+
+
+@pytest.mark.parametrize("chunk", [2, 14, 15, 16, 1000])
+def test_chunk_edges_and_buffer_reuse(chunk):
+    """One [chunk, V] buffer holds every chunk's logits and then their gradient: chunks that divide
+    the 15 tokens or not, one chunk of all of them and a chunk larger than the batch (the buffer is
+    then only T rows) give the reference's loss and gradients, with and without bias; the GSPO
+    pre-pass (forward-only, same buffer) too."""
+    hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=chunk)
+    for preset, use_bias in (("grpo", True), ("gspo", False)):
+        cfg = mk.LossConfig.preset(preset)
+        ins = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        loss, _ = mk.fused_linear_grpo_loss(ins[0], ins[1], ids, mask, adv, lm_head_bias=ins[2] if use_bias else None,
+                                            old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk, backend="cpu")
+        loss.backward()
+        outs = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        want, _ = ref.fused_linear_grpo_loss(outs[0], outs[1], ids, mask, adv, bias=outs[2] if use_bias else None,
+                                             old_logp=old, ref_logp=ref_lp, config=cfg)
+        want.backward()
+        t = tol("fused_linear", torch.float32)
+        torch.testing.assert_close(loss, want, **t)
+        for a, b in zip(ins[: 2 + use_bias], outs[: 2 + use_bias]):
+            torch.testing.assert_close(a.grad, b.grad, **t)
+    got = mk.fused_linear_selective_log_softmax(hidden, weight, ids, bias=bias, chunk_size=chunk)
+    torch.testing.assert_close(got, ref.selective_log_softmax(hidden @ weight.t() + bias, ids),
+                               **tol("fused_linear", torch.float32))
+
+
+def test_default_chunk_is_small_on_cpu():
+    from medix_kernels.fused_linear import default_chunk_size
+    # ~12 MB of logits per chunk on the CPU (SmolLM2's vocabulary in fp32: 64 tokens), ~32 MB
+    # elsewhere; a multiple of 16 tokens, never below 16
+    assert default_chunk_size(49152, torch.float32, "cpu") == 64
+    assert default_chunk_size(49152, torch.bfloat16, "cpu") == 128
+    assert default_chunk_size(49152, torch.float32, "cuda") == 160
+    assert default_chunk_size(10**7, torch.float32, "cpu") == 16
