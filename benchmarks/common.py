@@ -165,10 +165,10 @@ def interleaved(fns: dict, *, device: str, rounds_min: int = 5, rounds_max: int 
             fn()
             timer.sync()
             first = time.perf_counter() - t0
-            for _ in range(warmup - 1):
-                fn()
-            timer.sync()
-            one = timer.sample(fn, 1)  # calibration call
+            # the last warm-up call (or, with one warm-up, an extra call) calibrates k
+            one = first
+            for _ in range(max(1, warmup - 1)):
+                one = timer.sample(fn, 1)
             k = max(1, min(10_000, int(min_sample_s / max(one, 1e-9)) + 1)) if one < min_sample_s else 1
         except Exception as exc:  # a peer that cannot run this shape (OOM, unsupported): reported, not faked
             if on_error is None:

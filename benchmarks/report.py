@@ -276,6 +276,23 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
             out.append(f"| {s['op']} | {s['var']} | {s['fixed']} | {s['impl']} | {s['points']} | "
                        f"{s['time_exp']} ({s['time_r2']}) | {mem} |")
         out.append("")
+    slower = []
+    for op in _ops(rows):
+        for shape in dict.fromkeys(r["shape"] for r in rows if r["op"] == op):
+            case = [r for r in rows if r["op"] == op and r["shape"] == shape]
+            ours = [r for r in case if r["role"] == "ours"]
+            peers = [r for r in case if r["role"] == "peer"]
+            if ours and peers:
+                b_ours = min(ours, key=lambda r: _f(r["median_us"]))
+                b_peer = min(peers, key=lambda r: _f(r["median_us"]))
+                if _f(b_peer["median_us"]) < _f(b_ours["median_us"]):
+                    slower.append(f"- {op} {shape}: {b_peer['impl']} {_ms(b_peer['median_us'])} ms < "
+                                  f"{b_ours['impl']} {_ms(b_ours['median_us'])} ms (x{b_ours['x_vs_best_peer']}"
+                                  + (", within p10-p90" if _f(b_peer["p90_us"]) >= _f(b_ours["p10_us"]) else "")
+                                  + ")")
+    out.append("Shapes where a peer beat every medix implementation: " + ("none." if not slower else ""))
+    out += slower
+    out.append("")
     if auto_rows:
         out.append(f"Which medix backend is fastest (what `backend=\"auto\"` should pick on this device; table: "
                    f"`{csv_path.stem}.auto.csv`):")

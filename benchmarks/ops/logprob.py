@@ -29,10 +29,10 @@ def token_vocab_cases(profile: str, device: str) -> list[dict]:
     gpu = device == "cuda"
     if profile == "quick":
         pairs = [(4096, 152064), (16384, 152064), (16384, 32768)] if gpu else \
-                [(1024, 32768), (4096, 32768), (1024, 128256)]
+                [(1024, 32768), (2048, 32768), (1024, 49152)]
     elif profile == "medium":
-        t_sweep = [1024, 4096, 16384, 65536] if gpu else [1024, 2048, 4096, 8192]
-        t_fixed = 16384 if gpu else 2048
+        t_sweep = [1024, 4096, 16384, 65536] if gpu else [1024, 2048, 4096]
+        t_fixed = 16384 if gpu else 1024
         v_fixed = 152064 if gpu else 32768
         pairs = [(t, v_fixed) for t in t_sweep] + [(t_fixed, v) for v in VOCABS]
     else:

@@ -138,11 +138,12 @@ def fused_cases(profile: str, device: str) -> list[dict]:
         return [dict(tokens=64, vocab=512, hidden=32)]
     gpu = device == "cuda"
     if profile == "quick":
-        trip = [(8192, 152064, 3584), (32768, 152064, 3584)] if gpu else [(512, 49152, 576), (1024, 49152, 576)]
+        trip = [(8192, 152064, 3584), (32768, 152064, 3584)] if gpu else [(256, 49152, 576), (512, 49152, 576)]
     elif profile == "medium":
         trip = ([(t, 152064, 3584) for t in (2048, 8192, 32768)] + [(8192, v, 3584) for v in (32768, 128256)]
                 + [(8192, 152064, h) for h in (576, 8192)]) if gpu else \
-               ([(t, 49152, 576) for t in (512, 1024, 2048)] + [(1024, 128256, 576), (1024, 49152, 2048)])
+               ([(t, 32768, 576) for t in (256, 512, 1024)] + [(256, v, 576) for v in (49152, 128256)]
+                + [(256, 32768, 2048)])
     else:
         trip = [(t, v, h) for t in (1024, 4096, 16384, 65536, 131072) for v in VOCABS for h in (576, 2048, 3584, 8192)]
     return [dict(tokens=t, vocab=v, hidden=h) for t, v, h in trip]

@@ -26,8 +26,9 @@ def _adv_cases(profile, device):
         return [dict(n=64, group=8)]
     if profile == "quick":
         return [dict(n=1024, group=8), dict(n=65536, group=8), dict(n=65536, group=64)]
-    sizes = [1024, 8192, 65536, 524288] + ([4194304] if profile == "full" else [])
-    return [dict(n=n, group=g) for n in sizes for g in (4, 8, 16, 64)]
+    if profile == "medium":
+        return [dict(n=n, group=g) for n in (1024, 65536, 524288) for g in (4, 8, 64)]
+    return [dict(n=n, group=g) for n in (1024, 8192, 65536, 524288, 4194304) for g in (4, 8, 16, 64)]
 
 
 def _adv_inputs(p, dtype, device):
@@ -68,8 +69,8 @@ def _comp_cases(profile, device):
         return [dict(n=64, k=4, group=8)]
     if profile == "quick":
         return [dict(n=1024, k=4, group=8), dict(n=65536, k=4, group=8)]
-    sizes = [1024, 8192, 65536, 524288] + ([4194304] if profile == "full" else [])
-    return [dict(n=n, k=4, group=g) for n in sizes for g in (5, 8)]
+    sizes = [1024, 65536, 524288] + ([8192, 4194304] if profile == "full" else [])
+    return [dict(n=n, k=4, group=g) for n in sorted(sizes) for g in (5, 8)]
 
 
 def _comp_inputs(p, dtype, device):
@@ -111,8 +112,8 @@ def _cos_cases(profile, device):
         return [dict(n=32, dim=384)]
     if profile == "quick":
         return [dict(n=256, dim=384), dict(n=4096, dim=1024)]
-    sizes = [256, 2048, 8192] + ([65536] if profile == "full" else [])
-    return [dict(n=n, dim=d) for n in sizes for d in (384, 1024)]
+    sizes = [256, 8192] + ([2048, 65536] if profile == "full" else [])
+    return [dict(n=n, dim=d) for n in sorted(sizes) for d in (384, 1024)]
 
 
 def _cos_inputs(p, dtype, device):
