@@ -5,9 +5,13 @@ Forward and backward happen in one pass over the chunks: each chunk's logits are
 into log-probs by the fused kernel, the per-token loss gradient is taken on the chunk's vectors
 (every aggregation is a sum of per-token terms with mask-only weights, _policy_math), the kernel
 writes d logits over the chunk's logits, and two matmuls give d hidden and the chunk's share of
-d weight, accumulated in float32 whatever the input dtype. The autograd backward only scales the
-stored gradients. GSPO with an old policy first needs each sequence's mean log-ratio: one extra
-forward-only pass computes it.
+d weight, accumulated in float32 whatever the input dtype (in place into the preallocated fp32
+d W). One chunk of logits is alive at a time, and no autograd graph spans the chunks. The
+autograd backward only hands the stored gradients over (scaled if grad_loss != 1). GSPO with an
+old policy first needs each sequence's mean log-ratio: one extra forward-only pass computes it.
+
+Peak extra memory of one forward + backward (CPU, fp32): the returned d hidden [T, H] and d W
+[V, H] plus one chunk of logits (default ~12 MB) and per-token vectors.
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ from .grpo_loss import check_loss_inputs
 from .loss_config import LossConfig
 from .selective_log_softmax import _ops
 
-# Default chunk: bytes of one chunk of logits in the hidden dtype. On a GPU a larger chunk keeps
-# the matmuls wide; on the CPU the chunk buffer is the only [chunk, V] memory of the whole call
-# (logits and their gradient share it), so it is kept small: every chunk still reads W and
-# updates the fp32 d W once, which is what bounds how small it can be before time is lost.
+# Default chunk: bytes of one chunk of logits in the hidden dtype. On the CPU the chunk's logits
+# (their gradient is written over them) are the only [chunk, V] memory of the whole call, so the
+# chunk is kept small (what else the call holds is what it returns: d hidden and the fp32 d W);
+# every chunk still reads W twice and updates d W once, which bounds how small it can be before
+# time is lost (the matmuls run on oneDNN, which keeps its speed at such chunks). On a GPU a
+# larger chunk keeps the matmuls wide.
 _CHUNK_BYTES = {"cpu": 12 << 20, "other": 32 << 20}
 
 
@@ -50,19 +56,31 @@ def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool
     acc.copy_(prod) if first else acc.add_(prod)
 
 
-def _chunk_logits(h, weight, bias, out=None):
-    """h @ weight^T (+ bias), written into ``out`` ([rows, V] of the hidden dtype) when given."""
-    if out is None:
-        return h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
-    if bias is None:
-        return torch.mm(h, weight.t(), out=out)
-    return torch.addmm(bias, h, weight.t(), out=out)
+def _onednn_linear():
+    """oneDNN's linear (x @ w^T + b) on CPU tensors, or None. With a chunk of a few dozen rows
+    MKL's sgemm re-packs all of W on every call and runs at about half its large-M speed; oneDNN's
+    matmul keeps its speed down to such chunks (measured here: 72 vs 40 GFLOP/s at 64 x 576 x
+    49,152 fp32, both exact fp32) and reads W as it is (no reordered copy)."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    return op if op is not None and torch.backends.mkldnn.is_available() else None
 
 
-def _chunk_buffer(t, chunk, weight):
-    """The one [chunk, V] buffer of a chunked pass: each chunk's logits are written into it (and,
-    in the loss, the logits' gradient over them), so no chunk allocates or faults in new pages."""
-    return torch.empty(min(chunk, t), weight.shape[0], dtype=weight.dtype, device=weight.device)
+_LINEAR = _onednn_linear()
+
+
+def _linear(x, w, bias=None):
+    """x @ w^T (+ bias) as a new tensor; oneDNN on the CPU when it takes these tensors."""
+    if _LINEAR is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        try:
+            return _LINEAR(x, w, bias, "none", [], "")
+        except RuntimeError:  # a dtype / layout this oneDNN build does not take: the plain matmul
+            pass
+    return x @ w.t() if bias is None else torch.addmm(bias, x, w.t())
+
+
+def _chunk_logits(h, weight, bias):
+    """The logits h @ weight^T (+ bias) of one chunk of tokens (a new [rows, V] tensor)."""
+    return _linear(h, weight, bias)
 
 
 def _check(hidden, weight, ids, bias, op):
@@ -98,10 +116,9 @@ def _chunked_logp(h, weight, bias, ids, temperature, backend, chunk, with_entrop
     t = h.shape[0]
     logp = torch.empty(t, dtype=torch.float32, device=h.device)
     ent = torch.empty(t if with_entropy else 0, dtype=torch.float32, device=h.device)
-    buf = _chunk_buffer(t, chunk, weight)
     for s in range(0, t, chunk):
         e = min(t, s + chunk)
-        lp, _, en = fwd(_chunk_logits(h[s:e], weight, bias, out=buf[: e - s]), ids[s:e], temperature, with_entropy)
+        lp, _, en = fwd(_chunk_logits(h[s:e], weight, bias), ids[s:e], temperature, with_entropy)
         logp[s:e] = lp
         if with_entropy:
             ent[s:e] = en
@@ -127,7 +144,10 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             seq_log_ratio = seq.expand(b, l).reshape(t)
 
         fwd, _, bwd_inplace = _ops(backend)
-        grad_h = torch.empty_like(h)
+        # d hidden chunk by chunk, joined once at the end (no per-chunk copy into a [T, H] buffer:
+        # on a loaded machine each small threaded copy can wait a scheduler slice for its team);
+        # the join happens after the last chunk's logits are freed, so it adds nothing to the peak.
+        grad_h_parts = []
         # The first chunk's product is written into d W directly (no [V, H] zero-fill first).
         grad_w = (torch.empty if t > 0 else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
@@ -135,10 +155,10 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         kl_all = torch.empty(t, dtype=torch.float32, device=h.device) if config.beta > 0 else None
         ent_all = torch.empty(t, dtype=torch.float32, device=h.device) if with_entropy else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        buf = _chunk_buffer(t, chunk, weight)
+        w_t = weight.t()
         for s in range(0, t, chunk):
             e = min(t, s + chunk)
-            logits = _chunk_logits(h[s:e], weight, bias, out=buf[: e - s])
+            logits = _chunk_logits(h[s:e], weight, bias)
             lp, lse, en = fwd(logits, flat_ids[s:e], config.temperature, with_entropy)
             with torch.enable_grad():
                 lp = lp.requires_grad_(True)
@@ -154,11 +174,13 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             if ent_all is not None:
                 ent_all[s:e] = en
             bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None, None, config.temperature)  # logits := d logits
-            torch.mm(logits, weight, out=grad_h[s:e])
-            _addmm_f32_(grad_w, logits.t(), h[s:e], first=s == 0)
+            grad_h_parts.append(_linear(logits, w_t))  # d hidden = dZ W
+            _addmm_f32_(grad_w, logits.t(), h[s:e], first=s == 0)  # d W (+)= dZ^T h, in place
             if grad_b is not None:
                 grad_b += logits.sum(0, dtype=torch.float32)
-        del buf, logits
+            del logits  # free this chunk before the next one is computed (one chunk alive, not two)
+        grad_h = torch.cat(grad_h_parts) if grad_h_parts else torch.empty_like(h)
+        del grad_h_parts
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         stats = token_stats(ratio_all.view(b, l), None if kl_all is None else kl_all.view(b, l),
@@ -192,8 +214,9 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     """grpo_loss from the last hidden states [B, L, H] and the LM head [V, H] (+ bias [V]).
 
     Gradients flow to hidden, lm_head_weight (accumulated in float32, returned in its dtype) and
-    lm_head_bias. chunk_size: tokens per chunk (default: ~8 MB of logits per chunk on the CPU,
-    ~32 MB on a GPU; one buffer of that size holds each chunk's logits and then their gradient).
+    lm_head_bias. chunk_size: tokens per chunk (default: ~12 MB of logits per chunk on the CPU,
+    a multiple of 16 tokens: 64 at V = 49,152 in fp32; ~32 MB on a GPU). Smaller chunks hold less
+    memory but re-read W and re-write the fp32 d W once per chunk.
     Returns (loss, stats) like grpo_loss.
     """
     op = "fused_linear_grpo_loss"

@@ -136,10 +136,10 @@ def test_scaled_and_repeated_backward():
 
 @pytest.mark.parametrize("chunk", [2, 14, 15, 16, 1000])
 def test_chunk_edges_and_buffer_reuse(chunk):
-    """One [chunk, V] buffer holds every chunk's logits and then their gradient: chunks that divide
-    the 15 tokens or not, one chunk of all of them and a chunk larger than the batch (the buffer is
-    then only T rows) give the reference's loss and gradients, with and without bias; the GSPO
-    pre-pass (forward-only, same buffer) too."""
+    """Each chunk's logits are overwritten by their gradient, then dropped before the next chunk:
+    chunks that divide the 15 tokens or not, one chunk of all of them and a chunk larger than the
+    batch give the reference's loss and gradients, with and without bias; the GSPO pre-pass
+    (forward only) and the fused log-probs too."""
     hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=chunk)
     for preset, use_bias in (("grpo", True), ("gspo", False)):
         cfg = mk.LossConfig.preset(preset)
