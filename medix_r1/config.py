@@ -42,6 +42,9 @@ class ModelConfig:
                         "loaded only when loss.beta > 0")
     dtype: str = _f("float32", "training dtype: float32 or bfloat16 (float32 on CPU)")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves memory)")
+    share_prompt_forward: bool = _f(True, "run each distinct prompt of a micro-batch once and its responses on "
+                                    "its KV cache (same values, fewer FLOPs when micro_batch_size covers several "
+                                    "samples of a prompt; text-only models, off with gradient_checkpointing)")
 
 
 @dataclass

@@ -49,6 +49,7 @@ from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_c
 from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
 from medix_r1.rollout import HfRollout, RolloutOutOfMemory, Rollouts, VllmRollout
+from medix_r1.shared_prompt import prompt_groups, response_pass_needed, shared_prompt_hidden, worth_sharing
 from medix_r1.vision.trainer import setup_vision
 
 log = logging.getLogger("medix_r1.train")
@@ -89,6 +90,10 @@ def load_model(model_dir: Path, cfg: TrainConfig, trainable: bool):
                                                if dist.enabled() else {}))
     if not trainable:
         model.requires_grad_(False)
+    # Read by policy_hidden. Off with checkpointing (a recomputed layer would append to the shared cache
+    # twice) and for vision-language models (their multimodal rotary positions come from the whole sequence).
+    model.medix_share_prompts = (cfg.model.share_prompt_forward and getattr(model.config, "vision_config", None) is None
+                                 and not (trainable and cfg.model.gradient_checkpointing))
     return dist.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
 
 
@@ -151,7 +156,9 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[b, :len(r)] = 1.0
         pred_pos[b] = torch.clamp(torch.arange(R) + len(p) - 1, max=L - 1)
-    batch = {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos}
+    batch = {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos,
+             "prompt_len": torch.tensor([len(p) for p in prompts], dtype=torch.long),
+             "prompt_group": prompt_groups(prompts)}  # for the shared-prompt forward
     if images and any(x is not None for x in images):
         batch["images"] = list(images)
     return batch
@@ -168,8 +175,15 @@ def policy_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states at the positions that predict each response token: [B, R, H].
 
     The one place the policy runs forward: extra model inputs (``pixel_values``,
-    ``image_grid_thw``) in the batch are passed through, so image items need no other change."""
+    ``image_grid_thw``) in the batch are passed through, so image items need no other change.
+    Text rows that share a prompt run it once (``model.share_prompt_forward``, see shared_prompt.py)."""
     extra = {k: batch[k] for k in EXTRA_MODEL_INPUTS if k in batch}
+    share = not extra and getattr(model, "medix_share_prompts", False) and worth_sharing(batch)
+    if dist.enabled():  # FSDP: every rank must run the same forwards (each one gathers the layers)
+        share = dist.all_true(share)
+    if share:
+        return shared_prompt_hidden(model.base_model, batch,
+                                    response_pass=dist.any_true(response_pass_needed(batch)))
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False, **extra)
     hidden = out.last_hidden_state

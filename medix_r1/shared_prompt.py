@@ -1,0 +1,75 @@
+"""One forward pass per distinct prompt: the group's responses run on top of its KV cache.
+
+GRPO samples ``rollout.n`` responses per prompt, and the trainer's forward over prompt + response
+repeats the prompt's computation n times. With long prompts (MediX-R1 allows 4,352 prompt tokens
+against 4,096 response tokens, our CPU recipe ~240 against ~90) most of the training FLOPs are
+those repeats. Here a micro-batch's distinct prompts run once (right-padded, with their KV cache
+kept in the autograd graph), each row's response runs on its prompt's cache, and the gradient of every response flows back into the shared prompt pass. The result is
+the padded forward's hidden states up to float summation order (tests/test_shared_prompt.py
+checks values and gradients against it).
+
+Not used (the caller falls back to the padded forward) for vision-language models and inputs other
+than token ids (their multimodal rotary positions come from the whole sequence), with gradient checkpointing (a recomputed layer would append to the shared cache twice), or when
+no two rows of the micro-batch share a prompt.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def prompt_groups(prompts: list[list[int]]) -> torch.Tensor:
+    """For each row, the index of its prompt among the distinct prompts (first-seen order)."""
+    seen: dict[tuple, int] = {}
+    return torch.tensor([seen.setdefault(tuple(p), len(seen)) for p in prompts], dtype=torch.long)
+
+
+def worth_sharing(batch: dict) -> bool:
+    """True when some rows of ``batch`` (a micro-batch) share a prompt."""
+    group = batch.get("prompt_group")
+    return group is not None and group.numel() > 1 and int(torch.unique(group).numel()) < group.numel()
+
+
+def response_pass_needed(batch: dict) -> bool:
+    """Whether some response has a second token (the first one is predicted by the prompt pass)."""
+    return int(batch["mask"].sum(1).max()) > 1 if batch["mask"].numel() else False
+
+
+def shared_prompt_hidden(base_model, batch: dict, response_pass: bool | None = None) -> torch.Tensor:
+    """Last hidden states [B, R, H] at the positions predicting each response token (as the padded
+    forward's ``hidden.gather(1, pred_pos)``), computing each distinct prompt once.
+
+    ``response_pass`` forces the second forward on or off (under FSDP every rank must run the same
+    forwards: the trainer agrees on it across ranks); None = when some response needs it."""
+    from transformers.cache_utils import DynamicCache
+
+    group, plen = batch["prompt_group"], batch["prompt_len"]
+    ids, mask = batch["ids"], batch["mask"]
+    B, R = ids.shape
+    uniq, row_to_u = torch.unique(group, return_inverse=True)   # row -> distinct prompt of this micro-batch
+    first = torch.tensor([int((group == u).nonzero()[0]) for u in uniq.tolist()])
+    u_len = plen[first]
+    P = int(u_len.max())
+    p_ids = batch["input_ids"][first, :P]                    # the padded batch holds each prompt at 0..len-1
+    p_mask = (torch.arange(P) < u_len[:, None]).long()
+    p_ids = p_ids * p_mask                                    # response tokens after a shorter prompt -> 0 (masked)
+    out = base_model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
+    last = out.last_hidden_state[torch.arange(len(first)), u_len - 1]   # predicts response token 0: [U, H]
+    hidden0 = last[row_to_u].unsqueeze(1)                                # [B, 1, H]
+    if response_pass is None:
+        response_pass = response_pass_needed(batch)
+    r_len = max(2, int(mask.sum(1).max())) if response_pass else 1
+    if r_len > R:  # forced pass over one-token responses: run one masked position, keep R columns
+        mask = torch.nn.functional.pad(mask, (0, r_len - R))
+        ids = torch.nn.functional.pad(ids, (0, r_len - R))
+    if not response_pass:
+        rest = hidden0.new_zeros(B, R - 1, hidden0.shape[-1])
+        return torch.cat([hidden0, rest], 1)
+    # Response tokens 0..r_len-2 as inputs predict tokens 1..r_len-1; each row sees its own prompt's cache.
+    cache = DynamicCache(ddp_cache_data=[(k[row_to_u], v[row_to_u]) for k, v, *_ in out.past_key_values])
+    r_in = ids[:, :r_len - 1]
+    att = torch.cat([p_mask[row_to_u], mask[:, :r_len - 1].long()], 1)
+    pos = plen[:, None] + torch.arange(r_len - 1)
+    hr = base_model(input_ids=r_in, attention_mask=att, position_ids=pos, past_key_values=cache,
+                    use_cache=False).last_hidden_state                      # [B, r_len - 1, H]
+    pad = hr.new_zeros(B, max(0, R - r_len), hr.shape[-1])
+    return torch.cat([hidden0, hr, pad], 1)[:, :R]
