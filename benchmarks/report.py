@@ -80,7 +80,9 @@ def scaling(rows: list[dict]) -> list[dict]:
                 for impl, pts in by_impl.items():
                     t = fit_exponent([x for x, _ in pts], [_f(r["median_us"]) for _, r in pts])
                     mems = [_f(r["peak_mem_MB"]) for _, r in pts]
-                    m = fit_exponent([x for x, _ in pts], mems) if all(v > 0 for v in mems) else None
+                    # below 1 MB the worker's page-level noise dominates: no exponent (O(1) here)
+                    small = max(mems, default=0.0) < 1.0
+                    m = fit_exponent([x for x, _ in pts], mems) if all(v > 0 for v in mems) and not small else None
                     if t is None:
                         continue
                     out.append({"op": op, "var": var, "fixed": ", ".join(f"{k}={v}" for k, v in fixed),
@@ -88,7 +90,8 @@ def scaling(rows: list[dict]) -> list[dict]:
                                 "mem_exp": "" if m is None else round(m[0], 2),
                                 "mem_r2": "" if m is None else round(m[1], 3),
                                 "mem_note": "" if m is not None else
-                                ("peak extra ~0 (in place / O(chunk))" if any(v == 0 for v in mems) else "")})
+                                ("peak extra < 1 MB at every point (constant)" if small else
+                                 "peak extra 0 at some point" if any(v == 0 for v in mems) else "")})
     return out
 
 
@@ -308,10 +311,10 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
             out.append(f"- {r['op']} {r['shape']}: {r['fastest_backend']} {_ms(r['fastest_us'])} ms vs "
                        f"auto ({r['auto_at_measurement']}) {_ms(r['auto_us'])} ms (x{r['auto_slowdown']})")
         out.append("")
-    pngs = sorted(csv_path.parent.glob(f"{csv_path.stem}-*.png"))
+    pngs = [(op, csv_path.with_name(f"{csv_path.stem}-{op}.png")) for op in _ops(rows)]
+    pngs = [(op, p) for op, p in pngs if p.exists()]
     if pngs:
-        out.append("Plots: " + ", ".join(f"[{p.stem.split(csv_path.stem + '-')[-1]}](results/{p.name})"
-                                         for p in pngs))
+        out.append("Plots: " + ", ".join(f"[{op}](results/{p.name})" for op, p in pngs))
         out.append("")
     return "\n".join(out)
 

@@ -61,11 +61,10 @@ def profile(recs: list[dict], skip_first: int = 0) -> dict:
     return {"steps": steps, "used_steps": len(used), "mean": mean, "share": share}
 
 
-def markdown(prof: dict, source: str, skip_first: int) -> str:
+def markdown(prof: dict, source: str, skip_first: int, note: str = "") -> str:
     cols = (*PHASES, "other")
     out = [f"Trainer step profile from `{source}` ({len(prof['steps'])} steps; mean over {prof['used_steps']}"
-           + (f", first {skip_first} left out" if skip_first else "") + f"; {common.device_name('cpu')}, "
-           f"load average {common.load_avg()[0]:.2f} when the report was made).", "",
+           + (f", first {skip_first} left out" if skip_first else "") + ")." + (f" {note}" if note else ""), "",
            "| phase | mean s / step | share of step |", "|---|---|---|"]
     for k in cols:
         out.append(f"| {k} | {prof['mean'][k]:.2f} | {100 * prof['share'][k]:.1f}% |")
@@ -132,9 +131,17 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=str(common.RESULTS))
     p.add_argument("--tag", default=None, help="file-name tag (default: cpu-<date>-<steps>steps)")
     p.add_argument("--skip-first", type=int, default=0, help="steps left out of the mean (warm-up)")
+    p.add_argument("--note", default="", help="provenance text for the table's header (machine, recipe, load)")
     args = p.parse_args(argv)
-    metrics = Path(args.metrics) if args.metrics else \
-        run_short_training(tempfile.mkdtemp(prefix="medix-profile-"), args.steps)
+    note = args.note
+    if args.metrics:
+        metrics = Path(args.metrics)
+    else:
+        load0 = common.load_avg()[0]
+        metrics = run_short_training(tempfile.mkdtemp(prefix="medix-profile-"), args.steps)
+        note = (f"A {args.steps}-step run of the embedded recipe made by profile-trainer on "
+                f"{common.device_name('cpu')}; load average {load0:.2f} before, {common.load_avg()[0]:.2f} after. "
+                + note).strip()
     recs = load(metrics)
     if not recs:
         print(f"profile-trainer: no step records with time/step in {metrics}", file=sys.stderr)
@@ -144,10 +151,13 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(prof, os.path.relpath(metrics, common.ROOT) if not args.metrics or
-                    str(metrics).startswith(str(common.ROOT)) else str(metrics), args.skip_first)
+                    str(metrics).startswith(str(common.ROOT)) else str(metrics), args.skip_first, note)
     md_path = out / f"trainer_profile-{tag}.md"
     png = plot(prof, out / f"trainer_profile-{tag}.png", f"medix_r1.train step profile ({len(recs)} steps)")
     md_path.write_text(text + (f"\n\n![shares]({png.name})\n" if png else "\n"))
+    if out.resolve() == common.RESULTS.resolve():  # the committed profile also goes into benchmarks/README.md
+        from .report import update_readme
+        update_readme("trainer-profile", text + (f"\n\n![trainer step profile](results/{png.name})" if png else ""))
     print(text)
     print(f"wrote {md_path}" + (f" and {png}" if png else ""))
     return 0
