@@ -5,12 +5,16 @@ singletons occur; medix with ``group_index`` against an eager segment-sum formul
 torch.compile of it). Writes benchmarks/results/reward_ops_cpu.csv (one CSV with every op's
 rows; the ragged rows without peak memory) and .meta.json.
 
+Besides the suite's sweep (``--no-anchors``: only it) the shapes this script measured before it
+wrapped the suite: N = 1024 ... 1,048,576 with groups of 5, 8, 16 and 64, composite rewards with
+groups of 5 and 8 (whole groups, N - N % G), cosine 256 x 384, 1024 x 1024, 8192 x 1024.
+
 Each row: median of interleaved rounds (A B C, B C A, ...), the load average at the start and
 end of its case, ``x_vs_compile`` / ``x_vs_eager`` = that peer's median / this row's median.
 ``medix-cpu`` is the public wrapper (argument checks included); the op alone, called through
 ``torch.ops.medix``, is in the ``medix-cpu-op`` rows (the difference is the wrapper's cost).
 
-    python benchmarks/bench_reward_ops.py [--quick] [--report] [--no-ragged] [other python -m benchmarks options]
+    python benchmarks/bench_reward_ops.py [--quick] [--report] [--no-ragged] [--no-anchors] [other suite options]
 """
 import csv
 import os
@@ -42,7 +46,8 @@ def _ragged_spec():
     from benchmarks.ops.base import Impl, OpSpec, compiled, generator, medix_backends
 
     def cases(profile, device):
-        sizes = {"smoke": [64], "quick": [1024, 65536]}.get(profile, [1024, 8192, 65536, 524288])
+        sizes = {"smoke": [64], "quick": [1024, 65536]}.get(profile, [1024, 8192, 16384, 65536, 262144, 524288,
+                                                                      1048576])
         return [dict(n=n, group=16) for n in sizes + ([4194304] if profile == "full" else [])]
 
     def inputs(p, dtype, device):
@@ -78,29 +83,49 @@ def _ragged_spec():
                   footprint=lambda p, e: 10 * p["n"] * 4, label=lambda p: f"N={p['n']} G<={p['group']} ragged")
 
 
-def _add_op_rows():
-    """medix-cpu-op rows for the suite's fixed-group ops: the op without the Python wrapper."""
+# The shapes this script measured before it wrapped the suite (the issue's anchors): every size
+# with groups of 5, 8, 16 and 64 (whole groups: N - N % G), composite rewards with groups of 5 and 8.
+ANCHOR_SIZES = [1024, 16384, 65536, 262144, 1048576]
+
+
+def _extend_suite(anchors: bool = True):
+    """Add to the suite's reward ops (in this process; the memory worker rebuilds a case from its
+    parameters, so added cases get their peak memory too): the anchor shapes, whole groups only
+    (the suite's composite cases with G = 5 at N = 2^k cannot run), and medix-cpu-op rows (the op
+    through torch.ops.medix without the Python wrapper; no peak memory: the worker rebuilds
+    implementations from benchmarks.ops)."""
     import torch
 
     from benchmarks.ops import OPS as SUITE_OPS
     from benchmarks.ops.base import Impl
 
-    def wrap(spec, build):
-        orig = spec.impls
+    def wrap(spec, build, extra_cases):
+        orig_impls, orig_cases = spec.impls, spec.cases
 
         def impls(device):
-            out = orig(device)
+            out = orig_impls(device)
             if device == "cpu" and any(i.name == "medix-cpu" for i in out):
                 out.append(Impl("medix-cpu-op", "medix", "cpu", build, note="torch.ops.medix op called directly"))
             return out
-        spec.impls = impls
 
-    ga = torch.ops.medix
+        def cases(profile, device):
+            base = orig_cases(profile, device)
+            if "group" in base[0]:
+                base = [{**c, "n": c["n"] - c["n"] % c["group"]} for c in base]
+            if anchors and profile not in ("smoke", "quick"):
+                base = base + [c for c in extra_cases if c not in base]
+            return base
+        spec.impls, spec.cases = impls, cases
+
+    ops = torch.ops.medix
     wrap(SUITE_OPS["group_advantages"],
-         lambda x: (lambda: ga.group_advantages(x["r"], None, None, x["g"], 0, 0, 0, 1e-6, False)))
+         lambda x: (lambda: ops.group_advantages(x["r"], None, None, x["g"], 0, 0, 0, 1e-6, False)),
+         [dict(n=n - n % g, group=g) for n in ANCHOR_SIZES for g in (5, 8, 16, 64)])
     wrap(SUITE_OPS["composite_advantages"],
-         lambda x: (lambda: ga.group_advantages(x["c"], x["w"], None, x["g"], 0, 0, 0, 1e-6, False)))
-    wrap(SUITE_OPS["cosine_rewards"], lambda x: (lambda: ga.cosine_rewards(x["x"], x["y"], 1e-8, 0.8)))
+         lambda x: (lambda: ops.group_advantages(x["c"], x["w"], None, x["g"], 0, 0, 0, 1e-6, False)),
+         [dict(n=n - n % g, k=4, group=g) for n in ANCHOR_SIZES for g in (5, 8)])
+    wrap(SUITE_OPS["cosine_rewards"], lambda x: (lambda: ops.cosine_rewards(x["x"], x["y"], 1e-8, 0.8)),
+         [dict(n=256, dim=384), dict(n=1024, dim=1024), dict(n=8192, dim=1024)])
 
 
 def _merge(main_csv: str, extra_csv: str | None) -> None:
@@ -132,7 +157,8 @@ def _merge(main_csv: str, extra_csv: str | None) -> None:
 def run(argv: list[str]) -> int:
     report = "--report" in argv
     ragged = "--no-ragged" not in argv
-    args = [a for a in argv if a not in ("--report", "--no-ragged")]
+    anchors = "--no-anchors" not in argv
+    args = [a for a in argv if a not in ("--report", "--no-ragged", "--no-anchors")]
     custom_name = "--name" in args
     if not custom_name:
         args = ["--name", NAME, *args]
@@ -143,7 +169,7 @@ def run(argv: list[str]) -> int:
     if policy != "keep":
         os.environ["OMP_WAIT_POLICY"] = policy
     import medix_kernels  # noqa: F401  (registers torch.ops.medix)
-    _add_op_rows()
+    _extend_suite(anchors)
     code = main(["--ops", OPS, *args])
     name = args[args.index("--name") + 1]
     out_dir = args[args.index("--out-dir") + 1] if "--out-dir" in args else os.path.join(
