@@ -211,3 +211,20 @@ def test_auto_backend_follows_the_measured_table(table, op):
         if r["significant"] == "1" or auto == r["fastest_backend"]:
             assert auto == r["fastest_backend"], (f"{r['op']} {r['shape']}: auto picks {auto}, measured "
                                                   f"{r['candidates']} (us)")
+
+
+def test_dry_run_exercises_the_gpu_code_paths_on_the_cpu(tmp_path):
+    # --dry-run-cpu: TRITON_INTERPRET=1, so the medix triton backend and Liger's Triton kernels run (interpreted)
+    # through the same builders the GPU run uses; CUDA events and allocator counters are not exercised here.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run-cpu", "--ops", "selective_log_softmax,grpo_loss",
+                           "--peers", "liger", "--memory", "none", "--out-dir", str(tmp_path)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    path = next(p for p in tmp_path.glob("cpu-dryrun-*.csv") if not p.name.endswith(".auto.csv"))
+    rows = list(csv.DictReader(open(path, newline="")))
+    impls = {(r["op"], r["impl"]): r for r in rows}
+    for key in [("selective_log_softmax", "medix-triton"), ("selective_log_softmax", "liger-triton"),
+                ("grpo_loss", "medix-triton"), ("grpo_loss", "medix-triton-inplace"), ("grpo_loss", "liger-triton")]:
+        assert key in impls, sorted(impls)
+        assert impls[key]["backend"] == "triton (interpreted)" and float(impls[key]["median_us"]) > 0
+    assert all("dry run" in r["device_name"] for r in rows)
