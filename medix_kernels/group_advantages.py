@@ -13,6 +13,11 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+try:
+    import numpy as _np
+except ImportError:  # numpy is optional: the check then uses torch
+    _np = None
+
 from . import reference
 from ._backend import resolve_backend
 from ._groups import group_offsets, validate_group_args
@@ -120,9 +125,18 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
         out = torch.ops.medix.group_advantages(*args)
     # A non-finite reward makes its group's mean non-finite: checking the G means instead of the
     # N rewards keeps the common case cheap; the slow path names the positions.
-    if eager and not nan_to_zero and out[2].numel() and not math.isfinite(float(out[2].sum())):
+    if eager and not nan_to_zero and out[2].numel() and not math.isfinite(_sum(out[2])):
         _report_non_finite(values, nan_policy, name, op)
     return out
+
+
+def _sum(t: torch.Tensor) -> float:
+    """Sum of a float32 vector as a Python float. On the CPU through numpy: torch would reduce
+    100K+ means with the OpenMP team, and on a loaded machine waking it can cost more than the
+    kernel (a scheduler slice); numpy's sum stays on this thread."""
+    if _np is not None and t.device.type == "cpu":
+        return float(_np.add.reduce(t.numpy(), dtype=_np.float64))
+    return float(t.sum())
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int | None = None, *, group_index: torch.Tensor | None = None,
