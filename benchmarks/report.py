@@ -224,10 +224,25 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
         out[0] += (f" Memory: {meta.get('mem_method')}; OMP_WAIT_POLICY={meta.get('omp_wait_policy', '?')}; "
                    f"wall time {meta.get('wall_s')} s.")
     out.append("")
+    fams = [f for f in PEER_FAMILIES if any(r[f"x_vs_{f}"] not in ("", None) for r in rows)]
+    out.append("Summary: speed-up of each medix implementation over each peer, min-max over the op's shapes "
+               "(peer median / medix median; > 1: medix is faster), and the load average during those cases:")
+    out.append("")
+    out.append("| op | medix impl | shapes | " + " | ".join(f"x vs {f}" for f in fams) + " | load 1m |")
+    out.append("|" + "---|" * (4 + len(fams)))
+    for op in _ops(rows):
+        for impl in dict.fromkeys(r["impl"] for r in rows if r["op"] == op and r["role"] == "ours"):
+            rs = [r for r in rows if r["op"] == op and r["impl"] == impl]
+            cells = []
+            for f in fams:
+                v = [_f(r[f"x_vs_{f}"]) for r in rs if r[f"x_vs_{f}"] not in ("", None)]
+                cells.append("-" if not v else f"{min(v):.2f}" if min(v) == max(v) else f"{min(v):.2f}-{max(v):.2f}")
+            ld = [_f(r["load_1m_start"]) for r in rs] + [_f(r["load_1m_end"]) for r in rs]
+            out.append(f"| {op} | {impl} | {len(rs)} | " + " | ".join(cells) + f" | {min(ld):.1f}-{max(ld):.1f} |")
+    out.append("")
     out.append("Speed-up of the fastest medix implementation over each peer (peer median / medix median; "
                "> 1: medix is faster), per op and shape:")
     out.append("")
-    fams = [f for f in PEER_FAMILIES if any(r[f"x_vs_{f}"] not in ("", None) for r in rows)]
     out.append("| op | shape | fastest medix | median ms | peak MB | % of peak | " +
                " | ".join(f"x vs {f}" for f in fams) + " | load |")
     out.append("|" + "---|" * (7 + len(fams)))

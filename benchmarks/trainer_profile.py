@@ -150,8 +150,10 @@ def main(argv=None) -> int:
     tag = args.tag or f"cpu-{common.environment()['date']}-{len(recs)}steps"
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(prof, os.path.relpath(metrics, common.ROOT) if not args.metrics or
-                    str(metrics).startswith(str(common.ROOT)) else str(metrics), args.skip_first, note)
+    source = str(metrics.resolve())
+    if source.startswith(str(common.ROOT) + os.sep):
+        source = os.path.relpath(source, common.ROOT)
+    text = markdown(prof, source, args.skip_first, note)
     md_path = out / f"trainer_profile-{tag}.md"
     png = plot(prof, out / f"trainer_profile-{tag}.png", f"medix_r1.train step profile ({len(recs)} steps)")
     md_path.write_text(text + (f"\n\n![shares]({png.name})\n" if png else "\n"))
