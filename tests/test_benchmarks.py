@@ -169,26 +169,12 @@ def _auto_tables():
     return sorted(RESULTS.glob("*.auto.csv"))
 
 
-# Measured (benchmarks/results/cpu-2026-12-01*.auto.csv): on this CPU the chunked fused-linear `cpu` backend is
-# slower than the `torch` backend (full logits, O(T x V) memory) at the measured shapes, while auto picks `cpu`.
-# medix_kernels/_backend.py is not the benchmarks' to change (reported to the kernel owners); not strict, since the
-# kernels are being optimised and a later measurement may agree with auto.
-KNOWN_AUTO_MISMATCHES = {
-    ("cpu", "fused_linear_grpo_loss"): "auto picks cpu; torch (full logits) measured faster on this CPU",
-    ("cpu", "fused_linear_selective_log_softmax"): "auto picks cpu; torch (full logits) measured faster on this CPU",
-}
-
-
 def _auto_cases():
     out = []
     for table in _auto_tables():
         rows = list(csv.DictReader(open(table, newline="")))
         for op in dict.fromkeys(r["op"] for r in rows):
-            device = rows[0]["device"]
-            marks = []
-            if (device, op) in KNOWN_AUTO_MISMATCHES:
-                marks.append(pytest.mark.xfail(reason=KNOWN_AUTO_MISMATCHES[(device, op)], strict=False))
-            out.append(pytest.param(table, op, marks=marks, id=f"{table.name}::{op}"))
+            out.append(pytest.param(table, op, id=f"{table.name}::{op}"))
     return out
 
 
