@@ -48,7 +48,7 @@ from medix_r1 import distributed as dist
 from medix_r1.config import DEFAULT_RECIPE, TrainConfig, describe_fields, load_config, to_dict
 from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
-from medix_r1.rollout import HfRollout, RolloutOutOfMemory, Rollouts, VllmRollout
+from medix_r1.rollout import HfRollout, RolloutOutOfMemory, Rollouts, RolloutServerError, VllmRollout
 from medix_r1.shared_prompt import prompt_groups, response_pass_needed, shared_prompt_hidden, worth_sharing
 from medix_r1.vision.trainer import setup_vision
 
@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, dotted (repeatable), e.g. --set loss.beta=0.01")
     p.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
     p.add_argument("--output-dir", help="= --set train.output_dir=DIR")
-    p.add_argument("--rollout", choices=("vllm", "hf"), help="= --set rollout.engine=...")
+    p.add_argument("--rollout", choices=("vllm", "hf", "server"),
+                   help="= --set rollout.engine=... (server: rollout.server_url, see medix_r1/ROLLOUT_SERVER.md)")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in the "
                                                          "output dir (a larger --max-steps extends the run)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -734,7 +735,7 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = train(cfg, resume=args.resume)
-    except (TrainingStopped, RolloutOutOfMemory) as e:
+    except (TrainingStopped, RolloutOutOfMemory, RolloutServerError) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
     if dist.env_rank() > 0:

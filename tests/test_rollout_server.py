@@ -159,6 +159,18 @@ def test_trainer_with_an_unreachable_server_stops_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
+def test_main_reports_a_rollout_server_error_without_a_traceback(monkeypatch, capsys, tmp_path):
+    def unreachable(cfg, resume=False):
+        assert cfg.rollout.engine == "server"  # --rollout server reached the config
+        raise RolloutServerError(f"{cfg.rollout.server_url} is unreachable")
+
+    monkeypatch.setattr(T, "train", unreachable)
+    rc = T.main(["--rollout", "server", "--set", "rollout.server_url=http://127.0.0.1:9", "--output-dir",
+                 str(tmp_path), "-q"])
+    assert rc == 1
+    assert "training stopped: http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+
+
 def test_rollout_server_that_dies_at_start_up_reports_its_log():
     from medix_r1.models import smollm2_hf_dir
     from medix_r1.serving import rollout_server

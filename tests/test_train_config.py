@@ -29,6 +29,14 @@ def test_paper_recipes_carry_the_paper_hyperparameters():
     assert gspo.loss.loss_type == "gspo" and gspo.loss.clip_low < 1e-3
 
 
+@pytest.mark.parametrize("name", ["grpo", "dapo", "gspo", "qwen25vl_7b", "qwen3vl_2b", "qwen3vl_8b"])
+def test_gpu_recipes_use_the_papers_judge_and_embedding_models(name):
+    r = load_config(name).reward
+    assert (r.judge, r.judge_url, r.judge_model) == ("http", "http://127.0.0.1:8000/v1", "Qwen/Qwen3-4B-Instruct-2507")
+    assert r.embedding_model == "abhinand/MedEmbed-large-v0.1"
+    assert load_config("cpu_smollm2").reward.judge == "local"  # the embedded run needs no server
+
+
 def test_overrides_are_typed():
     cfg = load_config(overrides=["loss.beta=0.05", "rollout.n=8", "train.tensorboard=false",
                                  "data.train=some/file.jsonl", "optim.lr=3e-6"])
