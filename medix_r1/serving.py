@@ -64,8 +64,8 @@ LOG_TAIL_CHARS = 4000
 
 
 @dataclass
-class VllmServer:
-    """A running server: ``url`` is the OpenAI base URL (``http://host:port/v1``)."""
+class ServerProcess:
+    """A server this process started: its URL, model, process and log file."""
     url: str
     model: str
     process: subprocess.Popen
@@ -75,6 +75,11 @@ class VllmServer:
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         return _tail(self.log_path, chars)
+
+
+@dataclass
+class VllmServer(ServerProcess):
+    """A running vLLM OpenAI server: ``url`` is the OpenAI base URL (``http://host:port/v1``)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -224,19 +229,10 @@ def _wait_until(process: subprocess.Popen, log_path: Path, ready, timeout_s: flo
 # ----------------------------------------------------------------------------- rollout server
 
 @dataclass
-class RolloutServer:
+class RolloutServer(ServerProcess):
     """A running ``python -m medix_r1.rollout_server``: ``url`` is the base URL for
     ``rollout.server_url`` (``http://host:port``)."""
-    url: str
-    model: str
-    process: subprocess.Popen
-    log_path: Path
-    port: int
-    host: str
     command: list
-
-    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
-        return _tail(self.log_path, chars)
 
     def health(self, timeout: float = 5.0) -> dict | None:
         return _health(self.url, timeout)

@@ -104,7 +104,9 @@ def _footprint(p, e, device="cpu"):
     return tv * (2 * e + 3 * 4)  # logits (+ Liger's [B, L+1, V] copy on a GPU) + eager's fp32 temporaries
 
 
-def _no_grad(spec_impls):
+def no_grad(spec_impls):
+    """Wrap an OpSpec ``impls`` function so every implementation runs under ``torch.no_grad()``
+    (forward-only ops: no autograd graph is built or kept)."""
     def impls(device):
         out = spec_impls(device)
         for imp in out:
@@ -124,11 +126,11 @@ def _no_grad(spec_impls):
 
 SELECTIVE_LOG_SOFTMAX = OpSpec(
     name="selective_log_softmax", axis="tokens", description="per-token log-probs of the sampled ids (forward)",
-    cases=token_vocab_cases, make_inputs=_inputs, impls=_no_grad(_impls(False)),
+    cases=token_vocab_cases, make_inputs=_inputs, impls=no_grad(_impls(False)),
     bytes_moved=lambda p, e: p["tokens"] * (p["vocab"] * e + 8 + 4), footprint=_footprint, label=label)
 
 SELECTIVE_LOG_SOFTMAX_ENTROPY = OpSpec(
     name="selective_log_softmax_entropy", axis="tokens",
     description="per-token log-probs and entropy (forward)",
-    cases=token_vocab_cases, make_inputs=_inputs, impls=_no_grad(_impls(True)),
+    cases=token_vocab_cases, make_inputs=_inputs, impls=no_grad(_impls(True)),
     bytes_moved=lambda p, e: p["tokens"] * (p["vocab"] * e + 8 + 8), footprint=_footprint, label=label)

@@ -28,7 +28,7 @@ import torch
 
 from ..peers import liger_peer, trl_peer, verl_formulas
 from .base import Impl, OpSpec, compiled, generator, medix_backends
-from .logprob import VOCABS, batch_seq, label, liger_logits, token_vocab_cases
+from .logprob import VOCABS, batch_seq, label, liger_logits, no_grad, token_vocab_cases
 
 BETA, CLIP = 1e-2, 0.2
 
@@ -268,18 +268,6 @@ def _fl_logp_impls(device):
         return lambda: fn(h.reshape(-1, h.shape[-1]), x["weight"], ids.reshape(-1))[0]
     out.append(Impl("liger-chunked", "liger", "torch", liger_build,
                     note="liger chunked_loss.fused_linear_ppo._selective_logprob_forward (private helper)"))
-
-    for imp in out:
-        build = imp.build
-
-        def wrapped(x, build=build):
-            fn = build(x)
-
-            def run():
-                with torch.no_grad():
-                    return fn()
-            return run
-        imp.build = wrapped
     return out
 
 
@@ -287,7 +275,7 @@ FUSED_LINEAR_SELECTIVE_LOG_SOFTMAX = OpSpec(
     name="fused_linear_selective_log_softmax", axis="tokens",
     description="per-token log-probs from hidden states + LM head (forward, no gradient)",
     cases=fused_cases, make_inputs=lambda p, d, dev: _fused_inputs(p, d, dev, with_policy=False),
-    impls=_fl_logp_impls,
+    impls=no_grad(_fl_logp_impls),
     bytes_moved=lambda p, e: (p["vocab"] * p["hidden"] + p["tokens"] * p["hidden"]) * e + p["tokens"] * 12,
     flops=lambda p: 2 * p["tokens"] * p["vocab"] * p["hidden"], bound="compute",
     footprint=lambda p, e: p["tokens"] * p["vocab"] * 4 * 3 + p["vocab"] * p["hidden"] * 4, label=_fused_label)
