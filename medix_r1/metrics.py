@@ -84,7 +84,7 @@ def plot_history(history: list[dict], path) -> Path:
                 ax.plot(xs, ys, marker=".", label=key.split("/")[-1])
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if len(keys) > 1 and ax.lines:  # a run without any finite value of these keys has no legend
             ax.legend(fontsize=8, loc="best")
     axes[-1].set_xlabel("step")
     fig.tight_layout()
