@@ -125,6 +125,11 @@ def save_hf_folder(folder: Path, model, state_dict: dict, tokenizer) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
+    try:  # the checkpoint's own key names, as save_pretrained writes them (e.g. Qwen-VL's "model.embed_tokens")
+        from transformers.core_model_loading import revert_weight_conversion
+        state_dict = revert_weight_conversion(model, dict(state_dict))
+    except ImportError:  # a transformers without weight conversions: the names are the checkpoint's
+        pass
     weights = {k: v.contiguous() for k, v in state_dict.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         weights.pop("lm_head.weight", None)  # the input embeddings' tensor

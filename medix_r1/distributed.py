@@ -266,9 +266,16 @@ def shard(model: torch.nn.Module, cfg, trainable: bool) -> torch.nn.Module:
         return model
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    from medix_r1.vision.inputs import vision_tower
+
     mp = mixed_precision(cfg)
     names = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    # A vision tower stays in the root unit: a rank whose micro-batch holds no image never runs it,
+    # so its blocks cannot be FSDP units of their own (their gathers would not match the other
+    # ranks'); on such a rank the trainer gives its parameters zero gradients (train.policy_loss).
+    visual = vision_tower(model)
+    in_tower = set(visual.modules()) if visual is not None else set()
+    layers = [m for m in model.modules() if type(m).__name__ in names and m not in in_tower]
     if not layers:
         raise ValueError(f"cannot shard {type(model).__name__}: no decoder layers found (its _no_split_modules "
                          f"is {sorted(names)})")

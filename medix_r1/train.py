@@ -50,6 +50,7 @@ from medix_r1.data.records import PromptSampler, load_records, prompt_messages
 from medix_r1.metrics import MetricsLog, bar_postfix, plot_history, progress_bar
 from medix_r1.rollout import HfRollout, RolloutOutOfMemory, Rollouts, RolloutServerError, VllmRollout
 from medix_r1.shared_prompt import prompt_groups, response_pass_needed, shared_prompt_hidden, worth_sharing
+from medix_r1.vision.inputs import vision_tower
 from medix_r1.vision.trainer import setup_vision
 
 log = logging.getLogger("medix_r1.train")
@@ -231,6 +232,12 @@ def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfi
                                 config=lcfg)
     raw = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
                                              bias=None if bias is None else bias.detach(), temperature=1.0)
+    if dist.enabled() and "pixel_values" not in mb:
+        # FSDP reduces the same gradients on every rank: without an image in this micro-batch the
+        # vision tower (part of the root unit, see distributed.shard) gets exact zero gradients.
+        visual = vision_tower(model)
+        if visual is not None:
+            loss = loss + 0.0 * sum(p.sum() for p in visual.parameters() if p.requires_grad)
     return loss, stats, raw
 
 
@@ -359,11 +366,12 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
             mine = layout.mine(rows)
             optimizer.zero_grad(set_to_none=True)
             acc = {k: 0.0 for k in sums if k != "grad_norm"}
-            finite = True
+            finite, saw_image = True, False
             for us in range(0, layout.micro_steps(rows, micro) * micro, micro):
                 real = us < len(mine)
                 r = torch.tensor(mine[us:us + micro] if real else [0], dtype=torch.long)
                 mb = slice_batch(batch, r)
+                saw_image |= real and "pixel_values" in mb
                 w = (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9) if real \
                     else 0.0
                 loss, stats, raw = dist.run(
@@ -388,6 +396,12 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 nan_skipped = True
                 log.warning("step %d: non-finite loss, skipping this optimizer step", step)
                 continue
+            if dist.enabled() and not dist.any_true(saw_image):
+                # A mini-batch without any image leaves a single process with no vision gradients (AdamW
+                # skips those parameters); the zeros policy_loss gave them under FSDP must go too.
+                visual = vision_tower(model)
+                for p in visual.parameters() if visual is not None else ():
+                    p.grad = None
             params = [p for p in model.parameters() if p.grad is not None]
             gnorm = dist.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
             if not torch.isfinite(gnorm):
@@ -445,9 +459,6 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, rewa
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # None for a text-only policy (which refuses records with images, naming the record)
     vision = setup_vision(records, model_dir, tokenizer, cfg, {})
-    if vision is not None and dist.enabled():
-        raise ValueError(f"{cfg.model.policy} is a vision-language policy: torchrun training supports text "
-                         "policies only for now; run it as a single process (python -m medix_r1.train)")
     policy = load_model(model_dir, cfg, trainable=True)
     if vision is not None:
         vision.configure_policy(policy)  # vision.freeze_tower

@@ -197,9 +197,14 @@ def slice_vl_batch(batch: dict, start: int, stop: int) -> dict:
     return out
 
 
+def vision_tower(model) -> torch.nn.Module | None:
+    """The vision tower (incl. its merger) of a Qwen-VL model (``.model.visual`` or ``.visual``), or None."""
+    return getattr(getattr(model, "model", model), "visual", None) or getattr(model, "visual", None)
+
+
 def vision_parameters(model) -> list[torch.nn.Parameter]:
     """Parameters of the vision tower (incl. its merger) of a Qwen-VL model."""
-    visual = getattr(getattr(model, "model", model), "visual", None) or getattr(model, "visual", None)
+    visual = vision_tower(model)
     if visual is None:
         raise ValueError(f"{type(model).__name__} has no vision tower (.model.visual / .visual)")
     return list(visual.parameters())
