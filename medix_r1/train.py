@@ -396,11 +396,11 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 nan_skipped = True
                 log.warning("step %d: non-finite loss, skipping this optimizer step", step)
                 continue
-            if dist.enabled() and not dist.any_true(saw_image):
+            visual = vision_tower(model) if dist.enabled() else None
+            if visual is not None and not dist.any_true(saw_image):
                 # A mini-batch without any image leaves a single process with no vision gradients (AdamW
                 # skips those parameters); the zeros policy_loss gave them under FSDP must go too.
-                visual = vision_tower(model)
-                for p in visual.parameters() if visual is not None else ():
+                for p in visual.parameters():
                     p.grad = None
             params = [p for p in model.parameters() if p.grad is not None]
             gnorm = dist.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
