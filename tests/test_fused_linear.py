@@ -20,12 +20,10 @@ def batch(b=3, l=5, h=24, v=777, dtype=torch.float32, seed=0):
     return hidden, weight, bias, ids, mask, adv, lp + 0.2 * torch.randn(b, l, generator=gen), lp - 0.1
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dapo", "gspo", "dr_grpo", "cispo", "verl"])
-@pytest.mark.parametrize("chunk", [1, 4, None])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_full_logits_path(preset, chunk, with_bias):
-    hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=hash(preset) % 100)
-    cfg = mk.LossConfig.preset(preset)
+def cpu_and_reference(inputs, cfg, chunk, with_bias):
+    """fused_linear_grpo_loss on the cpu backend and the reference, each on its own leaf copies of
+    hidden, weight and bias, both backpropagated: ((loss, stats, leaves), (loss, stats, leaves))."""
+    hidden, weight, bias, ids, mask, adv, old, ref_lp = inputs
     ins = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
     loss, stats = mk.fused_linear_grpo_loss(ins[0], ins[1], ids, mask, adv, lm_head_bias=ins[2] if with_bias else None,
                                             old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk, backend="cpu")
@@ -34,6 +32,16 @@ def test_matches_full_logits_path(preset, chunk, with_bias):
     want, want_stats = ref.fused_linear_grpo_loss(outs[0], outs[1], ids, mask, adv, bias=outs[2] if with_bias else None,
                                                   old_logp=old, ref_logp=ref_lp, config=cfg)
     want.backward()
+    return (loss, stats, ins), (want, want_stats, outs)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "gspo", "dr_grpo", "cispo", "verl"])
+@pytest.mark.parametrize("chunk", [1, 4, None])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_full_logits_path(preset, chunk, with_bias):
+    cfg = mk.LossConfig.preset(preset)
+    (loss, stats, ins), (want, want_stats, outs) = cpu_and_reference(batch(seed=hash(preset) % 100), cfg, chunk,
+                                                                     with_bias)
     t = tol("fused_linear", torch.float32)
     torch.testing.assert_close(loss, want, **t)
     for k in want_stats:
@@ -143,14 +151,8 @@ def test_chunk_edges_and_buffer_reuse(chunk):
     hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=chunk)
     for preset, use_bias in (("grpo", True), ("gspo", False)):
         cfg = mk.LossConfig.preset(preset)
-        ins = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
-        loss, _ = mk.fused_linear_grpo_loss(ins[0], ins[1], ids, mask, adv, lm_head_bias=ins[2] if use_bias else None,
-                                            old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk, backend="cpu")
-        loss.backward()
-        outs = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
-        want, _ = ref.fused_linear_grpo_loss(outs[0], outs[1], ids, mask, adv, bias=outs[2] if use_bias else None,
-                                             old_logp=old, ref_logp=ref_lp, config=cfg)
-        want.backward()
+        (loss, _, ins), (want, _, outs) = cpu_and_reference((hidden, weight, bias, ids, mask, adv, old, ref_lp), cfg,
+                                                            chunk, use_bias)
         t = tol("fused_linear", torch.float32)
         torch.testing.assert_close(loss, want, **t)
         for a, b in zip(ins[: 2 + use_bias], outs[: 2 + use_bias]):
