@@ -340,7 +340,7 @@ def main(argv=None) -> int:
             p.error("--url needs --served-model")
         results, server_desc = measure(args.url, args.served_model), f"external {args.url} ({args.served_model})"
     else:
-        from medix_r1.serving import vllm_server
+        from medix_r1.testing.servers import vllm_server
         model = args.model
         if model == "smollm2":
             from medix_r1.models import smollm2_hf_dir

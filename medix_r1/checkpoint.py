@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medix_r1 import distributed as dist
+from medix_r1.parallel import collectives as dist
+from medix_r1.parallel.fsdp import reshard
 
 PREFIX = "step_"
 MARKER = "COMPLETE"
@@ -99,7 +100,7 @@ def save_sharded(out_dir, step: int, *, model, tokenizer, optimizer, scheduler, 
             shutil.rmtree(tmp)
         tmp.mkdir()
     tmp = Path(dist.broadcast(str(tmp) if tmp else None))
-    dist.reshard(model)
+    reshard(model)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     full = None
@@ -203,7 +204,7 @@ def load_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    dist.reshard(model)
+    reshard(model)
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the targets, in this run's sharding
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path / "dcp"), no_dist=not dist.enabled())
@@ -232,7 +233,7 @@ def load_full_into_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
     plain = blob["optimizer"]
     optim_sd = {"state": {names[i]: v for i, v in plain["state"].items()},
                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain["param_groups"]]}
-    dist.reshard(model)
+    reshard(model)
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim_sd,
                    options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
+from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
+from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
 from medix_r1.rewards import RewardConfig
+from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
+from medix_r1.utils import typed_config
+from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value  # noqa: F401 (public API)
+
+LOSS_IMPLS = ("fused", "plain")
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cpu_smollm2"
@@ -36,7 +42,7 @@ def _f(default, help: str, **kw):
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     policy: str = _f("smollm2", "policy model: 'smollm2' (bundled SmolLM2-135M-Instruct) or a HF model folder")
     reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
                         "loaded only when loss.beta > 0")
@@ -48,7 +54,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSection:
     train: str = _f("pubmedqa", "training records: 'pubmedqa' (bundled), a local .json/.jsonl/.parquet file "
                     "or folder, or 'hub:NAME' (needs network)")
     split: str = _f("train", "split name for hub datasets")
@@ -65,9 +71,9 @@ class DataConfig:
 
 
 @dataclass
-class RolloutConfig:
+class RolloutSection:
     engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync), 'hf' (transformers "
-                     "generate) or 'server' (a separate `python -m medix_r1.rollout_server`, see ROLLOUT_SERVER.md)")
+                     "generate) or 'server' (a separate `python -m medix_r1.rollout.server`, see docs/rollout_server.md)")
     n: int = _f(4, "responses per prompt (the group size)")
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
@@ -88,7 +94,7 @@ class RolloutConfig:
 
 
 @dataclass
-class AlgorithmConfig:
+class AlgorithmSection:
     advantage_mode: str = _f("grpo", "group advantage: grpo, dr_grpo or rloo")
     advantage_scale: str = _f("group", "grpo scaling: group, batch or none")
     advantage_eps: float = _f(1e-6, "added to the group std")
@@ -115,7 +121,7 @@ class LossSection:
 
 
 @dataclass
-class OptimConfig:
+class OptimSection:
     lr: float = _f(2e-5, "AdamW learning rate")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -163,7 +169,7 @@ class VisionSection:
 
 @dataclass
 class DistSection:
-    """torchrun / FSDP2 runs (DISTRIBUTED.md); ignored by a single process started without torchrun."""
+    """torchrun / FSDP2 runs (docs/distributed.md); ignored by a single process started without torchrun."""
     timeout_min: float = _f(60.0, "minutes a collective waits for the slowest rank before the run fails (one "
                             "rank's rollouts or judge calls may take long)")
     full_model_max_gb: float = _f(4.0, "sharded checkpoints also write a consolidated HF model/ folder (gathered "
@@ -173,154 +179,16 @@ class DistSection:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     loss: LossSection = field(default_factory=LossSection)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainSection = field(default_factory=TrainSection)
     vision: VisionSection = field(default_factory=VisionSection)
     dist: DistSection = field(default_factory=DistSection)
-
-
-# ----------------------------------------------------------------------------- typed setting
-
-def _fields(obj) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
-
-
-def _hints(obj) -> dict:
-    try:
-        return typing.get_type_hints(type(obj))
-    except Exception:  # forward references the reward module may use
-        return {f.name: f.type for f in dataclasses.fields(obj)}
-
-
-def _coerce(value, tp, key: str):
-    """Check/convert ``value`` to the annotation ``tp``; TypeError naming ``key`` otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except TypeError as e:
-                errors.append(str(e))
-        raise TypeError(f"{key}: expected {tp}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise TypeError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if tp is typing.Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError(f"{key}: expected a boolean (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '3e-6' (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise TypeError(f"{key}: expected a string, got {value!r}")
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if args and args[-1] is not Ellipsis and origin is list:
-            value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        elif args and len(args) == 2 and args[1] is Ellipsis:
-            value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        return (tuple if (origin is tuple or tp is tuple) else list)(value)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{key}: expected a mapping, got {value!r}")
-        args = typing.get_args(tp)
-        if args:
-            value = {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-        return dict(value)
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    if isinstance(tp, type) and tp is not type(None):
-        try:
-            return tp(value)
-        except Exception:
-            raise TypeError(f"{key}: expected {tp.__name__}, got {value!r}") from None
-    return value
-
-
-def _unknown(name: str, known, where: str) -> ValueError:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(sorted(known))}"
-    return ValueError(f"unknown config field '{where}{name}'{hint}")
-
-
-def set_value(cfg, dotted: str, value) -> None:
-    """Set ``cfg.a.b = value`` for ``dotted='a.b'`` with type checking."""
-    parts = dotted.split(".")
-    obj, prefix = cfg, ""
-    for part in parts[:-1]:
-        fields = _fields(obj)
-        if part not in fields:
-            raise _unknown(part, fields, prefix)
-        obj = getattr(obj, part)
-        prefix += part + "."
-        if not dataclasses.is_dataclass(obj):
-            raise ValueError(f"config field '{prefix[:-1]}' is a value, not a section")
-    name = parts[-1]
-    fields = _fields(obj)
-    if name not in fields:
-        raise _unknown(name, fields, prefix)
-    current = getattr(obj, name)
-    if dataclasses.is_dataclass(current):
-        if not isinstance(value, dict):
-            raise TypeError(f"{prefix}{name}: is a section, expected a mapping, got {value!r}")
-        for k, v in value.items():
-            set_value(cfg, f"{prefix}{name}.{k}", v)
-        return
-    object.__setattr__(obj, name, _coerce(value, _hints(obj)[name], prefix + name))
-
-
-def apply_mapping(cfg, mapping: dict, prefix: str = "") -> None:
-    if not isinstance(mapping, dict):
-        raise TypeError(f"recipe must be a YAML mapping of sections, got {type(mapping).__name__}")
-    for k, v in mapping.items():
-        set_value(cfg, prefix + str(k), v)
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'loss.beta=0.01' -> ('loss.beta', 0.01); the value is parsed as YAML (numbers, true/false, lists)."""
-    if "=" not in text:
-        raise ValueError(f"--set expects key=value (e.g. loss.beta=0.01), got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ValueError(f"--set expects key=value, got an empty key in {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
 
 
 def resolve_recipe(recipe: str) -> Path:
@@ -357,15 +225,13 @@ def load_config(recipe: str | None = DEFAULT_RECIPE, overrides: list[str] | tupl
     return cfg
 
 
+def describe_fields() -> list[str]:
+    """One line per field of the trainer's config, 'section.name (type, default X): help', for --help."""
+    return typed_config.describe_fields(TrainConfig())
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def from_dict(mapping: dict) -> TrainConfig:
-    cfg = TrainConfig()
-    apply_mapping(cfg, mapping)
-    validate(cfg)
-    return cfg
 
 
 # ----------------------------------------------------------------------------- validation
@@ -395,10 +261,10 @@ def validate(cfg: TrainConfig) -> None:
     _range(d.max_records, "data.max_records", 0)
     if bool(d.example_question) != bool(d.example_answer):
         raise ValueError("data.example_question and data.example_answer go together: set both or neither")
-    _choice(r.engine, ("vllm", "hf", "server"), "rollout.engine")
+    _choice(r.engine, tuple(ROLLOUT_ENGINES), "rollout.engine")
     if r.engine == "server" and not r.server_url.startswith(("http://", "https://")):
         raise ValueError(f"rollout.engine=server needs rollout.server_url=http://HOST:PORT (the rollout server, "
-                         f"`python -m medix_r1.rollout_server --model DIR --port PORT`), got {r.server_url!r}")
+                         f"`python -m medix_r1.rollout.server --model DIR --port PORT`), got {r.server_url!r}")
     _range(r.server_timeout_s, "rollout.server_timeout_s", 0.0, lo_open=True)
     _choice(r.server_sync_backend, ("auto", "gloo", "nccl"), "rollout.server_sync_backend")
     _range(r.server_sync_port, "rollout.server_sync_port", 0, 65535)
@@ -411,24 +277,23 @@ def validate(cfg: TrainConfig) -> None:
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
         raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
                          f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")
-    _choice(a.advantage_mode, ("grpo", "dr_grpo", "rloo"), "algorithm.advantage_mode")
-    _choice(a.advantage_scale, ("group", "batch", "none"), "algorithm.advantage_scale")
+    _choice(a.advantage_mode, tuple(ADVANTAGE_MODES), "algorithm.advantage_mode")
+    _choice(a.advantage_scale, tuple(ADVANTAGE_SCALES), "algorithm.advantage_scale")
     _range(a.advantage_eps, "algorithm.advantage_eps", 0.0)
     _range(a.dynamic_sampling_low, "algorithm.dynamic_sampling_low", 0.0, 1.0)
     _range(a.dynamic_sampling_high, "algorithm.dynamic_sampling_high", 0.0, 1.0)
     if a.dynamic_sampling_low >= a.dynamic_sampling_high:
         raise ValueError("algorithm.dynamic_sampling_low must be < algorithm.dynamic_sampling_high")
     _range(a.max_refill_tries, "algorithm.max_refill_tries", 0)
-    _choice(l.impl, ("fused", "plain"), "loss.impl")
-    _choice(l.loss_type, ("grpo", "dapo", "dr_grpo", "gspo", "cispo"), "loss.loss_type")
+    _choice(l.impl, LOSS_IMPLS, "loss.impl")
+    _choice(l.loss_type, LOSS_TYPES, "loss.loss_type")
     _range(l.clip_low, "loss.clip_low", 0.0, 1.0)
     _range(l.clip_high, "loss.clip_high", 0.0)
     if l.dual_clip != 0 and l.dual_clip <= 1:
         raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
-    _choice(l.kl, ("k1", "k2", "k3"), "loss.kl")
+    _choice(l.kl, KL_ESTIMATORS, "loss.kl")
     _range(l.beta, "loss.beta", 0.0)
-    _choice(l.aggregation, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                            "seq-mean-token-sum-norm"), "loss.aggregation")
+    _choice(l.aggregation, AGGREGATIONS, "loss.aggregation")
     _range(l.chunk_size, "loss.chunk_size", 0)
     _range(o.lr, "optim.lr", 0.0, 1.0, lo_open=True)
     _range(o.weight_decay, "optim.weight_decay", 0.0)
@@ -466,22 +331,3 @@ def validate(cfg: TrainConfig) -> None:
         check()
     elif hasattr(cfg.reward, "__post_init__"):
         cfg.reward.__post_init__()
-
-
-def describe_fields(cfg=None, prefix: str = "") -> list[str]:
-    """One line per field: 'section.name (type, default X): help' for --help."""
-    cfg = cfg if cfg is not None else TrainConfig()
-    lines = []
-    hints = _hints(cfg)
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"[{prefix}{f.name}]")
-            lines.extend(describe_fields(value, prefix + f.name + "."))
-            continue
-        tp = hints.get(f.name, f.type)
-        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "...'"
-        help_text = f.metadata.get("help") or f.metadata.get("doc") or ""
-        lines.append(f"  {prefix}{f.name} ({tname}, default {shown})" + (f": {help_text}" if help_text else ""))
-    return lines

@@ -55,6 +55,24 @@ def minilm_dir() -> Path:
     return path
 
 
+def resolve_model_dir(name, what: str = "model") -> Path | str:
+    """The model a user named: ``'smollm2'`` (the bundled SmolLM2-135M-Instruct), a Hugging Face model
+    folder (with ``config.json``), a trainer checkpoint folder (its ``model/`` holds the weights) or a
+    hub id such as ``Qwen/Qwen2.5-VL-7B-Instruct`` (returned as is: loading it needs the network or
+    the hub cache). ValueError naming ``what`` otherwise."""
+    if str(name) == "smollm2":
+        return smollm2_hf_dir()
+    path = Path(name).expanduser()
+    for candidate in (path, path / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    text = str(name)
+    if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return text
+    raise ValueError(f"{what}: {text!r} is neither 'smollm2', a Hugging Face model folder (with config.json), "
+                     f"a checkpoint folder whose model/ has a config.json, nor a hub id (owner/name)")
+
+
 def smollm2_hf_dir() -> Path:
     """A fp32 Hugging Face folder of SmolLM2-135M-Instruct, converted once from the GGUF file.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.*, medix_r1.*
 
 import medix_r1.rewards  # noqa: E402
-from medix_r1 import train as T  # noqa: E402
+from medix_r1.train import cli, step  # noqa: E402
 from tests.train_helpers import CharRewardWorker  # noqa: E402
 
 
@@ -26,16 +26,16 @@ def make_worker(cfg):  # what train() builds when it is given no worker
 
 
 if faulty_rank():
-    real_loss, calls = T.policy_loss, []
+    real_loss, calls = step.policy_loss, []
 
     def policy_loss(*args, **kwargs):
         loss, stats, raw = real_loss(*args, **kwargs)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), stats, raw
 
-    T.policy_loss = policy_loss
+    step.policy_loss = policy_loss
 
 medix_r1.rewards.RewardWorker = make_worker
 
 if __name__ == "__main__":
-    sys.exit(T.main(sys.argv[1:]))
+    sys.exit(cli.main(sys.argv[1:]))

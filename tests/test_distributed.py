@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from medix_r1 import checkpoint as ckpt
-from medix_r1 import train as T
+from medix_r1.train import train
 from medix_r1.config import load_config
 
 from tests.train_helpers import CharRewardWorker, make_tiny_model
@@ -94,7 +94,7 @@ def single(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
     cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", f"train.output_dir={out}", *SETTINGS,
                                       f"train.max_steps={STEPS}"])
-    T.train(cfg, reward_worker=CharRewardWorker())
+    train(cfg, reward_worker=CharRewardWorker())
     return out
 
 
@@ -133,7 +133,7 @@ def test_sharded_checkpoint_resumes_in_one_process_and_back_on_two_ranks(tiny, s
     # world size 2 -> 1: a plain process (no process group) loads the DCP shards, continues with step 3
     cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", f"train.output_dir={run}", *SETTINGS,
                                       "train.max_steps=3"])
-    T.train(cfg, resume=True, reward_worker=CharRewardWorker())
+    train(cfg, resume=True, reward_worker=CharRewardWorker())
     ref = history(single)
     got = history(run)
     assert [h["step"] for h in got] == [1, 2, 3]
@@ -177,8 +177,8 @@ def test_prompts_per_step_that_does_not_split_over_the_ranks_is_refused(tiny, tm
 @pytest.fixture(scope="module")
 def tiny_vl(tmp_path_factory):
     """A tiny Qwen2.5-VL and synthetic image + text records (tests/test_train_vision.py's)."""
-    from medix_r1.vision.synthetic import generate_synthetic_set
-    from medix_r1.vision.tiny_qwen_vl import build_tiny_qwen2_5_vl
+    from medix_r1.testing.synthetic import generate_synthetic_set
+    from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl
     model = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl"))
     data = generate_synthetic_set(tmp_path_factory.mktemp("shapes"), n_image=6, n_text=6, seed=3)
     return model, data
@@ -198,7 +198,7 @@ def test_two_ranks_train_a_vision_language_policy_like_one_process(tiny_vl, tmp_
     assert [True, False] in drawn or [False, True] in drawn, drawn  # a step where one rank has no image
 
     single = tmp_path / "single"
-    T.train(load_config("cpu_smollm2", [f"model.policy={model}", f"train.output_dir={single}", *SETTINGS, *vl,
+    train(load_config("cpu_smollm2", [f"model.policy={model}", f"train.output_dir={single}", *SETTINGS, *vl,
                                         "train.max_steps=2"]), reward_worker=CharRewardWorker())
     two = tmp_path / "two"
     proc = torchrun(model, two, "train.max_steps=2", *vl)
@@ -223,32 +223,34 @@ def test_two_ranks_train_a_vision_language_policy_like_one_process(tiny_vl, tmp_
 
 
 def test_shard_range_splits_contiguously_and_evenly():
-    from medix_r1.distributed import shard_range
+    from medix_r1.parallel.layout import shard_range
     parts = [shard_range(7, r, 3) for r in range(3)]
     assert parts == [(0, 3), (3, 5), (5, 7)]
     assert [shard_range(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
 
 
 def test_a_single_process_needs_no_process_group():
-    from medix_r1 import distributed as dist
+    from medix_r1.parallel import collectives as dist
+    from medix_r1.parallel import fsdp
     assert not dist.enabled() and dist.world_size() == 1 and dist.is_main()
     assert dist.all_true(True) and not dist.all_true(False) and dist.max_int(3) == 3
     assert dist.sum_floats([1.5, 2]) == [1.5, 2.0] and dist.all_gather("x") == ["x"]
     model = torch.nn.Linear(2, 2)
-    assert dist.gathered(model) is model and dist.run(model, lambda m, x: x + 1, 1) == 2
+    assert fsdp.gathered(model) is model and fsdp.run(model, lambda m, x: x + 1, 1) == 2
 
 
 def test_a_process_group_that_torchrun_did_not_make_does_not_shard(tmp_path, monkeypatch):
     """An in-process vLLM engine in a plain single process creates a world-size-1 group of its own;
     the trainer must not take that for torchrun (it sharded the model and broke hf rollouts)."""
     import torch.distributed as tdist
-    from medix_r1 import distributed as dist
+    from medix_r1.parallel import collectives as dist
+    from medix_r1.parallel import fsdp
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         assert tdist.is_initialized() and not dist.enabled() and dist.world_size() == 1
         model = torch.nn.Linear(2, 2)
-        assert dist.gathered(model) is model
+        assert fsdp.gathered(model) is model
     finally:
         tdist.destroy_process_group()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from medix_r1.eval.cli import main, parse_benchmarks, parse_data_files
-from medix_r1.eval.store import read_jsonl
+from medix_r1.utils.jsonl import read_jsonl
 
 
 def test_list_benchmarks(capsys):

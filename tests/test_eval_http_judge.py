@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from medix_r1.eval.cli import main
-from medix_r1.eval.store import read_jsonl
+from medix_r1.utils.jsonl import read_jsonl
 from tests.fault_server import FaultServer
 
 REPO = Path(__file__).resolve().parents[1]

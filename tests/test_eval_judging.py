@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from medix_r1.eval.judging import judge_messages, judge_round, majority_vote, parse_judge_reply
-from medix_r1.eval.records import exact_match, extract_answer, make_record
+from medix_r1.eval.items import exact_match, extract_answer, make_record
 
 
 @pytest.mark.parametrize("text, expected", [

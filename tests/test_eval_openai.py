@@ -9,7 +9,7 @@ import pytest
 
 from medix_r1.eval.generation import (GenerationConfig, build_messages, cut_middle,
                                       make_generator, resolve_model_dir)
-from medix_r1.eval.records import make_record
+from medix_r1.eval.items import make_record
 
 
 class EchoHandler(BaseHTTPRequestHandler):

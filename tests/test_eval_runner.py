@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from medix_r1.eval.records import make_record
+from medix_r1.eval.items import make_record
 from medix_r1.eval.runner import run_eval
-from medix_r1.eval.store import read_jsonl
+from medix_r1.utils.jsonl import read_jsonl
 
 ANSWERS = {  # id -> what the "model" says
     "q0": "<OTHER><thinking>t</thinking><answer>Aspirin</answer>",   # exact match

@@ -6,7 +6,7 @@ import pytest
 
 from medix_r1.eval.charts import bar_chart
 from medix_r1.eval.compare import compare
-from medix_r1.eval.store import JsonlWriter, read_jsonl
+from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
 from medix_r1.eval.summary import bootstrap_ci, read_summary_csv, summarize, to_csv, to_markdown
 
 

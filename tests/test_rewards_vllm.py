@@ -25,7 +25,7 @@ N_ITEMS = 16
 @pytest.fixture(scope="module")
 def server():
     from medix_r1.models import smollm2_hf_dir
-    from medix_r1.serving import vllm_server
+    from medix_r1.testing.servers import vllm_server
     with vllm_server(smollm2_hf_dir(), served_model_name="smollm2-judge", ready_timeout_s=240) as srv:
         yield srv
     assert srv.process.poll() is not None  # stopped on exit

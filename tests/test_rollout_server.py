@@ -1,4 +1,4 @@
-"""The rollout server mode (rollout.engine=server): python -m medix_r1.rollout_server + ServerRollout.
+"""The rollout server mode (rollout.engine=server): python -m medix_r1.rollout.server + ServerRollout.
 
 Fast tests: request/response building against a recording stand-in server, the weight broadcast
 protocol over a real gloo group (two threads), config validation and the unreachable-server error.
@@ -11,13 +11,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medix_r1 import train as T  # first: sets OMP_WAIT_POLICY=PASSIVE before torch loads
+import medix_r1.train  # noqa: F401 (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads)
+from medix_r1.data.prompts import prompt_token_ids
+from medix_r1.models import resolve_model_dir
+from medix_r1.train import cli as train_cli, train
+from medix_r1.train.batch import make_batch
+from medix_r1.train.cli import main
+from medix_r1.train.policy import load_model, sequence_logp
 import torch  # noqa: E402,I001
 from medix_r1.config import load_config
-from medix_r1.rollout import RolloutOutOfMemory, RolloutServerError, ServerRollout, rollouts_from_response, sample_seed
-from medix_r1.rollout_server import (RequestError, WeightSyncGroup, check_generate, check_meta, plan_buckets,
-                                     receive_weights, sampling_kwargs, send_weights)
-from medix_r1.serving import free_port
+from medix_r1.rollout import RolloutOutOfMemory, RolloutServerError, ServerRollout, sample_seed
+from medix_r1.rollout.client import rollouts_from_response
+from medix_r1.rollout.server import RequestError, check_generate, sampling_kwargs
+from medix_r1.rollout.weight_sync import (WeightSyncGroup, check_meta, named_weights, plan_buckets, receive_weights,
+                                          send_weights)
+from medix_r1.testing.servers import free_port
 
 from tests.train_helpers import CharRewardWorker
 
@@ -145,7 +153,7 @@ def test_unreachable_server_names_the_url_and_the_command():
         ServerRollout(cfg.rollout, 0, model_dir="/models/policy")
     msg = str(info.value)
     assert url in msg and "unreachable" in msg
-    assert "python -m medix_r1.rollout_server --model /models/policy --host 127.0.0.1 --port" in msg
+    assert "python -m medix_r1.rollout.server --model /models/policy --host 127.0.0.1 --port" in msg
 
 
 @pytest.mark.slow  # loads SmolLM2 and the data before it reaches the engine
@@ -153,9 +161,9 @@ def test_trainer_with_an_unreachable_server_stops_before_training(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     cfg = server_cfg(url, f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1", "train.progress=false",
                      "train.plot=false")
-    model = T.resolve_model_dir("smollm2")
+    model = resolve_model_dir("smollm2")
     with pytest.raises(RolloutServerError, match=f"{url} is unreachable.*--model {model}"):
-        T.train(cfg, reward_worker=CharRewardWorker())
+        train(cfg, reward_worker=CharRewardWorker())
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
@@ -164,8 +172,8 @@ def test_main_reports_a_rollout_server_error_without_a_traceback(monkeypatch, ca
         assert cfg.rollout.engine == "server"  # --rollout server reached the config
         raise RolloutServerError(f"{cfg.rollout.server_url} is unreachable")
 
-    monkeypatch.setattr(T, "train", unreachable)
-    rc = T.main(["--rollout", "server", "--set", "rollout.server_url=http://127.0.0.1:9", "--output-dir",
+    monkeypatch.setattr(train_cli, "train", unreachable)
+    rc = main(["--rollout", "server", "--set", "rollout.server_url=http://127.0.0.1:9", "--output-dir",
                  str(tmp_path), "-q"])
     assert rc == 1
     assert "training stopped: http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
@@ -173,7 +181,7 @@ def test_main_reports_a_rollout_server_error_without_a_traceback(monkeypatch, ca
 
 def test_rollout_server_that_dies_at_start_up_reports_its_log():
     from medix_r1.models import smollm2_hf_dir
-    from medix_r1.serving import rollout_server
+    from medix_r1.testing.servers import rollout_server
     with pytest.raises(RuntimeError, match="the rollout server exited with code 2 before it was ready"
                                            "(.|\n)*unrecognized arguments: --no-such-flag"):
         with rollout_server(smollm2_hf_dir(), extra_args=["--no-such-flag"], ready_timeout_s=120):
@@ -257,7 +265,7 @@ def test_weights_round_trip_over_gloo(bucket_bytes):
 @pytest.fixture(scope="module")
 def server():
     from medix_r1.models import smollm2_hf_dir
-    from medix_r1.serving import rollout_server
+    from medix_r1.testing.servers import rollout_server
     with rollout_server(smollm2_hf_dir(), kv_cache_gb=0.25, max_model_len=640, ready_timeout_s=240) as srv:
         yield srv
     assert srv.process.poll() is not None  # stopped on exit
@@ -266,26 +274,26 @@ def server():
 @pytest.fixture(scope="module")
 def smollm2():
     from transformers import AutoTokenizer
-    d = T.resolve_model_dir("smollm2")
+    d = resolve_model_dir("smollm2")
     return d, AutoTokenizer.from_pretrained(str(d))
 
 
 @pytest.fixture(scope="module")
 def policy(smollm2, server):
     cfg = server_cfg(server.url)
-    return T.load_model(smollm2[0], cfg, trainable=True), cfg
+    return load_model(smollm2[0], cfg, trainable=True), cfg
 
 
 def prompts(tokenizer, cfg, k=2):
     from medix_r1.data.records import load_records
     records, _ = load_records("pubmedqa", max_records=k)
-    return [T.prompt_token_ids(tokenizer, r, cfg) for r in records]
+    return [prompt_token_ids(tokenizer, r, cfg.data) for r in records]
 
 
 def mismatch(model, rollouts, pad_id):
     """(mean, max) |server log-prob - transformers log-prob| over the response tokens (T = 1: raw)."""
-    batch = T.make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
-    trainer = T.sequence_logp(model, batch, 1.0, 4)
+    batch = make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
+    trainer = sequence_logp(model, batch, 1.0, 4)
     sample = torch.zeros_like(batch["mask"])
     for i, lp in enumerate(rollouts.sample_logp):
         sample[i, :len(lp)] = torch.tensor(lp)
@@ -342,10 +350,9 @@ def test_weight_sync_over_gloo_makes_the_server_match_the_policy(server, smollm2
 
 @pytest.mark.slow
 def test_a_failed_update_is_reported_and_blocks_generation_until_a_full_one(server, smollm2, policy):
-    from medix_r1.rollout import _named_weights
     model, cfg = policy
     eng = ServerRollout(cfg.rollout, 0)
-    named = list(_named_weights(model))
+    named = list(named_weights(model))
     bad = named[:3] + [("model.layers.0.no_such.weight", torch.zeros(3))] + named[3:]
     with pytest.raises(RolloutServerError, match="weight update failed at tensor 4 of 273.*no_such"):
         eng._push(bad, model)  # the server took every broadcast: this call did not hang
@@ -365,7 +372,7 @@ def test_two_trainer_steps_with_the_server_engine(tmp_path, server, policy):
     cfg = server_cfg(server.url, "train.max_steps=2", f"train.output_dir={out}", "rollout.max_tokens=16",
                      "data.prompts_per_step=2", "train.progress=false", "optim.micro_batch_size=4", "loss.beta=0",
                      "train.plot=false")
-    summary = T.train(cfg, reward_worker=CharRewardWorker())
+    summary = train(cfg, reward_worker=CharRewardWorker())
     assert summary["steps"] == 2
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]

@@ -5,8 +5,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from medix_r1 import train as T
-from medix_r1.shared_prompt import prompt_groups, worth_sharing
+from medix_r1.models import resolve_model_dir
+from medix_r1.train.batch import make_batch, slice_batch
+from medix_r1.train.policy import load_model, policy_hidden, policy_loss
+from medix_r1.train.shared_prompt import prompt_groups, worth_sharing
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def rows():
 def hidden_and_grads(model, batch, share: bool):
     model.zero_grad(set_to_none=True)
     model.medix_share_prompts = share
-    h = T.policy_hidden(model, batch) * batch["mask"].unsqueeze(-1)
+    h = policy_hidden(model, batch) * batch["mask"].unsqueeze(-1)
     w = torch.linspace(-1, 1, h.shape[-1])
     (h * w).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -41,14 +43,14 @@ def hidden_and_grads(model, batch, share: bool):
 
 def test_prompt_groups_follow_first_seen_order():
     assert prompt_groups([[1, 2], [3], [1, 2], [3], [4]]).tolist() == [0, 1, 0, 1, 2]
-    batch = T.make_batch([[1, 2], [3, 4]], [[5], [6]], 0)
+    batch = make_batch([[1, 2], [3, 4]], [[5], [6]], 0)
     assert not worth_sharing(batch)  # nothing shared: the padded forward runs
-    assert worth_sharing(T.make_batch([[1, 2], [1, 2]], [[5], [6]], 0))
+    assert worth_sharing(make_batch([[1, 2], [1, 2]], [[5], [6]], 0))
 
 
 def test_values_and_gradients_equal_the_padded_forward(model):
     prompts, responses = rows()
-    batch = T.make_batch(prompts, responses, 0)
+    batch = make_batch(prompts, responses, 0)
     assert worth_sharing(batch)
     h_pad, g_pad = hidden_and_grads(model, batch, share=False)
     h_shared, g_shared = hidden_and_grads(model, batch, share=True)
@@ -61,28 +63,28 @@ def test_values_and_gradients_equal_the_padded_forward(model):
 
 def test_micro_batch_slices_share_within_themselves(model):
     prompts, responses = rows()
-    batch = T.make_batch(prompts, responses, 0)
+    batch = make_batch(prompts, responses, 0)
     for sel in (torch.tensor([0, 2]), torch.tensor([3, 4, 5]), torch.tensor([1, 5, 0])):
-        mb = T.slice_batch(batch, sel)
+        mb = slice_batch(batch, sel)
         model.medix_share_prompts = True
         with torch.no_grad():
-            shared = T.policy_hidden(model, mb) * mb["mask"].unsqueeze(-1)
+            shared = policy_hidden(model, mb) * mb["mask"].unsqueeze(-1)
             model.medix_share_prompts = False
-            padded = T.policy_hidden(model, mb) * mb["mask"].unsqueeze(-1)
+            padded = policy_hidden(model, mb) * mb["mask"].unsqueeze(-1)
         torch.testing.assert_close(shared, padded, atol=2e-5, rtol=1e-5)
 
 
 def test_a_training_step_is_the_same_with_and_without_sharing(model):
     import medix_kernels as mk
     prompts, responses = rows()
-    batch = T.make_batch(prompts, responses, 0)
+    batch = make_batch(prompts, responses, 0)
     adv = torch.tensor([1.0, -0.5, 0.25, 0.7, -0.7, 0.0])
     cfg = mk.LossConfig.preset("grpo", beta=0.0)
     out = {}
     for share in (False, True):
         model.zero_grad(set_to_none=True)
         model.medix_share_prompts = share
-        loss, _, raw = T.policy_loss(model, batch, adv, None, None, cfg, "fused", 0)
+        loss, _, raw = policy_loss(model, batch, adv, None, None, cfg, "fused", 0)
         loss.backward()
         out[share] = (float(loss.detach()), raw.detach() * batch["mask"], model.lm_head.weight.grad.clone())
     assert abs(out[True][0] - out[False][0]) < 1e-5
@@ -96,27 +98,27 @@ def test_gradient_checkpointing_turns_sharing_off(tmp_path):
     folder = make_tiny_model(tmp_path / "tiny")
     on = load_config("cpu_smollm2", [f"model.policy={folder}"])
     off = load_config("cpu_smollm2", [f"model.policy={folder}", "model.gradient_checkpointing=true"])
-    assert T.load_model(T.resolve_model_dir(folder), on, trainable=True).medix_share_prompts
-    assert not T.load_model(T.resolve_model_dir(folder), off, trainable=True).medix_share_prompts
-    assert T.load_model(T.resolve_model_dir(folder), off, trainable=False).medix_share_prompts  # no grad: no recompute
+    assert load_model(resolve_model_dir(folder), on, trainable=True).medix_share_prompts
+    assert not load_model(resolve_model_dir(folder), off, trainable=True).medix_share_prompts
+    assert load_model(resolve_model_dir(folder), off, trainable=False).medix_share_prompts  # no grad: no recompute
 
 
 def test_vision_language_models_keep_the_padded_forward(tmp_path):
     from medix_r1.config import load_config
-    from medix_r1.vision.tiny_qwen_vl import build_tiny_qwen2_5_vl
+    from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl
     folder = build_tiny_qwen2_5_vl(tmp_path / "vl")
     cfg = load_config("cpu_smollm2", [f"model.policy={folder}", "rollout.engine=hf"])
-    assert not T.load_model(T.resolve_model_dir(str(folder)), cfg, trainable=True).medix_share_prompts
+    assert not load_model(resolve_model_dir(str(folder)), cfg, trainable=True).medix_share_prompts
 
 
 def test_forced_response_pass_over_one_token_responses(model):
     """Under FSDP every rank runs the response pass when any rank needs it: a micro-batch of one-token
     responses then runs it over a masked position and still returns the padded forward's values."""
-    from medix_r1.shared_prompt import shared_prompt_hidden
-    batch = T.make_batch([[5, 6, 7], [5, 6, 7], [9, 8]], [[1], [2], [3]], 0)
+    from medix_r1.train.shared_prompt import shared_prompt_hidden
+    batch = make_batch([[5, 6, 7], [5, 6, 7], [9, 8]], [[1], [2], [3]], 0)
     with torch.no_grad():
         model.medix_share_prompts = False
-        padded = T.policy_hidden(model, batch)
+        padded = policy_hidden(model, batch)
         for forced in (None, True, False):
             shared = shared_prompt_hidden(model.base_model, batch, response_pass=forced)
             assert shared.shape == padded.shape

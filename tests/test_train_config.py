@@ -5,7 +5,8 @@ import pytest
 
 from medix_r1.config import (TrainConfig, describe_fields, load_config, parse_override, resolve_recipe,
                              set_value)
-from medix_r1.train import build_parser, lr_lambda
+from medix_r1.train.build import lr_lambda
+from medix_r1.train.cli import build_parser
 
 
 def test_default_recipe_loads_and_matches_the_embedded_values():

@@ -7,9 +7,11 @@ import socket
 import pytest
 import torch
 
-from medix_r1 import train as T
+from medix_r1.train import TrainingStopped, step as train_step, train
+from medix_r1.train.cli import main
+from medix_r1.train.policy import load_model, policy_loss
 from medix_r1.config import load_config
-from medix_r1.rollout import HfRollout, RolloutOutOfMemory, _is_oom
+from medix_r1.rollout import HfRollout, RolloutOutOfMemory, is_oom
 
 from tests.train_helpers import CharRewardWorker, make_tiny_model
 
@@ -43,31 +45,31 @@ def test_a_judge_that_is_down_is_counted_then_stops_the_run_over_the_threshold(t
     port = closed_port()
     # Under the threshold the run goes on and every unanswered judgement is counted.
     out = tmp_path / "on"
-    summary = T.train(config(tiny, out, *down_judge(port), "train.judge_failure_threshold=1.0"))
+    summary = train(config(tiny, out, *down_judge(port), "train.judge_failure_threshold=1.0"))
     assert summary["steps"] == 2
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(x["reward/judge_failed_rate"] > 0 for x in lines), [x["reward/judge_failed_rate"] for x in lines]
     assert all(x["reward/judge"] == 0.0 for x in lines)
     # Over it, the run stops with a message naming the judge URL setting and the threshold, after a checkpoint.
     out = tmp_path / "stop"
-    with pytest.raises(T.TrainingStopped, match=r"judge failed on \d+% of answers over the last 2 steps.*"
+    with pytest.raises(TrainingStopped, match=r"judge failed on \d+% of answers over the last 2 steps.*"
                                                 r"reward\.judge_url.*train\.judge_failure_threshold"):
-        T.train(config(tiny, out, *down_judge(port), "train.max_steps=4", "train.judge_failure_window=2",
+        train(config(tiny, out, *down_judge(port), "train.max_steps=4", "train.judge_failure_window=2",
                        "train.judge_failure_threshold=0.0"))
     assert (out / "step_000002" / "COMPLETE").is_file()
 
 
 def test_one_nan_step_is_skipped_and_the_run_goes_on(tiny, tmp_path, monkeypatch):
-    real, calls = T.policy_loss, {"n": 0}
+    real, calls = policy_loss, {"n": 0}
 
     def nan_once(*args, **kwargs):  # the first micro-batch of step 1 gives a NaN loss
         calls["n"] += 1
         loss, stats, raw = real(*args, **kwargs)
         return (loss * float("nan") if calls["n"] == 1 else loss), stats, raw
 
-    monkeypatch.setattr(T, "policy_loss", nan_once)
+    monkeypatch.setattr(train_step, "policy_loss", nan_once)
     out = tmp_path / "run"
-    summary = T.train(config(tiny, out, "train.max_steps=3", "train.max_nan_steps=2"),
+    summary = train(config(tiny, out, "train.max_steps=3", "train.max_nan_steps=2"),
                       reward_worker=CharRewardWorker())
     assert summary["steps"] == 3
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -76,9 +78,9 @@ def test_one_nan_step_is_skipped_and_the_run_goes_on(tiny, tmp_path, monkeypatch
 
 
 def test_oom_detection():
-    assert _is_oom(MemoryError()) and _is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
-    assert _is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
-    assert not _is_oom(RuntimeError("shape mismatch"))
+    assert is_oom(MemoryError()) and is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
+    assert not is_oom(RuntimeError("shape mismatch"))
 
 
 def test_rollout_out_of_memory_names_the_knobs(tiny, tmp_path, monkeypatch, capsys):
@@ -89,7 +91,7 @@ def test_rollout_out_of_memory_names_the_knobs(tiny, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(LlamaForCausalLM, "generate", oom)
     cfg = config(tiny, tmp_path / "a")
-    model = T.load_model(tiny, cfg, trainable=False)
+    model = load_model(tiny, cfg, trainable=False)
     from transformers import AutoTokenizer
     engine = HfRollout(model, AutoTokenizer.from_pretrained(tiny), cfg.rollout)
     with pytest.raises(RolloutOutOfMemory, match=r"rollout\.max_tokens.*data\.prompts_per_step.*not enough memory"):
@@ -98,7 +100,7 @@ def test_rollout_out_of_memory_names_the_knobs(tiny, tmp_path, monkeypatch, caps
     argv = ["--set", f"model.policy={tiny}", "--output-dir", str(tmp_path / "b"), "-q"]
     for kv in BASE + ["reward.judge=none", "reward.embedding_model=none"]:
         argv += ["--set", kv]
-    assert T.main(argv) == 1
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert "training stopped: out of memory during rollouts: lower rollout.kv_cache_gb" in err
     assert "Traceback" not in err

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from medix_r1 import checkpoint as ckpt
-from medix_r1 import train as T
+from medix_r1.train import TrainingStopped, step as train_step, train
+from medix_r1.train.policy import policy_loss
+from medix_r1.train.step import keep_groups
 from medix_r1.config import load_config
 from concurrent.futures import Future
 
@@ -35,7 +37,7 @@ def weights(folder):
 
 def test_two_steps_update_log_and_checkpoint(tiny, tmp_path):
     out = tmp_path / "run"
-    summary = T.train(config(tiny, out), reward_worker=CharRewardWorker())
+    summary = train(config(tiny, out), reward_worker=CharRewardWorker())
     assert summary["steps"] == 2
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
@@ -58,9 +60,9 @@ def test_two_steps_update_log_and_checkpoint(tiny, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny, tmp_path):
-    full = T.train(config(tiny, tmp_path / "full"), reward_worker=CharRewardWorker())
-    T.train(config(tiny, tmp_path / "part", "train.max_steps=1"), reward_worker=CharRewardWorker())
-    resumed = T.train(config(tiny, tmp_path / "part"), resume=True, reward_worker=CharRewardWorker())
+    full = train(config(tiny, tmp_path / "full"), reward_worker=CharRewardWorker())
+    train(config(tiny, tmp_path / "part", "train.max_steps=1"), reward_worker=CharRewardWorker())
+    resumed = train(config(tiny, tmp_path / "part"), resume=True, reward_worker=CharRewardWorker())
     a, b = full["history"][1], resumed["history"][1]
     assert b["step"] == 2 and a["loss/loss"] == b["loss/loss"] and a["reward/total"] == b["reward/total"]
     assert a["loss/loss"] != 0.0
@@ -72,21 +74,21 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny, tmp_path):
 
 def test_keep_last_prunes_old_checkpoints(tiny, tmp_path):
     out = tmp_path / "run"
-    T.train(config(tiny, out, "train.max_steps=3", "train.keep_last=2"), reward_worker=CharRewardWorker())
+    train(config(tiny, out, "train.max_steps=3", "train.keep_last=2"), reward_worker=CharRewardWorker())
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_000002", "step_000003"]
 
 
 def test_nan_loss_skips_the_step_then_stops(tiny, tmp_path, monkeypatch):
-    real = T.policy_loss
+    real = policy_loss
 
     def nan_loss(*args, **kwargs):
         loss, stats, raw = real(*args, **kwargs)
         return loss * float("nan"), stats, raw
 
-    monkeypatch.setattr(T, "policy_loss", nan_loss)
+    monkeypatch.setattr(train_step, "policy_loss", nan_loss)
     out = tmp_path / "run"
-    with pytest.raises(T.TrainingStopped, match="2 steps in a row had a non-finite loss"):
-        T.train(config(tiny, out, "train.max_steps=4", "train.max_nan_steps=2"), reward_worker=CharRewardWorker())
+    with pytest.raises(TrainingStopped, match="2 steps in a row had a non-finite loss"):
+        train(config(tiny, out, "train.max_steps=4", "train.max_nan_steps=2"), reward_worker=CharRewardWorker())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["nan_skipped"] for x in lines] == [1, 1]
     before, after = weights(tiny), weights(out / "step_000002" / "model")
@@ -94,8 +96,8 @@ def test_nan_loss_skips_the_step_then_stops(tiny, tmp_path, monkeypatch):
 
 
 def test_judge_failures_over_the_threshold_stop_the_run(tiny, tmp_path):
-    with pytest.raises(T.TrainingStopped, match=r"judge failed on 100% of answers over the last 2 steps"):
-        T.train(config(tiny, tmp_path / "run", "train.max_steps=5", "train.judge_failure_window=2"),
+    with pytest.raises(TrainingStopped, match=r"judge failed on 100% of answers over the last 2 steps"):
+        train(config(tiny, tmp_path / "run", "train.max_steps=5", "train.judge_failure_window=2"),
                 reward_worker=CharRewardWorker(judge_failed=True))
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step_000002"
 
@@ -103,7 +105,7 @@ def test_judge_failures_over_the_threshold_stop_the_run(tiny, tmp_path):
 def test_sigterm_checkpoints_at_the_end_of_the_step(tiny, tmp_path):
     worker = CharRewardWorker(on_submit=lambda call: os.kill(os.getpid(), signal.SIGTERM) if call == 1 else None)
     out = tmp_path / "run"
-    summary = T.train(config(tiny, out, "train.max_steps=5", "train.save_every=0"), reward_worker=worker)
+    summary = train(config(tiny, out, "train.max_steps=5", "train.save_every=0"), reward_worker=worker)
     assert summary["steps"] == 1 and ckpt.latest_checkpoint(out).name == "step_000001"
 
 
@@ -111,9 +113,9 @@ def test_dapo_keep_groups_drops_degenerate_and_extreme_groups():
     cfg = load_config("cpu_smollm2", ["algorithm.dynamic_sampling=true"])
     rewards = torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.2, 0.2, 0.0, 0.005, 0.0, 0.0])
     # groups of 3: [0,0,.5] keep; [1,1,1] degenerate; [.2,.2,0] keep; [0,.005,0] mean <= 0.01
-    assert T.keep_groups(rewards, 3, cfg) == [0, 2]
+    assert keep_groups(rewards, 3, cfg) == [0, 2]
     cfg = load_config("cpu_smollm2")
-    assert T.keep_groups(rewards, 3, cfg) == [0, 1, 2, 3]
+    assert keep_groups(rewards, 3, cfg) == [0, 1, 2, 3]
 
 
 def test_dapo_refills_the_batch(tiny, tmp_path):
@@ -127,7 +129,7 @@ def test_dapo_refills_the_batch(tiny, tmp_path):
 
     worker = Zero()
     out = tmp_path / "run"
-    T.train(config(tiny, out, "train.max_steps=1", "algorithm.dynamic_sampling=true",
+    train(config(tiny, out, "train.max_steps=1", "algorithm.dynamic_sampling=true",
                    "algorithm.max_refill_tries=2"), reward_worker=worker)
     assert worker.calls == 3
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])

@@ -9,16 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from medix_r1 import train as T
+from medix_r1.data.records import load_records
+from medix_r1.train import train
+from medix_r1.train.batch import make_batch, slice_batch
 from medix_r1.config import load_config
 from medix_r1.data.records import PromptSampler
 from medix_r1.rollout import VllmRollout
 from medix_r1.vision.qwen_vl_processor import IMAGE_PAD, image_token_counts, smart_resize
-from medix_r1.vision.synthetic import generate_synthetic_set
-from medix_r1.vision.tiny_qwen_vl import build_tiny_qwen2_5_vl, build_tokenizer
-from medix_r1.vision.trainer import (
-    VisionPrompts, check_vllm_prompt, model_config, select_rows, setup_vision, split_prompt,
-    torchvision_importable, vllm_request,
+from medix_r1.testing.synthetic import generate_synthetic_set
+from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl, build_tokenizer
+from medix_r1.vision.model import model_config, torchvision_importable
+from medix_r1.vision.prompts import (
+    VisionPrompts, check_vllm_prompt, select_rows, setup_vision, split_prompt, vllm_request,
 )
 from tests.train_helpers import CharRewardWorker
 
@@ -69,7 +71,7 @@ def weights(folder):
 @pytest.fixture(scope="module")
 def full_run(tiny, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run_full")
-    summary = T.train(config(tiny, data, out), reward_worker=CharRewardWorker())
+    summary = train(config(tiny, data, out), reward_worker=CharRewardWorker())
     return out, summary
 
 
@@ -117,8 +119,8 @@ def test_bad_images_are_skipped_and_counted(data, full_run):
 def test_resume_reproduces_the_uninterrupted_run(tiny, data, full_run, tmp_path):
     full_out, full = full_run
     part = tmp_path / "part"
-    T.train(config(tiny, data, part, "train.max_steps=1"), reward_worker=CharRewardWorker())
-    resumed = T.train(config(tiny, data, part), resume=True, reward_worker=CharRewardWorker())
+    train(config(tiny, data, part, "train.max_steps=1"), reward_worker=CharRewardWorker())
+    resumed = train(config(tiny, data, part), resume=True, reward_worker=CharRewardWorker())
     a, b = full["history"][1], resumed["history"][1]
     assert b["step"] == 2 and a["loss/loss"] == b["loss/loss"] and a["reward/total"] == b["reward/total"]
     wa, wb = weights(full_out / "step_000002" / "model"), weights(part / "step_000002" / "model")
@@ -132,7 +134,7 @@ def test_frozen_vision_tower_stays_unchanged(tiny, data, tmp_path):
     """Also covers, with images: the KL term (a VL reference model), mini-batches of shuffled rows
     (old log-probs + row selection) and the DAPO collect path."""
     out = tmp_path / "frozen"
-    T.train(config(tiny, data, out, "train.max_steps=1", "vision.freeze_tower=true", "loss.beta=0.01",
+    train(config(tiny, data, out, "train.max_steps=1", "vision.freeze_tower=true", "loss.beta=0.01",
                    "optim.mini_batch_size=6", "algorithm.dynamic_sampling=true"), reward_worker=CharRewardWorker())
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert line["rollout/groups_kept"] >= 1 and line["loss/kl_mean"] == line["loss/kl_mean"]
@@ -144,7 +146,7 @@ def test_frozen_vision_tower_stays_unchanged(tiny, data, tmp_path):
 
 def test_on_bad_image_fail_stops_before_training_naming_the_record(tiny, data, tmp_path):
     with pytest.raises(ValueError, match=r"record 'bad-missing'.*file not found.*fix the path"):
-        T.train(config(tiny, data, tmp_path / "r", "vision.on_bad_image=fail"), reward_worker=CharRewardWorker())
+        train(config(tiny, data, tmp_path / "r", "vision.on_bad_image=fail"), reward_worker=CharRewardWorker())
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
@@ -157,14 +159,14 @@ def test_text_only_policy_refuses_image_records_naming_the_record_and_fix(data, 
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
     tok.save_pretrained(folder)
     with pytest.raises(ValueError, match=r"record '[^']+' has \d image\(s\).*text-only model.*vision-language.*drop"):
-        T.train(config(folder, data, tmp_path / "r"), reward_worker=CharRewardWorker())
+        train(config(folder, data, tmp_path / "r"), reward_worker=CharRewardWorker())
 
 
 def _prompts(tiny, data, *more):
     from transformers import AutoTokenizer
 
     cfg = config(tiny, data, "unused", *more)
-    records = T.load_records(cfg.data.train)[0]
+    records = load_records(cfg.data.train)[0]
     return VisionPrompts(records, model_config(tiny), tiny, AutoTokenizer.from_pretrained(tiny), cfg, {}), records
 
 
@@ -190,10 +192,10 @@ def test_micro_batch_row_selection_carries_exactly_its_images(tiny, data):
     idx, items = vp.take(PromptSampler(len(records), 1), 5)
     responses = [[5, 6, 7][: 1 + k % 3] for k in range(len(items))]
     pad = 0
-    batch = T.make_batch([split_prompt(it)[0] for it in items], responses, pad, [split_prompt(it)[1] for it in items])
+    batch = make_batch([split_prompt(it)[0] for it in items], responses, pad, [split_prompt(it)[1] for it in items])
     assert "images" in batch and len(batch["images"]) == 5
     for rows in (torch.tensor([3, 0, 2]), slice(1, 4), torch.tensor([4])):
-        mb = T.slice_batch(batch, rows)
+        mb = slice_batch(batch, rows)
         picked = torch.arange(5)[rows].tolist()
         assert mb["input_ids"].tolist() == batch["input_ids"][picked].tolist()
         with_images = [items[i] for i in picked if items[i]["pixel_values"] is not None]
@@ -202,7 +204,7 @@ def test_micro_batch_row_selection_carries_exactly_its_images(tiny, data):
             assert torch.equal(mb["image_grid_thw"], torch.cat([it["image_grid_thw"] for it in with_images]))
         else:
             assert "pixel_values" not in mb
-    text_only = T.make_batch([[1, 2]], [[3]], pad, [None])
+    text_only = make_batch([[1, 2]], [[3]], pad, [None])
     assert "images" not in text_only  # the text path is unchanged
 
 
@@ -303,7 +305,7 @@ def test_vllm_engine_for_a_vl_policy_without_torchvision_is_a_clear_error(tiny, 
     from transformers import AutoTokenizer
 
     cfg = config(tiny, data, "unused", "rollout.engine=vllm")
-    records = T.load_records(cfg.data.train)[0]
+    records = load_records(cfg.data.train)[0]
     with pytest.raises(ValueError, match=r"rollout.engine=vllm with a vision-language policy.*rollout.engine=hf"):
         setup_vision(records, tiny, AutoTokenizer.from_pretrained(tiny), cfg, {})
 
@@ -331,7 +333,7 @@ def test_parquet_records_with_embedded_images_stay_encoded_until_sampled(tiny, t
     """A MediX-style parquet with a datasets Image column: loaded as bytes, decoded by prepare()."""
     import datasets
 
-    from medix_r1.vision.synthetic import draw_shape
+    from medix_r1.testing.synthetic import draw_shape
 
     feats = datasets.Features({"id": datasets.Value("string"), "images": datasets.List(datasets.Image()),
                                "problem": datasets.Value("string"), "solution": datasets.Value("string")})
@@ -340,7 +342,7 @@ def test_parquet_records_with_embedded_images_stay_encoded_until_sampled(tiny, t
                                      "solution": ["<OTHER> circle", "<OTHER> four"]}, features=feats)
     path = tmp_path / "train.parquet"
     ds.to_parquet(str(path))
-    records = T.load_records(str(path))[0]
+    records = load_records(str(path))[0]
     assert isinstance(records[0]["images"][0], dict) and records[0]["images"][0]["bytes"]
     vp, records = _prompts(tiny, str(path))
     item = vp.prepare(0)

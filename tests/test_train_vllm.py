@@ -3,7 +3,12 @@ import json
 
 import pytest
 
-from medix_r1 import train as T  # first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (5-10x under load)
+import medix_r1.train  # noqa: F401 (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (5-10x under load))
+from medix_r1.data.prompts import prompt_token_ids
+from medix_r1.models import resolve_model_dir
+from medix_r1.train import train
+from medix_r1.train.batch import make_batch
+from medix_r1.train.policy import load_model, sequence_logp
 import torch  # noqa: E402,I001
 from medix_r1.config import load_config
 from medix_r1.data.records import load_records
@@ -15,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2():
     from transformers import AutoTokenizer
-    d = T.resolve_model_dir("smollm2")
+    d = resolve_model_dir("smollm2")
     return d, AutoTokenizer.from_pretrained(str(d))
 
 
@@ -29,12 +34,12 @@ def engine(smollm2):
 
 def prompts(tokenizer, cfg, k=2):
     records, _ = load_records("pubmedqa", max_records=k)
-    return [T.prompt_token_ids(tokenizer, r, cfg) for r in records]
+    return [prompt_token_ids(tokenizer, r, cfg.data) for r in records]
 
 
 def mismatch(model, rollouts, pad_id, temperature=1.0):
-    batch = T.make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
-    trainer = T.sequence_logp(model, batch, temperature, 4)
+    batch = make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
+    trainer = sequence_logp(model, batch, temperature, 4)
     sample = torch.zeros_like(batch["mask"])
     for i, lp in enumerate(rollouts.sample_logp):
         sample[i, :len(lp)] = torch.tensor(lp)
@@ -46,7 +51,7 @@ def test_vllm_and_hf_report_the_same_raw_logprob_semantics(smollm2, engine):
     they match the trainer's T=1 log-probs, not its T=0.7 ones."""
     d, tok = smollm2
     eng, cfg = engine
-    model = T.load_model(d, cfg, trainable=False)
+    model = load_model(d, cfg, trainable=False)
     ps = prompts(tok, cfg)
     for rollouts in (eng.generate(ps, 1, 0), HfRollout(model, tok, cfg.rollout).generate(ps, 1, 0)):
         assert len(rollouts) == 4 and all(len(x) > 0 for x in rollouts.response_ids)
@@ -57,7 +62,7 @@ def test_vllm_and_hf_report_the_same_raw_logprob_semantics(smollm2, engine):
 def test_weight_sync_makes_vllm_match_the_updated_model(smollm2, engine):
     d, tok = smollm2
     eng, cfg = engine
-    model = T.load_model(d, cfg, trainable=True)
+    model = load_model(d, cfg, trainable=True)
     ps = prompts(tok, cfg)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
@@ -77,7 +82,7 @@ def test_two_steps_of_the_embedded_recipe_with_vllm(tmp_path, engine):
     cfg = load_config("cpu_smollm2", ["train.max_steps=2", f"train.output_dir={out}", "rollout.n=2",
                                       "rollout.max_tokens=16", "data.prompts_per_step=2", "train.progress=false",
                                       "optim.micro_batch_size=4"])
-    summary = T.train(cfg)
+    summary = train(cfg)
     assert summary["steps"] == 2
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]

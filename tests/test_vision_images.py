@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medix_r1.vision.images import (
-    ImageError, SkipLog, downscale_to_budget, load_image, load_images_with_policy, load_record_images, to_rgb,
+    ImageError, downscale_to_budget, load_image, load_record_images, to_rgb,
 )
 
 
@@ -105,19 +105,3 @@ def test_bad_entries_raise_clear_errors():
         load_image(b"", max_pixels=0)
 
 
-def test_skip_policy_counts_bad_records_and_error_policy_raises(tmp_path):
-    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
-    records = [{"id": "a", "images": ["ok.png"]}, {"id": "b", "images": ["gone.png"]},
-               {"id": "c", "images": []}, {"id": "d", "images": ["ok.png", "gone2.png"]}]
-    pairs, log = load_images_with_policy(records, tmp_path, "skip")
-    assert [r["id"] for r, _ in pairs] == ["a", "c"]
-    assert [len(imgs) for _, imgs in pairs] == [1, 0]
-    assert log.skipped == 2 and "'b'" in log.reasons[0] and "'d'" in log.reasons[1]
-    shared = SkipLog()
-    load_images_with_policy(records, tmp_path, "skip", skip_log=shared)
-    load_images_with_policy(records, tmp_path, "skip", skip_log=shared)
-    assert shared.skipped == 4
-    with pytest.raises(ImageError, match="'b'"):
-        load_images_with_policy(records, tmp_path, "error")
-    with pytest.raises(ValueError, match="on_bad_image"):
-        load_images_with_policy(records, tmp_path, "ignore")

@@ -1,5 +1,5 @@
-"""Tiny Qwen2.5-VL + offline tokenizer, synthetic shape QA, and the trainer-facing VL input path:
-prepare -> hf generate with images -> collate -> forward -> fused GRPO loss -> step."""
+"""Tiny Qwen2.5-VL + offline tokenizer, synthetic shape QA, and the trainer's VL input path:
+VisionPrompts.prepare -> hf rollouts with images -> make_batch -> forward -> fused GRPO loss -> step."""
 
 import json
 import os
@@ -9,14 +9,16 @@ import torch
 from PIL import Image
 
 import medix_kernels
-from medix_r1.vision.images import SkipLog, load_record_images
-from medix_r1.vision.inputs import (
-    build_vl_messages, check_model_accepts_images, collate_vl, freeze_vision_tower, is_vision_model,
-    prepare_vl_prompts, slice_vl_batch, vision_parameters, vl_generate_inputs,
-)
-from medix_r1.vision.qwen_vl_processor import config_for_model, image_token_counts
-from medix_r1.vision.synthetic import SHAPES, draw_shape, generate_synthetic_set
-from medix_r1.vision.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl
+from medix_r1.config import load_config
+from medix_r1.data.records import PromptSampler
+from medix_r1.rollout import HfRollout
+from medix_r1.train.batch import make_batch, slice_batch
+from medix_r1.vision.images import load_record_images
+from medix_r1.vision.model import check_model_accepts_images, freeze_vision_tower, is_vision_model, vision_parameters
+from medix_r1.vision.prompts import VisionPrompts, build_vl_messages
+from medix_r1.vision.qwen_vl_processor import image_token_counts
+from medix_r1.testing.synthetic import SHAPES, draw_shape, generate_synthetic_set
+from medix_r1.testing.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl
 
 SYSTEM = "You are a medical assistant. First name the image modality tag, then think, then answer."
 
@@ -33,9 +35,15 @@ def data(tmp_path_factory):
     return folder, [json.loads(line) for line in open(path)]
 
 
-def small_cfg(model):
-    # 28*28*16 caps each image at 16 merged tokens: keeps the CPU tests fast
-    return config_for_model(model, max_pixels=28 * 28 * 16)
+def prompts_for(tiny_dir, folder, records, *more):
+    """The trainer's VisionPrompts over ``records`` (images at most 16 merged tokens: fast on a CPU)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny_dir}", f"data.train={folder / 'records.jsonl'}",
+                                      "rollout.engine=hf", "rollout.n=2", "rollout.max_tokens=6",
+                                      f"data.system_prompt={SYSTEM}", f"vision.max_pixels={28 * 28 * 16}", *more])
+    return VisionPrompts(records, AutoConfig.from_pretrained(tiny_dir), tiny_dir,
+                         AutoTokenizer.from_pretrained(tiny_dir), cfg, {})
 
 
 def test_synthetic_set_records_and_images(data):
@@ -112,47 +120,53 @@ def test_text_only_model_rejects_image_records():
         check_model_accepts_images(text_cfg, [{"id": "t", "images": []}, {"id": "img-3", "images": ["a.png"]}])
 
 
-def test_prepare_expands_placeholders_per_image_and_handles_bad_records(tiny_dir, data, tmp_path):
+def test_prepare_expands_placeholders_per_image_and_handles_bad_records(tiny_dir, data):
     model, tok = load_tiny_qwen2_5_vl(tiny_dir)
     folder, records = data
-    cfg = small_cfg(model)
-    items = prepare_vl_prompts(records, tok, cfg, SYSTEM, folder)
-    assert len(items) == len(records)
+    vp = prompts_for(tiny_dir, folder, records)
     pad = model.config.image_token_id
-    for item in items:
-        n_img = len(item["record"]["images"])
-        n_pad = item["input_ids"].count(pad)
+    for i, record in enumerate(records):
+        item = vp.prepare(i)
+        n_img, n_pad = len(record["images"]), item["input_ids"].count(pad)
         if n_img:
             grid = item["image_grid_thw"]
             assert grid.shape == (n_img, 3)
             assert n_pad == sum(image_token_counts(grid, 2)) == int(grid.prod(-1).sum()) // 4
             assert item["pixel_values"].shape == (int(grid.prod(-1).sum()), 3 * 2 * 14 * 14)
             assert item["input_ids"].count(tok.convert_tokens_to_ids("<|vision_start|>")) == n_img
+            assert item["engine_ids"].count(pad) == n_img  # vLLM expands one placeholder per image itself
         else:
             assert n_pad == 0 and item["pixel_values"] is None and item["image_grid_thw"] is None
-    # a missing image: error names the record; skip policy drops and counts it
+    # a missing image: the error names the record; with on_bad_image=skip the record is replaced and counted
     bad = dict(records[0], id="broken", images=["images/none.png"])
+    failing = prompts_for(tiny_dir, folder, [bad] + records[:3], "vision.on_bad_image=fail",
+                          "vision.check_files_at_start=false")
     with pytest.raises(ValueError, match="record 'broken'"):
-        prepare_vl_prompts([bad], tok, cfg, SYSTEM, folder)
-    log = SkipLog()
-    kept = prepare_vl_prompts([bad] + records[:3], tok, cfg, SYSTEM, folder, on_bad_image="skip", skip_log=log)
-    assert len(kept) == 3 and log.skipped == 1
+        failing.prepare(0)
+    skipping = prompts_for(tiny_dir, folder, [bad] + records[:3], "vision.check_files_at_start=false")
+    idx, _ = skipping.take(PromptSampler(4, 0), 3)
+    assert sorted(idx) == [1, 2, 3] and skipping.counters["skipped_image_records"] == 1
     # more images than <image> markers in the problem
-    img_rec = next(r for r in records if len(r["images"]) == 2)
+    two = next(r for r in records if len(r["images"]) == 2)
+    marked = prompts_for(tiny_dir, folder, [dict(two, problem="See <image>.")], "vision.on_bad_image=fail")
     with pytest.raises(ValueError, match="1 <image> marker"):
-        prepare_vl_prompts([dict(img_rec, problem="See <image>.")], tok, cfg, SYSTEM, folder)
+        marked.prepare(0)
 
 
-def test_image_content_changes_the_logits(tiny_dir):
-    model, tok = load_tiny_qwen2_5_vl(tiny_dir)
-    cfg = small_cfg(model)
-    out = []
-    for colour in ("red", "blue"):
-        rec = {"id": colour, "images": [_png(draw_shape("circle", colour, (56, 56)))], "problem": "What shape?"}
-        item = prepare_vl_prompts([rec], tok, cfg)[0]
-        with torch.no_grad():
-            out.append(model(**vl_generate_inputs(item)).logits[0, -1])
-    assert out[0].shape == (len(tok),) and torch.isfinite(out[0]).all()
+def _inputs(item):
+    x = torch.tensor([item["input_ids"]])
+    extra = {k: item[k] for k in ("pixel_values", "image_grid_thw") if item[k] is not None}
+    return {"input_ids": x, "attention_mask": torch.ones_like(x), **extra}
+
+
+def test_image_content_changes_the_logits(tiny_dir, tmp_path):
+    model, _ = load_tiny_qwen2_5_vl(tiny_dir)
+    records = [{"id": colour, "images": [_png(draw_shape("circle", colour, (56, 56)))], "problem": "What shape?",
+                "solution": "<OTHER> circle"} for colour in ("red", "blue")]
+    vp = prompts_for(tiny_dir, tmp_path, records)
+    with torch.no_grad():
+        out = [model(**_inputs(vp.prepare(i))).logits[0, -1] for i in range(2)]
+    assert torch.isfinite(out[0]).all()
     assert (out[0] - out[1]).abs().max() > 1e-4  # the vision tower feeds the language model
 
 
@@ -163,48 +177,21 @@ def _png(img):
     return buf.getvalue()
 
 
-def _rollout(model, tok, items, n=2, max_new_tokens=6, seed=0):
-    """hf generate with images, n samples per prompt; returns (items per row, response ids)."""
-    from transformers import GenerationConfig
-
-    gen = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    rows, responses = [], []
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for item in items:
-            kwargs = vl_generate_inputs(item)
-            seqs = model.generate(**kwargs, generation_config=gen)
-            assert seqs.shape[0] == n
-            assert seqs[:, :kwargs["input_ids"].shape[1]].eq(kwargs["input_ids"]).all()
-            for s in seqs[:, kwargs["input_ids"].shape[1]:].tolist():
-                eos = s.index(tok.eos_token_id) + 1 if tok.eos_token_id in s else len(s)
-                rows.append(item)
-                responses.append(s[:eos])
-    return rows, responses
-
-
 @pytest.mark.parametrize("frozen", [False, True])
-def test_mixed_batch_generate_collate_loss_step(tiny_dir, data, frozen):
+def test_mixed_batch_rollout_batch_loss_step(tiny_dir, data, frozen):
     model, tok = load_tiny_qwen2_5_vl(tiny_dir)
     folder, records = data
-    mixed = [r for r in records if len(r["images"]) == 2][:1] + [r for r in records if len(r["images"]) == 1][:1] \
-        + [r for r in records if not r["images"]][:1]
-    items = prepare_vl_prompts(mixed, tok, small_cfg(model), SYSTEM, folder)
-    rows, responses = _rollout(model, tok, items)
-    assert len(rows) == 6 and all(len(r) >= 1 for r in responses)
-
-    batch = collate_vl(rows, responses, tok.pad_token_id)
-    B, L = batch["input_ids"].shape
-    assert batch["image_counts"].tolist() == [2, 2, 1, 1, 0, 0]
-    assert batch["image_grid_thw"].shape == (6, 3)
+    picked = [next(i for i, r in enumerate(records) if len(r["images"]) == k) for k in (2, 1, 0)]
+    vp = prompts_for(tiny_dir, folder, records)
+    items = [vp.prepare(i) for i in picked]
+    r = HfRollout(model, tok, vp.cfg.rollout).generate(items, step=0, seed=0)
+    assert len(r) == 6 and r.group == [0, 0, 1, 1, 2, 2] and all(len(x) >= 1 for x in r.response_ids)
+    batch = slice_batch(make_batch(r.prompt_ids, r.response_ids, tok.pad_token_id, r.images), slice(0, 6))
+    assert batch["image_grid_thw"].shape == (6, 3)  # two rows x two images, two rows x one image
     assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
-    assert batch["response_mask"].sum(1).tolist() == [float(len(r)) for r in responses]
-    for b, (item, resp) in enumerate(zip(rows, responses)):  # right padding, prompt then response
-        p = len(item["input_ids"])
-        assert batch["input_ids"][b, :p].tolist() == item["input_ids"]
-        assert batch["input_ids"][b, p:p + len(resp)].tolist() == resp
-        assert batch["ids"][b, :len(resp)].tolist() == resp
+    for b, (p, resp) in enumerate(zip(r.prompt_ids, r.response_ids)):  # right padding, prompt then response
+        assert batch["input_ids"][b, :len(p)].tolist() == p == items[b // 2]["input_ids"]
+        assert batch["input_ids"][b, len(p):len(p) + len(resp)].tolist() == resp == batch["ids"][b, :len(resp)].tolist()
 
     freeze_vision_tower(model, frozen)
     model.train()
@@ -213,17 +200,13 @@ def test_mixed_batch_generate_collate_loss_step(tiny_dir, data, frozen):
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                 output_hidden_states=True, use_cache=False)
-    hidden, ids = out.hidden_states[-1], batch["input_ids"]
+    hidden = out.hidden_states[-1]
     torch.testing.assert_close(model.lm_head(hidden), out.logits)  # last hidden state is post-norm
-    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
-    loss, _ = medix_kernels.fused_linear_grpo_loss(hidden[:, :-1], model.lm_head.weight, ids[:, 1:],
-                                                   batch["response_mask"][:, 1:], advantages)
-    assert torch.isfinite(loss)
-    # the trainer's layout (pred_pos gathers the predicting positions) gives the same loss
     gathered = hidden.gather(1, batch["pred_pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    loss2, _ = medix_kernels.fused_linear_grpo_loss(gathered, model.lm_head.weight, batch["ids"], batch["mask"],
-                                                    advantages)
-    torch.testing.assert_close(loss, loss2, atol=1e-6, rtol=1e-5)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
+    loss, _ = medix_kernels.fused_linear_grpo_loss(gathered, model.lm_head.weight, batch["ids"], batch["mask"],
+                                                   advantages)
+    assert torch.isfinite(loss)
     loss.backward()
     torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
     changed = [not torch.equal(a, p) for a, p in zip(vision_before, vision_parameters(model))]
@@ -237,21 +220,25 @@ def test_mixed_batch_generate_collate_loss_step(tiny_dir, data, frozen):
 def test_micro_batch_slices_carry_their_own_images(tiny_dir, data):
     model, tok = load_tiny_qwen2_5_vl(tiny_dir)
     folder, records = data
-    picked = [r for r in records if not r["images"]][:1] + [r for r in records if len(r["images"]) == 2][:1] \
-        + [r for r in records if len(r["images"]) == 1][:2]
-    items = prepare_vl_prompts(picked, tok, small_cfg(model), SYSTEM, folder)
-    responses = [tok("<OTHER> <answer> circle </answer>", add_special_tokens=False)["input_ids"]] * 4
-    batch = collate_vl(items, responses, tok.pad_token_id)
+    picked = [next(i for i, r in enumerate(records) if not r["images"]),
+              next(i for i, r in enumerate(records) if len(r["images"]) == 2)] + \
+        [i for i, r in enumerate(records) if len(r["images"]) == 1][:2]
+    vp = prompts_for(tiny_dir, folder, records)
+    items = [vp.prepare(i) for i in picked]
+    response = tok("<OTHER> <answer> circle </answer>", add_special_tokens=False)["input_ids"]
+    batch = make_batch([it["input_ids"] for it in items], [response] * 4, tok.pad_token_id,
+                       [{k: it[k] for k in ("pixel_values", "image_grid_thw")} if it["pixel_values"] is not None
+                        else None for it in items])
     extra = lambda b: {k: b[k] for k in ("pixel_values", "image_grid_thw") if k in b}  # noqa: E731
     with torch.no_grad():
-        full = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                **extra(batch)).last_hidden_state
+        whole = slice_batch(batch, slice(0, 4))
+        full = model.base_model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"],
+                                **extra(whole)).last_hidden_state
         for start, stop in ((0, 1), (1, 3), (3, 4), (0, 2)):
-            mb = slice_vl_batch(batch, start, stop)
-            assert mb["image_counts"].sum() == (mb["image_grid_thw"].shape[0] if "image_grid_thw" in mb else 0)
+            mb = slice_batch(batch, slice(start, stop))
+            images = sum(len(records[i]["images"]) for i in picked[start:stop])
+            assert (mb["image_grid_thw"].shape[0] if "image_grid_thw" in mb else 0) == images
             part = model.base_model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
                                     **extra(mb)).last_hidden_state
             mask = mb["attention_mask"].bool()
             torch.testing.assert_close(part[mask], full[start:stop][mask], atol=2e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="one entry per row"):
-        collate_vl(items, responses[:2], tok.pad_token_id)

@@ -1,8 +1,8 @@
-"""MediX-R1 training records: loading, checking, prompt building and a resumable sampler.
+"""MediX-R1 training records: loading, checking and a resumable sampler.
 
 A record has ``id``, ``images`` (list, possibly empty), ``problem`` and ``solution``
 (``"<TAG> answer"``); PubMedQA records also carry ``question`` and ``contexts``, which lets the
-trainer shorten the abstract (:func:`prompt_messages`). Local JSONL is parsed line by line so a
+trainer shorten the abstract (:mod:`medix_r1.data.prompts`). Local JSONL is parsed line by line so a
 malformed record is reported as ``file:line``; JSON arrays, Parquet and hub datasets go through the
 ``datasets`` library.
 """
@@ -131,36 +131,6 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
     if not records:
         raise ValueError(f"data.train {source!r}: no valid records")
     return records, skipped
-
-
-def problem_text(record: dict, context_chars: int) -> str:
-    """The user text: the question with its context cut to ``context_chars`` characters when the
-    record carries them separately (PubMedQA), else the record's problem."""
-    contexts, question = record.get("contexts"), record.get("question")
-    if context_chars > 0 and question and contexts:
-        ctx = " ".join(contexts) if isinstance(contexts, (list, tuple)) else str(contexts)
-        if len(ctx) > context_chars:
-            ctx = ctx[:context_chars].rsplit(" ", 1)[0] + " ..."
-        return f"Context: {ctx}\n\nQuestion: {question}"
-    return record["problem"]
-
-
-def prompt_messages(record: dict, system_prompt: str, context_chars: int,
-                    example: tuple[str, str] = ("", "")) -> list[dict]:
-    """The chat messages of one record (the one place prompts are built; image parts go first).
-
-    ``example`` = (question, answer): when both are set, one demonstration exchange (a user turn
-    and an assistant turn in the requested format) goes between the system prompt and the record.
-    Small models follow a shown format far more often than a described one."""
-    text = problem_text(record, context_chars)
-    if record.get("images"):
-        content = [{"type": "image"} for _ in record["images"]] + [{"type": "text", "text": text}]
-    else:
-        content = text
-    demo = []
-    if example[0] and example[1]:
-        demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
-    return [{"role": "system", "content": system_prompt}, *demo, {"role": "user", "content": content}]
 
 
 class PromptSampler:

@@ -1,7 +1,7 @@
 """The 17 MediX-R1 evaluation benchmarks: a registry and loaders into one record format.
 
 Each registry entry names where the data lives on the Hugging Face hub (id, config, split) and a
-mapping function from one raw row to an eval record (see :mod:`medix_r1.eval.records`). Rows
+mapping function from one raw row to an eval record (see :mod:`medix_r1.eval.items`). Rows
 are read with the ``datasets`` library: from local files (``data_files=``, any format
 ``datasets`` reads: json/jsonl, csv, parquet) or from the hub when the machine is online.
 The hub ids are the public copies the benchmarks are usually taken from; MIMIC-CXR needs
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .records import TEXT_TAG, make_record
+from .items import TEXT_TAG, make_record
 
 BUNDLED_PUBMEDQA = Path(__file__).resolve().parents[1] / "data" / "pubmedqa" / "test.jsonl"
 LETTERS = "ABCDEFGHIJ"

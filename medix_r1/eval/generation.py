@@ -1,10 +1,9 @@
 """Answer generation: vLLM in-process, transformers (``hf``), or an OpenAI-compatible endpoint.
 
 All three take OpenAI-style chat messages built by :func:`build_messages` and return one text
-per item; greedy decoding unless a temperature is given. vLLM runs in this process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) in fp32 with ``enforce_eager``, an explicit KV-cache
-size and ``max_model_len``; text prompts are tokenised with the model's chat template here and
-passed as ``TokensPrompt``. Items with images go through ``LLM.chat`` (vLLM) or as data-URL
+per item; greedy decoding unless a temperature is given. vLLM runs in this process, configured
+as everywhere else in the project (:mod:`medix_r1.rollout.vllm_engine`); text prompts are
+tokenised with the model's chat template here and passed as ``TokensPrompt``. Items with images go through ``LLM.chat`` (vLLM) or as data-URL
 content parts (OpenAI endpoint); the ``hf`` path is text only.
 """
 from __future__ import annotations
@@ -16,6 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from medix_r1.data.prompts import chat_token_ids, cut_middle
+from medix_r1.models import resolve_model_dir
+from medix_r1.rollout.vllm_engine import build_llm, engine_kwargs
 
 MEDIX_SYSTEM = (
     "You are a medical expert. Answer in this format: first the modality tag of the image (one "
@@ -54,20 +57,6 @@ class GenerationConfig:
                              f"max_model_len ({self.max_model_len})")
 
 
-def resolve_model_dir(model: str | Path) -> Path:
-    """A folder with a Hugging Face ``config.json``: the folder itself or its ``model/``.
-
-    A trainer checkpoint keeps the HF-format weights in a ``model/`` subfolder, so both the
-    checkpoint folder and the model folder are accepted.
-    """
-    path = Path(model).expanduser()
-    for candidate in (path, path / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate.resolve()
-    raise ValueError(f"--model {model}: expected a folder with config.json (a Hugging Face model "
-                     f"folder) or a checkpoint folder whose model/ has one")
-
-
 def _image_data_url(image) -> str:
     """An image (path, PIL image, bytes, or a datasets {'bytes','path'} dict) as a data URL."""
     if isinstance(image, dict):
@@ -98,31 +87,12 @@ def build_messages(record: dict, style: str = "medix") -> list[dict]:
             {"role": "user", "content": content}]
 
 
-def cut_middle(token_ids: list[int], budget: int) -> list[int]:
-    """Keep the first and last ``budget // 2`` tokens when a prompt is too long (the system
-    prompt and the question at the end both survive; the middle of the context goes)."""
-    if len(token_ids) <= budget:
-        return token_ids
-    head = budget // 2
-    return token_ids[:head] + token_ids[len(token_ids) - (budget - head):]
-
-
-def _chat_ids(tokenizer, messages) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
-
-
 def make_vllm_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
-    # Set before vLLM is imported: keeps the engine in this process (faster on CPU, FACTS §4).
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=str(model_dir), dtype="float32", enforce_eager=True,
-              max_model_len=cfg.max_model_len, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
-              seed=cfg.seed)
+    llm = build_llm(engine_kwargs(model_dir, max_model_len=cfg.max_model_len, seed=cfg.seed,
+                                  kv_cache_gb=cfg.kv_cache_memory_bytes / (1 << 30), enforce_eager=True))
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
                             seed=cfg.seed)
@@ -132,7 +102,7 @@ def make_vllm_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
         texts: list[str | None] = [None] * len(batch)
         text_only = [i for i, m in enumerate(batch) if isinstance(m[-1]["content"], str)]
         if text_only:
-            prompts = [TokensPrompt(prompt_token_ids=cut_middle(_chat_ids(tokenizer, batch[i]),
+            prompts = [TokensPrompt(prompt_token_ids=cut_middle(chat_token_ids(tokenizer, batch[i]),
                                                                 budget)) for i in text_only]
             for i, out in zip(text_only, llm.generate(prompts, params, use_tqdm=False)):
                 texts[i] = out.outputs[0].text
@@ -162,7 +132,7 @@ def make_hf_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
         if any(not isinstance(m[-1]["content"], str) for m in batch):
             raise ValueError("the hf generator is text only; use --generator vllm or openai "
                              "for benchmarks with images")
-        ids = [cut_middle(_chat_ids(tokenizer, m), budget) for m in batch]
+        ids = [cut_middle(chat_token_ids(tokenizer, m), budget) for m in batch]
         width = max(len(x) for x in ids)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
@@ -203,5 +173,5 @@ def make_generator(kind: str, model: str | Path, cfg: GenerationConfig) -> Calla
         return make_openai_generator(str(model), cfg)
     if kind not in GENERATORS:
         raise ValueError(f"generator must be one of {GENERATORS}, got {kind!r}")
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, "--model")
     return (make_vllm_generator if kind == "vllm" else make_hf_generator)(model_dir, cfg)

@@ -30,8 +30,8 @@ from .benchmarks import record_key
 from .charts import bar_chart
 from .generation import build_messages
 from .judging import judge_round, majority_vote
-from .records import exact_match, extract_answer
-from .store import JsonlWriter, read_jsonl
+from .items import exact_match, extract_answer
+from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
 from .summary import judge_stats_markdown, summarize, to_csv, to_markdown
 
 # run.json keys that must agree between a run and its resumption.

@@ -150,39 +150,6 @@ def load_record_images(record: dict, base_dir=None,
             for i, ref in enumerate(images)]
 
 
-@dataclass
-class SkipLog:
-    """Counts records dropped because of a bad image (the run goes on; the reasons are kept)."""
-    skipped: int = 0
-    reasons: list[str] = field(default_factory=list)
-
-    def add(self, message: str) -> None:
-        self.skipped += 1
-        if len(self.reasons) < 100:  # keep the log bounded in a long run
-            self.reasons.append(message)
-
-
-def load_images_with_policy(records, base_dir=None, on_bad_image: str = "skip",
-                            max_pixels: int = DEFAULT_MAX_DECODE_PIXELS, skip_log: SkipLog | None = None):
-    """Load the images of each record; returns ``(pairs, skip_log)``, pairs = [(record, [images])].
-
-    on_bad_image: "skip" drops a record with a bad image and counts it in ``skip_log``;
-    "error" raises the ``ImageError``.
-    """
-    if on_bad_image not in ("skip", "error"):
-        raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-    skip_log = skip_log if skip_log is not None else SkipLog()
-    pairs = []
-    for record in records:
-        try:
-            pairs.append((record, load_record_images(record, base_dir, max_pixels)))
-        except ImageError as exc:
-            if on_bad_image == "error":
-                raise
-            skip_log.add(str(exc))
-    return pairs, skip_log
-
-
 def keep_images_encoded(ds):
     """A ``datasets.Dataset`` whose ``images`` column holds Image features, cast to ``decode=False``:
     rows then carry ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled

@@ -1,9 +1,9 @@
 """A rollout server: one in-process vLLM engine behind a small HTTP API, weights synced over torch.distributed.
 
-``python -m medix_r1.rollout_server --model DIR [--host 127.0.0.1] [--port 8100] [--max-model-len 640]
+``python -m medix_r1.rollout.server --model DIR [--host 127.0.0.1] [--port 8100] [--max-model-len 640]
 [--kv-cache-gb 1.0] [--dtype auto]`` loads ``DIR`` into a vLLM ``LLM`` (in this process:
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and serves it until SIGTERM / Ctrl-C. The trainer talks to it
-with :class:`medix_r1.rollout.ServerRollout` (``rollout.engine=server``); see ROLLOUT_SERVER.md.
+with :class:`medix_r1.rollout.client.ServerRollout` (``rollout.engine=server``); see docs/rollout_server.md.
 
 Endpoints (JSON in, JSON out; errors are ``{"detail": "..."}`` with 400 bad request, 409 wrong
 state, 507 out of memory, 500 anything else):
@@ -28,15 +28,9 @@ state, 507 out of memory, 500 anything else):
   ``VllmRollout.sync``. It answers when the engine holds the new weights.
 - ``POST /close_weight_sync``: drop the group.
 
-Weight-sync groups are standalone: vLLM owns the process's default torch.distributed group (world
-size 1), so neither side calls ``init_process_group``. With ``gloo`` (CPU; also works between GPU
-machines, through host memory) both sides build a ``ProcessGroupGloo`` on a ``TCPStore`` that the
-trainer hosts; with ``nccl`` (GPU) both build vLLM's ``PyNcclCommunicator`` over a
-``StatelessProcessGroup``. Before the first broadcast of an update the server writes a ready key
-into the store (after it validated the request and got the engine), so a trainer never broadcasts
-into a request the server refused. If loading fails half-way the server still receives the rest
-(so the trainer is not left hanging), reports the error and refuses to generate until a complete
-update arrives.
+The weights travel by the protocol of :mod:`medix_r1.rollout.weight_sync`. If loading fails
+half-way the server still receives the rest (so the trainer is not left hanging), reports the
+error and refuses to generate until a complete update arrives.
 
 Every engine call (start-up, generate, weight updates, group set-up) runs on one engine thread,
 in order; ``/health`` answers while it is busy.
@@ -44,7 +38,7 @@ in order; ``/health`` answers while it is busy.
 
 import os
 
-# Same reason as in train.py: busy-waiting OpenMP threads starve everything else on a small CPU box.
+# Same reason as in medix_r1/train/__init__.py: busy-waiting OpenMP threads starve everything else on a small CPU box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
@@ -62,203 +56,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-log = logging.getLogger("medix_r1.rollout_server")
+from medix_r1.rollout.types import is_oom  # noqa: E402
+from medix_r1.rollout.vllm_engine import build_llm, engine_kwargs, finish_weight_update  # noqa: E402
+from medix_r1.rollout.weight_sync import (  # noqa: E402
+    WeightSyncGroup, check_meta, local_address_towards, ready_key, receive_weights,
+)
+
+log = logging.getLogger("medix_r1.rollout.server")
 
 DEFAULT_PORT = 8100
-TRAINER_RANK = 0  # hosts the store and broadcasts the weights
-SYNC_PREFIX = "medix_weight_sync"
-BACKENDS = ("gloo", "nccl")
-# dtypes a weight update may carry (names as str(torch.dtype) without the "torch.")
-DTYPES = {name: getattr(torch, name) for name in
-          ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
-
-
-# ----------------------------------------------------------------------------- protocol (both sides)
-
-def dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"weight sync does not carry dtype {dtype}; supported: {sorted(DTYPES)}")
-    return name
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; supported: {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def check_meta(meta: list[dict]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    """``[{name, dtype, shape}]`` -> ``[(name, torch dtype, shape)]``; ValueError naming a bad entry."""
-    out = []
-    for i, m in enumerate(meta):
-        try:
-            name, dtype, shape = str(m["name"]), parse_dtype(m["dtype"]), tuple(int(s) for s in m["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"params[{i}] ({m!r}): {e}") from None
-        if not name or any(s < 0 for s in shape):
-            raise ValueError(f"params[{i}] ({m!r}): empty name or negative size")
-        out.append((name, dtype, shape))
-    return out
-
-
-def plan_buckets(meta: list[tuple[str, torch.dtype, tuple[int, ...]]], bucket_bytes: int) -> list[list[int]]:
-    """Groups of consecutive parameter indices that travel as one flat broadcast.
-
-    ``bucket_bytes <= 0``: one tensor per broadcast. Otherwise consecutive tensors of one dtype
-    are packed while they fit in ``bucket_bytes``; a larger tensor travels alone. Both sides
-    compute the same plan from the same metadata."""
-    if bucket_bytes <= 0:
-        return [[i] for i in range(len(meta))]
-    buckets, current, size, dtype = [], [], 0, None
-    for i, (_, dt, shape) in enumerate(meta):
-        nbytes = math.prod(shape) * torch.empty((), dtype=dt).element_size()
-        if current and (dt != dtype or size + nbytes > bucket_bytes):
-            buckets.append(current)
-            current, size = [], 0
-        current.append(i)
-        size, dtype = size + nbytes, dt
-    if current:
-        buckets.append(current)
-    return buckets
-
-
-def local_address_towards(host: str, port: int = 9) -> str:
-    """This machine's address on the route to ``host`` (no packet is sent: a UDP connect only picks
-    the route). Loopback for a loopback peer."""
-    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((host, port))
-            return s.getsockname()[0]
-        except OSError:
-            return socket.gethostbyname(socket.gethostname())
-
-
-def ready_key(sync_id: str, rank: int) -> str:
-    return f"medix/ready/{sync_id}/{rank}"
-
-
-class WeightSyncGroup:
-    """A standalone two-or-more-party group for broadcasting weights from the trainer (rank 0).
-
-    Built in two steps because rank 0 must host the store before it tells the other side where
-    it is: :meth:`open_store` (does not block), then :meth:`connect` (blocks until every rank
-    joined). ``store`` doubles as the side channel for ready keys."""
-
-    def __init__(self, backend: str, rank: int, world_size: int, timeout_s: float, store, spg=None):
-        if backend not in BACKENDS:
-            raise ValueError(f"weight-sync backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend, self.rank, self.world_size = backend, rank, world_size
-        self.timeout = datetime.timedelta(seconds=timeout_s)
-        self.store, self.spg = store, spg
-        self.pg = self.comm = None
-        self.device = torch.device("cpu")  # where broadcast tensors live (the CUDA device with nccl)
-        self.port: int | None = None
-
-    @classmethod
-    def open_store(cls, backend: str, host: str, port: int, rank: int, world_size: int,
-                   timeout_s: float) -> "WeightSyncGroup":
-        """Rank 0 hosts the store (``port`` 0: a free one, see :attr:`port`); others connect to it."""
-        if not 0 <= rank < world_size or world_size < 2:
-            raise ValueError(f"rank {rank} / world size {world_size}: need world_size >= 2 and 0 <= rank < world_size")
-        td = datetime.timedelta(seconds=timeout_s)
-        if backend == "gloo":
-            from torch.distributed import TCPStore
-            store = TCPStore(host, port, world_size, is_master=rank == TRAINER_RANK, timeout=td,
-                             wait_for_workers=False)
-            group = cls(backend, rank, world_size, timeout_s, store)
-            group.port = store.port
-            return group
-        from vllm.distributed.utils import StatelessProcessGroup
-        sock = None
-        if rank == TRAINER_RANK:  # bind first so that port 0 becomes a known port
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen()
-            port = sock.getsockname()[1]
-        spg = StatelessProcessGroup.create(host, port, rank, world_size, store_timeout=int(timeout_s),
-                                           listen_socket=sock)
-        group = cls(backend, rank, world_size, timeout_s, spg.store, spg)
-        group.port = port
-        return group
-
-    def connect(self, local_host: str, device=None) -> "WeightSyncGroup":
-        """Form the group (blocks until all ranks call it). ``local_host``: this side's address the
-        others reach it at (gloo); ``device``: the CUDA device (nccl)."""
-        if self.backend == "gloo":
-            import torch.distributed as dist
-            opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = self.timeout
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local_host)]
-            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(SYNC_PREFIX, self.store), self.rank, self.world_size, opts)
-        else:
-            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-            self.device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
-            self.comm = PyNcclCommunicator(self.spg, device=self.device)
-            if self.comm.disabled:  # vLLM disables it silently without an NCCL library: broadcasts would be no-ops
-                raise RuntimeError("vLLM's PyNcclCommunicator is disabled (no NCCL library?): use the gloo backend")
-        return self
-
-    def broadcast(self, tensor: torch.Tensor, src: int = TRAINER_RANK) -> None:
-        if self.backend == "gloo":
-            import torch.distributed as dist
-            opts = dist.BroadcastOptions()
-            opts.rootRank, opts.rootTensor, opts.timeout = src, 0, self.timeout
-            self.pg.broadcast([tensor], opts).wait()
-        else:
-            self.comm.broadcast(tensor, src=src, stream=torch.cuda.current_stream(self.device))
-
-    def synchronize(self) -> None:
-        if self.backend == "nccl":
-            torch.cuda.current_stream(self.device).synchronize()
-
-    def close(self) -> None:
-        pg, self.pg, self.comm, self.spg = self.pg, None, None, None
-        if pg is not None:
-            try:
-                pg.shutdown()
-            except Exception as e:  # a peer that is gone already
-                log.debug("weight-sync group shutdown: %s", e)
-        self.store = None
-
-
-def send_weights(group: WeightSyncGroup, tensors, meta, bucket_bytes: int) -> int:
-    """Rank 0: broadcast ``tensors`` (an iterable in ``meta`` order, each already of the meta's
-    dtype and shape) bucket by bucket; at most one bucket (or one tensor) is held at a time.
-    Returns the bytes sent."""
-    it, sent = iter(tensors), 0
-    for bucket in plan_buckets(meta, bucket_bytes):
-        parts = [next(it) for _ in bucket]
-        for t, i in zip(parts, bucket):
-            if tuple(t.shape) != meta[i][2] or t.dtype != meta[i][1]:
-                raise ValueError(f"{meta[i][0]}: tensor is {t.dtype} {tuple(t.shape)}, metadata says "
-                                 f"{meta[i][1]} {meta[i][2]}")
-        flat = parts[0].contiguous() if len(parts) == 1 else torch.cat([p.reshape(-1) for p in parts])
-        group.broadcast(flat.to(group.device))
-        sent += flat.numel() * flat.element_size()
-    group.synchronize()
-    return sent
-
-
-def receive_weights(group: WeightSyncGroup, meta, bucket_bytes: int):
-    """Rank > 0: yield ``(name, tensor)`` as each bucket arrives (the mirror of :func:`send_weights`)."""
-    for bucket in plan_buckets(meta, bucket_bytes):
-        if len(bucket) == 1:
-            name, dtype, shape = meta[bucket[0]]
-            t = torch.empty(shape, dtype=dtype, device=group.device)
-            group.broadcast(t)
-            group.synchronize()
-            yield name, t
-            continue
-        sizes = [math.prod(meta[i][2]) for i in bucket]
-        flat = torch.empty(sum(sizes), dtype=meta[bucket[0]][1], device=group.device)
-        group.broadcast(flat)
-        group.synchronize()
-        for i, part in zip(bucket, flat.split(sizes)):
-            yield meta[i][0], part.view(meta[i][2])
 
 
 # ----------------------------------------------------------------------------- server
@@ -269,20 +75,6 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def engine_kwargs(model: str, *, max_model_len: int, kv_cache_gb: float, dtype: str, seed: int,
-                  gpu_memory_utilization: float, enforce_eager: bool | None, on_gpu: bool) -> dict:
-    """``LLM(...)`` arguments; on CPU the same as VllmRollout's (fp32, explicit KV cache, no chunked
-    prefill: seeded CPU generators refuse the rewind a chunked prefill needs)."""
-    kw = dict(model=str(model), max_model_len=max_model_len, seed=seed,
-              enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager)
-    if on_gpu:
-        kw.update(dtype="bfloat16" if dtype == "auto" else dtype, gpu_memory_utilization=gpu_memory_utilization)
-    else:
-        kw.update(dtype="float32" if dtype == "auto" else dtype, kv_cache_memory_bytes=int(kv_cache_gb * (1 << 30)),
-                  enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
-    return kw
 
 
 def sampling_kwargs(req: dict, i: int) -> dict:
@@ -308,20 +100,12 @@ def check_generate(req: dict, max_model_len: int) -> None:
                                f"--max-model-len {max_model_len}")
 
 
-def _is_oom(err: BaseException) -> bool:
-    from medix_r1.rollout import _is_oom as is_oom
-    return is_oom(err)
-
-
 class RolloutEngine:
     """The vLLM engine and the weight-sync state; every method runs on the engine thread."""
 
     def __init__(self, model: str, kwargs: dict):
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker in this process (FACTS §4)
-        from vllm import LLM
-
         t = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        self.llm = build_llm(kwargs)
         self.model, self.dtype, self.max_model_len = model, str(kwargs["dtype"]), int(kwargs["max_model_len"])
         self.instance = uuid.uuid4().hex[:12]
         self.weights_version = 0
@@ -409,8 +193,6 @@ class RolloutEngine:
             log.error("could not finalise the failed reload (%s: %s); a restart may be needed", type(e).__name__, e)
 
     def update_weights(self, req: dict) -> dict:
-        from medix_r1.rollout import _refresh_lm_head
-
         if self.group is None:
             raise RequestError("no weight-sync group: POST /init_weight_sync first (did the server restart?)", 409)
         try:
@@ -462,8 +244,7 @@ class RolloutEngine:
             raise RequestError(f"weight update failed at tensor {counts['tensors']} of {len(meta)} "
                                f"({counts['last']}): {self.weights_broken}", 500)
         t_load = time.perf_counter() - t0
-        self.llm.apply_model(_refresh_lm_head)  # the tied LM head's repacked copy (CPU backend)
-        self.llm.reset_prefix_cache()
+        finish_weight_update(self.llm)  # the tied LM head's repacked copy (CPU backend), prefix cache
         self.weights_broken = None
         self.weights_version += 1
         dt = time.perf_counter() - t0
@@ -540,7 +321,7 @@ def build_app(engine: RolloutEngine, runner: EngineThread):
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception):
-        status = 507 if _is_oom(exc) else 500
+        status = 507 if is_oom(exc) else 500
         log.exception("%s failed", request.url.path)
         return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=status)
 
@@ -570,7 +351,7 @@ def build_app(engine: RolloutEngine, runner: EngineThread):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medix_r1.rollout_server",
+    p = argparse.ArgumentParser(prog="python -m medix_r1.rollout.server",
                                 description="Serve rollouts (generate with raw log-probs) from an in-process vLLM "
                                             "engine whose weights a trainer updates over torch.distributed "
                                             "(rollout.engine=server).")
@@ -621,7 +402,7 @@ def main(argv=None) -> int:
     try:
         engine = runner(RolloutEngine, model, kwargs)
     except Exception as e:
-        hint = " (lower --kv-cache-gb / --gpu-memory-utilization or --max-model-len)" if _is_oom(e) else ""
+        hint = " (lower --kv-cache-gb / --gpu-memory-utilization or --max-model-len)" if is_oom(e) else ""
         print(f"error: vLLM did not start{hint}: {type(e).__name__}: {e}", file=sys.stderr)
         runner.shutdown()
         return 1

@@ -34,10 +34,10 @@ passes, a ``RuntimeError`` carries the tail of the server log.
 
 CLI (a local judge server until Ctrl-C)::
 
-    python -m medix_r1.serving --model DIR [--port P] [--served-model-name NAME]
+    python -m medix_r1.testing.servers --model DIR [--port P] [--served-model-name NAME]
 
 :func:`rollout_server` does the same for the project's own rollout server
-(``python -m medix_r1.rollout_server``, ``rollout.engine=server``; see ROLLOUT_SERVER.md), ready
+(``python -m medix_r1.rollout.server``, ``rollout.engine=server``; see docs/rollout_server.md), ready
 when its ``GET /health`` answers::
 
     with rollout_server(smollm2_hf_dir(), kv_cache_gb=0.25) as server:
@@ -230,7 +230,7 @@ def _wait_until(process: subprocess.Popen, log_path: Path, ready, timeout_s: flo
 
 @dataclass
 class RolloutServer(ServerProcess):
-    """A running ``python -m medix_r1.rollout_server``: ``url`` is the base URL for
+    """A running ``python -m medix_r1.rollout.server``: ``url`` is the base URL for
     ``rollout.server_url`` (``http://host:port``)."""
     command: list
 
@@ -249,7 +249,7 @@ def _health(url: str, timeout: float = 2.0) -> dict | None:
 def rollout_server_command(model_dir, *, port: int, host: str = "127.0.0.1", max_model_len: int = 640,
                            kv_cache_gb: float = 1.0, dtype: str = "auto", extra_args=()) -> list[str]:
     """The command line :func:`rollout_server` runs."""
-    return [sys.executable, "-m", "medix_r1.rollout_server", "--model", str(model_dir), "--host", host,
+    return [sys.executable, "-m", "medix_r1.rollout.server", "--model", str(model_dir), "--host", host,
             "--port", str(port), "--max-model-len", str(max_model_len), "--kv-cache-gb", str(kv_cache_gb),
             "--dtype", dtype] + [str(a) for a in extra_args]
 
@@ -258,7 +258,7 @@ def rollout_server_command(model_dir, *, port: int, host: str = "127.0.0.1", max
 def rollout_server(model_dir, *, port: int | None = None, host: str = "127.0.0.1", max_model_len: int = 640,
                    kv_cache_gb: float = 1.0, dtype: str = "auto", extra_args=(), ready_timeout_s: float = 180.0,
                    log_path=None, env: dict | None = None, stop_grace_s: float = 20.0):
-    """Run ``python -m medix_r1.rollout_server`` for ``model_dir`` (a folder or 'smollm2'); yields a
+    """Run ``python -m medix_r1.rollout.server`` for ``model_dir`` (a folder or 'smollm2'); yields a
     :class:`RolloutServer` once ``GET /health`` answers (the engine is loaded by then). Same process
     handling as :func:`vllm_server`: own process group, SIGTERM then SIGKILL on exit, a
     ``RuntimeError`` with the log's tail when it dies or is not ready in ``ready_timeout_s``.
@@ -277,7 +277,7 @@ def rollout_server(model_dir, *, port: int | None = None, host: str = "127.0.0.1
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medix_r1.serving",
+    p = argparse.ArgumentParser(prog="python -m medix_r1.testing.servers",
                                 description="Serve a model with vLLM's OpenAI-compatible server (e.g. as the "
                                             "reward judge) until Ctrl-C.")
     p.add_argument("--model", required=True, help="Hugging Face model folder (or 'smollm2' for the bundled "

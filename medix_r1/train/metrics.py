@@ -1,9 +1,14 @@
-"""Run observability: metrics.jsonl, TensorBoard, a tqdm bar and the final reward plot."""
+"""Run observability: the step's metrics, metrics.jsonl, TensorBoard, a tqdm bar and the final reward plot."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from medix_r1.parallel import collectives as dist
 
 PLOT_PANELS = (
     ("reward", ("reward/total", "reward/format", "reward/modality", "reward/judge", "reward/embedding")),
@@ -92,3 +97,57 @@ def plot_history(history: list[dict], path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped) -> dict:
+    """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
+    ranks (a single process's means); ``stats`` and ``info`` are global already."""
+    rows = len(results)
+    pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
+             for k in ("total", "format", "modality", "judge", "embedding")}
+    pairs["reward/judge_failed_rate"] = (sum(float(bool(x.judge_failed)) for x in results), rows)
+    pairs["reward/exact_match_rate"] = (sum(float(bool(x.exact_match)) for x in results), rows)
+    pairs["reward/invalid_answer_rate"] = (sum(float(bool(x.invalid_answer)) for x in results), rows)
+    pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
+    pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
+    pairs["rollout/groups_kept"] = (len(set(r.group)), 1)
+    mismatch = (0.0, 0.0)
+    if raw_logp is not None and rows:
+        mask = batch["mask"][:rows]
+        sample = torch.zeros_like(mask)
+        for b, lp in enumerate(r.sample_logp):
+            sample[b, :len(lp)] = torch.tensor(lp)
+        # verl-style rollout/trainer mismatch: mean |logp_engine - logp_trainer| over response tokens
+        mismatch = (float(((sample - raw_logp[:rows]).abs() * mask).sum()), float(mask.sum()))
+    pairs["rollout/logp_mismatch"] = mismatch
+    totals = dist.sum_floats([v for pair in pairs.values() for v in pair])
+    m = {}
+    for i, key in enumerate(pairs):
+        total, n = totals[2 * i], totals[2 * i + 1]
+        if key == "rollout/groups_kept":
+            m[key] = int(total)
+        elif key != "rollout/logp_mismatch" or n > 0:
+            m[key] = total / n if n else float("nan")
+    m["rollout/dropped_groups"] = info["dropped_groups"]
+    m["rollout/refills"] = info["refills"]
+    m["loss/loss"] = stats["loss"]
+    m["loss/kl_mean"] = stats["kl_mean"]
+    m["loss/clip_frac_low"] = stats["clip_frac_low"]
+    m["loss/clip_frac_high"] = stats["clip_frac_high"]
+    m["loss/clip_frac"] = stats["clip_frac_low"] + stats["clip_frac_high"]
+    m["loss/ratio_mean"] = stats["ratio_mean"]
+    m["optim/grad_norm"] = stats["grad_norm"]
+    m["nan_skipped"] = int(nan_skipped)
+    return m
+
+
+def summarize(history: list[dict], wall_s: float, last_step: int) -> dict:
+    rewards = [h["reward/total"] for h in history if "reward/total" in h]
+    k = min(10, len(rewards))
+    timing = {key: float(np.mean([h[key] for h in history if key in h]))
+              for key in ("time/rollout", "time/reward_wait", "time/logp", "time/update", "time/sync", "time/step")
+              if any(key in h for h in history)}
+    return {"steps": last_step, "wall_s": wall_s,
+            "first10_reward": float(np.mean(rewards[:k])) if k else float("nan"),
+            "last10_reward": float(np.mean(rewards[-k:])) if k else float("nan"),
+            "mean_timing_s": timing, "history": history}

@@ -4,7 +4,7 @@ The trainer stays one code path; for a vision-language policy it calls:
 
 - :func:`setup_vision` (before the models load): errors clearly when records carry images and the
   policy is text-only; returns ``None`` for a text-only policy, else a :class:`VisionPrompts`.
-- :func:`auto_model_class`: ``AutoModelForImageTextToText`` for a Qwen-VL folder.
+- :func:`medix_r1.vision.model.auto_model_class`: ``AutoModelForImageTextToText`` for a Qwen-VL folder.
 - :meth:`VisionPrompts.take` per step: draws records from the sampler, loads their images lazily
   (PIL, validated, normalised to RGB), resizes them to the patch grid, preprocesses them and
   expands the image placeholders. A record whose image is missing/corrupt/unusable is skipped,
@@ -21,21 +21,22 @@ processor all keep that size: every engine expands a record to the same number o
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from medix_r1.data.prompts import chat_token_ids, cut_middle, problem_text
 from medix_r1.vision.images import ImageError, _image_bytes_or_path, load_record_images
-from medix_r1.vision.inputs import (
-    _preprocess, _template_ids, build_vl_messages, check_model_accepts_images, freeze_vision_tower,
-    is_vision_model,
+from medix_r1.vision.model import (
+    check_model_accepts_images, freeze_vision_tower, is_vision_model, model_config, torchvision_importable,
 )
 from medix_r1.vision.qwen_vl_processor import (
-    IMAGE_PAD, VISION_END, VISION_START, VLImageConfig, config_for_model, expand_image_placeholders, image_token_counts, smart_resize,
+    IMAGE_PAD, VISION_END, VISION_START, VLImageConfig, config_for_model, expand_image_placeholders,
+    image_token_counts, preprocess_images, smart_resize,
 )
 
 log = logging.getLogger("medix_r1.train")
@@ -44,27 +45,6 @@ IMAGE_KEYS = ("pixel_values", "image_grid_thw")
 
 
 # ----------------------------------------------------------------------------- set-up
-
-def torchvision_importable() -> bool:
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # the PyPI torchvision is a CUDA build that fails against the CPU torch
-        return False
-
-
-def model_config(model_dir):
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(str(model_dir))
-
-
-def auto_model_class(model_dir):
-    """The transformers Auto class to load ``model_dir`` with (image-text-to-text for Qwen-VL)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-    return AutoModelForImageTextToText if is_vision_model(model_config(model_dir)) else AutoModelForCausalLM
-
 
 def data_base_dir(source: str) -> str | None:
     """Folder that relative image paths in records are resolved against: the data file's folder
@@ -122,6 +102,48 @@ def resize_to_grid(image: Image.Image, cfg: VLImageConfig) -> Image.Image:
     """Resize (PIL bicubic) to the smart_resize target: every later processor keeps this size."""
     height, width = smart_resize(image.height, image.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
+
+
+# Marker a problem text may carry to place an image inside the text (LLaVA-style data).
+IMAGE_MARKER = "<image>"
+_MARKER_RE = re.compile(re.escape(IMAGE_MARKER))
+
+
+def build_vl_messages(problem: str, n_images: int, system_prompt: str | None = None, record_id="?") -> list[dict]:
+    """Chat messages in the Qwen-VL layout: a user turn of {"type": "image"} / {"type": "text"} parts.
+
+    Images go before the text, unless the problem carries ``<image>`` markers: then one image is
+    put at each marker, and the number of markers must equal n_images.
+    """
+    if not isinstance(problem, str):
+        raise TypeError(f"record {record_id!r}: problem must be a str, got {type(problem).__name__}")
+    if not isinstance(n_images, int) or n_images < 0:
+        raise ValueError(f"n_images must be an int >= 0, got {n_images!r}")
+    markers = len(_MARKER_RE.findall(problem))
+    if markers:
+        if markers != n_images:
+            raise ValueError(
+                f"record {record_id!r}: the problem has {markers} {IMAGE_MARKER} marker(s) but the record has "
+                f"{n_images} image(s); make them match (one marker per image) or remove the markers")
+        content = []
+        for k, piece in enumerate(_MARKER_RE.split(problem)):
+            if k:
+                content.append({"type": "image"})
+            if piece:
+                content.append({"type": "text", "text": piece})
+    else:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": problem}]
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": content}]
+
+
+def _preprocess(images, processor):
+    """(pixel_values, image_grid_thw, merge_size) from our VLImageConfig or a transformers image processor."""
+    if isinstance(processor, VLImageConfig):
+        out = preprocess_images(images, processor)
+        return out["pixel_values"], out["image_grid_thw"], processor.merge_size
+    out = processor(images=images, return_tensors="pt")  # transformers Qwen-VL image processor (GPU hosts)
+    return out["pixel_values"], out["image_grid_thw"], int(processor.merge_size)
 
 
 # ----------------------------------------------------------------------------- per-step prompts
@@ -185,15 +207,13 @@ class VisionPrompts:
     # -- items
     def prepare(self, index: int) -> dict:
         """One prompt item; raises ValueError (ImageError for image problems) naming the record."""
-        from medix_r1.data.records import problem_text
-
         record, c = self.records[index], self.cfg
         rid = record.get("id", "?")
         images = [resize_to_grid(img, self.grid_cfg)
                   for img in load_record_images(record, self.base_dir, self.vcfg.max_decode_pixels)]
         messages = build_vl_messages(problem_text(record, c.data.context_chars), len(images),
                                      c.data.system_prompt, rid)
-        ids = _template_ids(self.tokenizer, messages)
+        ids = chat_token_ids(self.tokenizer, messages)
         budget = c.data.max_prompt_tokens
         item = {"record_index": index, "pixel_values": None, "image_grid_thw": None}
         if images:
@@ -208,9 +228,7 @@ class VisionPrompts:
                 item["images"] = images
         else:
             expanded = expand_image_placeholders(ids, self.image_token_id, [], rid)  # stray <|image_pad|>: error
-            if len(expanded) > budget:  # text only: cut in the middle, as the text path does
-                expanded = expanded[:budget // 2] + expanded[len(expanded) - (budget - budget // 2):]
-                ids = expanded
+            expanded = ids = cut_middle(expanded, budget)  # text only: cut in the middle, as the text path does
         item["input_ids"] = expanded   # what the policy sees (one pad per image token)
         item["engine_ids"] = ids       # one pad per image: vLLM expands it from the image itself
         return item

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tokenizers import AddedToken
 
-from medix_r1.vision.synthetic import SHAPES, COLOURS, corpus_lines
+from medix_r1.testing.synthetic import SHAPES, COLOURS, corpus_lines
 
 # Chat / vision control tokens (special: skipped when decoding with skip_special_tokens=True).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -1,0 +1,5 @@
+import sys
+
+from medix_r1.train.cli import main
+
+sys.exit(main())

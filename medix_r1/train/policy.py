@@ -1,0 +1,110 @@
+"""The policy's forward passes: loading, hidden states, per-token log-probs and the loss.
+
+Everything that runs the model lives here, so the step code never touches model internals. The
+loss reads the last hidden state and ``lm_head.weight`` (the fused kernel never materialises the
+full logits) or, with ``loss.impl=plain``, the logits.
+"""
+from __future__ import annotations
+
+import torch
+
+from medix_kernels import LossConfig, fused_linear_grpo_loss, fused_linear_selective_log_softmax, grpo_loss
+from medix_r1.config import TrainConfig
+from medix_r1.parallel import collectives as dist
+from medix_r1.parallel import fsdp, lockstep
+from medix_r1.train.batch import slice_batch
+from medix_r1.train.shared_prompt import response_pass_needed, shared_prompt_hidden, worth_sharing
+
+EXTRA_MODEL_INPUTS = ("pixel_values", "image_grid_thw")  # passed through to the policy forward
+
+
+def load_model(model_dir, cfg: TrainConfig, trainable: bool):
+    """The policy (``trainable``) or the frozen reference, sharded under torchrun."""
+    from medix_r1.vision.model import auto_model_class  # AutoModelForImageTextToText for Qwen-VL
+
+    dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
+    if dist.enabled():  # fp32 master weights (bf16 compute through FSDP's mixed precision on a GPU)
+        dtype = torch.float32 if trainable else fsdp.mixed_precision(cfg).param_dtype or torch.float32
+    model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype)
+    model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
+    if trainable and cfg.model.gradient_checkpointing:
+        # non-reentrant checkpointing composes with FSDP's hooks (the recomputation gathers the layer again)
+        model.gradient_checkpointing_enable(**({"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+                                               if dist.enabled() else {}))
+    if not trainable:
+        model.requires_grad_(False)
+    # Read by policy_hidden. Off with checkpointing (a recomputed layer would append to the shared cache
+    # twice) and for vision-language models (their multimodal rotary positions come from the whole sequence).
+    model.medix_share_prompts = (cfg.model.share_prompt_forward and getattr(model.config, "vision_config", None) is None
+                                 and not (trainable and cfg.model.gradient_checkpointing))
+    return fsdp.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
+
+
+def loss_config(cfg: TrainConfig) -> LossConfig:
+    """The kernel's LossConfig from the config's loss section (temperature from the rollouts)."""
+    section = cfg.loss
+    return LossConfig(loss_type=section.loss_type, clip_low=section.clip_low, clip_high=section.clip_high,
+                      dual_clip=section.dual_clip if section.dual_clip > 0 else None, kl=section.kl,
+                      beta=section.beta, aggregation=section.aggregation, max_len=cfg.rollout.max_tokens,
+                      temperature=cfg.rollout.temperature)
+
+
+def policy_hidden(model, batch: dict) -> torch.Tensor:
+    """Last hidden states at the positions that predict each response token: [B, R, H].
+
+    The one place the policy runs forward: extra model inputs (``pixel_values``,
+    ``image_grid_thw``) in the batch are passed through, so image items need no other change.
+    Text rows that share a prompt run it once (``model.share_prompt_forward``, see shared_prompt.py)."""
+    extra = {k: batch[k] for k in EXTRA_MODEL_INPUTS if k in batch}
+    if lockstep.share_prompt_forward(not extra and getattr(model, "medix_share_prompts", False)
+                                     and worth_sharing(batch)):
+        return shared_prompt_hidden(model.base_model, batch,
+                                    response_pass=lockstep.response_pass(response_pass_needed(batch)))
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False, **extra)
+    hidden = out.last_hidden_state
+    idx = batch["pred_pos"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, idx)
+
+
+def lm_head_params(model):
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+def micro_logp(model, mb: dict, temperature: float) -> torch.Tensor:
+    weight, bias = lm_head_params(model)
+    return fused_linear_selective_log_softmax(policy_hidden(model, mb), weight, mb["ids"], bias=bias,
+                                              temperature=temperature)
+
+
+@torch.no_grad()
+def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.Tensor:
+    """Per-token log-probs [B, R] of the response ids under ``model`` (no grad), micro-batched."""
+    parts = []
+    for rows in lockstep.forward_slices(batch["ids"].shape[0], micro):
+        logp = fsdp.run(model, micro_logp, slice_batch(batch, rows or slice(0, 1)), temperature)
+        if rows is not None:
+            parts.append(logp)
+    return torch.cat(parts) * batch["mask"]
+
+
+def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
+    """Loss and stats for one micro-batch; also the raw (temperature 1) log-probs for the mismatch metric."""
+    hidden = policy_hidden(model, mb)
+    weight, bias = lm_head_params(model)
+    if impl == "fused":
+        extra = {"lm_head_bias": bias} if bias is not None else {}
+        loss, stats = fused_linear_grpo_loss(hidden, weight, mb["ids"], mb["mask"], advantages,
+                                             old_logp=old_logp, ref_logp=ref_logp, config=lcfg,
+                                             chunk_size=chunk or None, **extra)
+    else:
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        loss, stats = grpo_loss(logits, mb["ids"], mb["mask"], advantages, old_logp=old_logp, ref_logp=ref_logp,
+                                config=lcfg)
+    raw = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
+                                             bias=None if bias is None else bias.detach(), temperature=1.0)
+    zero_vision_grads = lockstep.vision_gradient_term(model, mb)
+    if zero_vision_grads is not None:
+        loss = loss + zero_vision_grads
+    return loss, stats, raw

@@ -1,0 +1,1 @@
+"""Small shared utilities: the JSONL store and the typed-config machinery."""
