@@ -20,7 +20,7 @@ from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
 from medix_r1.rewards import RewardConfig
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
 from medix_r1.utils import typed_config
-from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value  # noqa: F401 (public API)
+from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value
 
 LOSS_IMPLS = ("fused", "plain")
 
@@ -73,7 +73,8 @@ class DataSection:
 @dataclass
 class RolloutSection:
     engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync), 'hf' (transformers "
-                     "generate) or 'server' (a separate `python -m medix_r1.rollout.server`, see docs/rollout_server.md)")
+                     "generate) or 'server' (a separate `python -m medix_r1.rollout.server`, see "
+                     "docs/rollout_server.md)")
     n: int = _f(4, "responses per prompt (the group size)")
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")

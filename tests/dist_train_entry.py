@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.*, medix_r1.*
 
-import medix_r1.rewards  # noqa: E402
-from medix_r1.train import cli, step  # noqa: E402
-from tests.train_helpers import CharRewardWorker  # noqa: E402
+import medix_r1.rewards
+from medix_r1.train import cli, step
+from tests.train_helpers import CharRewardWorker
 
 
 def faulty_rank() -> bool:

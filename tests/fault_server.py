@@ -34,6 +34,7 @@ Every request is logged on arrival in ``server.log`` as (monotonic time, mode), 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -90,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         server.record(mode, payload, {k.lower(): v for k, v in self.headers.items()})
         self._act(mode, seen, text, server)
 
-    def _act(self, mode: str, seen: int, text: str, server: "FaultServer") -> int:
+    def _act(self, mode: str, seen: int, text: str, server: FaultServer) -> int:
         if mode in server.scripts:
             replies = server.scripts[mode]
             self._reply(replies[min(seen, len(replies) - 1)])
@@ -123,10 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "drop" or (mode == "dropOnce" and seen == 0):
             # close without any reply: the client sees the connection end
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return 0
         self._reply(server.yes_text)
         return 200
@@ -185,7 +184,7 @@ class FaultServer:
         with self._lock:
             return [str((p.get("messages") or [{}])[-1].get("content", "")) for p in self.payloads]
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         self._thread.start()
         return self
 

@@ -26,9 +26,8 @@ import pytest
 import torch
 
 from medix_r1 import checkpoint as ckpt
-from medix_r1.train import train
 from medix_r1.config import load_config
-
+from medix_r1.train import train
 from tests.train_helpers import CharRewardWorker, make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,8 @@ ENTRY = REPO / "tests" / "dist_train_entry.py"
 # frozen reference is sharded too). The shared-prompt forward is off here: which rows share a prompt
 # inside a micro-batch differs between one process and a rank's slice, and the two forwards agree only
 # up to float summation order (tests/test_shared_prompt.py); the fault test below runs with it on.
-SETTINGS = ["model.share_prompt_forward=false", "rollout.engine=hf", "rollout.max_tokens=6", "rollout.n=3", "data.prompts_per_step=2",
+SETTINGS = ["model.share_prompt_forward=false", "rollout.engine=hf", "rollout.max_tokens=6", "rollout.n=3",
+            "data.prompts_per_step=2",
             "data.max_records=20", "optim.lr=1e-3", "optim.weight_decay=0.0", "optim.updates_per_step=2",
             "optim.mini_batch_size=4", "optim.micro_batch_size=2", "loss.beta=0.01", "train.save_every=1",
             "train.keep_last=10", "train.progress=false", "train.tensorboard=false", "train.plot=false"]
@@ -243,6 +243,7 @@ def test_a_process_group_that_torchrun_did_not_make_does_not_shard(tmp_path, mon
     """An in-process vLLM engine in a plain single process creates a world-size-1 group of its own;
     the trainer must not take that for torchrun (it sharded the model and broke hf rollouts)."""
     import torch.distributed as tdist
+
     from medix_r1.parallel import collectives as dist
     from medix_r1.parallel import fsdp
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -3,9 +3,20 @@ import json
 
 import pytest
 
-from medix_r1.eval.benchmarks import (BUNDLED_PUBMEDQA, PAPER_BENCHMARKS, REGISTRY, from_medmcqa, from_medqa,
-                                      from_medix, from_mmlu, from_open_vqa, from_pmc_vqa,
-                                      from_pubmedqa_hub, from_report, load_benchmark)
+from medix_r1.eval.benchmarks import (
+    BUNDLED_PUBMEDQA,
+    PAPER_BENCHMARKS,
+    REGISTRY,
+    from_medix,
+    from_medmcqa,
+    from_medqa,
+    from_mmlu,
+    from_open_vqa,
+    from_pmc_vqa,
+    from_pubmedqa_hub,
+    from_report,
+    load_benchmark,
+)
 
 
 def test_registry_has_the_17_paper_benchmarks():
@@ -19,7 +30,8 @@ def test_bundled_pubmedqa_default():
     records = load_benchmark("pubmedqa_bundled")
     assert len(records) == 500
     first = records[0]
-    raw = json.loads(open(BUNDLED_PUBMEDQA).readline())
+    with open(BUNDLED_PUBMEDQA) as fh:
+        raw = json.loads(fh.readline())
     assert first["id"] == raw["id"] and first["benchmark"] == "pubmedqa_bundled"
     assert first["reference"] == raw["solution"].split(">", 1)[1].strip()
     assert first["question"] == raw["question"] and first["problem"] == raw["problem"]

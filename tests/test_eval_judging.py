@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from medix_r1.eval.judging import judge_messages, judge_round, majority_vote, parse_judge_reply
 from medix_r1.eval.items import exact_match, extract_answer, make_record
+from medix_r1.eval.judging import judge_messages, judge_round, majority_vote, parse_judge_reply
 
 
 @pytest.mark.parametrize("text, expected", [

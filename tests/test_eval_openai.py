@@ -7,8 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medix_r1.eval.generation import (GenerationConfig, build_messages, cut_middle,
-                                      make_generator, resolve_model_dir)
+from medix_r1.eval.generation import GenerationConfig, build_messages, cut_middle, make_generator, resolve_model_dir
 from medix_r1.eval.items import make_record
 
 

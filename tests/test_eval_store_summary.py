@@ -6,8 +6,8 @@ import pytest
 
 from medix_r1.eval.charts import bar_chart
 from medix_r1.eval.compare import compare
-from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
 from medix_r1.eval.summary import bootstrap_ci, read_summary_csv, summarize, to_csv, to_markdown
+from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
 
 
 def test_read_jsonl_drops_and_repairs_torn_last_line(tmp_path):

@@ -229,7 +229,7 @@ def test_worker_mixed_faults_batch(server, parity):
     assert res[-3].exact_match and res[-3].total == pytest.approx(1.0)
     assert res[-2].invalid_answer and res[-1].invalid_answer and res[-1].total == 0.0
     # bounded retries, from the server's log: at most max_retries + 1 requests per item
-    counts = {m: c for m, c in Counter(mode for _, mode in server.log).items()}
+    counts = dict(Counter(mode for _, mode in server.log).items())
     assert set(counts) == set(modes)
     assert all(c <= RETRIES + 1 for c in counts.values()), counts
     assert counts["400"] == counts["badjson"] == counts["garbage"] == counts["yes"] == 1

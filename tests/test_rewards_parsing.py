@@ -1,8 +1,17 @@
 """Response/solution parsing, format and modality rewards, verdict parsing, the total (no models)."""
 import pytest
 
-from medix_r1.rewards import (MODALITY_TAGS, RewardConfig, RewardResult, RewardWeights, is_invalid_answer,
-                              parse_response, parse_solution, parse_verdict, validate_solution)
+from medix_r1.rewards import (
+    MODALITY_TAGS,
+    RewardConfig,
+    RewardResult,
+    RewardWeights,
+    is_invalid_answer,
+    parse_response,
+    parse_solution,
+    parse_verdict,
+    validate_solution,
+)
 from medix_r1.rewards.parsing import format_reward, modality_reward
 
 

@@ -10,8 +10,7 @@ import time
 import pytest
 import torch
 
-from medix_r1.rewards import (ChatReply, JudgeVerdict, RewardConfig, RewardWeights, RewardWorker,
-                              compute_rewards)
+from medix_r1.rewards import ChatReply, JudgeVerdict, RewardConfig, RewardWeights, RewardWorker, compute_rewards
 from medix_r1.rewards.embedding import Embedder
 from medix_r1.rewards.judge import JudgeBase
 

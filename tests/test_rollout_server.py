@@ -10,23 +10,28 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
-import medix_r1.train  # noqa: F401 (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads)
+from medix_r1.config import load_config
 from medix_r1.data.prompts import prompt_token_ids
 from medix_r1.models import resolve_model_dir
-from medix_r1.train import cli as train_cli, train
-from medix_r1.train.batch import make_batch
-from medix_r1.train.cli import main
-from medix_r1.train.policy import load_model, sequence_logp
-import torch  # noqa: E402,I001
-from medix_r1.config import load_config
 from medix_r1.rollout import RolloutOutOfMemory, RolloutServerError, ServerRollout, sample_seed
 from medix_r1.rollout.client import rollouts_from_response
 from medix_r1.rollout.server import RequestError, check_generate, sampling_kwargs
-from medix_r1.rollout.weight_sync import (WeightSyncGroup, check_meta, named_weights, plan_buckets, receive_weights,
-                                          send_weights)
+from medix_r1.rollout.weight_sync import (
+    WeightSyncGroup,
+    check_meta,
+    named_weights,
+    plan_buckets,
+    receive_weights,
+    send_weights,
+)
 from medix_r1.testing.servers import free_port
-
+from medix_r1.train import cli as train_cli
+from medix_r1.train import train
+from medix_r1.train.batch import make_batch
+from medix_r1.train.cli import main
+from medix_r1.train.policy import load_model, sequence_logp
 from tests.train_helpers import CharRewardWorker
 
 
@@ -141,9 +146,8 @@ def test_server_errors_reach_the_trainer_clearly():
         eng.version = ("old", 3)
         with pytest.raises(RolloutServerError, match="not the policy's"):
             eng.generate([[1, 2]], 1, 0)
-    with pytest.raises(RolloutServerError, match="text prompts only"):
-        with Recorder() as srv:
-            ServerRollout(server_cfg(srv.url).rollout, 0).generate([{"input_ids": [1]}], 1, 0)
+    with pytest.raises(RolloutServerError, match="text prompts only"), Recorder() as srv:
+        ServerRollout(server_cfg(srv.url).rollout, 0).generate([{"input_ids": [1]}], 1, 0)
 
 
 def test_unreachable_server_names_the_url_and_the_command():
@@ -251,7 +255,8 @@ def test_weights_round_trip_over_gloo(bucket_bytes):
     trainer.connect("127.0.0.1")
     sent = send_weights(trainer, tensors.values(), meta, bucket_bytes)
     th.join(timeout=30)
-    trainer.close(); server.close()
+    trainer.close()
+    server.close()
     assert sent == sum(t.numel() * t.element_size() for t in tensors.values())
     assert list(received) == list(tensors)
     for k, v in tensors.items():

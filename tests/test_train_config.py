@@ -3,8 +3,7 @@ import dataclasses
 
 import pytest
 
-from medix_r1.config import (TrainConfig, describe_fields, load_config, parse_override, resolve_recipe,
-                             set_value)
+from medix_r1.config import TrainConfig, describe_fields, load_config, parse_override, resolve_recipe, set_value
 from medix_r1.train.build import lr_lambda
 from medix_r1.train.cli import build_parser
 

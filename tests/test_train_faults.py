@@ -7,12 +7,12 @@ import socket
 import pytest
 import torch
 
-from medix_r1.train import TrainingStopped, step as train_step, train
-from medix_r1.train.cli import main
-from medix_r1.train.policy import load_model, policy_loss
 from medix_r1.config import load_config
 from medix_r1.rollout import HfRollout, RolloutOutOfMemory, is_oom
-
+from medix_r1.train import TrainingStopped, train
+from medix_r1.train import step as train_step
+from medix_r1.train.cli import main
+from medix_r1.train.policy import load_model, policy_loss
 from tests.train_helpers import CharRewardWorker, make_tiny_model
 
 

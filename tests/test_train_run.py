@@ -3,17 +3,17 @@ exact resume, NaN skipping, judge-failure stop, SIGTERM checkpoint, DAPO filteri
 import json
 import os
 import signal
+from concurrent.futures import Future
 
 import pytest
 import torch
 
 from medix_r1 import checkpoint as ckpt
-from medix_r1.train import TrainingStopped, step as train_step, train
+from medix_r1.config import load_config
+from medix_r1.train import TrainingStopped, train
+from medix_r1.train import step as train_step
 from medix_r1.train.policy import policy_loss
 from medix_r1.train.step import keep_groups
-from medix_r1.config import load_config
-from concurrent.futures import Future
-
 from tests.train_helpers import CharRewardWorker, Result, make_tiny_model
 
 

@@ -4,24 +4,28 @@ complete checkpoints, exact resume, bad images skipped and counted; vLLM request
 path) and the VL recipes."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from medix_r1.data.records import load_records
-from medix_r1.train import train
-from medix_r1.train.batch import make_batch, slice_batch
 from medix_r1.config import load_config
-from medix_r1.data.records import PromptSampler
+from medix_r1.data.records import PromptSampler, load_records
 from medix_r1.rollout import VllmRollout
-from medix_r1.vision.qwen_vl_processor import IMAGE_PAD, image_token_counts, smart_resize
 from medix_r1.testing.synthetic import generate_synthetic_set
 from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl, build_tokenizer
+from medix_r1.train import train
+from medix_r1.train.batch import make_batch, slice_batch
 from medix_r1.vision.model import model_config, torchvision_importable
 from medix_r1.vision.prompts import (
-    VisionPrompts, check_vllm_prompt, select_rows, setup_vision, split_prompt, vllm_request,
+    VisionPrompts,
+    check_vllm_prompt,
+    setup_vision,
+    split_prompt,
+    vllm_request,
 )
+from medix_r1.vision.qwen_vl_processor import IMAGE_PAD, image_token_counts, smart_resize
 from tests.train_helpers import CharRewardWorker
 
 MAX_PIXELS = 28 * 28 * 16  # at most 16 merged image tokens per image: keeps the CPU run fast
@@ -46,11 +50,12 @@ def data(tmp_path_factory):
             "problem": "What shape is shown?", "solution": "<OTHER> circle"},
            {"id": "bad-corrupt", "images": ["images/corrupt.png"], "problem": "What shape is shown?",
             "solution": "<OTHER> square"}]
-    lines = open(path).read().splitlines()
+    with open(path) as fh:
+        lines = fh.read().splitlines()
     lines[2:2] = [json.dumps(bad[0])]
     lines[7:7] = [json.dumps(bad[1])]
     lines.insert(1, json.dumps(bad[2]))
-    open(path, "w").write("\n".join(lines) + "\n")
+    Path(path).write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -212,6 +217,7 @@ def test_transformers_image_processor_gives_the_same_inputs(tiny, data, tmp_path
     """vision.processor=transformers (the model folder's preprocessor_config.json; PIL backend here,
     torchvision backend on GPU hosts) and the project's preprocessing agree."""
     import shutil
+
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     folder = tmp_path / "with_processor"
@@ -249,7 +255,7 @@ def test_vllm_request_has_one_placeholder_per_image_and_grid_sized_images(tiny, 
         assert req["prompt_token_ids"].count(pad) == len(images)
         # each image is already at its grid size: vLLM's processor (smart_resize) keeps it and
         # expands its placeholder to the trainer's token count
-        for im, (t, gh, gw) in zip(images, item["image_grid_thw"].tolist()):
+        for im, (_, gh, gw) in zip(images, item["image_grid_thw"].tolist()):
             assert smart_resize(im.height, im.width, 28, 56 * 56, 28 * 28 * 1280) == (im.height, im.width)
             assert (im.height // 14, im.width // 14) == (gh, gw)
         counts = image_token_counts(item["image_grid_thw"], 2)
@@ -279,7 +285,7 @@ def test_vllm_rollout_sends_multi_modal_data_and_keeps_trainer_ids(tiny, data):
         def generate(self, prompts, params, use_tqdm=False):
             sent.extend(prompts)
             outs = []
-            for p, item in zip(prompts, items):
+            for _, item in zip(prompts, items):
                 comps = [SimpleNamespace(token_ids=[7, 8], logprobs=[{7: SimpleNamespace(logprob=-1.0)},
                                                                       {8: SimpleNamespace(logprob=-2.0)}],
                                          text="x", finish_reason="stop") for _ in range(params[0].n)]

@@ -2,17 +2,16 @@
 import json
 
 import pytest
+import torch
 
-import medix_r1.train  # noqa: F401 (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (5-10x under load))
+from medix_r1.config import load_config
 from medix_r1.data.prompts import prompt_token_ids
+from medix_r1.data.records import load_records
 from medix_r1.models import resolve_model_dir
+from medix_r1.rollout import HfRollout, VllmRollout
 from medix_r1.train import train
 from medix_r1.train.batch import make_batch
 from medix_r1.train.policy import load_model, sequence_logp
-import torch  # noqa: E402,I001
-from medix_r1.config import load_config
-from medix_r1.data.records import load_records
-from medix_r1.rollout import HfRollout, VllmRollout
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,11 @@ import pytest
 from PIL import Image
 
 from medix_r1.vision.images import (
-    ImageError, downscale_to_budget, load_image, load_record_images, to_rgb,
+    ImageError,
+    downscale_to_budget,
+    load_image,
+    load_record_images,
+    to_rgb,
 )
 
 

@@ -12,13 +12,13 @@ import medix_kernels
 from medix_r1.config import load_config
 from medix_r1.data.records import PromptSampler
 from medix_r1.rollout import HfRollout
+from medix_r1.testing.synthetic import SHAPES, draw_shape, generate_synthetic_set
+from medix_r1.testing.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl
 from medix_r1.train.batch import make_batch, slice_batch
 from medix_r1.vision.images import load_record_images
 from medix_r1.vision.model import check_model_accepts_images, freeze_vision_tower, is_vision_model, vision_parameters
 from medix_r1.vision.prompts import VisionPrompts, build_vl_messages
 from medix_r1.vision.qwen_vl_processor import image_token_counts
-from medix_r1.testing.synthetic import SHAPES, draw_shape, generate_synthetic_set
-from medix_r1.testing.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl
 
 SYSTEM = "You are a medical assistant. First name the image modality tag, then think, then answer."
 
@@ -229,7 +229,7 @@ def test_micro_batch_slices_carry_their_own_images(tiny_dir, data):
     batch = make_batch([it["input_ids"] for it in items], [response] * 4, tok.pad_token_id,
                        [{k: it[k] for k in ("pixel_values", "image_grid_thw")} if it["pixel_values"] is not None
                         else None for it in items])
-    extra = lambda b: {k: b[k] for k in ("pixel_values", "image_grid_thw") if k in b}  # noqa: E731
+    extra = lambda b: {k: b[k] for k in ("pixel_values", "image_grid_thw") if k in b}
     with torch.no_grad():
         whole = slice_batch(batch, slice(0, 4))
         full = model.base_model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"],

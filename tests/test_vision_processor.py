@@ -9,8 +9,18 @@ import torch
 from PIL import Image
 
 from medix_r1.vision.qwen_vl_processor import (
-    CLIP_MEAN, CLIP_STD, QWEN2_5_VL, QWEN3_VL, VLImageConfig, config_for_model, expand_image_placeholders,
-    image_token_counts, normalised_array, patchify, preprocess_images, smart_resize,
+    CLIP_MEAN,
+    CLIP_STD,
+    QWEN2_5_VL,
+    QWEN3_VL,
+    VLImageConfig,
+    config_for_model,
+    expand_image_placeholders,
+    image_token_counts,
+    normalised_array,
+    patchify,
+    preprocess_images,
+    smart_resize,
 )
 
 
@@ -120,7 +130,8 @@ def test_placeholder_expansion_counts_and_mismatch_errors():
 def test_config_for_model_reads_sizes_and_rejects_text_models():
     from transformers import LlamaConfig, Qwen2_5_VLConfig
 
-    cfg = config_for_model(Qwen2_5_VLConfig(vision_config={"patch_size": 14, "spatial_merge_size": 2}), max_pixels=28 * 28 * 64)
+    cfg = config_for_model(Qwen2_5_VLConfig(vision_config={"patch_size": 14, "spatial_merge_size": 2}),
+                           max_pixels=28 * 28 * 64)
     assert (cfg.patch_size, cfg.merge_size, cfg.max_pixels, cfg.image_mean) == (14, 2, 28 * 28 * 64, CLIP_MEAN)
     with pytest.raises(ValueError, match="no Qwen-VL image preset"):
         config_for_model(LlamaConfig())

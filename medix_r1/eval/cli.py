@@ -82,8 +82,8 @@ def make_judge_factory(args, output_dir: Path):
     """A zero-argument function building the judge (only called when items need judging)."""
     mode = args.judge or ("http" if args.judge_url else "local")
     cache_path = output_dir / "judge_cache.jsonl"
-    common = dict(concurrency=args.judge_concurrency, timeout_s=args.judge_timeout,
-                  max_retries=args.judge_max_retries, cache_path=cache_path)
+    common = {"concurrency": args.judge_concurrency, "timeout_s": args.judge_timeout,
+                  "max_retries": args.judge_max_retries, "cache_path": cache_path}
     if mode == "http":
         if not args.judge_url or not args.judge_model:
             raise ValueError("--judge http needs --judge-url URL and --judge-model NAME")

@@ -3,18 +3,18 @@
 All three take OpenAI-style chat messages built by :func:`build_messages` and return one text
 per item; greedy decoding unless a temperature is given. vLLM runs in this process, configured
 as everywhere else in the project (:mod:`medix_r1.rollout.vllm_engine`); text prompts are
-tokenised with the model's chat template here and passed as ``TokensPrompt``. Items with images go through ``LLM.chat`` (vLLM) or as data-URL
-content parts (OpenAI endpoint); the ``hf`` path is text only.
+tokenised with the model's chat template here and passed as ``TokensPrompt``. Items with images
+go through ``LLM.chat`` (vLLM) or as data-URL content parts (OpenAI endpoint); the ``hf`` path is
+text only.
 """
 from __future__ import annotations
 
 import base64
 import io
-import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from medix_r1.data.prompts import chat_token_ids, cut_middle
 from medix_r1.models import resolve_model_dir
@@ -137,8 +137,8 @@ def make_hf_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        sampling = dict(do_sample=True, temperature=cfg.temperature) if cfg.temperature > 0 \
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        sampling = {"do_sample": True, "temperature": cfg.temperature} if cfg.temperature > 0 \
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask,
                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, **sampling)

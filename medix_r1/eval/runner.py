@@ -21,17 +21,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
+
+from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
 
 from .benchmarks import record_key
 from .charts import bar_chart
 from .generation import build_messages
-from .judging import judge_round, majority_vote
 from .items import exact_match, extract_answer
-from medix_r1.utils.jsonl import JsonlWriter, read_jsonl
+from .judging import judge_round, majority_vote
 from .summary import judge_stats_markdown, summarize, to_csv, to_markdown
 
 # run.json keys that must agree between a run and its resumption.

@@ -8,7 +8,6 @@ and :mod:`medix_r1.parallel.lockstep` (the passes every rank must run together).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import sys

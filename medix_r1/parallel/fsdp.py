@@ -15,7 +15,7 @@ import torch
 from medix_r1.parallel.collectives import device, enabled
 from medix_r1.vision.model import vision_tower
 
-_ROOTS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_ROOTS: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 
 
 class _Root(torch.nn.Module):

@@ -20,12 +20,10 @@ Usage::
         ...                                                       # overlap other work
         results = future.result()                                 # list[RewardResult]
 """
-from .config import RewardConfig, RewardResult, RewardWeights  # noqa: F401
-from .judge import (JUDGE_PROMPT, PROMPT_VERSION, ChatReply, JudgeClient, JudgeVerdict,  # noqa: F401
-                    judge_messages, parse_verdict)
-from .parsing import (MODALITY_TAGS, ParsedResponse, is_invalid_answer, parse_response,  # noqa: F401
-                      parse_solution, validate_solution)
-from .worker import RewardWorker, compute_rewards  # noqa: F401
+from .config import RewardConfig, RewardResult, RewardWeights
+from .judge import JUDGE_PROMPT, PROMPT_VERSION, ChatReply, JudgeClient, JudgeVerdict, judge_messages, parse_verdict
+from .parsing import MODALITY_TAGS, ParsedResponse, is_invalid_answer, parse_response, parse_solution, validate_solution
+from .worker import RewardWorker, compute_rewards
 
 
 def __getattr__(name):

@@ -199,7 +199,7 @@ def resume_output(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
 def make_config(args) -> RewardConfig:
     judge = args.judge or ("http" if args.judge_url else "local")
     weights = {}
-    names = {f for f in RewardWeights.__dataclass_fields__}
+    names = set(RewardWeights.__dataclass_fields__)
     for item in args.weight:
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in names:

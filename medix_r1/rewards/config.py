@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from .parsing import PARITIES
 
@@ -45,7 +44,7 @@ class RewardConfig:
     parity: str = _f("strict", "'strict' (tag-only whitespace removal, YES/NO replies only, anything else is a "
                                "failed judgement) or 'official' (the MediX-R1 code's rules: whitespace removed "
                                "around every '<', '>', '/'; any reply containing YES is correct)")
-    embedding_model: Optional[str] = _f(None, "sentence-transformers folder or name for the embedding reward; "
+    embedding_model: str | None = _f(None, "sentence-transformers folder or name for the embedding reward; "
                                               "None = the bundled all-MiniLM-L6-v2; 'none' = embedding reward off")
     embedding_mode: str = _f("threshold", "'threshold' (1 when cosine >= embedding_threshold, else 0) or "
                                           "'continuous' (cosine clamped to [0, 1])")
@@ -55,9 +54,9 @@ class RewardConfig:
     judge: str = _f("local", "judge backend: 'local' (causal LM in this process, SmolLM2 by default), 'http' "
                              "(an OpenAI-compatible server, e.g. vLLM) or 'none' (judge reward 0 except exact "
                              "matches)")
-    judge_url: Optional[str] = _f(None, "base URL of the OpenAI-compatible judge server, e.g. "
+    judge_url: str | None = _f(None, "base URL of the OpenAI-compatible judge server, e.g. "
                                         "http://127.0.0.1:8000/v1 (judge='http')")
-    judge_model: Optional[str] = _f(None, "served model name (judge='http') or model folder (judge='local'; "
+    judge_model: str | None = _f(None, "served model name (judge='http') or model folder (judge='local'; "
                                           "None = SmolLM2-135M-Instruct)")
     judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
                                                        "(unset: 'EMPTY', which a local vLLM server accepts)")
@@ -65,7 +64,7 @@ class RewardConfig:
     judge_timeout_s: float = _f(30.0, "seconds one judge request may take before it is retried")
     judge_max_retries: int = _f(3, "retries per judge request after a timeout, a 5xx, a 429 or a dropped "
                                    "connection (4xx and malformed replies are not retried)")
-    judge_cache_path: Optional[str] = _f(None, "JSONL file caching judge replies across runs (None = in memory "
+    judge_cache_path: str | None = _f(None, "JSONL file caching judge replies across runs (None = in memory "
                                                "only)")
     deadline_s: float = _f(300.0, "a batch always returns within this many seconds; judgements not done by then "
                                   "score 0 and are flagged judge_failed")
@@ -123,8 +122,8 @@ class RewardResult:
     exact_match: bool = False        # answer == reference (case-sensitive): judge/embedding 1, no call
     invalid_answer: bool = False     # empty / 1 char / '__' / ':' / '?': judge/embedding 0, no call
     truncated: bool = False          # the response was longer than max_response_chars
-    judge_reply: Optional[str] = None
-    judge_error: Optional[str] = None
+    judge_reply: str | None = None
+    judge_error: str | None = None
     answer: str = ""
 
     def to_dict(self) -> dict:

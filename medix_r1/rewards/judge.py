@@ -146,7 +146,7 @@ class JudgeBase:
         return list(await asyncio.gather(*(one(q, r, a) for q, r, a in items)))
 
     def _verdict(self, reply: ChatReply) -> JudgeVerdict:
-        common = dict(reply=reply.text, cached=reply.cached, attempts=reply.attempts, latency=reply.latency)
+        common = {"reply": reply.text, "cached": reply.cached, "attempts": reply.attempts, "latency": reply.latency}
         if reply.failed:  # transport failure: official scores it 0; both modes flag it
             return JudgeVerdict(correct=False if self.parity == "official" else None, failed=True,
                                 error=reply.error, **common)

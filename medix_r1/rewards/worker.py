@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .config import RewardConfig, RewardResult
-from .parsing import (format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution)
+from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
 
 log = logging.getLogger(__name__)
 GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
@@ -153,8 +153,8 @@ def make_judge(cfg: RewardConfig):
     """The judge backend the config asks for (None for judge='none')."""
     if cfg.judge == "none":
         return None
-    common = dict(concurrency=cfg.judge_concurrency, timeout_s=cfg.judge_timeout_s,
-                  max_retries=cfg.judge_max_retries, cache_path=cfg.judge_cache_path, parity=cfg.parity)
+    common = {"concurrency": cfg.judge_concurrency, "timeout_s": cfg.judge_timeout_s,
+                  "max_retries": cfg.judge_max_retries, "cache_path": cfg.judge_cache_path, "parity": cfg.parity}
     if cfg.judge == "http":
         from .judge import JudgeClient
         return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)

@@ -12,13 +12,16 @@ methods (``generate``, ``suppress_tokens``, ``sleep``, ``wake_up``, ``sync``):
 A vLLM engine is configured in one place, :mod:`medix_r1.rollout.vllm_engine`. Engines import
 vLLM only when built, so this package imports without it.
 """
+from medix_r1.rollout.client import ServerRollout
+from medix_r1.rollout.colocated import VllmRollout
+from medix_r1.rollout.hf import HfRollout
 from medix_r1.rollout.types import (  # noqa: F401
-    RolloutOutOfMemory, Rollouts, RolloutServerError, is_oom, sample_seed,
+    RolloutOutOfMemory,
+    Rollouts,
+    RolloutServerError,
+    is_oom,
+    sample_seed,
 )
-from medix_r1.rollout.colocated import VllmRollout  # noqa: F401,E402
-from medix_r1.rollout.hf import HfRollout  # noqa: F401,E402
-from medix_r1.rollout.client import ServerRollout  # noqa: F401,E402
-
 
 # name -> builder(model_dir, policy, tokenizer, cfg, seed, extra_engine_kwargs); add an engine here
 ENGINES = {

@@ -13,8 +13,16 @@ import torch
 
 from medix_r1.rollout.types import RolloutOutOfMemory, Rollouts, RolloutServerError, is_oom, sample_seed
 from medix_r1.rollout.weight_sync import (
-    TRAINER_RANK, WeightSyncGroup, check_meta, dtype_name, full_tensor, local_address_towards, named_weights,
-    parse_dtype, ready_key, send_weights,
+    TRAINER_RANK,
+    WeightSyncGroup,
+    check_meta,
+    dtype_name,
+    full_tensor,
+    local_address_towards,
+    named_weights,
+    parse_dtype,
+    ready_key,
+    send_weights,
 )
 
 log = logging.getLogger("medix_r1.rollout")
@@ -30,7 +38,7 @@ def _in_thread(fn, *args):
     def run():
         try:
             fut.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+        except BaseException as e:
             fut.set_exception(e)
     threading.Thread(target=run, daemon=True, name="rollout-server-http").start()
     return fut
@@ -78,7 +86,6 @@ class ServerRollout:
 
     def _request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         import json
-        import socket
         import urllib.error
         import urllib.request
 
@@ -102,7 +109,7 @@ class ServerRollout:
             err = RolloutServerError(message)
             err.status = e.code
             raise err from None
-        except (socket.timeout, TimeoutError) as e:
+        except TimeoutError as e:
             raise RolloutServerError(f"rollout server {self.url}{path}: no answer within {timeout:g} s ({e}); raise "
                                      "rollout.server_timeout_s if the server is just slow") from None
         except (urllib.error.URLError, ConnectionError, OSError) as e:
@@ -125,7 +132,8 @@ class ServerRollout:
         resp = self._request("POST", "/generate", body)
         if self.version is not None and (resp.get("instance"), resp.get("weights_version")) != self.version:
             raise RolloutServerError(
-                f"the rollout server at {self.url} holds weights {resp.get('instance')}/v{resp.get('weights_version')}, "
+                f"the rollout server at {self.url} holds weights "
+                f"{resp.get('instance')}/v{resp.get('weights_version')}, "
                 f"not the policy's (synced as {self.version[0]}/v{self.version[1]}): it restarted or another client "
                 "updated it; one server serves one trainer")
         return rollouts_from_response(prompt_ids, resp, c.n)
@@ -258,7 +266,8 @@ def rollouts_from_response(prompt_ids: list[list[int]], resp: dict, n: int) -> R
     """:class:`Rollouts` from a rollout server's /generate answer (prompt ``i``'s ``n`` samples first)."""
     outputs = resp.get("outputs")
     if not isinstance(outputs, list) or len(outputs) != len(prompt_ids):
-        raise RolloutServerError(f"the rollout server answered {len(outputs) if isinstance(outputs, list) else outputs!r} "
+        got = len(outputs) if isinstance(outputs, list) else repr(outputs)
+        raise RolloutServerError(f"the rollout server answered {got} "
                                  f"outputs for {len(prompt_ids)} prompts")
     r = Rollouts()
     for i, out in enumerate(outputs):

@@ -41,25 +41,26 @@ import os
 # Same reason as in medix_r1/train/__init__.py: busy-waiting OpenMP threads starve everything else on a small CPU box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from medix_r1.rollout.types import is_oom  # noqa: E402
-from medix_r1.rollout.vllm_engine import build_llm, engine_kwargs, finish_weight_update  # noqa: E402
-from medix_r1.rollout.weight_sync import (  # noqa: E402
-    WeightSyncGroup, check_meta, local_address_towards, ready_key, receive_weights,
+from medix_r1.rollout.types import is_oom
+from medix_r1.rollout.vllm_engine import build_llm, engine_kwargs, finish_weight_update
+from medix_r1.rollout.weight_sync import (
+    WeightSyncGroup,
+    check_meta,
+    local_address_towards,
+    ready_key,
+    receive_weights,
 )
 
 log = logging.getLogger("medix_r1.rollout.server")
@@ -81,9 +82,9 @@ def sampling_kwargs(req: dict, i: int) -> dict:
     """SamplingParams arguments for prompt ``i`` of a /generate request (already schema-checked)."""
     seeds = req.get("seeds")
     bias = req.get("logit_bias")
-    return dict(n=req["n"], temperature=req["temperature"], top_p=req["top_p"], max_tokens=req["max_tokens"],
-                logprobs=0, seed=None if seeds is None else int(seeds[i]),
-                logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None)
+    return {"n": req["n"], "temperature": req["temperature"], "top_p": req["top_p"], "max_tokens": req["max_tokens"],
+                "logprobs": 0, "seed": None if seeds is None else int(seeds[i]),
+                "logit_bias": {int(k): float(v) for k, v in bias.items()} if bias else None}
 
 
 def check_generate(req: dict, max_model_len: int) -> None:

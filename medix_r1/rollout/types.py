@@ -49,7 +49,7 @@ class Rollouts:
         self.truncated.append(bool(truncated))
         self.images.append(images)
 
-    def select(self, rows) -> "Rollouts":
+    def select(self, rows) -> Rollouts:
         """The samples at ``rows``, in that order."""
         out = Rollouts()
         for j in rows:
@@ -57,7 +57,7 @@ class Rollouts:
                     text=self.texts[j], group=self.group[j], truncated=self.truncated[j], images=self.images[j])
         return out
 
-    def extend(self, other: "Rollouts", group: int | None = None) -> None:
+    def extend(self, other: Rollouts, group: int | None = None) -> None:
         """Append ``other``'s samples; ``group`` renumbers them as that prompt of this batch."""
         for j in range(len(other)):
             self.add(prompt_ids=other.prompt_ids[j], response_ids=other.response_ids[j],

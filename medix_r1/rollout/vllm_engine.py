@@ -33,8 +33,8 @@ def engine_kwargs(model, *, max_model_len: int, seed: int = 0, dtype: str = "aut
                   on_gpu: bool | None = None, sleep_mode: bool = False) -> dict:
     """``vllm.LLM(...)`` arguments (see the module docstring for each choice)."""
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
-    kw = dict(model=str(model), max_model_len=int(max_model_len), seed=int(seed),
-              enforce_eager=(not on_gpu) if enforce_eager is None else bool(enforce_eager))
+    kw = {"model": str(model), "max_model_len": int(max_model_len), "seed": int(seed),
+              "enforce_eager": (not on_gpu) if enforce_eager is None else bool(enforce_eager)}
     if on_gpu:
         kw.update(dtype="bfloat16" if dtype == "auto" else dtype, gpu_memory_utilization=gpu_memory_utilization)
         if sleep_mode:

@@ -112,7 +112,7 @@ class WeightSyncGroup:
 
     @classmethod
     def open_store(cls, backend: str, host: str, port: int, rank: int, world_size: int,
-                   timeout_s: float) -> "WeightSyncGroup":
+                   timeout_s: float) -> WeightSyncGroup:
         """Rank 0 hosts the store (``port`` 0: a free one, see :attr:`port`); others connect to it."""
         if not 0 <= rank < world_size or world_size < 2:
             raise ValueError(f"rank {rank} / world size {world_size}: need world_size >= 2 and 0 <= rank < world_size")
@@ -138,7 +138,7 @@ class WeightSyncGroup:
         group.port = port
         return group
 
-    def connect(self, local_host: str, device=None) -> "WeightSyncGroup":
+    def connect(self, local_host: str, device=None) -> WeightSyncGroup:
         """Form the group (blocks until all ranks call it). ``local_host``: this side's address the
         others reach it at (gloo); ``device``: the CUDA device (nccl)."""
         if self.backend == "gloo":

@@ -135,17 +135,13 @@ def _served_models(url: str, timeout: float = 2.0) -> list[str] | None:
 def _stop(process: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the server's process group, SIGKILL whatever is left after ``grace_s``."""
     def signal_group(sig):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)  # the group id is the leader's pid (start_new_session)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     if process.poll() is None:
         signal_group(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     # the leader may be gone while a child (the engine core) lingers: kill the rest of the group
     signal_group(signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -13,4 +13,4 @@ import os
 # loads, so it only takes effect if torch is not imported yet; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from medix_r1.train.loop import TrainingStopped, train  # noqa: E402,F401
+from medix_r1.train.loop import TrainingStopped, train  # noqa: F401

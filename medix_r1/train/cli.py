@@ -17,7 +17,9 @@ from medix_r1.train.loop import TrainingStopped, train
 
 def build_parser() -> argparse.ArgumentParser:
     epilog = "config fields (set with --set section.field=value):\n" + "\n".join(describe_fields())
-    p = argparse.ArgumentParser(prog="python -m medix_r1.train", description="Train a (vision-)language model with GRPO / DAPO / GSPO on MediX-R1 rewards.",
+    p = argparse.ArgumentParser(prog="python -m medix_r1.train",
+                                description="Train a (vision-)language model with GRPO / DAPO / GSPO on MediX-R1 "
+                                            "rewards.",
                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="recipe NAME in medix_r1/recipes/ (cpu_smollm2, grpo, dapo, gspo) or a YAML path "

@@ -4,12 +4,14 @@ GRPO samples ``rollout.n`` responses per prompt, and the trainer's forward over 
 repeats the prompt's computation n times. With long prompts (MediX-R1 allows 4,352 prompt tokens
 against 4,096 response tokens, our CPU recipe ~240 against ~90) most of the training FLOPs are
 those repeats. Here a micro-batch's distinct prompts run once (right-padded, with their KV cache
-kept in the autograd graph), each row's response runs on its prompt's cache, and the gradient of every response flows back into the shared prompt pass. The result is
+kept in the autograd graph), each row's response runs on its prompt's cache, and the gradient of
+every response flows back into the shared prompt pass. The result is
 the padded forward's hidden states up to float summation order (tests/test_shared_prompt.py
 checks values and gradients against it).
 
 Not used (the caller falls back to the padded forward) for vision-language models and inputs other
-than token ids (their multimodal rotary positions come from the whole sequence), with gradient checkpointing (a recomputed layer would append to the shared cache twice), or when
+than token ids (their multimodal rotary positions come from the whole sequence), with gradient
+checkpointing (a recomputed layer would append to the shared cache twice), or when
 no two rows of the micro-batch share a prompt.
 """
 from __future__ import annotations

@@ -81,7 +81,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         start_on_new_line = _needs_newline(self.path)
-        self._file = open(self.path, "a", encoding="utf-8", errors="replace")
+        self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed by close())
         if start_on_new_line:
             self._file.write("\n")
 

@@ -74,9 +74,7 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(tp)
-        if args and args[-1] is not Ellipsis and origin is list:
-            value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        elif args and len(args) == 2 and args[1] is Ellipsis:
+        if args and args[-1] is not Ellipsis and origin is list or args and len(args) == 2 and args[1] is Ellipsis:
             value = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         return (tuple if (origin is tuple or tp is tuple) else list)(value)
     if origin is dict or tp is dict:

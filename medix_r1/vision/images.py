@@ -20,7 +20,6 @@ import io
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image

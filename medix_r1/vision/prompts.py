@@ -32,11 +32,22 @@ from PIL import Image
 from medix_r1.data.prompts import chat_token_ids, cut_middle, problem_text
 from medix_r1.vision.images import ImageError, _image_bytes_or_path, load_record_images
 from medix_r1.vision.model import (
-    check_model_accepts_images, freeze_vision_tower, is_vision_model, model_config, torchvision_importable,
+    check_model_accepts_images,
+    freeze_vision_tower,
+    is_vision_model,
+    model_config,
+    torchvision_importable,
 )
 from medix_r1.vision.qwen_vl_processor import (
-    IMAGE_PAD, VISION_END, VISION_START, VLImageConfig, config_for_model, expand_image_placeholders,
-    image_token_counts, preprocess_images, smart_resize,
+    IMAGE_PAD,
+    VISION_END,
+    VISION_START,
+    VLImageConfig,
+    config_for_model,
+    expand_image_placeholders,
+    image_token_counts,
+    preprocess_images,
+    smart_resize,
 )
 
 log = logging.getLogger("medix_r1.train")
@@ -163,7 +174,7 @@ class VisionPrompts:
             raise ValueError(f"tokenizer {IMAGE_PAD} id {self.image_token_id} != model config image_token_id "
                              f"{config.image_token_id}: the tokenizer does not belong to {model_dir}")
         self.keep_pil = cfg.rollout.engine == "vllm"  # vLLM takes PIL images (multi_modal_data)
-        self.bad = set(int(i) for i in counters.get("bad_image_records", []))
+        self.bad = {int(i) for i in counters.get("bad_image_records", [])}
         self._sync_counters()
         self.max_images = max((len(r.get("images") or []) for r in records), default=0)
         if self.vcfg.check_files_at_start:
@@ -172,7 +183,7 @@ class VisionPrompts:
     # -- bad records
     def attach(self, counters: dict) -> None:
         """Keep the skip record in the trainer's (checkpointed) counters, merged with a resumed run's."""
-        self.bad |= set(int(i) for i in counters.get("bad_image_records", []))
+        self.bad |= {int(i) for i in counters.get("bad_image_records", [])}
         self.counters = counters
         self._sync_counters()
 
