@@ -80,9 +80,21 @@ def _read_with_datasets(path: Path | str, split: str) -> list[tuple[str, object]
     else:
         ds = datasets.load_dataset(path, split=split)
         name = f"hub:{path}[{split}]"
-    from medix_r1.vision.images import keep_images_encoded
     ds = keep_images_encoded(ds)  # image columns stay bytes until a record is sampled
     return [(f"{name}:record {i}", row) for i, row in enumerate(ds)]
+
+
+def keep_images_encoded(ds):
+    """A ``datasets.Dataset`` whose ``images`` column holds Image features, cast to ``decode=False``:
+    rows then carry ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled
+    (iterating a decoding Image column would hold every decoded image of the data in memory)."""
+    import datasets
+
+    feature = (ds.features or {}).get("images")
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.Image) and inner.decode:
+        return ds.cast_column("images", type(feature)(datasets.Image(decode=False)))
+    return ds
 
 
 def load_records(source: str, *, split: str = "train", on_malformed: str = "fail",

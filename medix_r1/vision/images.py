@@ -147,16 +147,3 @@ def load_record_images(record: dict, base_dir=None,
         raise ImageError(f"record {record_id!r}: 'images' must be a list, got {type(images).__name__}")
     return [load_image(ref, record_id=record_id, index=i, base_dir=base_dir, max_pixels=max_pixels)
             for i, ref in enumerate(images)]
-
-
-def keep_images_encoded(ds):
-    """A ``datasets.Dataset`` whose ``images`` column holds Image features, cast to ``decode=False``:
-    rows then carry ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled
-    (iterating a decoding Image column would hold every decoded image of the data in memory)."""
-    import datasets
-
-    feature = (ds.features or {}).get("images")
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.Image) and inner.decode:
-        return ds.cast_column("images", type(feature)(datasets.Image(decode=False)))
-    return ds
