@@ -17,7 +17,7 @@ from medix_r1.data.prompts import prompt_token_ids
 from medix_r1.models import resolve_model_dir
 from medix_r1.rollout import RolloutOutOfMemory, RolloutServerError, ServerRollout, sample_seed
 from medix_r1.rollout.client import rollouts_from_response
-from medix_r1.rollout.server import RequestError, check_generate, sampling_kwargs
+from medix_r1.rollout.server_engine import RequestError, check_generate, sampling_kwargs
 from medix_r1.rollout.weight_sync import (
     WeightSyncGroup,
     check_meta,
