@@ -3,7 +3,7 @@
 A response looks like ``<TAG> <thinking>...</thinking> <answer>...</answer>``; a reference
 solution is stored as ``"<TAG> answer text"``.
 
-Official rules (MediX-R1 reward code, FACTS.md section 1), reproduced with ``parity="official"``:
+Official rules (MediX-R1 reward code, see docs/medix_r1.md), reproduced with ``parity="official"``:
 
 - whitespace around every ``<``, ``>`` and ``/`` is removed before anything else (this also turns
   ``a / b`` inside an answer into ``a/b``);
