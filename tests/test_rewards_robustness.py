@@ -1,6 +1,6 @@
 """Parsing runs in linear time and gives exactly what the rule's regular expressions give.
 
-The regular expressions below are the rules as written (FACTS.md section 1); applied with ``re`` they
+The regular expressions below are the rules as written (docs/medix_r1.md); applied with ``re`` they
 backtrack quadratically on long whitespace runs or many unclosed tags, so the library implements
 them differently. A seeded fuzz checks both give the same result; the pathological inputs must
 parse in milliseconds.
