@@ -1,4 +1,4 @@
-"""The clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO, GSPO, CISPO) from logits.
+"""The clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO, GSPO / GSPO-token, CISPO) from logits.
 
 logits -> fused per-token log-probs (selective_log_softmax: one pass forward, one backward
 writing d logits, in place if allowed) -> the per-token objective on [B, L] vectors
@@ -12,7 +12,7 @@ import torch
 from . import reference
 from ._backend import resolve_backend
 from ._policy_math import gspo_seq_log_ratio, per_token_terms, token_stats, token_weights
-from .loss_config import LossConfig
+from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import check_logits_ids, selective_log_softmax
 
 
@@ -105,7 +105,7 @@ def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, en
     adv = advantages.float()
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     old = None if old_logp is None else old_logp.float()
-    seq = gspo_seq_log_ratio(logp, old, mask) if config.loss_type == "gspo" and old is not None else None
+    seq = gspo_seq_log_ratio(logp, old, mask) if config.loss_type in SEQUENCE_RATIO_TYPES and old is not None else None
     per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq)
     loss = (per_token * token_weights(mask, config)).sum()
     return loss, token_stats(ratio, kl, adv, mask, config, entropy)

@@ -35,7 +35,8 @@ def cpu_and_reference(inputs, cfg, chunk, with_bias):
     return (loss, stats, ins), (want, want_stats, outs)
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dapo", "gspo", "dr_grpo", "cispo", "verl"])
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "gspo", "dr_grpo", "cispo", "verl", "medix_grpo", "medix_dapo",
+                                    "medix_gspo"])
 @pytest.mark.parametrize("chunk", [1, 4, None])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_full_logits_path(preset, chunk, with_bias):

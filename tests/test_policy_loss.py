@@ -1,5 +1,7 @@
 """selective_log_softmax, grpo_loss and fused_linear_grpo_loss: the compiled CPU backend against
 the reference and against TRL's and verl's formulas written out independently here."""
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import medix_kernels as mk
 from medix_kernels import reference as ref
 from tests.tolerances import tol
 
-LOSS_TYPES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]
+LOSS_TYPES = ["grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo"]
 AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
@@ -213,6 +215,78 @@ def test_matches_trl_and_verl_formulas():
     cfg = mk.LossConfig.preset("verl", beta=0.0)
     got, _ = mk.grpo_loss(logits, ids, mask, adv * 3, old_logp=old, config=cfg, backend="cpu")
     torch.testing.assert_close(got, verl_vanilla_loss(logp, old, adv * 3, m), rtol=1e-5, atol=1e-6)
+
+
+def medix_official_loss(logp, old, adv, mask, loss_type, lo, hi, dual=3.0, avg="token", ref_lp=None, kl_coef=0.0):
+    """MediX-R1's trainer (an EasyR1 verl fork): compute_policy_loss + the low_var_kl loss term,
+    written out independently from its published formula (docs/official_loss_semantics.md)."""
+    d = logp - old
+    if loss_type == "gspo_token":
+        seq = (d * mask).sum(-1) / (mask.sum(-1) + 1e-8)
+        log_r = seq.detach()[:, None] + logp - logp.detach()
+    else:
+        log_r = d
+    ratio = torch.exp(log_r.clamp(-20.0, 20.0))
+    clipped = torch.exp(log_r.clamp(math.log(1 - lo), math.log(1 + hi)))
+    a = adv[:, None]
+    higher = torch.maximum(-a * ratio, -a * clipped)
+    per_token = torch.where(a < 0, torch.minimum(higher, -a * dual), higher)
+
+    def average(x):
+        if avg == "token":
+            return (x * mask).sum() / (mask.sum() + 1e-8)
+        return ((x * mask).sum(-1) / (mask.sum(-1) + 1e-8)).mean()
+
+    loss = average(per_token)
+    if kl_coef:
+        x = (ref_lp - logp).clamp(-20.0, 20.0)
+        loss = loss + kl_coef * average((x.exp() - x - 1).clamp(-10.0, 10.0))
+    return loss
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("preset,official", [
+    ("medix_gspo", dict(loss_type="gspo_token", lo=3e-4, hi=4e-4, avg="seq")),
+    ("medix_grpo", dict(loss_type="default", lo=0.2, hi=0.3, kl_coef=1e-2)),
+    ("medix_dapo", dict(loss_type="default", lo=0.2, hi=0.28)),
+])
+def test_medix_presets_match_the_official_formulas(backend, dtype, preset, official):
+    """Values and gradients of the medix_* presets against MediX-R1's loss written out, with
+    sequences whose mean log-ratio leaves [-20, 10] (where 'gspo' and 'gspo_token' differ) and
+    per-token log-ratios across every clip boundary."""
+    logits, ids, mask, adv, _, ref_lp = make_batch(5, 6, 211, dtype, seed=4, empty_row=False)
+    logits_f = logits.float()
+    logp = ref.selective_log_softmax(logits_f, ids)
+    gen = torch.Generator().manual_seed(1)
+    shift = torch.tensor([0.0, 0.3, -0.4, 14.0, -25.0])[:, None]  # mean log-ratio d: row 3 ~14 > 10, row 4 < -20
+    old = logp - shift + 0.2 * torch.randn(5, 6, generator=gen)
+    adv = torch.tensor([1.0, -1.5, 0.7, -2.0, 1.2])
+    x = logits.clone().requires_grad_(True)
+    loss, _ = mk.grpo_loss(x, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=mk.LossConfig.preset(preset),
+                           backend=backend)
+    xr = logits_f.clone().requires_grad_(True)
+    want = medix_official_loss(ref.selective_log_softmax(xr, ids), old, adv, mask.float(), ref_lp=ref_lp, **official)
+    torch.testing.assert_close(loss, want, **tol("loss", dtype))
+    loss.backward()
+    want.backward()
+    torch.testing.assert_close(x.grad.float(), xr.grad.to(dtype).float(), **tol("logprob_grad", dtype))
+
+
+def test_gspo_and_gspo_token_differ_only_outside_the_log_ratio_caps():
+    """'gspo' caps the log-ratio at 10 (verl), 'gspo_token' clamps it to [-20, 20] (MediX-R1):
+    the same loss while every sequence's mean log-ratio is in [-20, 10], not beyond."""
+    logits, ids, mask, adv, _, _ = make_batch(3, 5, 97, seed=2, empty_row=False)
+    logp = ref.selective_log_softmax(logits, ids)
+    adv = torch.tensor([0.5, -1.0, 0.8])
+    cfg = dict(clip_low=3e-4, clip_high=4e-4, aggregation="seq-mean-token-mean")
+    for shift, same in ((torch.tensor([0.3, -0.5, 1.0]), True), (torch.tensor([0.0, 15.0, 0.0]), False)):
+        old = logp - shift[:, None]
+        a, _ = mk.grpo_loss(logits, ids, mask, adv, old_logp=old, config=mk.LossConfig(loss_type="gspo", **cfg))
+        b, _ = mk.grpo_loss(logits, ids, mask, adv, old_logp=old, config=mk.LossConfig(loss_type="gspo_token", **cfg))
+        assert torch.allclose(a, b) == same, (a, b)
+        want = medix_official_loss(logp, old, adv, mask.float(), "gspo_token", 3e-4, 4e-4, dual=1e30, avg="seq")
+        torch.testing.assert_close(b, want, **tol("loss", torch.float32))
 
 
 def test_on_policy_ratio_is_one_and_gradient_flows():

@@ -87,7 +87,7 @@ LOSS_SCRIPT = textwrap.dedent("""
     mask = torch.rand(b, l, generator=gen) > 0.3
     adv = torch.randn(b, generator=gen)
     old = ref.selective_log_softmax(logits, ids) + 0.2 * torch.randn(b, l, generator=gen)
-    for preset in ("grpo", "gspo", "cispo"):
+    for preset in ("grpo", "gspo", "cispo", "medix_gspo"):
         cfg = mk.LossConfig.preset(preset, temperature=0.8)
         for inplace in (False, True):
             x1 = (logits * 1.0).requires_grad_(True)

@@ -58,11 +58,14 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     old_logp = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
     c = config
-    if c.loss_type == "gspo":
+    if c.loss_type in ("gspo", "gspo_token"):
         lengths = mask.sum(-1).clamp_min(1)
         seq_log_ratio = ((logp - old_logp) * mask).sum(-1) / lengths          # log s_i
         log_ratio = seq_log_ratio.detach()[:, None] + logp - logp.detach()     # sg(s) * exp(logp - sg(logp))
-        ratio = log_ratio.clamp(max=10.0).exp()
+        if c.loss_type == "gspo":
+            ratio = log_ratio.clamp(max=10.0).exp()                           # verl's GSPO cap
+        else:
+            ratio = log_ratio.clamp(-20.0, 20.0).exp()                        # MediX-R1's gspo_token
     else:
         ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()
     if c.loss_type == "cispo":
