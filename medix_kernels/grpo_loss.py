@@ -105,7 +105,8 @@ def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, en
     adv = advantages.float()
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     old = None if old_logp is None else old_logp.float()
-    seq = gspo_seq_log_ratio(logp, old, mask) if config.loss_type in SEQUENCE_RATIO_TYPES and old is not None else None
+    sequence_ratio = config.loss_type in SEQUENCE_RATIO_TYPES and old is not None
+    seq = gspo_seq_log_ratio(logp, old, mask) if sequence_ratio else None
     per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq)
     loss = (per_token * token_weights(mask, config)).sum()
     return loss, token_stats(ratio, kl, adv, mask, config, entropy)

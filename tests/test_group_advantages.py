@@ -2,6 +2,7 @@
 vs TRL's and verl's formulas written out independently here."""
 import math
 import os
+import zlib
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_rloo_and_dr_grpo_by_hand():
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 @pytest.mark.parametrize("singleton", ["zero", "verl"])
 def test_ragged_groups_vs_reference(backend, mode, scale, singleton):
-    gen = torch.Generator().manual_seed(hash((mode, scale, singleton)) % 1000)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{mode}/{scale}/{singleton}".encode()) % 1000)  # not hash(): salted
     r = torch.randn(257, generator=gen)
     r[10:14] = 0.5  # a degenerate stretch
     gi = random_group_index(257, 9, gen)

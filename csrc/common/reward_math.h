@@ -29,11 +29,11 @@ template <typename F>
 MEDIX_HD GroupAffineT<F> group_affine(F mean, F std, int64_t count, bool degenerate, double batch_std,
                                       const GroupAdvParams& p) {
   const F one = F(1), zero = F(0), eps = F(p.eps);
-  const F batch_factor = F(1.0 / (batch_std + double(p.eps)));
   if (count == 1) {
     if (p.singleton == int(Singleton::kVerl) && p.mode != int(AdvMode::kRloo)) {
       if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kGroup)) return {zero, one / (one + eps)};
-      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kBatch)) return {zero, batch_factor};
+      if (p.mode == int(AdvMode::kGrpo) && p.scale == int(AdvScale::kBatch))
+        return {zero, F(1.0 / (batch_std + double(p.eps)))};
       return {zero, one};
     }
     return {zero, zero};
@@ -41,7 +41,7 @@ MEDIX_HD GroupAffineT<F> group_affine(F mean, F std, int64_t count, bool degener
   if (degenerate || count == 0) return {mean, zero};
   if (p.mode == int(AdvMode::kRloo)) return {mean, F(count) / F(count - 1)};
   if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return {mean, one};
-  if (p.scale == int(AdvScale::kBatch)) return {mean, batch_factor};
+  if (p.scale == int(AdvScale::kBatch)) return {mean, F(1.0 / (batch_std + double(p.eps)))};
   return {mean, one / (std + eps)};
 }
 
