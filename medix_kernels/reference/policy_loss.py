@@ -1,5 +1,6 @@
 """Pure-PyTorch references of the policy-loss ops. They materialise the full log-softmax and
-write each formula out as in the papers (FACTS.md section 2); the kernels must agree."""
+write each formula out as in the papers and peer trainers (MediX-R1's: docs/official_loss_semantics.md);
+the kernels must agree."""
 from __future__ import annotations
 
 import torch
