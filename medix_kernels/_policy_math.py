@@ -9,13 +9,13 @@ linear path) is exactly the sum of its chunks:
     seq-mean-token-mean:     w = m / (len_b * number of non-empty sequences)
     seq-mean-token-sum:      w = m / (number of non-empty sequences)
     seq-mean-token-sum-norm: w = m / (number of non-empty sequences * max_len)
-The formulas of l_t are written out in medix_kernels.reference.policy_loss (FACTS.md section 2).
+The formulas of l_t are written out in medix_kernels.reference.policy_loss; MediX-R1's own trainer: docs/official_loss_semantics.md.
 """
 from __future__ import annotations
 
 import torch
 
-from .loss_config import LossConfig
+from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 
 
 def token_weights(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -34,12 +34,14 @@ def token_weights(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
 
 def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_ratio=None):
     """Per-token loss (differentiable in logp), ratio and KL (detached). All arguments share a shape,
-    except seq_log_ratio (GSPO's log s, detached, broadcastable to logp)."""
+    except seq_log_ratio (GSPO's log s, detached, broadcastable to logp; gspo and gspo_token)."""
     c = config
     old = logp.detach() if old_logp is None else old_logp
-    if c.loss_type == "gspo":
+    if c.loss_type in SEQUENCE_RATIO_TYPES:
         log_s = seq_log_ratio if seq_log_ratio is not None else torch.zeros_like(logp)
-        ratio = (log_s + logp - logp.detach()).clamp(max=10.0).exp()
+        log_ratio = log_s + logp - logp.detach()
+        # gspo: capped at 10 (verl); gspo_token: clamped to [-20, 20] (MediX-R1's trainer)
+        ratio = (log_ratio.clamp(max=10.0) if c.loss_type == "gspo" else log_ratio.clamp(-20.0, 20.0)).exp()
     else:
         ratio = (logp - old).clamp(-20.0, 20.0).exp()
     if c.loss_type == "cispo":

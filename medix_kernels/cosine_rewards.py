@@ -16,8 +16,11 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
     """Row-wise cosine similarity of two [B, D] embedding batches, as a float32 [B] tensor.
 
     Same eps semantics as ``torch.nn.functional.cosine_similarity`` (each norm clamped to eps, so
-    a zero vector gives 0, not NaN); fp32 accumulation for float32/bfloat16/float16 inputs. With
-    ``threshold``, returns 1.0 where cos >= threshold and 0.0 elsewhere.
+    a zero vector gives 0, not NaN); fp32 accumulation for float32/bfloat16/float16 inputs, and
+    a row whose fp32 sums would overflow (entries near 1e20 and above) is redone scaled by its
+    largest magnitude, so huge embeddings give the same cosine as the float64 reference. With
+    ``threshold``, returns 1.0 where cos >= threshold and 0.0 elsewhere. A reward carries no
+    gradient: the result is detached on every backend.
     """
     op = "cosine_rewards"
     for name, t in (("pred", pred), ("ref", ref)):
@@ -39,6 +42,7 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise TypeError(f"{op}: 'threshold' must be a float or None, got {type(threshold).__name__}")
     backend = resolve_backend(backend, pred, op)
+    pred, ref = pred.detach(), ref.detach()
     if pred.dtype != ref.dtype or pred.dtype == torch.float64:
         if backend != "torch":
             if pred.dtype != ref.dtype:

@@ -21,7 +21,7 @@ from . import reference
 from ._backend import resolve_backend
 from ._policy_math import per_token_terms, token_stats, token_weights
 from .grpo_loss import check_loss_inputs
-from .loss_config import LossConfig
+from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import _ops
 
 # Default chunk: bytes of one chunk of logits in the hidden dtype. On the CPU the chunk's logits
@@ -137,7 +137,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         old = None if old_logp is None else old_logp.float().reshape(t)
         ref = None if ref_logp is None else ref_logp.float().reshape(t)
         seq_log_ratio = None
-        if config.loss_type == "gspo" and old is not None:
+        if config.loss_type in SEQUENCE_RATIO_TYPES and old is not None:
             logp_all, _ = _chunked_logp(h, weight, bias, flat_ids, config.temperature, backend, chunk)
             m = mask.float()
             seq = (((logp_all.view(b, l) - old.view(b, l)) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))

@@ -80,7 +80,12 @@ def _report_non_finite(values: torch.Tensor, nan_policy: str, name: str, op: str
 
 
 def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, nan_policy, backend, op):
-    """Dispatch to a backend. Returns (adv, total, mean, std, degenerate)."""
+    """Dispatch to a backend. Returns (adv, total, mean, std, degenerate).
+
+    Rewards are data, not a function of the policy: every backend takes them detached, so the
+    outputs never require grad (the compiled ops have no autograd formula, and the reference
+    would otherwise differentiate through the group statistics)."""
+    values = values.detach()
     n = values.shape[0]
     validate_group_args(n, group_size, group_index, values.device, op)
     _check_choice("mode", mode, MODES, op)
@@ -158,8 +163,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int | None = None, *, gr
         backend: "auto", "torch", "cpu", "triton" or "cuda".
 
     Returns:
-        [N] advantages in the rewards' dtype (computed in float32). Groups whose rewards are all
-        equal get exactly 0.
+        [N] advantages in the rewards' dtype (computed in float32; a group whose float32 sums
+        would overflow, rewards near 3e38, is redone in float64). Groups whose rewards are all
+        equal get exactly 0. Detached: rewards that require grad are accepted, and the result
+        carries no gradient on every backend.
     """
     _check_values(rewards, "rewards", 1, "[N]", "group_advantages")
     return _run(rewards, None, group_size, group_index, mode, scale, eps, singleton, nan_policy, backend,
@@ -184,7 +191,8 @@ def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Seque
 
     Args:
         components: [N, K] reward components (e.g. judge, embedding, modality, format).
-        weights: [K] weights (a float32 tensor on the components' device, or a sequence of floats).
+        weights: [K] finite weights (a float tensor on the components' device, or a sequence of
+            floats); NaN or inf is a ValueError.
         Other arguments as group_advantages.
 
     Returns:
@@ -201,7 +209,11 @@ def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Seque
         raise ValueError(f"{op}: 'weights' must be 1-D [K={components.shape[1]}], got shape {tuple(weights.shape)}")
     if weights.device != components.device:
         raise ValueError(f"{op}: 'weights' is on {weights.device} but 'components' is on {components.device}")
-    weights = weights.float()
+    weights = weights.detach().float()
+    # K weights: one small host sync in eager mode (a NaN weight would silently make every total NaN)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(weights).all()):
+        bad = (~torch.isfinite(weights)).nonzero().flatten().tolist()
+        raise ValueError(f"{op}: 'weights' must be finite, got {weights.tolist()} (non-finite at positions {bad})")
     adv, total, *_ = _run(components, weights, group_size, group_index, mode, scale, eps, singleton, nan_policy,
                           backend, op)
     return total, adv

@@ -1,4 +1,4 @@
-"""The clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO, GSPO, CISPO) from logits.
+"""The clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO, GSPO / GSPO-token, CISPO) from logits.
 
 logits -> fused per-token log-probs (selective_log_softmax: one pass forward, one backward
 writing d logits, in place if allowed) -> the per-token objective on [B, L] vectors
@@ -12,7 +12,7 @@ import torch
 from . import reference
 from ._backend import resolve_backend
 from ._policy_math import gspo_seq_log_ratio, per_token_terms, token_stats, token_weights
-from .loss_config import LossConfig
+from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import check_logits_ids, selective_log_softmax
 
 
@@ -40,6 +40,25 @@ def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, confi
     if config.beta > 0 and ref_logp is None:
         raise ValueError(f"{op}: 'ref_logp' [B, L] is required when config.beta > 0 (beta={config.beta}); "
                          "pass the reference model's log-probs or set beta=0")
+    if not torch.compiler.is_compiling():  # data-dependent: eager only (a compiled graph skips it)
+        check_mask_and_advantage_values(mask, advantages, op)
+
+
+def check_mask_and_advantage_values(mask, advantages, op: str) -> None:
+    """A mask of 0/1 (a weight of 2 or NaN would silently rescale or poison the aggregation) and
+    finite advantages (one NaN makes the loss and every gradient NaN): one host sync for both."""
+    bad_mask = None if mask.dtype == torch.bool else (mask != 0) & (mask != 1)
+    bad_adv = ~torch.isfinite(advantages)
+    flags = [bad_adv.any()] if bad_mask is None else [bad_adv.any(), bad_mask.any()]
+    found = torch.stack(flags).tolist()
+    if len(found) > 1 and found[1]:
+        pos = bad_mask.nonzero()[0].tolist()
+        raise ValueError(f"{op}: 'mask' must hold only 0 and 1 (or be bool), got {mask[tuple(pos)].item()} at "
+                         f"position {pos}")
+    if found[0]:
+        pos = bad_adv.nonzero()[0].tolist()
+        raise ValueError(f"{op}: 'advantages' must be finite, got {advantages[tuple(pos)].item()} at position {pos} "
+                         f"({int(bad_adv.sum())} non-finite value(s))")
 
 
 def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *,
@@ -50,12 +69,14 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
 
     Args:
         logits: [B, L, V] policy logits at the response positions (float32/bfloat16/float16).
-        ids: [B, L] sampled token ids; mask: [B, L] bool or 0/1 (response tokens).
-        advantages: [B] (one per sequence) or [B, L].
+        ids: [B, L] sampled token ids; mask: [B, L] bool or 0/1 (response tokens; other values
+            are a ValueError).
+        advantages: [B] (one per sequence) or [B, L], finite (NaN / inf are a ValueError).
         old_logp: [B, L] log-probs of the sampling policy (None: on-policy, ratio 1).
         ref_logp: [B, L] log-probs of the reference policy (needed when config.beta > 0).
         config: LossConfig (loss type, clip range, dual clip, KL estimator, aggregation, temperature).
-        inplace_backward: the backward writes d logits over the logits (no extra [B, L, V] buffer).
+        inplace_backward: the backward writes d logits over the logits (no extra [B, L, V] buffer);
+            logits whose elements share memory (an expanded view) are refused.
         return_entropy: also report the mean entropy in the stats.
         check_finite: raise on non-finite logits before computing (debug mode).
         backend: "auto", "torch", "cpu", "triton", "cuda".
@@ -84,7 +105,8 @@ def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, en
     adv = advantages.float()
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     old = None if old_logp is None else old_logp.float()
-    seq = gspo_seq_log_ratio(logp, old, mask) if config.loss_type == "gspo" and old is not None else None
+    sequence_ratio = config.loss_type in SEQUENCE_RATIO_TYPES and old is not None
+    seq = gspo_seq_log_ratio(logp, old, mask) if sequence_ratio else None
     per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq)
     loss = (per_token * token_weights(mask, config)).sum()
     return loss, token_stats(ratio, kl, adv, mask, config, entropy)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo", "cispo")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo")
+#: Loss types with GSPO's sequence-level ratio (the per-sequence mean log-ratio is needed first).
+SEQUENCE_RATIO_TYPES = ("gspo", "gspo_token")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -15,7 +17,10 @@ class LossConfig:
 
     loss_type: "grpo", "dapo", "dr_grpo" (token ratio, PPO clip), "gspo" (sequence ratio:
         s = exp(mean of log-ratios over the sequence), applied per token as
-        sg(s) * exp(logp - sg(logp))), "cispo" (-sg(min(ratio, 1 + clip_high)) * A * logp).
+        sg(s) * exp(logp - sg(logp)); the log of that per-token ratio capped at 10, as verl's
+        GSPO), "gspo_token" (the same ratio with its log clamped to [-20, 20] instead, as
+        MediX-R1's official trainer: docs/official_loss_semantics.md), "cispo"
+        (-sg(min(ratio, 1 + clip_high)) * A * logp).
     clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
     dual_clip: None, or c > 1: for A < 0 the token loss is also capped at -A * c (verl).
     kl, beta: beta * KL(policy || reference) per token with x = ref_logp - logp:
@@ -69,9 +74,14 @@ class LossConfig:
     def preset(cls, name: str, **overrides) -> "LossConfig":
         """Named configurations (overridable):
 
-        - "grpo": MediX-R1's GRPO: PPO clip 0.2, k3 KL to the reference with beta 1e-2, token-mean.
-        - "dapo": DAPO (and MediX-R1's DAPO): asymmetric clip 0.2 / 0.28, no KL, token-mean.
+        - "grpo": GRPO: PPO clip 0.2, k3 KL to the reference with beta 1e-2, token-mean.
+        - "dapo": DAPO: asymmetric clip 0.2 / 0.28, no KL, token-mean.
         - "gspo": GSPO: sequence-level ratio, clip 3e-4 / 4e-4, no KL, seq-mean-token-mean.
+        - "medix_grpo", "medix_dapo", "medix_gspo": the settings of MediX-R1's official training
+          scripts (docs/official_loss_semantics.md): its GRPO recipe keeps the trainer defaults
+          clip 0.2 / 0.3 and dual clip 3 with k3 KL (beta 1e-2); DAPO: clip 0.2 / 0.28, dual
+          clip 3, no KL; GSPO: "gspo_token", clip 3e-4 / 4e-4, dual clip 3, no KL,
+          seq-mean-token-mean. The dual clip is always on in that trainer.
         - "dr_grpo": Dr. GRPO: clip 0.2, no KL, seq-mean-token-sum-norm.
         - "cispo": CISPO: clip from above at 1 + 0.28 (no lower clip), no KL, token-mean.
         - "trl": TRL GRPOTrainer defaults today: clip 0.2, beta 0, token-mean ("dapo" loss type).
@@ -88,6 +98,12 @@ class LossConfig:
             "trl": dict(loss_type="dapo", clip_low=0.2, clip_high=0.2, beta=0.0, aggregation="token-mean"),
             "verl": dict(loss_type="grpo", clip_low=0.2, clip_high=0.2, dual_clip=3.0, kl="k3", beta=1e-3,
                          aggregation="token-mean"),
+            "medix_grpo": dict(loss_type="grpo", clip_low=0.2, clip_high=0.3, dual_clip=3.0, kl="k3", beta=1e-2,
+                               aggregation="token-mean"),
+            "medix_dapo": dict(loss_type="dapo", clip_low=0.2, clip_high=0.28, dual_clip=3.0, beta=0.0,
+                               aggregation="token-mean"),
+            "medix_gspo": dict(loss_type="gspo_token", clip_low=3e-4, clip_high=4e-4, dual_clip=3.0, beta=0.0,
+                               aggregation="seq-mean-token-mean"),
         }
         if name not in presets:
             raise ValueError(f"LossConfig.preset: unknown preset {name!r}; choose one of {tuple(presets)}")

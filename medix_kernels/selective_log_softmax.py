@@ -77,6 +77,27 @@ def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool =
         raise ValueError(f"{op}: 'logits' has a non-finite value at position {pos} (check_finite=True)")
 
 
+def check_inplace_logits(logits, op: str) -> None:
+    """Logits the in-place backward can write its gradient over, checked at call time (strides
+    only: no sync, traceable). Refused: elements sharing memory (an expanded / stride-0 view: every
+    row's gradient would land in the same memory; torch refuses its own in-place ops on them by
+    the same rule, at::has_internal_overlap's certain overlap), and layouts the kernels cannot
+    walk as [T, V] rows with unit column stride (they would only fail in the backward)."""
+    v = logits.shape[-1]
+    if any(st == 0 and n > 1 for st, n in zip(logits.stride(), logits.shape)):
+        raise ValueError(f"{op}: inplace_backward=True needs logits whose elements do not share memory, got "
+                         f"shape {tuple(logits.shape)} with strides {logits.stride()} (an expanded view); pass "
+                         "inplace_backward=False or a contiguous copy")
+    try:
+        rows = logits.view(-1, v)
+    except RuntimeError:
+        rows = None
+    if rows is None or (v > 1 and rows.stride(1) != 1):
+        raise ValueError(f"{op}: inplace_backward=True needs logits viewable as [T, V] rows with unit column "
+                         f"stride, got shape {tuple(logits.shape)} with strides {logits.stride()}; pass "
+                         "inplace_backward=False or a contiguous copy")
+
+
 def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperature: float = 1.0,
                           return_entropy: bool = False, inplace_backward: bool = False, check_finite: bool = False,
                           backend: str = "auto"):
@@ -88,18 +109,23 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperatur
         temperature: > 0.
         return_entropy: also return the entropy of softmax(logits / temperature).
         inplace_backward: the backward overwrites ``logits`` with their gradient (no extra
-            [T, V] buffer); only when nothing else needs the logits afterwards.
+            [T, V] buffer); only when nothing else needs the logits afterwards. Logits whose
+            elements share memory (an expanded view), or that are not viewable as [T, V] rows,
+            are a ValueError.
         check_finite: raise on NaN/inf logits (a debugging aid: one extra pass).
         backend: "auto", "torch", "cpu", "triton", "cuda".
 
     Returns:
-        logp [B, L] float32 (and entropy [B, L] float32), differentiable.
+        logp [B, L] float32 (and entropy [B, L] float32), differentiable (float64 for float64
+        logits, which the torch reference computes).
     """
     op = "selective_log_softmax"
     backend = resolve_backend(backend, logits, op)
     check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"{op}: 'temperature' must be a float > 0, got {temperature!r}")
+    if inplace_backward:
+        check_inplace_logits(logits, op)
     if backend == "torch" or logits.dtype == torch.float64:
         return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
     logp, _, entropy = _FusedLogprob.apply(logits, ids, float(temperature), bool(return_entropy), backend,

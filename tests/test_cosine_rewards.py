@@ -39,6 +39,36 @@ def test_non_contiguous_rows():
     torch.testing.assert_close(mk.cosine_rewards(x, y), F.cosine_similarity(x, y))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [1, 4, 33, 384])
+def test_huge_entries_match_the_reference(backend, dtype, d):
+    """Entries near 1e30 overflowed the fp32 sums of squares (NaN on the cpu backend, 1.0 on
+    torch); rows whose sums overflow are redone scaled by their largest magnitude."""
+    gen = torch.Generator().manual_seed(d)
+    x = torch.rand(6, d, generator=gen) * 2 - 1
+    y = 0.7 * x + 0.3 * (torch.rand(6, d, generator=gen) * 2 - 1)  # |entries| <= 1
+    scale = torch.tensor([1e30, 1e30, 3e38, 1e20, 1.0, 1e30])[:, None]
+    x, y = (x * scale).to(dtype), (y * scale).to(dtype)
+    y[0] = -x[0]  # cos = -1
+    y[1] = 0.0  # a zero vector against a huge one: 0
+    x[5, : d // 2 + 1] = 1e-3  # a huge row mixed with small entries
+    got = mk.cosine_rewards(x, y, backend=backend)
+    want = F.cosine_similarity(x.double(), y.double(), dim=1).float()
+    assert not got.isnan().any(), got
+    torch.testing.assert_close(got, want, **tol("cosine", dtype))
+    assert got[0].item() == pytest.approx(-1.0, abs=1e-6) and got[1].item() == 0.0
+    hit = mk.cosine_rewards(x, y, threshold=0.5, backend=backend)
+    assert hit.tolist() == (want >= 0.5).float().tolist()
+
+
+def test_cosine_rewards_are_detached():
+    x = torch.randn(3, 8, requires_grad=True)
+    for backend in CPU_BACKENDS:
+        got = mk.cosine_rewards(x, torch.randn(3, 8), backend=backend)
+        assert not got.requires_grad
+
+
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: mk.cosine_rewards(torch.ones(3), torch.ones(3)), ValueError, r"'pred' must be 2-D \[B, D\]"),
     (lambda: mk.cosine_rewards(torch.ones(2, 3), torch.ones(2, 4)), ValueError, "same shape"),

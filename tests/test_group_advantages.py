@@ -2,6 +2,7 @@
 vs TRL's and verl's formulas written out independently here."""
 import math
 import os
+import zlib
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_rloo_and_dr_grpo_by_hand():
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 @pytest.mark.parametrize("singleton", ["zero", "verl"])
 def test_ragged_groups_vs_reference(backend, mode, scale, singleton):
-    gen = torch.Generator().manual_seed(hash((mode, scale, singleton)) % 1000)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{mode}/{scale}/{singleton}".encode()) % 1000)  # not hash(): salted
     r = torch.randn(257, generator=gen)
     r[10:14] = 0.5  # a degenerate stretch
     gi = random_group_index(257, 9, gen)
@@ -138,6 +139,71 @@ def test_nan_policy(backend):
         mk.group_advantages(r, 2, backend=backend)
     got = mk.group_advantages(r, 2, nan_policy="zero", backend=backend)
     torch.testing.assert_close(got, mk.group_advantages(torch.tensor([1.0, 0.0, 2.0, 0.0]), 2, backend="torch"))
+
+
+# --- edge cases (issue 17) ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("ragged", [False, True])
+def test_rewards_that_require_grad_give_detached_advantages(backend, ragged):
+    """Rewards that require grad (e.g. a learned reward model's output) are accepted by every
+    backend, and the advantages carry no gradient on any of them (a reward is data to the loss)."""
+    r = torch.randn(12, requires_grad=True)
+    kw = dict(group_index=torch.tensor([0] * 5 + [1] * 7)) if ragged else dict(group_size=4)
+    got = mk.group_advantages(r, backend=backend, **kw)
+    assert not got.requires_grad and got.grad_fn is None
+    torch.testing.assert_close(got, ref.group_advantages(r.detach(), **kw), **tol("advantages", torch.float32))
+    st = mk.group_stats(r, backend=backend, **kw)
+    assert not any(t.requires_grad for t in st)
+    comp = torch.rand(12, 3, requires_grad=True)
+    w = torch.tensor([0.5, 0.3, 0.2], requires_grad=True)
+    total, adv = mk.composite_advantages(comp, w, backend=backend, **kw)
+    assert not total.requires_grad and not adv.requires_grad
+    torch.testing.assert_close(total, ref.composite_rewards(comp.detach(), w.detach()))
+
+
+def huge_rewards(g: int) -> torch.Tensor:
+    """Groups of finite rewards whose fp32 sums or squared deviations overflow: all equal near
+    3e38 (degenerate: A = 0), +-3e38 mixed with small values, spreads of 1e20 (squares above the
+    fp32 range), and one ordinary group."""
+    gen = torch.Generator().manual_seed(g)
+    groups = [torch.full((g,), 3e38), torch.full((g,), -3.3e38),
+              torch.tensor([3e38, -3e38] * g)[:g] + torch.arange(g), torch.tensor([3e38] * (g - 1) + [1.0]),
+              torch.randn(g, generator=gen) * 1e20, torch.randn(g, generator=gen) * 1e37, torch.randn(g, generator=gen)]
+    return torch.cat(groups).float()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("g", [2, 3, 4, 5, 8, 16, 17, 64])
+@pytest.mark.parametrize("mode,scale", [("grpo", "group"), ("grpo", "batch"), ("dr_grpo", "none"), ("rloo", "none")])
+def test_huge_finite_rewards_match_the_reference(backend, dtype, g, mode, scale):
+    """Finite rewards near 3e38 gave NaN advantages on the cpu backend (fp32 sums overflowed:
+    (r - inf) * 0 for an all-equal group); the kernels redo such groups in double, as the
+    float64 reference. Fixed sizes with and without an unrolled kernel, ragged groups, bf16."""
+    r = huge_rewards(g).to(dtype)
+    for kw in (dict(group_size=g), dict(group_index=torch.repeat_interleave(torch.arange(r.numel() // g), g))):
+        got = mk.group_advantages(r, mode=mode, scale=scale, backend=backend, **kw)
+        want = ref.group_advantages(r.float(), mode=mode, scale=scale, **kw).to(dtype)
+        assert not got.isnan().any(), got
+        torch.testing.assert_close(got.float(), want.float(), **tol("advantages", dtype))
+        if mode == "grpo" and scale == "group":
+            assert (got[: 2 * g] == 0).all()  # all-equal groups: exactly 0
+            assert torch.isfinite(got).all()
+        st = mk.group_stats(r, backend=backend, **kw)
+        mean, std, deg = ref.group_stats(r.float(), **kw)
+        torch.testing.assert_close(st.mean, mean, **tol("advantages", torch.float32))
+        torch.testing.assert_close(st.std, std, **tol("advantages", torch.float32))
+        assert st.degenerate.tolist() == deg.tolist()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused(backend, bad):
+    comp = torch.rand(8, 3)
+    with pytest.raises(ValueError, match=r"'weights' must be finite.*positions \[1\]"):
+        mk.composite_advantages(comp, [0.5, bad, 0.2], 4, backend=backend)
+    with pytest.raises(ValueError, match=r"'weights' must be finite"):
+        mk.composite_advantages(comp, torch.tensor([bad, 0.5, 0.2]), 4, backend=backend)
 
 
 @pytest.mark.parametrize("call,exc,match", [

@@ -43,6 +43,26 @@ SCRIPT = textwrap.dedent("""
                                        F.cosine_similarity(x.float(), y.float()), **tol("cosine", dtype))
             torch.testing.assert_close(mk.cosine_rewards(x, y, threshold=0.1, backend="triton"),
                                        (F.cosine_similarity(x.float(), y.float()) >= 0.1).float())
+    # issue 17: rewards that require grad, finite rewards near 3e38, cosine of entries near 1e30
+    rg = torch.randn(12, requires_grad=True)
+    got = mk.group_advantages(rg, 4, backend="triton")
+    assert not got.requires_grad
+    torch.testing.assert_close(got, ref.group_advantages(rg.detach(), 4), **tol("advantages", torch.float32))
+    huge = torch.cat([torch.full((4,), 3e38), torch.tensor([3e38, -3e38, 1.0, 2.0]), torch.randn(4) * 1e20,
+                      torch.tensor([3e38, 3e38, 3e38, 1.0])])
+    for mode, scale in (("grpo", "group"), ("grpo", "batch"), ("dr_grpo", "none"), ("rloo", "none")):
+        for kw in (dict(group_size=4), dict(group_index=torch.arange(16) // 4)):
+            got = mk.group_advantages(huge, mode=mode, scale=scale, backend="triton", **kw)
+            assert not got.isnan().any(), (mode, scale, got)
+            torch.testing.assert_close(got, ref.group_advantages(huge, mode=mode, scale=scale, **kw),
+                                       **tol("advantages", torch.float32))
+    for d in (1, 7, 1500):
+        x = (torch.rand(4, d, generator=gen) * 2 - 1) * torch.tensor([1e30, 3e38, 1e20, 1.0])[:, None]
+        y = 0.7 * x + 0.3 * (torch.rand(4, d, generator=gen) * 2 - 1) * torch.tensor([1e30, 3e38, 1e20, 1.0])[:, None]
+        y[1] = -x[1]
+        got = mk.cosine_rewards(x, y, backend="triton")
+        assert not got.isnan().any(), got
+        torch.testing.assert_close(got, F.cosine_similarity(x.double(), y.double()).float(), **tol("cosine", torch.float32))
     print("TRITON-INTERPRETER-OK")
 """)
 
@@ -67,7 +87,7 @@ LOSS_SCRIPT = textwrap.dedent("""
     mask = torch.rand(b, l, generator=gen) > 0.3
     adv = torch.randn(b, generator=gen)
     old = ref.selective_log_softmax(logits, ids) + 0.2 * torch.randn(b, l, generator=gen)
-    for preset in ("grpo", "gspo", "cispo"):
+    for preset in ("grpo", "gspo", "cispo", "medix_gspo"):
         cfg = mk.LossConfig.preset(preset, temperature=0.8)
         for inplace in (False, True):
             x1 = (logits * 1.0).requires_grad_(True)
@@ -87,6 +107,18 @@ LOSS_SCRIPT = textwrap.dedent("""
     torch.testing.assert_close(l1, l2, **tol("fused_linear", torch.float32))
     for a, c in zip(g1, g2):
         torch.testing.assert_close(a, c, **tol("fused_linear", torch.float32))
+    try:  # in place over an expanded view would write every row's gradient into one row
+        mk.selective_log_softmax(logits[:1, :1].expand(b, l, v), ids, inplace_backward=True, backend="triton")
+        raise AssertionError("an expanded view was accepted for the in-place backward")
+    except ValueError as exc:
+        assert "do not share memory" in str(exc), exc
+    x = logits[0, :1].expand(b * l, v)
+    lp, lse, _ = torch.ops.medix.logprob_fwd_triton(x, ids.view(-1), 1.0, False)
+    try:
+        torch.ops.medix.logprob_bwd_triton_(x, ids.view(-1), lse, torch.ones(b * l), None, None, 1.0)
+        raise AssertionError("the Triton in-place op accepted an expanded view")
+    except ValueError as exc:
+        assert "do not share memory" in str(exc), exc
     print("TRITON-LOSS-OK")
 """)
 

@@ -17,6 +17,25 @@ namespace cpu {
 // than the work).
 constexpr int64_t kCosineSerialWork = int64_t(1) << 17;
 
+// A row whose fp32 sums overflowed (entries near 1e19 and above): each vector divided by its
+// largest magnitude first, so the sums stay finite and the cosine is the unscaled rows' (as the
+// float64 reference). Rows with inf / NaN entries keep the plain semantics.
+template <typename T>
+__attribute__((noinline)) void cosine_row_scaled(const CosineParams& p, const T* x, const T* y, int64_t r) {
+  float mx = 0.f, my = 0.f;
+  for (int64_t j = 0; j < p.d; ++j) {
+    mx = std::max(mx, std::fabs(to_float(x[j])));
+    my = std::max(my, std::fabs(to_float(y[j])));
+  }
+  const float sx = cosine_row_scale(mx), sy = cosine_row_scale(my);
+  float dot = 0.f, xx = 0.f, yy = 0.f;
+  for (int64_t j = 0; j < p.d; ++j) {
+    const float a = to_float(x[j]) / sx, c = to_float(y[j]) / sy;
+    dot += a * c; xx += a * a; yy += c * c;
+  }
+  p.out[r] = cosine_from_sums(dot, xx, yy, p, sx, sy);
+}
+
 template <typename T>
 MEDIX_INLINE void cosine_range(const CosineParams& p, int64_t rb, int64_t re) {
   for (int64_t r = rb; r < re; ++r) {
@@ -27,6 +46,10 @@ MEDIX_INLINE void cosine_range(const CosineParams& p, int64_t rb, int64_t re) {
     for (int64_t j = 0; j < p.d; ++j) {
       float a = to_float(x[j]), c = to_float(y[j]);
       dot += a * c; xx += a * a; yy += c * c;
+    }
+    if (cosine_sums_overflow(dot, xx, yy)) {
+      cosine_row_scaled<T>(p, x, y, r);
+      continue;
     }
     p.out[r] = cosine_from_sums(dot, xx, yy, p);
   }

@@ -60,13 +60,37 @@ inline void group_bounds(const GroupAdvParams& p, int64_t g, int64_t* begin, int
   else { *begin = g * p.group_size; *end = *begin + p.group_size; }
 }
 
+// One group [b, e) in double: the redo of a group whose fp32 sum or sum of squared deviations
+// overflowed (finite rewards near 3e38, or spreads above ~1e19), computed like the float64
+// reference (NaN / inf rewards give the same non-finite results as the fp32 path).
+template <typename TI, typename TO>
+__attribute__((noinline)) void group_in_double(const GroupAdvParams& p, int64_t g, int64_t b, int64_t e,
+                                               bool degenerate, double batch_std) {
+  const int64_t count = e - b;
+  double sum = 0.0, ss = 0.0;
+  for (int64_t i = b; i < e; ++i) sum += double(row_total<TI>(p, i));
+  const double mean = count ? sum / double(count) : 0.0;
+  for (int64_t i = b; i < e; ++i) { const double d = double(row_total<TI>(p, i)) - mean; ss += d * d; }
+  const double std = count > 1 ? std::sqrt(ss / double(count - 1)) : 0.0;
+  if (p.group_mean) p.group_mean[g] = float(mean);
+  if (p.group_std) p.group_std[g] = float(std);
+  if (p.degenerate) p.degenerate[g] = degenerate;
+  const GroupAffineT<double> a = group_affine<double>(mean, std, count, degenerate, batch_std, p);
+  TO* adv = static_cast<TO*>(p.adv);
+  for (int64_t i = b; i < e; ++i) {
+    const float r = row_total<TI>(p, i);
+    if (p.total) p.total[i] = r;
+    adv[i] = from_float<TO>(float((double(r) - a.shift) * a.factor));
+  }
+}
+
 // Fixed groups of a compile-time size G (plain rewards of type TI, advantages of type TO): the
 // member loops unroll into straight line code, and a block of groups is processed together so
 // the per-group square root and division pipeline instead of serialising.
 // (The kernels work on a local copy of the params: every store through a float pointer could
 // otherwise alias one of its fields, and the compiler would reload them all in the inner loops.)
 template <typename TI, typename TO, int G>
-MEDIX_INLINE void fixed_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_INLINE void fixed_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
   const GroupAdvParams p = p_in;
   constexpr int kBlock = 16;
   const TI* v = static_cast<const TI*>(p.values);
@@ -93,11 +117,15 @@ MEDIX_INLINE void fixed_groups(const GroupAdvParams& p_in, int64_t gb, int64_t g
     }
     for (int l = 0; l < nb; ++l) {
       const int64_t g = g0 + l;
+      if (!is_finite(mean[l]) || !is_finite(ss[l])) {  // fp32 overflow (or NaN / inf rewards)
+        group_in_double<TI, TO>(p, g, g * G, (g + 1) * G, deg[l], batch_std);
+        continue;
+      }
       const float std = G > 1 ? std::sqrt(ss[l] * (1.f / float(G > 1 ? G - 1 : 1))) : 0.f;
       if (p.group_mean) p.group_mean[g] = mean[l];
       if (p.group_std) p.group_std[g] = std;
       if (p.degenerate) p.degenerate[g] = deg[l];
-      const GroupAffine a = group_affine(mean[l], std, G, deg[l], batch_std, p);
+      const GroupAffine a = group_affine<float>(mean[l], std, G, deg[l], batch_std, p);
       TO* out = adv + g * G;
 #pragma GCC unroll 64
       for (int j = 0; j < G; ++j) out[j] = from_float<TO>((x[l][j] - a.shift) * a.factor);
@@ -106,7 +134,7 @@ MEDIX_INLINE void fixed_groups(const GroupAdvParams& p_in, int64_t gb, int64_t g
 }
 
 template <typename TI, typename TO>
-MEDIX_INLINE bool try_fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_INLINE bool try_fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   if (p.offsets || p.k != 1 || p.weights || p.total) return false;
   switch (p.group_size) {
     case 2: fixed_groups<TI, TO, 2>(p, gb, ge, batch_std); return true;
@@ -122,7 +150,7 @@ MEDIX_INLINE bool try_fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t 
 
 // Any groups (ragged or fixed), any k: rows of type TI, advantages of type TO.
 template <typename TI, typename TO>
-MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
   const GroupAdvParams p = p_in;
   TO* adv = static_cast<TO*>(p.adv);
   // A group's totals are staged on the stack (when it fits) for the second and third pass.
@@ -149,10 +177,14 @@ MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t
     // NaN totals make lo/hi comparisons false: such a group is not degenerate, its mean is
     // NaN, and the Python wrapper reports it (nan_policy="raise").
     bool degenerate = count > 0 && lo == hi;
+    if (!is_finite(sum) || !is_finite(ss)) {  // fp32 overflow (or NaN / inf rewards)
+      group_in_double<TI, TO>(p, g, b, e, degenerate, batch_std);
+      continue;
+    }
     if (p.group_mean) p.group_mean[g] = mean;
     if (p.group_std) p.group_std[g] = std;
     if (p.degenerate) p.degenerate[g] = degenerate;
-    const GroupAffine a = group_affine(mean, std, count, degenerate, batch_std, p);
+    const GroupAffine a = group_affine<float>(mean, std, count, degenerate, batch_std, p);
     if (staged) {
       if (p.total) for (int64_t i = b; i < e; ++i) p.total[i] = stage[i - b];
       for (int64_t i = b; i < e; ++i) adv[i] = from_float<TO>((stage[i - b] - a.shift) * a.factor);
@@ -167,7 +199,7 @@ MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t
 }
 
 template <typename TI, typename TO>
-MEDIX_INLINE void scalar_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_INLINE void scalar_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   if (!try_fixed_groups<TI, TO>(p, gb, ge, batch_std)) general_groups<TI, TO>(p, gb, ge, batch_std);
 }
 
@@ -180,21 +212,21 @@ namespace medix {
 namespace cpu {
 
 template <typename T>
-using GroupRangeFn = void (*)(const GroupAdvParams&, int64_t, int64_t, float);
+using GroupRangeFn = void (*)(const GroupAdvParams&, int64_t, int64_t, double);
 
 template <typename T>
-void group_range_base(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+void group_range_base(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   scalar_groups<T, T>(p, gb, ge, batch_std);
 }
 
 #if MEDIX_HAS_ISA_VARIANTS
 template <typename T>
-MEDIX_TARGET_AVX2 void group_range_avx2(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_TARGET_AVX2 void group_range_avx2(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   scalar_groups<T, T>(p, gb, ge, batch_std);
 }
 
 template <typename T>
-MEDIX_TARGET_AVX512 void group_range_avx512(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_TARGET_AVX512 void group_range_avx512(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   if (avx512::group_range<T>(p, gb, ge, batch_std)) return;
   scalar_groups<T, T>(p, gb, ge, batch_std);
 }
@@ -212,14 +244,14 @@ GroupRangeFn<T> pick_group_range() {
 
 template <typename T, typename ParallelFor>
 void group_advantages(const GroupAdvParams& p, ParallelFor pf) {
-  float batch_std = 0.f;
+  double batch_std = 0.0;
   if (p.scale == int(AdvScale::kBatch) && p.n > 1) {
     // Two passes in double: a million fp32 rewards would lose digits in one fp32 sum.
     double s = 0.0;
     for (int64_t i = 0; i < p.n; ++i) s += row_total<T>(p, i);
     double m = s / double(p.n), ss = 0.0;
     for (int64_t i = 0; i < p.n; ++i) { double d = row_total<T>(p, i) - m; ss += d * d; }
-    batch_std = float(std::sqrt(ss / double(p.n - 1)));
+    batch_std = std::sqrt(ss / double(p.n - 1));
   }
   if (p.num_groups <= 0) return;
   const GroupRangeFn<T> fn = pick_group_range<T>();

@@ -117,10 +117,10 @@ template <int G> inline constexpr LaneGroups<G> kLaneGroups{};
 // dr_grpo, scale none/batch); 0 for degenerate groups (group sizes here are >= 2).
 struct Affine { bool by_std; float constant, eps; };
 
-MEDIX_INLINE Affine affine_of(const GroupAdvParams& p, int64_t g, float batch_std) {
+MEDIX_INLINE Affine affine_of(const GroupAdvParams& p, int64_t g, double batch_std) {
   if (p.mode == int(AdvMode::kRloo)) return {false, float(g) / float(g - 1), p.eps};
   if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return {false, 1.f, p.eps};
-  if (p.scale == int(AdvScale::kBatch)) return {false, 1.f / (batch_std + p.eps), p.eps};
+  if (p.scale == int(AdvScale::kBatch)) return {false, float(1.0 / (batch_std + double(p.eps))), p.eps};
   return {true, 1.f, p.eps};
 }
 
@@ -140,11 +140,13 @@ template <bool kNanToZero> MEDIX_V512 __m512 gather(__m512i idx, const float* x)
   return v;
 }
 
-// The statistics of one tile (in-order lanes) -> stats outputs, factor; false if a mean is not
-// finite (the caller redoes the tile with the scalar kernel).
+// The statistics of one tile (in-order lanes) -> stats outputs, factor; false if a mean or a
+// sum of squared deviations is not finite (NaN / inf rewards, or fp32 overflow): the caller
+// redoes the tile with the scalar kernel, which redoes overflowing groups in double.
 MEDIX_V512 bool finish_stats(const GroupAdvParams& p, int64_t g0, int G, __m512 mean, __m512 ss, __m512 lo, __m512 hi,
                              const Affine& a, __m512* factor) {
   if (_mm512_cmp_ps_mask(_mm512_sub_ps(mean, mean), _mm512_setzero_ps(), _CMP_EQ_OQ) != 0xFFFF) return false;
+  if (_mm512_cmp_ps_mask(_mm512_sub_ps(ss, ss), _mm512_setzero_ps(), _CMP_EQ_OQ) != 0xFFFF) return false;
   const __m512 stdv = _mm512_sqrt_ps(_mm512_mul_ps(ss, _mm512_set1_ps(1.f / float(G - 1))));
   const __mmask16 deg = _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ);
   __m512 f = a.by_std ? _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(stdv, _mm512_set1_ps(a.eps)))
@@ -237,7 +239,7 @@ MEDIX_V512 bool gather_tile(const GroupAdvParams& p, const float* x, float* out,
 
 // Plain fp32 rewards (contiguous) in fixed groups of G: whole tiles vectorised, the rest scalar.
 template <int G>
-MEDIX_V512 void fixed_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_V512 void fixed_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
   const GroupAdvParams p = p_in;
   const float* x = static_cast<const float*>(p.values);
   float* out = static_cast<float*>(p.adv);
@@ -267,7 +269,7 @@ MEDIX_V512 void fixed_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, 
 // Ragged groups of plain fp32 rewards: a group of 2..16 is one masked vector (sum, min, max and
 // the squared deviations are in-register reductions, the advantages one masked store); other
 // groups (singletons, empty, larger, non-finite) go through the scalar kernel.
-MEDIX_V512 void ragged_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_V512 void ragged_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
   const GroupAdvParams p = p_in;
   const float* x = static_cast<const float*>(p.values);
   float* out = static_cast<float*>(p.adv);
@@ -284,19 +286,21 @@ MEDIX_V512 void ragged_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge,
     const float lo = _mm512_reduce_min_ps(_mm512_mask_blend_ps(m, inf, v));
     const float hi = _mm512_reduce_max_ps(_mm512_mask_blend_ps(m, ninf, v));
     const __m512 d = _mm512_maskz_sub_ps(m, v, _mm512_set1_ps(mean));
-    const float std = std::sqrt(_mm512_reduce_add_ps(_mm512_mul_ps(d, d)) / float(c - 1));
+    const float ss = _mm512_reduce_add_ps(_mm512_mul_ps(d, d));
+    if (!is_finite(ss)) { general_groups<float, float>(p, g, g + 1, batch_std); continue; }  // fp32 overflow
+    const float std = std::sqrt(ss / float(c - 1));
     const bool deg = lo == hi;
     if (p.group_mean) p.group_mean[g] = mean;
     if (p.group_std) p.group_std[g] = std;
     if (p.degenerate) p.degenerate[g] = deg;
-    const GroupAffine a = group_affine(mean, std, c, deg, batch_std, p);
+    const GroupAffine a = group_affine<float>(mean, std, c, deg, batch_std, p);
     _mm512_mask_storeu_ps(out + b, m, _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(a.shift)), _mm512_set1_ps(a.factor)));
     if (p.total) _mm512_mask_storeu_ps(p.total + b, m, v);
   }
 }
 
 // Plain fp32 rewards: the vector kernel for the supported sizes; false: not handled.
-MEDIX_V512 bool fixed_float(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_V512 bool fixed_float(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   if (p.k != 1 || p.weights || p.stride_n != 1) return false;
   if (p.offsets) {
     ragged_range(p, gb, ge, batch_std);
@@ -362,7 +366,7 @@ MEDIX_V512 void totals_k4(const GroupAdvParams& p_in, int64_t i0, int64_t i1) {
 // Composite rewards: per block of groups, the fp32 totals (written to p.total, an output), then
 // the groups of the block from those totals (still in cache).
 template <typename T>
-MEDIX_V512 void composite_range(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_V512 void composite_range(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   constexpr int64_t kBlockRows = 4096;
   GroupAdvParams q = p;  // the second stage: plain fp32 rewards = the totals
   q.values = p.total; q.k = 1; q.stride_n = 1; q.stride_k = 1; q.weights = nullptr; q.total = nullptr;
@@ -387,7 +391,7 @@ MEDIX_V512 void composite_range(const GroupAdvParams& p, int64_t gb, int64_t ge,
 
 // The AVX-512 entry of one range of groups; false: not handled here (scalar kernels).
 template <typename T>
-MEDIX_V512 bool group_range(const GroupAdvParams& p, int64_t gb, int64_t ge, float batch_std) {
+MEDIX_V512 bool group_range(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
   if (p.weights && p.total) {
     composite_range<T>(p, gb, ge, batch_std);
     return true;

@@ -30,8 +30,8 @@ __device__ __forceinline__ float load_total(const GroupAdvParams& p, int64_t i) 
   return acc;
 }
 
-template <int LANES>
-__device__ __forceinline__ float team_sum(float x) {
+template <int LANES, typename F>
+__device__ __forceinline__ F team_sum(F x) {
 #pragma unroll
   for (int o = LANES / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o, LANES);
   return x;
@@ -49,8 +49,41 @@ __device__ __forceinline__ float team_max(float x) {
   return x;
 }
 
+// The redo of a team's group in double when its fp32 sum or sum of squared deviations is not
+// finite (rewards near 3e38, spreads above ~1e19), as the float64 reference computes it. Every
+// team of the warp that needs it takes this path together (the shuffles need the whole warp).
 template <typename T, int LANES>
-__global__ void group_advantages_kernel(const GroupAdvParams p, const float* __restrict__ batch_std_ptr) {
+__device__ __noinline__ void group_in_double(const GroupAdvParams& p, int64_t team, bool live, int64_t b, int64_t e,
+                                             int lane, bool degenerate, double batch_std) {
+  const int64_t count = e - b;
+  double s = 0.0;
+  for (int64_t i = b + lane; i < e; i += LANES) s += double(load_total<T>(p, i));
+  s = team_sum<LANES>(s);
+  const double mean = count > 0 ? s / double(count) : 0.0;
+  double ss = 0.0;
+  for (int64_t i = b + lane; i < e; i += LANES) {
+    const double d = double(load_total<T>(p, i)) - mean;
+    ss += d * d;
+  }
+  ss = team_sum<LANES>(ss);
+  if (!live) return;
+  const double std = count > 1 ? sqrt(ss / double(count - 1)) : 0.0;
+  if (lane == 0) {
+    if (p.group_mean) p.group_mean[team] = float(mean);
+    if (p.group_std) p.group_std[team] = float(std);
+    if (p.degenerate) p.degenerate[team] = degenerate;
+  }
+  const GroupAffineT<double> a = group_affine<double>(mean, std, count, degenerate, batch_std, p);
+  T* adv = static_cast<T*>(p.adv);
+  for (int64_t i = b + lane; i < e; i += LANES) {
+    const float r = load_total<T>(p, i);
+    if (p.total) p.total[i] = r;
+    adv[i] = from_float<T>(float((double(r) - a.shift) * a.factor));
+  }
+}
+
+template <typename T, int LANES>
+__global__ void group_advantages_kernel(const GroupAdvParams p, const double* __restrict__ batch_std_ptr) {
   const int64_t team = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / LANES;
   const int lane = threadIdx.x % LANES;
   // Every lane of a warp must reach the shuffles: teams past the end work on an empty group.
@@ -77,16 +110,20 @@ __global__ void group_advantages_kernel(const GroupAdvParams p, const float* __r
     ss += d * d;
   }
   ss = team_sum<LANES>(ss);
+  const bool degenerate = count > 0 && lo == hi;
+  const double batch_std = batch_std_ptr ? *batch_std_ptr : 0.0;
+  if (__any_sync(0xffffffffu, live && !(is_finite(s) && is_finite(ss)))) {  // warp-uniform branch
+    group_in_double<T, LANES>(p, team, live, b, e, lane, degenerate, batch_std);
+    return;
+  }
   if (!live) return;
   const float std = count > 1 ? sqrtf(ss / float(count - 1)) : 0.f;
-  const bool degenerate = count > 0 && lo == hi;
   if (lane == 0) {
     if (p.group_mean) p.group_mean[team] = mean;
     if (p.group_std) p.group_std[team] = std;
     if (p.degenerate) p.degenerate[team] = degenerate;
   }
-  const float batch_std = batch_std_ptr ? *batch_std_ptr : 0.f;
-  const GroupAffine a = group_affine(mean, std, count, degenerate, batch_std, p);
+  const GroupAffine a = group_affine<float>(mean, std, count, degenerate, batch_std, p);
   T* adv = static_cast<T*>(p.adv);
   for (int64_t i = b + lane; i < e; i += LANES) {
     float r = load_total<T>(p, i);
@@ -95,9 +132,9 @@ __global__ void group_advantages_kernel(const GroupAdvParams p, const float* __r
   }
 }
 
-// Batch std of all totals (scale == batch): one block, two passes in double.
+// Batch std of all totals (scale == batch): one block, two passes in double, kept in double.
 template <typename T>
-__global__ void batch_std_kernel(const GroupAdvParams p, float* out) {
+__global__ void batch_std_kernel(const GroupAdvParams p, double* out) {
   __shared__ double red[32];
   auto block_sum = [&](double v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -120,11 +157,11 @@ __global__ void batch_std_kernel(const GroupAdvParams p, float* out) {
   double ss = 0;
   for (int64_t i = threadIdx.x; i < p.n; i += blockDim.x) { double d = load_total<T>(p, i) - mean; ss += d * d; }
   ss = block_sum(ss);
-  if (threadIdx.x == 0) *out = p.n > 1 ? float(sqrt(ss / double(p.n - 1))) : 0.f;
+  if (threadIdx.x == 0) *out = p.n > 1 ? sqrt(ss / double(p.n - 1)) : 0.0;
 }
 
 template <typename T, int LANES>
-cudaError_t launch_groups(const GroupAdvParams& p, const float* batch_std, cudaStream_t stream) {
+cudaError_t launch_groups(const GroupAdvParams& p, const double* batch_std, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t threads = p.num_groups * LANES;
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
@@ -133,9 +170,9 @@ cudaError_t launch_groups(const GroupAdvParams& p, const float* batch_std, cudaS
 }
 
 template <typename T>
-cudaError_t group_advantages_typed(const GroupAdvParams& p, float* batch_scratch, cudaStream_t stream) {
+cudaError_t group_advantages_typed(const GroupAdvParams& p, double* batch_scratch, cudaStream_t stream) {
   if (p.num_groups == 0) return cudaSuccess;
-  const float* batch_std = nullptr;
+  const double* batch_std = nullptr;
   if (p.scale == int(AdvScale::kBatch)) {
     batch_std_kernel<T><<<1, 1024, 0, stream>>>(p, batch_scratch);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
@@ -164,7 +201,32 @@ __global__ void cosine_kernel(const CosineParams p) {
     }
   }
   dot = team_sum<32>(dot); xx = team_sum<32>(xx); yy = team_sum<32>(yy);
-  if (row < p.b && lane == 0) p.out[row] = cosine_from_sums(dot, xx, yy, p);
+  float sx = 1.f, sy = 1.f;
+  if (cosine_sums_overflow(dot, xx, yy)) {  // one row per warp: a warp-uniform branch
+    // Huge entries (near 1e19 and above): redo with each vector divided by its largest magnitude.
+    float mx = 0.f, my = 0.f;
+    if (row < p.b) {
+      const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
+      const T* y = static_cast<const T*>(p.y) + row * p.y_stride;
+      for (int64_t j = lane; j < p.d; j += 32) {
+        mx = fmaxf(mx, fabsf(to_float(x[j])));
+        my = fmaxf(my, fabsf(to_float(y[j])));
+      }
+    }
+    sx = cosine_row_scale(team_max<32>(mx));
+    sy = cosine_row_scale(team_max<32>(my));
+    dot = 0.f; xx = 0.f; yy = 0.f;
+    if (row < p.b) {
+      const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
+      const T* y = static_cast<const T*>(p.y) + row * p.y_stride;
+      for (int64_t j = lane; j < p.d; j += 32) {
+        float a = to_float(x[j]) / sx, c = to_float(y[j]) / sy;
+        dot += a * c; xx += a * a; yy += c * c;
+      }
+    }
+    dot = team_sum<32>(dot); xx = team_sum<32>(xx); yy = team_sum<32>(yy);
+  }
+  if (row < p.b && lane == 0) p.out[row] = cosine_from_sums(dot, xx, yy, p, sx, sy);
 }
 
 template <typename T>
@@ -178,7 +240,7 @@ cudaError_t cosine_typed(const CosineParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t group_advantages(const GroupAdvParams& p, DType dtype, float* batch_scratch, cudaStream_t stream) {
+cudaError_t group_advantages(const GroupAdvParams& p, DType dtype, double* batch_scratch, cudaStream_t stream) {
   switch (dtype) {
     case DType::kFloat32: return group_advantages_typed<float>(p, batch_scratch, stream);
     case DType::kBFloat16: return group_advantages_typed<bf16>(p, batch_scratch, stream);

@@ -11,8 +11,8 @@ namespace medix {
 namespace cuda {
 
 // Group advantages (plain or composite) in one launch; with scale == batch a first one-block
-// launch writes the batch std into batch_scratch (a device float[1]).
-cudaError_t group_advantages(const GroupAdvParams& p, DType dtype, float* batch_scratch, cudaStream_t stream);
+// launch writes the batch std into batch_scratch (a device double[1]: in float it could overflow).
+cudaError_t group_advantages(const GroupAdvParams& p, DType dtype, double* batch_scratch, cudaStream_t stream);
 
 // Row-wise cosine rewards, one warp per row.
 cudaError_t cosine_rewards(const CosineParams& p, DType dtype, cudaStream_t stream);

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include "../common/dtypes.h"
@@ -24,6 +25,14 @@ inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const 
 inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
   TORCH_CHECK_VALUE(a.device() == b.device(), "medix: '", bn, "' is on ", b.device(), " but '", an,
                     "' is on ", a.device());
+}
+
+// A tensor written in place must not have elements sharing memory (a stride-0 / expanded view):
+// each element's result would overwrite the others'. The rule torch applies to its own in-place ops.
+inline void check_no_internal_overlap(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "medix: '", name,
+                    "' is written in place but its elements share memory (an expanded view: shape ", t.sizes(),
+                    ", strides ", t.strides(), "); pass a tensor that owns its memory");
 }
 
 inline DType dtype_tag(const at::Tensor& t) {

@@ -19,8 +19,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_adv
   GroupAdvParams p;
   auto o = prepare_group_advantages(values, weights, offsets, group_size, mode, scale, singleton, eps,
                                     nan_to_zero, &p);
-  at::Tensor scratch = at::empty({1}, values.options().dtype(at::kFloat));
-  cudaError_t err = cuda::group_advantages(p, dtype_tag(values), scratch.data_ptr<float>(),
+  at::Tensor scratch = at::empty({1}, values.options().dtype(at::kDouble));
+  cudaError_t err = cuda::group_advantages(p, dtype_tag(values), scratch.data_ptr<double>(),
                                            at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "medix: group_advantages CUDA launch failed: ", cudaGetErrorString(err));
   return {o.adv, o.total, o.mean, o.std, o.degenerate};

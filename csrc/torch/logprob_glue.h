@@ -77,6 +77,7 @@ inline LogprobBwdInputs prepare_logprob_bwd(const at::Tensor& logits, LogprobPar
 
 // The in-place backward writes over the logits: they must be viewable as [T, V] rows.
 inline void check_inplace_rows(const at::Tensor& x, const at::Tensor& logits) {
+  check_no_internal_overlap(logits, "logits");
   TORCH_CHECK_VALUE(x.data_ptr() == logits.data_ptr() && x.is_alias_of(logits),
                     "medix: in-place logprob backward needs 'logits' viewable as [T, V] rows with unit column stride, "
                     "got shape ", logits.sizes(), " and strides ", logits.strides());

@@ -27,8 +27,8 @@ def _segment_sum(x, seg, num_groups):
     return torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, seg, x)
 
 
-def group_stats(rewards, group_size=None, *, group_index=None):
-    """Per-group mean, unbiased std (0 for a group of one) and the 'all rewards equal' mask."""
+def _group_stats64(rewards, group_size=None, group_index=None):
+    """group_stats in float64 (rewards near 3e38 have a std above the float32 range)."""
     r = rewards.double()
     seg, counts = _segments(r.numel(), group_size, group_index, r.device)
     g = counts.numel()
@@ -39,6 +39,12 @@ def group_stats(rewards, group_size=None, *, group_index=None):
     lo = torch.full((g,), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amin")
     hi = torch.full((g,), -float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amax")
     degenerate = (lo == hi) & (counts > 0)
+    return mean, std, degenerate
+
+
+def group_stats(rewards, group_size=None, *, group_index=None):
+    """Per-group mean, unbiased std (0 for a group of one) and the 'all rewards equal' mask."""
+    mean, std, degenerate = _group_stats64(rewards, group_size, group_index)
     return mean.float(), std.float(), degenerate
 
 
@@ -47,8 +53,7 @@ def group_advantages(rewards, group_size=None, *, group_index=None, mode="grpo",
     """A_i for every reward (see medix_kernels.group_advantages for the arguments)."""
     r = rewards.double()
     seg, counts = _segments(r.numel(), group_size, group_index, r.device)
-    mean, std, degenerate = (t.double() if t.dtype != torch.bool else t
-                             for t in group_stats(rewards, group_size, group_index=group_index))
+    mean, std, degenerate = _group_stats64(rewards, group_size, group_index)
     n = counts.double()[seg]
     centred = r - mean[seg]
     batch_std = r.std() if r.numel() > 1 else r.new_zeros(())

@@ -1,5 +1,6 @@
 """Pure-PyTorch references of the policy-loss ops. They materialise the full log-softmax and
-write each formula out as in the papers (FACTS.md section 2); the kernels must agree."""
+write each formula out as in the papers and peer trainers (MediX-R1's: docs/official_loss_semantics.md);
+the kernels must agree."""
 from __future__ import annotations
 
 import torch
@@ -8,12 +9,19 @@ from ..loss_config import LossConfig
 
 
 def selective_log_softmax(logits, ids, *, temperature=1.0, return_entropy=False):
-    """log softmax(logits / T) gathered at ids (and the entropy of that distribution)."""
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    """log softmax(logits / T) gathered at ids (and the entropy of that distribution).
+
+    Entropy H = -sum_v p_v log p_v with 0 log 0 = 0: a -inf logit (a masked-out word) has p = 0
+    and contributes nothing (not 0 * -inf = NaN), in the value and in the gradient. Computed in
+    float32, or in float64 for float64 logits (the tests' oracle at large V, where float32
+    reductions lose ~1e-5)."""
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    logprobs = torch.log_softmax(x / temperature, dim=-1)
     logp = logprobs.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
     if not return_entropy:
         return logp
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    probs = logprobs.exp()
+    entropy = -(probs * torch.where(probs > 0, logprobs, 0.0)).sum(-1)
     return logp, entropy
 
 
@@ -45,17 +53,20 @@ def aggregate(per_token, mask, aggregation, max_len=None):
 
 
 def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None):
-    """Loss and stats from per-token log-probs [B, L] (differentiable)."""
-    mask = mask.float()
-    adv = advantages.float()
+    """Loss and stats from per-token log-probs [B, L] (differentiable), in logp's precision."""
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype)
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
-    old_logp = logp.detach() if old_logp is None else old_logp.float()
+    old_logp = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
     c = config
-    if c.loss_type == "gspo":
+    if c.loss_type in ("gspo", "gspo_token"):
         lengths = mask.sum(-1).clamp_min(1)
         seq_log_ratio = ((logp - old_logp) * mask).sum(-1) / lengths          # log s_i
         log_ratio = seq_log_ratio.detach()[:, None] + logp - logp.detach()     # sg(s) * exp(logp - sg(logp))
-        ratio = log_ratio.clamp(max=10.0).exp()
+        if c.loss_type == "gspo":
+            ratio = log_ratio.clamp(max=10.0).exp()                           # verl's GSPO cap
+        else:
+            ratio = log_ratio.clamp(-20.0, 20.0).exp()                        # MediX-R1's gspo_token
     else:
         ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()
     if c.loss_type == "cispo":
@@ -69,7 +80,7 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
             per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * c.dual_clip), per_token)
     kl = None
     if c.beta > 0:
-        kl = kl_penalty(logp, ref_logp.float(), c.kl)
+        kl = kl_penalty(logp, ref_logp.to(logp.dtype), c.kl)
         per_token = per_token + c.beta * kl
     loss = aggregate(per_token, mask, c.aggregation, c.max_len)
     n_tok = mask.sum().clamp_min(1)

@@ -4,7 +4,9 @@ Each program owns BLOCK_G consecutive groups and walks their members in BLOCK_L-
 pass 1 sums and takes min/max of the total rewards, pass 2 sums the squared deviations, pass 3
 writes the advantages. Totals (sum_k w_k * values[:, k]) are recomputed in each pass rather than
 stored and re-read: K is small, and it needs no barrier between passes. The formulas mirror
-csrc/common/reward_math.h.
+csrc/common/reward_math.h. The group sums, squared deviations and the affine map run in float64
+(rewards near 3e38 overflow fp32 sums; the C++ kernels redo such groups in double, and the
+reference is float64): the op is memory-bound, so the wider arithmetic costs little.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def _group_advantages_kernel(
     count = end - start
     cols0 = tl.arange(0, BLOCK_L)
 
-    s = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    s = tl.zeros((BLOCK_G,), dtype=tl.float64)
     lo = tl.full((BLOCK_G,), float("inf"), tl.float32)
     hi = tl.full((BLOCK_G,), -float("inf"), tl.float32)
     for l0 in range(0, max_len, BLOCK_L):
@@ -54,33 +56,34 @@ def _group_advantages_kernel(
         m = cols[None, :] < count[:, None]
         r = _total(values_ptr, weights_ptr, start[:, None] + cols[None, :], m, stride_n, stride_k, K,
                    HAS_WEIGHTS, NAN_TO_ZERO)
-        s += tl.sum(tl.where(m, r, 0.0), axis=1)
+        s += tl.sum(tl.where(m, r, 0.0).to(tl.float64), axis=1)
         lo = tl.minimum(lo, tl.min(tl.where(m, r, float("inf")), axis=1))
         hi = tl.maximum(hi, tl.max(tl.where(m, r, -float("inf")), axis=1))
-    cnt = count.to(tl.float32)
+    cnt = count.to(tl.float64)
     mean = tl.where(count > 0, s / tl.maximum(cnt, 1.0), 0.0)
 
-    ss = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    ss = tl.zeros((BLOCK_G,), dtype=tl.float64)
     for l0 in range(0, max_len, BLOCK_L):
         cols = l0 + cols0
         m = cols[None, :] < count[:, None]
         r = _total(values_ptr, weights_ptr, start[:, None] + cols[None, :], m, stride_n, stride_k, K,
                    HAS_WEIGHTS, NAN_TO_ZERO)
-        d = tl.where(m, r - mean[:, None], 0.0)
+        d = tl.where(m, r.to(tl.float64) - mean[:, None], 0.0)
         ss += tl.sum(d * d, axis=1)
     std = tl.where(count > 1, tl.sqrt(ss / tl.maximum(cnt - 1.0, 1.0)), 0.0)
     degenerate = (count > 0) & (lo == hi)
-    tl.store(mean_ptr + g, mean, mask=gmask)
-    tl.store(std_ptr + g, std, mask=gmask)
+    tl.store(mean_ptr + g, mean.to(tl.float32), mask=gmask)
+    tl.store(std_ptr + g, std.to(tl.float32), mask=gmask)
     tl.store(degenerate_ptr + g, degenerate.to(tl.int1), mask=gmask)
 
-    batch_std = tl.load(batch_std_ptr)
+    batch_std = tl.load(batch_std_ptr)  # float64 (so are std and the sums added to eps below)
     for l0 in range(0, max_len, BLOCK_L):
         cols = l0 + cols0
         m = cols[None, :] < count[:, None]
         rows = start[:, None] + cols[None, :]
         r = _total(values_ptr, weights_ptr, rows, m, stride_n, stride_k, K, HAS_WEIGHTS, NAN_TO_ZERO)
-        centred = r - mean[:, None]
+        r64 = r.to(tl.float64)
+        centred = r64 - mean[:, None]
         if MODE == 2:  # rloo
             a = centred * cnt[:, None] / tl.maximum(cnt[:, None] - 1.0, 1.0)
         elif MODE == 1 or SCALE == 2:  # dr_grpo, or grpo without scaling
@@ -92,16 +95,16 @@ def _group_advantages_kernel(
         a = tl.where(degenerate[:, None], 0.0, a)
         if SINGLETON_VERL and MODE != 2:
             if MODE == 0 and SCALE == 0:
-                single = r / (1.0 + eps)
+                single = r64 / (1.0 + eps)
             elif MODE == 0 and SCALE == 1:
-                single = r / (batch_std + eps)
+                single = r64 / (batch_std + eps)
             else:
-                single = r
+                single = r64
         else:
-            single = tl.zeros_like(r)
+            single = tl.zeros_like(r64)
         a = tl.where((count == 1)[:, None], single, a)
         tl.store(total_ptr + rows, r, mask=m)
-        tl.store(adv_ptr + rows, a.to(adv_ptr.dtype.element_ty), mask=m)
+        tl.store(adv_ptr + rows, a.to(tl.float32).to(adv_ptr.dtype.element_ty), mask=m)  # via fp32, as the C++
 
 
 def group_advantages_triton(values, weights, offsets, group_size, mode, scale, singleton, eps, nan_to_zero):
@@ -125,11 +128,12 @@ def group_advantages_triton(values, weights, offsets, group_size, mode, scale, s
     degenerate = torch.empty(g, dtype=torch.bool, device=dev)
     if scale == 1 and n > 1:
         # The batch std needs every total first: one extra reduction, only for scale="batch".
+        # float64: the totals' squares overflow fp32 for rewards above ~1e19
         vals = torch.nan_to_num(values.float(), nan=0.0, posinf=0.0, neginf=0.0) if nan_to_zero else values.float()
         t = vals @ weights if weights is not None else (vals if vals.dim() == 1 else vals[:, 0])
-        batch_std = t.std().reshape(1)
+        batch_std = t.double().std().reshape(1)
     else:
-        batch_std = torch.zeros(1, dtype=torch.float32, device=dev)
+        batch_std = torch.zeros(1, dtype=torch.float64, device=dev)
     if g == 0:
         return adv, total, mean, std, degenerate
     block_l = min(triton.next_power_of_2(max(max_len, 1)), 1024)

@@ -198,6 +198,9 @@ def logprob_bwd(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad
           or out.device != dev):
         raise ValueError(f"{op}: 'out' must match logits (shape {tuple(logits.shape)}, {logits.dtype}, {dev})")
     inplace = out is logits
+    if inplace and any(st == 0 and n > 1 for st, n in zip(logits.stride(), logits.shape)):
+        raise ValueError(f"{op}: in-place backward needs logits whose elements do not share memory, got shape "
+                         f"{tuple(logits.shape)} with strides {logits.stride()} (an expanded view)")
     x, x_is_view = _rows(logits, v)
     if inplace and not x_is_view:
         raise ValueError(f"{op}: in-place backward needs logits viewable as [T, V] with unit column stride")

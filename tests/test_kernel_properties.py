@@ -1,0 +1,431 @@
+"""Property-based tests (hypothesis) of every op: the compiled CPU kernels, and the Triton kernels
+under Triton's interpreter, against the torch reference, values and gradients.
+
+Hypothesis draws the structure of each case (shapes from length 1 up, odd sizes, ragged groups,
+dtype fp32 / bf16, strided and non-contiguous views, magnitudes from 1e-30 to 3e38, -inf logit
+entries, all-zero masks, NaN rewards with nan_policy="zero", every loss type / aggregation / KL
+option) and a seed from which the bulk values are generated with torch: data stays small and
+fast to make, and a failure shrinks to a small structure.
+
+Bounds: the tolerance table (tests/tolerances.py) plus, where the maths is ill-conditioned, the
+forward-error bound of fp32 arithmetic (unit roundoff u = 2**-24): a group's advantage can be no
+more accurate than u * (group size) * max|r| / (std + eps) (catastrophic cancellation in r - mean),
+a cosine than u * D, a log-probability than u * max|logit / T|. Those are properties of any fp32
+implementation, which the kernels are; the float64 reference has no such error.
+
+Budgets: the "ci" profile (the default) is derandomized (the same examples every run) and sized
+so the whole file runs in well under a minute on two cores; MEDIX_HYPOTHESIS_PROFILE=thorough
+draws ten times as many, randomly. The Triton interpreter runs in a subprocess (TRITON_INTERPRET
+must be set before Triton is imported) on smaller budgets.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import medix_kernels as mk
+from medix_kernels import reference as ref
+from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
+from tests.tolerances import tol
+
+U32 = 2.0 ** -24  # fp32 unit roundoff
+BIG = 1.5e38  # largest reward magnitude drawn: r - mean and RLOO's r - mean(others) stay finite
+
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=list(HealthCheck))
+settings.register_profile("thorough", deadline=None, derandomize=False, database=None, print_blob=True,
+                          suppress_health_check=list(HealthCheck))
+PROFILE = os.environ.get("MEDIX_HYPOTHESIS_PROFILE", "ci")
+SCALE = 10 if PROFILE == "thorough" else 1
+
+
+def run(check, strategy, backend: str, examples: int) -> None:
+    """Run ``check(case, backend)`` over ``examples`` cases drawn from ``strategy``."""
+    @settings(settings.get_profile(PROFILE), max_examples=examples * SCALE)
+    @given(strategy)
+    def prop(case):
+        check(case, backend)
+
+    prop()
+
+
+def assert_within(got, want, bound, what):
+    """|got - want| <= bound elementwise (inf only where want is the same inf); NaN never."""
+    got, want = got.double(), want.double()
+    assert not got.isnan().any(), f"{what}: NaN in {got}"
+    same_inf = torch.isinf(want) & (got == want)
+    err = torch.where(same_inf, torch.zeros_like(got), (got - want).abs())
+    bad = ~(err <= bound)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} element(s) out of bounds; got {got[bad][:5].tolist()}, "
+                           f"want {want[bad][:5].tolist()}, bound {torch.broadcast_to(bound, got.shape)[bad][:5].tolist()}")
+
+
+def table(family, dtype, want):
+    rtol, atol = tol(family, dtype)["rtol"], tol(family, dtype)["atol"]
+    return atol + rtol * want.double().abs()
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- rewards: group_advantages, group_stats, composite_advantages -----------------------------
+MAGNITUDES = [1.0, 1e-30, 1e-6, 3.0, 1e6, 1e19, 1e37, BIG]
+
+
+@st.composite
+def reward_cases(draw, composite=False):
+    ragged = draw(st.booleans())
+    if ragged:
+        sizes = draw(st.lists(st.integers(1, 20), min_size=1, max_size=8))
+    else:
+        g = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 16, 17, 32, 64]))
+        sizes = [g] * draw(st.integers(1, 6))
+    return dict(
+        sizes=sizes, ragged=ragged, composite=composite, k=draw(st.integers(1, 5)) if composite else 1,
+        dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
+        kind=draw(st.sampled_from(["normal", "ties", "binary"])),  # ties / 0-1 rewards: degenerate groups
+        magnitude=draw(st.sampled_from(MAGNITUDES)),
+        mode=draw(st.sampled_from(["grpo", "dr_grpo", "rloo"])), scale=draw(st.sampled_from(["group", "batch", "none"])),
+        singleton=draw(st.sampled_from(["zero", "verl"])), eps=draw(st.sampled_from([1e-6, 1e-4])),
+        stride=draw(st.sampled_from([1, 1, 2, 3])), nan=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+def make_rewards(c):
+    gen = seeded(c["seed"])
+    n, k = sum(c["sizes"]), c["k"]
+    if c["kind"] == "normal":
+        x = torch.rand(n, k, generator=gen) * 2 - 1
+    elif c["kind"] == "ties":
+        x = torch.randint(-2, 3, (n, k), generator=gen).float() / 2
+    else:
+        x = torch.randint(0, 2, (n, k), generator=gen).float()
+    x = (x * c["magnitude"]).clamp(-BIG, BIG)
+    if c["nan"] and n > 1:  # non-finite rewards, counted as 0 (nan_policy="zero")
+        x.view(-1)[torch.randint(0, n * k, (2,), generator=gen)] = torch.tensor([float("nan"), -float("inf")])
+    x = x.to(c["dtype"])
+    if c["stride"] > 1:  # a strided view: every stride-th row of a larger buffer
+        buf = torch.zeros(n * c["stride"], k, dtype=c["dtype"])
+        buf[:: c["stride"]] = x
+        x = buf[:: c["stride"]]
+    values = x if c["composite"] else x[:, 0]
+    weights = (torch.rand(k, generator=gen) * 4 - 2) / k if c["composite"] else None
+    kw = (dict(group_index=torch.repeat_interleave(torch.arange(len(c["sizes"])) * 2, torch.tensor(c["sizes"])))
+          if c["ragged"] else dict(group_size=c["sizes"][0]))
+    return values, weights, kw
+
+
+def group_bound(c, values, weights, want, mean, std, kw):
+    """Per element: the table plus the fp32 forward error of (r - mean) * factor."""
+    v = torch.nan_to_num(values.double(), nan=0.0, posinf=0.0, neginf=0.0)
+    mag = (v.abs() * weights.double().abs()).sum(1) if weights is not None else v.abs()
+    sizes = torch.tensor(c["sizes"])
+    seg = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    m_g = torch.zeros(len(sizes), dtype=torch.float64).scatter_reduce(0, seg, mag, "amax")
+    n_g = sizes.double()
+    total = ref.composite_rewards(v, weights) if weights is not None else v
+    if c["mode"] == "grpo" and c["scale"] == "group":
+        denom = std.double() + c["eps"]
+    elif c["mode"] == "grpo" and c["scale"] == "batch":
+        denom = (total.double().std() if total.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)) + c["eps"]
+        denom = denom.expand(len(sizes))
+    else:
+        denom = torch.ones(len(sizes), dtype=torch.float64)
+    slack = (16 * U32 * n_g * m_g / denom)[seg]
+    if c["singleton"] == "verl":
+        slack = slack + 4 * U32 * mag / (denom[seg] if c["scale"] == "batch" else 1.0)
+    return table("advantages", c["dtype"], want) + slack
+
+
+def check_advantages(c, backend):
+    values, weights, kw = make_rewards(c)
+    opts = dict(mode=c["mode"], scale=c["scale"], singleton=c["singleton"], eps=c["eps"], nan_policy="zero", **kw)
+    if weights is None:
+        got = mk.group_advantages(values, backend=backend, **opts)
+        want = mk.group_advantages(values, backend="torch", **opts)
+    else:
+        total, got = mk.composite_advantages(values, weights, backend=backend, **opts)
+        want_total, want = mk.composite_advantages(values, weights, backend="torch", **opts)
+        k_bound = 4 * U32 * c["k"] * (torch.nan_to_num(values.double(), 0, 0, 0).abs() * weights.double().abs()).sum(1)
+        assert_within(total, want_total, table("advantages", torch.float32, want_total) + k_bound, "total")
+    assert got.dtype == values.dtype and got.shape == (values.shape[0],)
+    mean, std, deg = mk.group_stats(values if weights is None else want_total, backend="torch", nan_policy="zero", **kw)
+    assert_within(got, want, group_bound(c, values, weights, want, mean, std, kw), "advantages")
+    if weights is None:  # group_stats: mean, unbiased std, degenerate mask
+        st_ = mk.group_stats(values, backend=backend, nan_policy="zero", **kw)
+        sizes = torch.tensor(c["sizes"])
+        seg = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        v = torch.nan_to_num(values.double(), 0.0, 0.0, 0.0).abs()
+        m_g = torch.zeros(len(sizes), dtype=torch.float64).scatter_reduce(0, seg, v, "amax")
+        slack = 16 * U32 * sizes.double() * m_g
+        assert_within(st_.mean, mean, table("advantages", torch.float32, mean) + slack, "mean")
+        assert_within(st_.std, std, table("advantages", torch.float32, std) + slack, "std")
+        assert st_.degenerate.tolist() == deg.tolist()
+
+
+# --- cosine_rewards ---------------------------------------------------------------------------
+@st.composite
+def cosine_cases(draw):
+    b = draw(st.integers(1, 6))
+    return dict(b=b, d=draw(st.sampled_from([1, 2, 3, 7, 16, 33, 130])), dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
+                magnitudes=draw(st.lists(st.sampled_from([1.0, 1e-20, 1e-8, 1e10, 1e20, 1e30, 3e38]), min_size=b, max_size=b)),
+                zero_row=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "wide", "transposed"])),
+                threshold=draw(st.sampled_from([None, 0.0, 0.8])), seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+def check_cosine(c, backend):
+    gen = seeded(c["seed"])
+    b, d = c["b"], c["d"]
+    mag = torch.tensor(c["magnitudes"])[:, None]
+    x = (torch.rand(b, d, generator=gen) * 2 - 1) * mag
+    y = (0.6 * (x / mag) + 0.4 * (torch.rand(b, d, generator=gen) * 2 - 1)) * mag
+    if c["zero_row"]:
+        x[0] = 0.0
+    x, y = x.to(c["dtype"]), y.to(c["dtype"])
+    if c["layout"] == "wide":  # rows with a stride larger than D
+        x = torch.cat([x, torch.ones(b, 3, dtype=c["dtype"])], 1)[:, :d]
+    elif c["layout"] == "transposed":  # column stride != 1: the wrapper makes rows contiguous
+        x = x.t().contiguous().t()
+    want = ref.cosine_rewards(x, y)
+    bound = table("cosine", c["dtype"], want) + 8 * U32 * d
+    assert_within(mk.cosine_rewards(x, y, backend=backend), want, bound, "cosine")
+    if c["threshold"] is not None:
+        got = mk.cosine_rewards(x, y, threshold=c["threshold"], backend=backend)
+        clear = (want - c["threshold"]).abs() > bound  # away from the threshold: the same decision
+        assert got[clear].tolist() == (want >= c["threshold"]).float()[clear].tolist()
+
+
+# --- selective_log_softmax --------------------------------------------------------------------
+@st.composite
+def logprob_cases(draw):
+    return dict(shape=draw(st.sampled_from([(1,), (5,), (2, 3), (1, 1), (3, 1), (2, 4)])),
+                v=draw(st.sampled_from([1, 2, 3, 31, 64, 257])),
+                dtype=draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16])),
+                scale=draw(st.sampled_from([1e-3, 1.0, 8.0, 30.0])), temperature=draw(st.sampled_from([0.5, 1.0, 1.7])),
+                minus_inf=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "wide", "permuted"])),
+                entropy=draw(st.booleans()), inplace=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+def make_logits(c, gen):
+    shape, v = c["shape"], c["v"]
+    logits = torch.randn(*shape, v, generator=gen) * c["scale"]
+    ids = torch.randint(0, v, shape, generator=gen)
+    if c["minus_inf"] and v > 1:  # masked-out words: -inf except the sampled id and a few others
+        drop = torch.rand(*shape, v, generator=gen) < 0.6
+        drop.scatter_(-1, ids.unsqueeze(-1), False)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.to(c["dtype"]), ids
+
+
+def layout(logits, how):
+    """The same values as a non-contiguous tensor."""
+    if how == "wide":  # rows with a stride larger than V
+        return torch.cat([logits, torch.zeros(*logits.shape[:-1], 5, dtype=logits.dtype)], -1)[..., : logits.shape[-1]]
+    if how == "permuted" and logits.dim() == 3:  # [B, L, V] stored as [L, B, V]
+        return logits.transpose(0, 1).contiguous().transpose(0, 1)
+    return logits
+
+
+def rows_viewable(t):
+    try:
+        rows = t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return False
+    return t.shape[-1] == 1 or rows.stride(1) == 1
+
+
+def logprob_slack(logits, temperature, g_lp=None, g_h=None):
+    """fp32 forward error of z - lse (and of the entropy's p * (z - lse + H)) per token."""
+    z = logits.float() / temperature
+    zmax = torch.where(torch.isfinite(z), z.abs(), torch.zeros_like(z)).amax(-1).double()
+    base = 8 * U32 * (1 + zmax) * (1 + math.log(max(logits.shape[-1], 2)))
+    if g_lp is None:
+        return base
+    return base * (g_lp.abs().double() + g_h.abs().double() * (1 + 2 * zmax))
+
+
+def check_logprob(c, backend):
+    gen = seeded(c["seed"])
+    logits, ids = make_logits(c, gen)
+    temp = c["temperature"]
+    xg = logits.clone().requires_grad_(True)
+    # in place: a fresh (non-leaf) buffer the backward may overwrite, laid out as drawn
+    inp = layout(xg * 1.0 if c["inplace"] else xg, c["layout"])
+    if c["inplace"] and not rows_viewable(inp):  # the in-place backward walks [T, V] rows
+        with pytest.raises(ValueError, match="viewable as"):
+            mk.selective_log_softmax(inp, ids, inplace_backward=True, backend=backend)
+        inp = layout(xg * 1.0, "contiguous")
+    out = mk.selective_log_softmax(inp, ids, temperature=temp, return_entropy=c["entropy"],
+                                   inplace_backward=c["inplace"], backend=backend)
+    lp, ent = out if c["entropy"] else (out, None)
+    xr = logits.float().requires_grad_(True)
+    want = ref.selective_log_softmax(xr, ids, temperature=temp, return_entropy=c["entropy"])
+    lp_r, ent_r = want if c["entropy"] else (want, None)
+    slack = logprob_slack(logits, temp)
+    assert_within(lp, lp_r, table("logprob", c["dtype"], lp_r) + slack, "logp")
+    if ent is not None:
+        assert_within(ent, ent_r, table("logprob", c["dtype"], ent_r) + slack, "entropy")
+    g1 = torch.randn(ids.shape, generator=gen)
+    g2 = torch.randn(ids.shape, generator=gen) if ent is not None else torch.zeros(ids.shape)
+    ((lp * g1).sum() + ((ent * g2).sum() if ent is not None else 0)).backward()
+    ((lp_r * g1).sum() + ((ent_r * g2).sum() if ent is not None else 0)).backward()
+    assert xg.grad.dtype == c["dtype"]
+    want_grad = xr.grad.to(c["dtype"]).float()
+    bound = table("logprob_grad", c["dtype"], want_grad) + logprob_slack(logits, temp, g1, g2)[..., None]
+    assert_within(xg.grad.float(), want_grad, bound, "d logits")
+
+
+# --- grpo_loss and fused_linear_grpo_loss -----------------------------------------------------
+@st.composite
+def loss_cases(draw):
+    lt = draw(st.sampled_from(LOSS_TYPES))
+    return dict(
+        b=draw(st.integers(1, 4)), l=draw(st.integers(1, 6)), v=draw(st.sampled_from([2, 5, 33, 64])),
+        h=draw(st.sampled_from([1, 4, 9])), chunk=draw(st.sampled_from([1, 2, 5, None])), bias=draw(st.booleans()),
+        dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
+        config=mk.LossConfig(loss_type=lt, aggregation=draw(st.sampled_from(AGGREGATIONS)),
+                             kl=draw(st.sampled_from(KL_ESTIMATORS)), beta=draw(st.sampled_from([0.0, 0.05])),
+                             clip_low=draw(st.sampled_from([0.0, 3e-4, 0.2])), clip_high=draw(st.sampled_from([4e-4, 0.28])),
+                             dual_clip=draw(st.sampled_from([None, 3.0])), temperature=draw(st.sampled_from([0.7, 1.0])),
+                             max_len=draw(st.sampled_from([None, 8]))),
+        mask=draw(st.sampled_from(["random", "all_zero", "empty_row", "all_one"])),
+        per_token_adv=draw(st.booleans()), adv_scale=draw(st.sampled_from([0.0, 1.0, 1e3])),
+        old=draw(st.sampled_from(["none", "near", "far"])), minus_inf=draw(st.booleans()),
+        inplace=draw(st.booleans()), entropy=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+def loss_inputs(c, gen, logp):
+    b, l = c["b"], c["l"]
+    mask = {"random": torch.rand(b, l, generator=gen) > 0.3, "all_zero": torch.zeros(b, l, dtype=torch.bool),
+            "all_one": torch.ones(b, l, dtype=torch.bool)}.get(c["mask"])
+    if mask is None:
+        mask = torch.ones(b, l, dtype=torch.bool)
+        mask[0] = False
+    adv = torch.randn((b, l) if c["per_token_adv"] else (b,), generator=gen) * c["adv_scale"]
+    offset = {"none": None, "near": 0.3, "far": 30.0}[c["old"]]
+    old = None if offset is None else logp + offset * torch.randn(b, l, generator=gen)
+    ref_lp = logp + 0.5 * torch.randn(b, l, generator=gen)
+    return mask, adv, old, ref_lp
+
+
+def check_loss(c, backend):
+    gen = seeded(c["seed"])
+    b, l, v = c["b"], c["l"], c["v"]
+    logits = torch.randn(b, l, v, generator=gen) * 3
+    ids = torch.randint(0, v, (b, l), generator=gen)
+    if c["minus_inf"] and v > 2:
+        logits[..., 0] = float("-inf")
+        ids = ids.clamp_min(1)
+    logits = logits.to(c["dtype"])
+    cfg = c["config"]
+    logp = ref.selective_log_softmax(logits.float(), ids, temperature=cfg.temperature)
+    mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
+    x = logits.clone().requires_grad_(True)
+    loss, stats = mk.grpo_loss(x * 1.0 if c["inplace"] else x, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
+                               inplace_backward=c["inplace"], return_entropy=c["entropy"], backend=backend)
+    xr = logits.float().requires_grad_(True)
+    want, want_stats = ref.grpo_loss(xr, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
+                                     return_entropy=c["entropy"])
+    scale = 1 + c["adv_scale"]
+    assert_within(loss, want, table("loss", c["dtype"], want) * scale, "loss")
+    for k in want_stats:
+        assert_within(stats[k], want_stats[k], table("loss", c["dtype"], want_stats[k]), k)
+    loss.backward()
+    want.backward()
+    want_grad = xr.grad.to(c["dtype"]).float()
+    assert_within(x.grad.float(), want_grad, table("logprob_grad", c["dtype"], want_grad) * scale, "d logits")
+    if c["mask"] == "all_zero":
+        assert loss.item() == 0.0 and (x.grad == 0).all()
+
+
+def check_fused_linear(c, backend):
+    gen = seeded(c["seed"])
+    b, l, v, h = c["b"], c["l"], c["v"], c["h"]
+    hidden = torch.randn(b, l, h, generator=gen).to(c["dtype"])
+    weight = (torch.randn(v, h, generator=gen) * 0.5).to(c["dtype"])
+    bias = (torch.randn(v, generator=gen) * 0.1).to(c["dtype"]) if c["bias"] else None
+    ids = torch.randint(0, v, (b, l), generator=gen)
+    cfg = c["config"]
+    logits = hidden.float() @ weight.float().t() + (bias.float() if bias is not None else 0.0)
+    logp = ref.selective_log_softmax(logits, ids, temperature=cfg.temperature)
+    mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
+    leaves = [t.clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
+    loss, _ = mk.fused_linear_grpo_loss(leaves[0], leaves[1], ids, mask, adv, lm_head_bias=leaves[2], old_logp=old,
+                                        ref_logp=ref_lp, config=cfg, chunk_size=c["chunk"], backend=backend)
+    refs = [t.float().clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
+    if c["dtype"] == torch.float32:
+        want, _ = ref.fused_linear_grpo_loss(refs[0], refs[1], ids, mask, adv, bias=refs[2], old_logp=old,
+                                             ref_logp=ref_lp, config=cfg)
+    else:
+        # The fused path's matmuls run in the input dtype: its logits are rounded to bf16. With clip
+        # ranges as small as 3e-4 that rounding (~0.4%) can move a ratio across a clip boundary,
+        # which switches the gradient off: the oracle rounds its logits the same way.
+        z = refs[0] @ refs[1].t() + (refs[2] if refs[2] is not None else 0.0)
+        want, _ = ref.grpo_loss(z.to(c["dtype"]), ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg)
+    scale = 1 + c["adv_scale"]
+    assert_within(loss, want, table("fused_linear", c["dtype"], want) * scale, "loss")
+    loss.backward()
+    want.backward()
+    for name, got_t, want_t in zip(("d hidden", "d weight", "d bias"), leaves, refs):
+        if got_t is None:
+            continue
+        assert got_t.grad.dtype == c["dtype"]
+        wg = want_t.grad.to(c["dtype"]).float()
+        assert_within(got_t.grad.float(), wg, table("fused_linear", c["dtype"], wg) * scale, name)
+
+
+# --- the properties, on the compiled CPU backend --------------------------------------------
+def test_group_advantages_and_stats_cpu():
+    run(check_advantages, reward_cases(), "cpu", 400)
+
+
+def test_composite_advantages_cpu():
+    run(check_advantages, reward_cases(composite=True), "cpu", 150)
+
+
+def test_cosine_rewards_cpu():
+    run(check_cosine, cosine_cases(), "cpu", 300)
+
+
+def test_selective_log_softmax_cpu():
+    run(check_logprob, logprob_cases(), "cpu", 300)
+
+
+def test_grpo_loss_cpu():
+    run(check_loss, loss_cases(), "cpu", 400)
+
+
+def test_fused_linear_grpo_loss_cpu():
+    run(check_fused_linear, loss_cases(), "cpu", 150)
+
+
+# --- and on Triton, under the interpreter (in a subprocess) ----------------------------------
+TRITON_BUDGET = {"advantages": 100, "composite": 30, "cosine": 80, "logprob": 40, "loss": 50, "fused_linear": 20}
+
+
+def triton_main() -> None:
+    assert "triton" in mk.backends(), mk.backends()
+    run(check_advantages, reward_cases(), "triton", TRITON_BUDGET["advantages"])
+    run(check_advantages, reward_cases(composite=True), "triton", TRITON_BUDGET["composite"])
+    run(check_cosine, cosine_cases(), "triton", TRITON_BUDGET["cosine"])
+    run(check_logprob, logprob_cases(), "triton", TRITON_BUDGET["logprob"])
+    run(check_loss, loss_cases(), "triton", TRITON_BUDGET["loss"])
+    run(check_fused_linear, loss_cases(), "triton", TRITON_BUDGET["fused_linear"])
+    print("TRITON-PROPERTIES-OK")
+
+
+def test_triton_kernels_under_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "from tests.test_kernel_properties import triton_main; triton_main()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    assert "TRITON-PROPERTIES-OK" in proc.stdout
