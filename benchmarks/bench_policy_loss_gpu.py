@@ -1,18 +1,20 @@
 """GPU benchmark of the fused policy-loss kernels (issue 4), bf16, 8,192 tokens x 152,064 vocab.
 
-Rows (triton.testing.do_bench medians; GB/s from the bytes each variant must move at least):
+Rows (medians of the suite's interleaved timing: CUDA events, a cold L2; GB/s from the bytes each
+variant must move at least):
 - logprob+entropy forward: medix Triton and CUDA kernels vs TRL's selective_log_softmax +
   entropy_from_logits (and its one-pass selective_log_softmax_and_entropy when installed).
 - GRPO loss forward+backward on materialised logits: medix (kernel forward, the clipped-ratio
-  loss with k3 KL on [T] vectors, kernel backward in place over the logits), through the
-  medix_kernels.grpo_loss API when it exists, vs Liger-Kernel's Triton GRPO loss (in place).
-- fused-linear GRPO loss forward+backward from hidden states (H = 3584) when medix's
-  fused_linear_grpo_loss exists, vs Liger's LigerFusedLinearGRPOLoss, with peak memory.
+  loss with k3 KL on [T] vectors, kernel backward in place over the logits) and through the
+  medix_kernels.grpo_loss API, vs Liger-Kernel's Triton GRPO loss (in place).
+- fused-linear GRPO loss forward+backward from hidden states (H = 3584): medix's
+  fused_linear_grpo_loss vs Liger's LigerFusedLinearGRPOLoss, with peak memory.
 CSV: benchmarks/results/policy_loss_gpu.csv (GPU name, versions, date). Without a GPU the script
 exits with a message; ``--dry-run-cpu`` runs every code path on tiny CPU shapes (torch reference
 and the Triton interpreter) to check the logic, writing its CSV to a temporary folder.
 
-The whole suite (every op, every peer, the sweeps) is ``python -m benchmarks --device cuda``; this
+The whole suite (every op, every peer, the sweeps) is ``python -m benchmarks --device cuda``, and the
+GPU check with the targets' rows is ``bash benchmarks/gpu/check.sh OUT`` (benchmarks/gpu/README.md); this
 script keeps the kernel-level rows (medix's raw forward/backward kernels without the autograd
 wrapper). Timing (CUDA events, L2 flushed), peaks (datasheet table), peak memory (allocator
 counters) and the Liger imports come from the suite's modules.
@@ -165,18 +167,15 @@ def main() -> int:
         record("grpo fwd+bwd (in place)", f"medix-{be} kernels",
                bench(lambda: medix_grpo_kernel_step(be, work, ids, old_logp, ref_logp, adv, mask), device),
                3 * read_bytes, note="logits overwritten by their gradient each call")
-    if hasattr(mk, "grpo_loss") and hasattr(mk, "LossConfig"):
-        cfg = mk.LossConfig(beta=0.04, kl="k3")
-        for be in backends:
-            x = logits.clone().requires_grad_(True)
+    cfg = mk.LossConfig(beta=0.04, kl="k3")
+    for be in backends:
+        x = logits.clone().requires_grad_(True)
 
-            def api_step():
-                loss, _ = mk.grpo_loss(x, ids, mask, adv, old_logp=old_logp, ref_logp=ref_logp, config=cfg,
-                                       backend=be, inplace_backward=True)
-                loss.backward()
-            record("grpo fwd+bwd (in place)", f"medix-{be} grpo_loss", bench(api_step, device), 3 * read_bytes)
-    else:
-        print("medix_kernels.grpo_loss not available yet: only the kernel-level GRPO rows were measured")
+        def api_step():
+            loss, _ = mk.grpo_loss(x, ids, mask, adv, old_logp=old_logp, ref_logp=ref_logp, config=cfg,
+                                   backend=be, inplace_backward=True)
+            loss.backward()
+        record("grpo fwd+bwd (in place)", f"medix-{be} grpo_loss", bench(api_step, device), 3 * read_bytes)
     if device == "cuda":
         triton_grpo_loss = liger_peer.triton_grpo_loss(device)
         # Liger takes logits [B, L + 1, V] (it drops the last position) and writes the gradient in place.
@@ -190,32 +189,29 @@ def main() -> int:
         del lg
 
     # 3. fused-linear GRPO loss from hidden states
-    if hasattr(mk, "fused_linear_grpo_loss"):
-        hs = torch.randn(b, seq, hidden, device=device, generator=gen).to(dtype) * 0.5
-        w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden ** -0.5).to(dtype)
-        hs.requires_grad_(True)
-        w.requires_grad_(True)
-        cfg = mk.LossConfig(beta=0.04, kl="k3")
-        flop_bytes = (w.numel() + hs.numel()) * elem
+    hs = torch.randn(b, seq, hidden, device=device, generator=gen).to(dtype) * 0.5
+    w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden ** -0.5).to(dtype)
+    hs.requires_grad_(True)
+    w.requires_grad_(True)
+    cfg = mk.LossConfig(beta=0.04, kl="k3")
+    flop_bytes = (w.numel() + hs.numel()) * elem
 
-        def medix_fused():
-            loss, _ = mk.fused_linear_grpo_loss(hs, w, ids, mask, adv, old_logp=old_logp, ref_logp=ref_logp,
-                                                config=cfg)
+    def medix_fused():
+        loss, _ = mk.fused_linear_grpo_loss(hs, w, ids, mask, adv, old_logp=old_logp, ref_logp=ref_logp,
+                                            config=cfg)
+        loss.backward()
+    record("fused-linear grpo fwd+bwd", "medix fused_linear_grpo_loss", bench(medix_fused, device), flop_bytes,
+           peak_mb(medix_fused, device), note=f"{6 * tokens * vocab * hidden / 1e12:.1f} TFLOP per call")
+    if device == "cuda":
+        LigerFusedLinearGRPOLoss = liger_peer.fused_linear_grpo_loss_cls()
+        liger = LigerFusedLinearGRPOLoss(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="grpo",
+                                         use_ref_model=True, chunk_size=1)
+
+        def liger_fused():
+            loss, _ = liger(hs, w, ids, mask, adv, ref_per_token_logps=ref_logp, old_per_token_logps=old_logp)
             loss.backward()
-        record("fused-linear grpo fwd+bwd", "medix fused_linear_grpo_loss", bench(medix_fused, device), flop_bytes,
-               peak_mb(medix_fused, device), note=f"{6 * tokens * vocab * hidden / 1e12:.1f} TFLOP per call")
-        if device == "cuda":
-            LigerFusedLinearGRPOLoss = liger_peer.fused_linear_grpo_loss_cls()
-            liger = LigerFusedLinearGRPOLoss(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="grpo",
-                                             use_ref_model=True, chunk_size=1)
-
-            def liger_fused():
-                loss, _ = liger(hs, w, ids, mask, adv, ref_per_token_logps=ref_logp, old_per_token_logps=old_logp)
-                loss.backward()
-            record("fused-linear grpo fwd+bwd", "liger LigerFusedLinearGRPOLoss", bench(liger_fused, device),
-                   flop_bytes, peak_mb(liger_fused, device))
-    else:
-        print("medix_kernels.fused_linear_grpo_loss not available yet: fused-linear rows skipped")
+        record("fused-linear grpo fwd+bwd", "liger LigerFusedLinearGRPOLoss", bench(liger_fused, device),
+               flop_bytes, peak_mb(liger_fused, device))
 
     out = ARGS.out or (os.path.join(tempfile.mkdtemp(prefix="medix-bench-"), "policy_loss_gpu_dryrun.csv") if dry
                        else os.path.join(HERE, "results", "policy_loss_gpu.csv"))

@@ -50,6 +50,7 @@ class Settings:
     budget_s: float | None = None
     dry_run: bool = False
     shape: dict | None = None        # one custom shape instead of the profile's sweep
+    specs: dict | None = None        # {op name: OpSpec} used instead of benchmarks.ops.OPS[op] (benchmarks/gpu)
 
 
 def cases_for(spec, s: "Settings") -> list[dict]:
@@ -173,7 +174,7 @@ def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
 
     try:
         for op_name in s.ops:
-            spec = OPS[op_name]
+            spec = (s.specs or {}).get(op_name) or OPS[op_name]
             log(f"== {op_name}: {spec.description}")
             for params in cases_for(spec, s):
                 label = spec.label(params)
@@ -270,7 +271,7 @@ def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
             r.update({k: peaks[k] for k in ("peak_GBps", "peak_TFLOPs", "peak_source")})
     add_ratios(rows)
     common.write_csv(out_csv, rows, COLUMNS)
-    meta = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
+    meta = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "specs"},
             "env": env, "peaks": peaks, "mem_method": mem_method,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "mem_budget_GiB": round(budget / 2**30, 2),
             "skipped": skipped, "errors": errors, "wall_s": round(time.perf_counter() - t_start, 1),
