@@ -37,7 +37,7 @@ def init(timeout_min: float = 60.0) -> bool:
     if tdist.is_initialized() or not launched_by_torchrun():
         return False
     timeout = datetime.timedelta(minutes=timeout_min)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and os.environ.get("MEDIX_DEVICE", "").lower() != "cpu":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         tdist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
     else:
@@ -75,11 +75,28 @@ def is_main() -> bool:
 
 
 def device() -> torch.device:
-    """Where this rank trains: ``cuda:LOCAL_RANK`` under torchrun on a GPU machine, else the CPU (the
-    single-process trainer keeps its model where it loads it: the CPU)."""
-    if enabled() and torch.cuda.is_available():
+    """Where this rank trains: its GPU (``cuda:LOCAL_RANK`` under torchrun, the current GPU in a single
+    process) when PyTorch sees one, else the CPU. ``MEDIX_DEVICE=cpu`` keeps a GPU machine's run on the CPU."""
+    if torch.cuda.is_available() and os.environ.get("MEDIX_DEVICE", "").lower() != "cpu":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Wait for this rank's GPU work (phase timers read host clocks); nothing on the CPU."""
+    if device().type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_gb(reset: bool = False) -> float | None:
+    """This rank's peak GPU memory allocated by PyTorch since the last reset, in GiB (None on the CPU);
+    ``reset`` starts a new window after reading."""
+    if device().type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
 
 
 def check_config(cfg, world: int | None = None) -> None:

@@ -58,8 +58,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_work
 
 @contextmanager
 def timed(times: dict, key: str):
+    dist.synchronize()  # GPU work is asynchronous: charge it to the phase that queued it
     t = time.perf_counter()
     yield
+    dist.synchronize()
     times[key] = times.get(key, 0.0) + time.perf_counter() - t
 
 
@@ -95,10 +97,12 @@ def run_steps(run: Run) -> int:
                                  [x.total for x in results])
         adv = advantages(rows, cfg)
         # 4. update
+        peak_before_update = dist.peak_memory_gb(reset=True)
         run.engine.sleep()
         with timed(times, "update"):
             stats, raw_logp, nan_skipped = update(run.policy, run.optimizer, batch, adv, ref_logp, old_logp, cfg,
                                                   run.lcfg, step, rows)
+        peak_update = dist.peak_memory_gb(reset=True)
         run.scheduler.step()
         run.engine.wake_up()
         # 5. weight sync, metrics, faults, checkpoint
@@ -108,6 +112,8 @@ def run_steps(run: Run) -> int:
         m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped)
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")
+        if peak_update is not None:  # GiB allocated by PyTorch on this rank's GPU
+            m.update({"memory/update_peak_gb": peak_update, "memory/rollout_logp_peak_gb": peak_before_update})
         run.counters["nan_in_row"] = run.counters["nan_in_row"] + 1 if nan_skipped else 0
         run.judge_window.append(m["reward/judge_failed_rate"])
         if run.eval_hook is not None and cfg.train.eval_every and step % cfg.train.eval_every == 0:

@@ -33,6 +33,8 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
                                                if dist.enabled() else {}))
     if not trainable:
         model.requires_grad_(False)
+    if not dist.enabled():
+        model.to(dist.device())  # under torchrun FSDP places the shards on the rank's GPU
     # Read by policy_hidden. Off with checkpointing (a recomputed layer would append to the shared cache
     # twice) and for vision-language models (their multimodal rotary positions come from the whole sequence).
     model.medix_share_prompts = (cfg.model.share_prompt_forward and getattr(model.config, "vision_config", None) is None

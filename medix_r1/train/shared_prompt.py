@@ -48,14 +48,14 @@ def shared_prompt_hidden(base_model, batch: dict, response_pass: bool | None = N
     ids, mask = batch["ids"], batch["mask"]
     B, R = ids.shape
     uniq, row_to_u = torch.unique(group, return_inverse=True)   # row -> distinct prompt of this micro-batch
-    first = torch.tensor([int((group == u).nonzero()[0]) for u in uniq.tolist()])
+    first = torch.tensor([int((group == u).nonzero()[0]) for u in uniq.tolist()], device=group.device)
     u_len = plen[first]
     P = int(u_len.max())
     p_ids = batch["input_ids"][first, :P]                    # the padded batch holds each prompt at 0..len-1
-    p_mask = (torch.arange(P) < u_len[:, None]).long()
+    p_mask = (torch.arange(P, device=u_len.device) < u_len[:, None]).long()
     p_ids = p_ids * p_mask                                    # response tokens after a shorter prompt -> 0 (masked)
     out = base_model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
-    last = out.last_hidden_state[torch.arange(len(first)), u_len - 1]   # predicts response token 0: [U, H]
+    last = out.last_hidden_state[torch.arange(len(first), device=u_len.device), u_len - 1]   # predicts response token 0: [U, H]
     hidden0 = last[row_to_u].unsqueeze(1)                                # [B, 1, H]
     if response_pass is None:
         response_pass = response_pass_needed(batch)
@@ -70,7 +70,7 @@ def shared_prompt_hidden(base_model, batch: dict, response_pass: bool | None = N
     cache = DynamicCache(ddp_cache_data=[(k[row_to_u], v[row_to_u]) for k, v, *_ in out.past_key_values])
     r_in = ids[:, :r_len - 1]
     att = torch.cat([p_mask[row_to_u], mask[:, :r_len - 1].long()], 1)
-    pos = plen[:, None] + torch.arange(r_len - 1)
+    pos = plen[:, None] + torch.arange(r_len - 1, device=plen.device)
     hr = base_model(input_ids=r_in, attention_mask=att, position_ids=pos, past_key_values=cache,
                     use_cache=False).last_hidden_state                      # [B, r_len - 1, H]
     pad = hr.new_zeros(B, max(0, R - r_len), hr.shape[-1])

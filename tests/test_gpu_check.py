@@ -1,0 +1,62 @@
+"""The GPU scripts' dry runs on this CPU machine, so that what the lent GPU machine runs cannot rot:
+benchmarks/gpu/check.sh (kernels) and benchmarks/gpu/train_check.sh (the trainer)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd, tmp_path, timeout):
+    env = dict(os.environ, PYTHON=sys.executable, MEDIX_GPU_WORK=str(tmp_path / "work"))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_scripts_refuse_a_missing_out_folder():
+    for script in ("check.sh", "train_check.sh", "device_run.sh"):
+        res = subprocess.run(["bash", f"benchmarks/gpu/{script}"], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 2 and "usage" in res.stderr, script
+
+
+def test_train_check_rejects_unknown_phase(tmp_path):
+    res = _run([sys.executable, "-m", "benchmarks.gpu.train_check", str(tmp_path / "o"), "--phases", "fuse"],
+               tmp_path, 60)
+    assert res.returncode == 2 and "--phases: unknown ['fuse']" in res.stderr
+
+
+@pytest.mark.slow
+def test_train_check_dry_run(tmp_path):
+    out = tmp_path / "out"
+    res = _run(["bash", "benchmarks/gpu/train_check.sh", str(out), "--dry-run", "--budget-s", "600"], tmp_path, 700)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads((out / "train_check.json").read_text())
+    assert {n: p["status"] for n, p in result["phases"].items()} == dict.fromkeys(
+        ("model", "fused", "plain", "torchrun", "breakdown"), "ok")
+    for name in ("fused", "plain", "torchrun"):
+        run = result["runs"][name]
+        assert run["steps"] >= 2 and run["params_changed"] is True, (name, run)
+        assert all(abs(x) < 1e6 for x in run["summary"]["losses"])
+    b = result["breakdown"]["impls"]
+    assert set(b) == {"fused", "plain"} and all(0 < v["loss_share"] < 1 for v in b.values())
+    summary = (out / "train_summary.md").read_text()
+    assert "| fused |" in summary and "One micro-batch of the update" in summary
+    assert (out / "train_logs.tar.gz").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_kernel_check_dry_run(tmp_path):
+    out = tmp_path / "out"
+    res = _run(["bash", "benchmarks/gpu/check.sh", str(out), "--dry-run"], tmp_path, 600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for name in ("summary.md", "bench.csv", "targets.csv", "correctness.csv", "env.txt", "logs.tar.gz"):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader(open(out / "correctness.csv")))
+    assert rows and all(r.get("status", "ok") in ("ok", "pass", "skipped") for r in rows), rows[:3]
+    assert len(list(csv.DictReader(open(out / "bench.csv")))) > 0
