@@ -86,7 +86,7 @@ class TrainCheck:
         self.py = args.python or sys.executable
         self.t0 = time.monotonic()
         self.budget = args.budget_s
-        self.steps = args.steps or (2 if self.dry else 5)
+        self.steps = args.steps or (2 if self.dry else 3)
         self.result = {"started": now(), "dry_run": self.dry, "steps": self.steps, "phases": {}, "runs": {}}
 
     def say(self, msg: str) -> None:
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.train_check")
     p.add_argument("out")
     p.add_argument("--dry-run", action="store_true", help="a tiny model on this CPU machine (the test suite)")
-    p.add_argument("--steps", type=int, default=0, help="training steps per run (default 5; dry run 2)")
+    p.add_argument("--steps", type=int, default=0, help="training steps per run (default 3; dry run 2)")
     p.add_argument("--budget-s", type=float, default=420.0, help="the whole check's time budget")
     p.add_argument("--phases", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--tokenizer", default="", help="tokenizer folder ('' = the bundled SmolLM2's)")
