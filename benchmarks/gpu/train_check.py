@@ -58,8 +58,8 @@ def train_args(dry: bool, steps: int) -> list[str]:
     sets = {
         "model.dtype": "bfloat16", "model.gradient_checkpointing": "false",
         "data.train": "pubmedqa", "data.max_prompt_tokens": 64 if dry else 384,
-        "data.prompts_per_step": 2 if dry else 8, "rollout.n": 2 if dry else 8,
-        "rollout.max_tokens": 8 if dry else 256, "rollout.temperature": 1.0,
+        "data.prompts_per_step": 2 if dry else 4, "rollout.n": 2 if dry else 8,
+        "rollout.max_tokens": 8 if dry else 64, "rollout.temperature": 1.0,
         "reward.judge": "none", "reward.embedding_model": "none",
         "loss.loss_type": "grpo", "loss.clip_low": 0.2, "loss.clip_high": 0.2, "loss.kl": "k3",
         "loss.beta": 0.01, "optim.lr": 1e-6, "optim.micro_batch_size": 2 if dry else 8,
@@ -144,9 +144,11 @@ class TrainCheck:
                "--output-dir", str(out_dir), "--set", f"model.policy={self.work / 'model'}",
                "--set", f"loss.impl={impl}"]
         log = self.work / f"train_{name}.log"
+        backends = subprocess.run([self.py, "-c", "import medix_kernels; print(','.join(medix_kernels.backends()))"],
+                                  cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=60).stdout.strip()
         res = self.sh(cmd, log, limit)
         recs = read_metrics(out_dir / "metrics.jsonl")
-        run = {"impl": impl, "torchrun": torchrun, "rc": res["rc"], "wall_s": res["wall_s"], "steps": len(recs),
+        run = {"impl": impl, "torchrun": torchrun, "backends": backends, "rc": res["rc"], "wall_s": res["wall_s"], "steps": len(recs),
                "summary": summarize_steps(recs)}
         run["params_changed"] = params_changed(self.work / "model", out_dir)
         self.result["runs"][name] = run
@@ -173,7 +175,7 @@ class TrainCheck:
         log = self.work / "breakdown.log"
         res = self.sh([self.py, "-m", "benchmarks.gpu.train_parts", "breakdown", str(self.work / "model"),
                        "--rows", "2" if self.dry else "8", "--prompt", "64" if self.dry else "384",
-                       "--response", "8" if self.dry else "256", "--repeats", "1" if self.dry else "5"], log, limit)
+                       "--response", "8" if self.dry else "64", "--repeats", "1" if self.dry else "5"], log, limit)
         if res["rc"] != 0:
             return "failed", f"exit {res['rc']}:\n{self.tail(log)}"
         self.result["breakdown"] = json.loads(log.read_text().strip().splitlines()[-1])
@@ -277,15 +279,15 @@ def summary_markdown(res: dict) -> str:
         lines.append(f"| {name} | {p['status']} | {p.get('wall_s', '')} | {note} |")
     if res["runs"]:
         lines += ["", "Mean per step (steps after the first):", "",
-                  "| run | steps | step s | rollout s | logp s | update s | sync s | tokens/s | update peak GiB | "
-                  "losses |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| run | kernels | steps | step s | rollout s | logp s | update s | sync s | tokens/s | "
+                  "update peak GiB | losses |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, r in res["runs"].items():
             s = r["summary"]
 
             def f(k, fmt="{:.2f}"):
                 return fmt.format(s[k]) if k in s else "-"
             losses = ", ".join(f"{x:.4g}" for x in s.get("losses", []))
-            lines.append(f"| {name} | {r['steps']} | {f('time/step')} | {f('time/rollout')} | {f('time/logp')} | "
+            lines.append(f"| {name} | {r.get('backends', '')} | {r['steps']} | {f('time/step')} | {f('time/rollout')} | {f('time/logp')} | "
                          f"{f('time/update')} | {f('time/sync', '{:.3f}')} | {f('perf/tokens_per_s', '{:.0f}')} | "
                          f"{f('max_update_peak_gb')} | {losses} |")
         fu, pl = res["runs"].get("fused", {}).get("summary", {}), res["runs"].get("plain", {}).get("summary", {})
