@@ -48,7 +48,7 @@ from . import ptxas, targets
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("env", "build", "correctness", "sanitizer", "bench", "pytest")
-CAPS = {"env": 40, "build": 200, "correctness": 90, "sanitizer": 100, "bench": 220, "pytest": 100}
+CAPS = {"env": 40, "build": 280, "correctness": 90, "sanitizer": 100, "bench": 220, "pytest": 100}
 DRY_CAPS = {"env": 40, "build": 60, "correctness": 90, "sanitizer": 60, "bench": 120, "pytest": 90}
 RESERVE_S = 8.0  # kept back for writing the outputs
 OUT_FILES = ("summary.md", "bench.csv", "targets.csv", "correctness.csv", "ptxas.txt", "env.txt", "logs.tar.gz")

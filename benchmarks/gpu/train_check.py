@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("model", "fused", "plain", "torchrun", "breakdown")
+PHASES = ("model", "fused", "plain", "breakdown", "torchrun")
 TIME_KEYS = ("rollout", "reward_wait", "logp", "update", "sync", "step")
 
 # Qwen2.5-1.5B-Instruct's config.json (public: huggingface.co/Qwen/Qwen2.5-1.5B-Instruct), the fields that
