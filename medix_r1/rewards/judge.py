@@ -2,6 +2,8 @@
 
 The judge sees the predicted and the ground-truth answer and must reply YES (the content
 matches) or NO, in upper case, with at most 4 new tokens at temperature 0 (MediX-R1's protocol).
+The prompt text depends on the parity (:mod:`medix_r1.rewards.judge_prompts`): ``strict`` fences
+the answer against prompt injection, ``official`` is the official prompt byte for byte.
 
 Reply parsing (:func:`parse_verdict`):
 
@@ -31,24 +33,22 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
+from .judge_prompts import PROMPTS, STRICT_PROMPT
 
-PROMPT_VERSION = "medix-yesno-v1"
+PROMPT_VERSION = PROMPTS["strict"][1]
 LATENCY_WINDOW = 10_000
 JUDGE_MAX_TOKENS = 4
-JUDGE_PROMPT = (
-    "You are checking a medical answer against the correct one.\n"
-    "Predicted answer: {answer}\n"
-    "Ground-truth answer: {reference}\n"
-    "If the predicted answer says the same thing as the ground-truth answer (same content; the "
-    "wording may differ), reply with exactly YES. Otherwise reply with exactly NO. "
-    "Write only that one word, in uppercase."
-)
+JUDGE_PROMPT = STRICT_PROMPT
 _STRIP = string.whitespace + string.punctuation
 
 
-def judge_messages(answer: str, reference: str) -> list[dict]:
-    """The chat messages asking the judge whether ``answer`` matches ``reference``."""
-    return [{"role": "user", "content": JUDGE_PROMPT.format(answer=answer, reference=reference)}]
+def judge_messages(answer: str, reference: str, parity: str = "strict") -> list[dict]:
+    """The chat messages asking the judge whether ``answer`` matches ``reference``: one user
+    message, its text from the parity's prompt (see :mod:`medix_r1.rewards.judge_prompts`)."""
+    if parity not in PROMPTS:
+        raise ValueError(f"parity must be one of {sorted(PROMPTS)}, got {parity!r}")
+    build, _ = PROMPTS[parity]
+    return [{"role": "user", "content": build(answer, reference)}]
 
 
 def parse_verdict(reply, parity: str = "strict") -> bool | None:
@@ -121,11 +121,11 @@ class JudgeBase:
         raise NotImplementedError
 
     def verdict_key(self, question: str, reference: str, answer: str) -> str:
-        return cache_key("verdict", self.model_id, PROMPT_VERSION, question, reference, answer)
+        return cache_key("verdict", self.model_id, PROMPTS[self.parity][1], question, reference, answer)
 
     async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
         """Ask whether ``answer`` matches ``reference``; never raises for judge-side faults."""
-        reply = await self.chat(judge_messages(answer, reference), max_tokens=JUDGE_MAX_TOKENS,
+        reply = await self.chat(judge_messages(answer, reference, self.parity), max_tokens=JUDGE_MAX_TOKENS,
                                 cache_key=self.verdict_key(question, reference, answer), deadline=deadline)
         return self._verdict(reply)
 
