@@ -159,13 +159,14 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_
 
 
 def resume_from_checkpoint(run: Run) -> list[dict]:
-    """Load the latest complete checkpoint into ``run`` (model, optimizer, scheduler, RNG, data position,
-    counters); returns the metrics history so far ([] when there is none)."""
-    latest = ckpt.latest_checkpoint(run.out_dir)
-    if latest is None:
+    """Load the latest complete, intact checkpoint into ``run`` (model, optimizer, scheduler, RNG, data
+    position, counters; a corrupt one is reported and skipped, see ``checkpoint.load_latest``); returns
+    the metrics history so far ([] when there is none)."""
+    loaded = ckpt.load_latest(run.out_dir, model=run.policy, optimizer=run.optimizer, scheduler=run.scheduler)
+    if loaded is None:
         log.warning("--resume: no complete checkpoint in %s, starting from step 0", run.out_dir)
         return []
-    state = ckpt.load_checkpoint(latest, model=run.policy, optimizer=run.optimizer, scheduler=run.scheduler)
+    latest, state = loaded
     run.start_step = state["step"]
     run.sampler.load_state(state["data_position"])
     run.counters.update(state.get("counters", {}))
