@@ -26,6 +26,7 @@ from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
 from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
+from medix_r1.train.output_dir import prepare_output_dir
 from medix_r1.train.policy import load_model, loss_config
 from medix_r1.train.step import sync_weights
 from medix_r1.vision.prompts import setup_vision
@@ -98,11 +99,12 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> Run:
+def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, eval_hook=None,
+              reward_worker=None) -> Run:
     from transformers import AutoTokenizer
 
     out_dir = Path(cfg.train.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, resume=resume, overwrite=overwrite)  # a used folder is refused here
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
