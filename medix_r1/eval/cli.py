@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
     p.add_argument("--judge-concurrency", type=int, default=8,
                    help="judge requests in flight (http judge; the local judge runs one at a time)")
-    p.add_argument("--judge-timeout", type=float, default=60.0)
+    p.add_argument("--judge-timeout", type=float, default=60.0,
+                   help="seconds per judge request; also the longest wait a 429's Retry-After gets")
+    p.add_argument("--judge-deadline", type=float, default=600.0,
+                   help="seconds one judge call may take in all, retries and waits included (http judge)")
     p.add_argument("--judge-max-retries", type=int, default=3,
                    help="transport retries per judge call (timeouts, 5xx)")
     p.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
@@ -95,7 +98,8 @@ def make_judge_factory(args, output_dir: Path):
 
         def make():
             from medix_r1.rewards import JudgeClient
-            return JudgeClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env, **common)
+            return JudgeClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env,
+                               call_deadline_s=args.judge_deadline, **common)
         return mode, f"{args.judge_model}@{args.judge_url}", make
 
     def make():
