@@ -1,5 +1,6 @@
 """A used output dir (issue 17): refused without --resume / --overwrite, --overwrite deletes the
-previous run's own files only, an output dir that cannot be created is one line."""
+previous run's own files only, an output dir that cannot be created is one line; bad data files
+are one line naming the file and line."""
 import json
 
 import pytest
@@ -77,3 +78,17 @@ def test_what_counts_as_used(tmp_path):
     assert not is_used(tmp_path)
     (tmp_path / "step_000001").mkdir()
     assert is_used(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "an existing file"),
+    (b"", "no valid records"),
+    (b'{"id": "a", "images": [], "problem": "p", "solution": "<OTHER> a"}\n\xff\xfe\n', ":2: not UTF-8 text"),
+])
+def test_bad_data_files_are_one_line_naming_file_and_line(tiny, tmp_path, capsys, content, message):
+    data = tmp_path / "train.jsonl"
+    if content is not None:
+        data.write_bytes(content)
+    assert main(argv(tiny, tmp_path / "run", "--set", f"data.train={data}")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(data) in err and message in err and "Traceback" not in err

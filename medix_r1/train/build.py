@@ -21,7 +21,7 @@ import torch
 from medix_r1 import checkpoint as ckpt
 from medix_r1.config import TrainConfig, to_dict
 from medix_r1.data.prompts import prompt_token_ids
-from medix_r1.data.records import PromptSampler, load_records
+from medix_r1.data.records import DataError, PromptSampler, load_records
 from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
@@ -109,8 +109,11 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
-    records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
-                                    max_records=cfg.data.max_records)
+    try:
+        records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
+                                        max_records=cfg.data.max_records)
+    except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI
+        raise DataError(str(e)) from e
     model_dir = resolve_model_dir(cfg.model.policy, "model.policy")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

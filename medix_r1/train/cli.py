@@ -11,6 +11,7 @@ import sys
 
 from medix_r1.checkpoint import CheckpointError
 from medix_r1.config import DEFAULT_RECIPE, describe_fields, load_config
+from medix_r1.data.records import DataError
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import ENGINES, RolloutOutOfMemory, RolloutServerError
 from medix_r1.train.loop import TrainingStopped, train
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (OutputDirError, CheckpointError) as e:
+    except (OutputDirError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (TrainingStopped, RolloutOutOfMemory, RolloutServerError) as e:
