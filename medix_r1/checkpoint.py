@@ -6,6 +6,13 @@ the data position, the reward-cache pointer, counters, the config and the metric
 counts only when its ``COMPLETE`` marker exists (it is written last, before the rename), so a run
 killed at any moment resumes from the latest complete checkpoint.
 
+The marker is also the manifest: the size and sha256 of every other file of the checkpoint. On
+resume (:func:`load_latest`) a checkpoint whose files no longer match (truncated, overwritten,
+bit rot) is reported by path in one WARNING line and the previous complete one is used. Every
+``.pt`` file holds tensors, numbers, strings and containers only (the RNG states are converted),
+so it is read with ``torch.load(weights_only=True)``: a checkpoint folder from someone else
+cannot run code when it is loaded.
+
 Under torchrun (a process group) the model and optimizer are sharded (FSDP2) and saved with
 ``torch.distributed.checkpoint`` instead: ``dcp/`` holds every rank's shards (from
 ``get_state_dict``), ``sched_rng.pt`` the scheduler and rank 0's RNG states, and ``model/`` a
@@ -15,10 +22,13 @@ process group included; a torchrun job also resumes from the single-process form
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +39,12 @@ from medix_r1.parallel.fsdp import reshard
 
 PREFIX = "step_"
 MARKER = "COMPLETE"
+HASH_CHUNK = 8 << 20
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint where one was asked for."""
 
 
 def step_dir(out_dir: Path, step: int) -> Path:
@@ -36,13 +52,60 @@ def step_dir(out_dir: Path, step: int) -> Path:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states in a form ``torch.load(weights_only=True)`` accepts (numpy's key as a tensor)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss,
+                                                   gauss], "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
+
+
+def _load_pt(path: Path) -> dict:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict:
+    """{relative path: {"bytes": size, "sha256": digest}} of every file under ``folder`` but the marker
+    (hashed in parallel threads: hashlib releases the GIL, so large shards hash at disk speed)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        digests = list(pool.map(file_sha256, files))
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": d}
+            for p, d in zip(files, digests)}
+
+
+def verify_checkpoint(path) -> str | None:
+    """None when every file listed in ``path``'s marker has its recorded size and sha256, else what is
+    wrong. A marker without a manifest (checkpoints written before checksums) is not checked."""
+    path = Path(path)
+    try:
+        recorded = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or "files" not in recorded:
+        return None
+    for rel, want in sorted(recorded["files"].items()):
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{rel} has {f.stat().st_size} bytes, {want['bytes']} were written"
+        if file_sha256(f) != want["sha256"]:
+            return f"{rel} does not match its recorded sha256"
+    return None
 
 
 def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, scheduler, state: dict,
@@ -72,7 +135,7 @@ def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, schedule
 def _finish(tmp: Path, final: Path, step: int, state: dict, keep_last: int) -> None:
     """trainer_state.json, then the COMPLETE marker, then the rename; prune old checkpoints."""
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    (tmp / MARKER).write_text(str(step))
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": manifest(tmp)}, indent=1))
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         old = final.parent / f".old_{final.name}_{os.getpid()}"
         os.replace(final, old)
@@ -165,6 +228,32 @@ def prune(out_dir, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def load_latest(out_dir, *, model, optimizer, scheduler) -> tuple[Path, dict] | None:
+    """Load the newest complete checkpoint whose files match their checksums (and, in a single process,
+    that loads at all) and return (its path, the trainer state); None when there is no checkpoint.
+
+    Each checkpoint skipped is reported in one WARNING line naming it; when every one is unusable,
+    :class:`CheckpointError`. A failed load may have changed some tensors before failing: the
+    fallback's load overwrites all of them (model, optimizer, scheduler, RNG)."""
+    found = list_checkpoints(out_dir)
+    for path in reversed(found):
+        # rank 0 reads the files once and every rank takes its verdict: the same on all ranks
+        problem = dist.broadcast(verify_checkpoint(path) if dist.is_main() else None)
+        if problem is None:
+            try:
+                return path, load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+            except Exception as exc:  # any unreadable file: fall back, reported below
+                if dist.enabled():  # a collective load that failed on some rank: no agreed way back
+                    raise
+                problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        log.warning("checkpoint %s is corrupt (%s); falling back to the previous complete checkpoint",
+                    path, problem)
+    if found:
+        raise CheckpointError(f"no usable checkpoint in {out_dir}: all {len(found)} complete ones are corrupt "
+                              f"(see the warnings above)")
+    return None
+
+
 def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     """Restore model, optimizer, scheduler and RNG states from ``path``; return the trainer state.
     Either format, at any world size: a sharded (``dcp/``) or a single-process checkpoint."""
@@ -191,7 +280,7 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {sorted(set(missing) - tied)}, "
                          f"unexpected {sorted(unexpected)})")
-    blob = torch.load(path / "optim_rng.pt", weights_only=False)
+    blob = _load_pt(path / "optim_rng.pt")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
@@ -209,7 +298,7 @@ def load_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path / "dcp"), no_dist=not dist.enabled())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    blob = torch.load(path / "sched_rng.pt", weights_only=False)
+    blob = _load_pt(path / "sched_rng.pt")
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "trainer_state.json").read_text())
@@ -226,7 +315,7 @@ def load_full_into_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
         weights.update(load_file(f))
     if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-    blob = torch.load(path / "optim_rng.pt", weights_only=False)
+    blob = _load_pt(path / "optim_rng.pt")
     # torch's optimizer state is keyed by parameter position; the trainer built its AdamW from the
     # trainable parameters in named_parameters() order, so position i is that list's i-th name.
     names = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,80 @@ def to_dict(cfg) -> dict:
 
 # ----------------------------------------------------------------------------- validation
 
+# dotted field -> the values it may take (choices) or its bounds: (low, high, low excluded,
+# high excluded), None = unbounded. Relations between fields are checked in validate() itself.
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "data.on_malformed": ("fail", "skip"),
+    "rollout.engine": tuple(ROLLOUT_ENGINES),
+    "rollout.server_sync_backend": ("auto", "gloo", "nccl"),
+    "algorithm.advantage_mode": tuple(ADVANTAGE_MODES),
+    "algorithm.advantage_scale": tuple(ADVANTAGE_SCALES),
+    "loss.impl": LOSS_IMPLS,
+    "loss.loss_type": LOSS_TYPES,
+    "loss.kl": KL_ESTIMATORS,
+    "loss.aggregation": AGGREGATIONS,
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "vision.on_bad_image": ("skip", "fail"),
+    "vision.processor": ("auto", "transformers", "project"),
+}
+RANGES = {
+    "data.context_chars": (0, None),
+    "data.max_prompt_tokens": (8, None),
+    "data.prompts_per_step": (1, None),
+    "data.max_records": (0, None),
+    "rollout.server_timeout_s": (0.0, None, True),
+    "rollout.server_sync_port": (0, 65535),
+    "rollout.server_sync_bucket_mb": (0.0, None),
+    "rollout.n": (2, None),
+    "rollout.max_tokens": (1, None),
+    "rollout.temperature": (0.0, None, True),
+    "rollout.top_p": (0.0, 1.0, True),
+    "rollout.kv_cache_gb": (0.0, None, True),
+    "algorithm.advantage_eps": (0.0, None),
+    "algorithm.dynamic_sampling_low": (0.0, 1.0),
+    "algorithm.dynamic_sampling_high": (0.0, 1.0),
+    "algorithm.max_refill_tries": (0, None),
+    "loss.clip_low": (0.0, 1.0, False, True),
+    "loss.clip_high": (0.0, None),
+    "loss.beta": (0.0, None),
+    "loss.chunk_size": (0, None),
+    "optim.lr": (0.0, 1.0, True),
+    "optim.weight_decay": (0.0, None),
+    "optim.beta1": (0.0, 1.0),
+    "optim.beta2": (0.0, 1.0),
+    "optim.grad_clip": (0.0, None),
+    "optim.warmup_steps": (0, None),
+    "optim.min_lr_ratio": (0.0, 1.0),
+    "optim.updates_per_step": (1, None),
+    "optim.mini_batch_size": (0, None),
+    "optim.micro_batch_size": (1, None),
+    "train.max_steps": (1, None),
+    "train.save_every": (0, None),
+    "train.keep_last": (1, None),
+    "train.eval_every": (0, None),
+    "train.max_nan_steps": (1, None),
+    "train.judge_failure_threshold": (0.0, 1.0),
+    "train.judge_failure_window": (1, None),
+    "vision.min_pixels": (0, None),
+    "vision.max_pixels": (0, None),
+    "vision.max_decode_pixels": (1, None),
+    "dist.timeout_min": (0.0, None, True),
+    "dist.full_model_max_gb": (0.0, None),
+}
+# why a bound is what it is, where the number alone would puzzle
+REASONS = {
+    "rollout.n": "the samples of a prompt form its group, and with one sample every group advantage is 0",
+    "loss.clip_low": "the ratio is clipped below at 1 - clip_low, which must stay positive",
+}
+
+
+def _get(cfg, key: str):
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
 def _choice(value, choices, key):
     if value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
@@ -244,87 +319,50 @@ def _choice(value, choices, key):
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}{hint}")
 
 
-def _range(value, key, lo=None, hi=None, lo_open=False):
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{key} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{key} must be <= {hi}, got {value!r}")
+def _range(value, key, lo=None, hi=None, lo_open=False, hi_open=False):
+    bad_lo = lo is not None and (value < lo or (lo_open and value == lo))
+    bad_hi = hi is not None and (value > hi or (hi_open and value == hi))
+    if bad_lo or bad_hi:
+        lo_txt = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_txt = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        why = f" ({REASONS[key]})" if key in REASONS else ""
+        raise ValueError(f"{key} must be {' and '.join(t for t in (lo_txt, hi_txt) if t)}, got {value!r}{why}")
+
+
+def _finite_floats(obj, prefix: str) -> None:
+    """Every float field of the tree is a finite number: NaN passes every comparison, so a range
+    check alone would accept it (and ``lr = nan`` would only fail after the models load)."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _finite_floats(value, key + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
 
 
 def validate(cfg: TrainConfig) -> None:
     """Range and choice checks across the tree; ValueError naming the field."""
-    m, d, r, a, l, o, t = cfg.model, cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.optim, cfg.train
-    _choice(m.dtype, ("float32", "bfloat16"), "model.dtype")
-    _choice(d.on_malformed, ("fail", "skip"), "data.on_malformed")
-    _range(d.context_chars, "data.context_chars", 0)
-    _range(d.max_prompt_tokens, "data.max_prompt_tokens", 8)
-    _range(d.prompts_per_step, "data.prompts_per_step", 1)
-    _range(d.max_records, "data.max_records", 0)
+    _finite_floats(cfg, "")
+    for key, choices in CHOICES.items():
+        _choice(_get(cfg, key), choices, key)
+    for key, bounds in RANGES.items():
+        _range(_get(cfg, key), key, *bounds)
+    d, r, a, l, v = cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.vision
     if bool(d.example_question) != bool(d.example_answer):
         raise ValueError("data.example_question and data.example_answer go together: set both or neither")
-    _choice(r.engine, tuple(ROLLOUT_ENGINES), "rollout.engine")
     if r.engine == "server" and not r.server_url.startswith(("http://", "https://")):
         raise ValueError(f"rollout.engine=server needs rollout.server_url=http://HOST:PORT (the rollout server, "
                          f"`python -m medix_r1.rollout.server --model DIR --port PORT`), got {r.server_url!r}")
-    _range(r.server_timeout_s, "rollout.server_timeout_s", 0.0, lo_open=True)
-    _choice(r.server_sync_backend, ("auto", "gloo", "nccl"), "rollout.server_sync_backend")
-    _range(r.server_sync_port, "rollout.server_sync_port", 0, 65535)
-    _range(r.server_sync_bucket_mb, "rollout.server_sync_bucket_mb", 0.0)
-    _range(r.n, "rollout.n", 1)
-    _range(r.max_tokens, "rollout.max_tokens", 1)
-    _range(r.temperature, "rollout.temperature", 0.0, lo_open=True)
-    _range(r.top_p, "rollout.top_p", 0.0, 1.0, lo_open=True)
-    _range(r.kv_cache_gb, "rollout.kv_cache_gb", 0.0, lo_open=True)
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
         raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
                          f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")
-    _choice(a.advantage_mode, tuple(ADVANTAGE_MODES), "algorithm.advantage_mode")
-    _choice(a.advantage_scale, tuple(ADVANTAGE_SCALES), "algorithm.advantage_scale")
-    _range(a.advantage_eps, "algorithm.advantage_eps", 0.0)
-    _range(a.dynamic_sampling_low, "algorithm.dynamic_sampling_low", 0.0, 1.0)
-    _range(a.dynamic_sampling_high, "algorithm.dynamic_sampling_high", 0.0, 1.0)
     if a.dynamic_sampling_low >= a.dynamic_sampling_high:
         raise ValueError("algorithm.dynamic_sampling_low must be < algorithm.dynamic_sampling_high")
-    _range(a.max_refill_tries, "algorithm.max_refill_tries", 0)
-    _choice(l.impl, LOSS_IMPLS, "loss.impl")
-    _choice(l.loss_type, LOSS_TYPES, "loss.loss_type")
-    _range(l.clip_low, "loss.clip_low", 0.0, 1.0)
-    _range(l.clip_high, "loss.clip_high", 0.0)
     if l.dual_clip != 0 and l.dual_clip <= 1:
         raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
-    _choice(l.kl, KL_ESTIMATORS, "loss.kl")
-    _range(l.beta, "loss.beta", 0.0)
-    _choice(l.aggregation, AGGREGATIONS, "loss.aggregation")
-    _range(l.chunk_size, "loss.chunk_size", 0)
-    _range(o.lr, "optim.lr", 0.0, 1.0, lo_open=True)
-    _range(o.weight_decay, "optim.weight_decay", 0.0)
-    _range(o.beta1, "optim.beta1", 0.0, 1.0)
-    _range(o.beta2, "optim.beta2", 0.0, 1.0)
-    _range(o.grad_clip, "optim.grad_clip", 0.0)
-    _choice(o.schedule, ("constant", "linear", "cosine"), "optim.schedule")
-    _range(o.warmup_steps, "optim.warmup_steps", 0)
-    _range(o.min_lr_ratio, "optim.min_lr_ratio", 0.0, 1.0)
-    _range(o.updates_per_step, "optim.updates_per_step", 1)
-    _range(o.mini_batch_size, "optim.mini_batch_size", 0)
-    _range(o.micro_batch_size, "optim.micro_batch_size", 1)
-    _range(t.max_steps, "train.max_steps", 1)
-    _range(t.save_every, "train.save_every", 0)
-    _range(t.keep_last, "train.keep_last", 1)
-    _range(t.eval_every, "train.eval_every", 0)
-    _range(t.max_nan_steps, "train.max_nan_steps", 1)
-    _range(t.judge_failure_threshold, "train.judge_failure_threshold", 0.0, 1.0)
-    _range(t.judge_failure_window, "train.judge_failure_window", 1)
-    v = cfg.vision
-    _choice(v.on_bad_image, ("skip", "fail"), "vision.on_bad_image")
-    _choice(v.processor, ("auto", "transformers", "project"), "vision.processor")
-    _range(v.min_pixels, "vision.min_pixels", 0)
-    _range(v.max_pixels, "vision.max_pixels", 0)
-    _range(v.max_decode_pixels, "vision.max_decode_pixels", 1)
     if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:
         raise ValueError(f"vision.min_pixels ({v.min_pixels}) must be <= vision.max_pixels ({v.max_pixels})")
-    _range(cfg.dist.timeout_min, "dist.timeout_min", 0.0, lo_open=True)
-    _range(cfg.dist.full_model_max_gb, "dist.full_model_max_gb", 0.0)
-    if not t.output_dir:
+    if not cfg.train.output_dir:
         raise ValueError("train.output_dir must not be empty")
     # The reward section validates itself where it can (its own __post_init__ / validate()).
     check = getattr(cfg.reward, "validate", None)

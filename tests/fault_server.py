@@ -23,7 +23,9 @@ must answer in JSON); ``scripts`` maps extra mode names to reply lists: ``mode-N
 replies ``scripts[NAME][k]`` to the k-th request with the same prompt text (the last entry once
 the list is used up), e.g. ``{"flaky": ["not json", '{"score": 1}']}``.
 
-``retry_after`` sets mode-429's Retry-After header value (default ``"1"``).
+``retry_after`` sets mode-429's Retry-After header value (default ``"1"``). ``responder``, a
+function of the request's messages returning the reply text, replaces the modes altogether (a
+fake model, e.g. ``tests/injection_judge.py``).
 
 Every request is logged on arrival in ``server.log`` as (monotonic time, mode), with its JSON body in
 ``server.payloads`` and its HTTP headers (lower-cased names) in ``server.headers`` at the same index;
@@ -89,6 +91,9 @@ class _Handler(BaseHTTPRequestHandler):
         seen = server.count(text)  # how many times this exact prompt came before
         # on arrival, so requests still hanging are counted too
         server.record(mode, payload, {k.lower(): v for k, v in self.headers.items()})
+        if server.responder is not None:
+            self._reply(server.responder(messages))
+            return
         self._act(mode, seen, text, server)
 
     def _act(self, mode: str, seen: int, text: str, server: FaultServer) -> int:
@@ -141,8 +146,8 @@ class FaultServer:
     """Runs the fault-injecting server on 127.0.0.1 (a free port) in a daemon thread."""
 
     def __init__(self, slow_s: float = 5.0, *, yes_text: str = "YES", no_text: str = "NO",
-                 scripts: dict[str, list[str]] | None = None, retry_after: str = "1"):
-        self.slow_s = slow_s
+                 scripts: dict[str, list[str]] | None = None, retry_after: str = "1", responder=None):
+        self.slow_s, self.responder = slow_s, responder
         self.retry_after = str(retry_after)
         self.yes_text, self.no_text = yes_text, no_text
         self.scripts = {name: list(replies) for name, replies in (scripts or {}).items()}

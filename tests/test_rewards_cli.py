@@ -84,7 +84,7 @@ def http_args(inp, out, server, *extra):
 
 
 def record_number(prompt):
-    return int(re.search(r"Predicted answer: \w+, record (\d+)", prompt).group(1))
+    return int(re.search(r"<answer>\n\w+, record (\d+)", prompt).group(1))
 
 
 def read_jsonl(path):

@@ -172,7 +172,7 @@ def test_trainer_with_an_unreachable_server_stops_before_training(tmp_path):
 
 
 def test_main_reports_a_rollout_server_error_without_a_traceback(monkeypatch, capsys, tmp_path):
-    def unreachable(cfg, resume=False):
+    def unreachable(cfg, resume=False, overwrite=False):
         assert cfg.rollout.engine == "server"  # --rollout server reached the config
         raise RolloutServerError(f"{cfg.rollout.server_url} is unreachable")
 

@@ -60,7 +60,7 @@ def test_wrong_type_names_the_field():
 
 
 def test_out_of_range_and_bad_choices():
-    with pytest.raises(ValueError, match=r"rollout\.n must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"rollout\.n must be >= 2, got 0"):
         load_config(overrides=["rollout.n=0"])
     with pytest.raises(ValueError, match=r"optim\.lr must be > 0"):
         load_config(overrides=["optim.lr=0"])

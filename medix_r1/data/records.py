@@ -49,13 +49,22 @@ def check_record(raw, where: str) -> dict:
     return record
 
 
+class DataError(ValueError):
+    """The training data cannot be read (one line naming the file, and the line where there is one)."""
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, object]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                rows.append((where, MalformedRecord(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")))
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rows.append((where, json.loads(line)))
             except json.JSONDecodeError as e:

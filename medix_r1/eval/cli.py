@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--generator openai) a served model name; default: embedded SmolLM2-135M")
     p.add_argument("--generator", choices=GENERATORS, default="vllm")
     p.add_argument("--base-url", help="OpenAI-compatible /v1 URL for --generator openai")
-    p.add_argument("--api-key", help="API key for --generator openai")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key for --generator openai (default "
+                        "%(default)s; keys are never flags: flags show in ps and shell histories)")
     p.add_argument("--benchmarks", default=DEFAULT_BENCHMARK,
                    help=f"comma-separated names, or 'paper' for the 17 paper benchmarks; "
                         f"known: {', '.join(REGISTRY)}")
@@ -42,11 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: http when --judge-url is given, else local)")
     p.add_argument("--judge-url", help="OpenAI-compatible /v1 URL of the judge")
     p.add_argument("--judge-model", help="judge model name at --judge-url")
-    p.add_argument("--judge-api-key")
+    p.add_argument("--judge-api-key-env", default="MEDIX_JUDGE_API_KEY", metavar="VAR",
+                   help="environment variable holding the judge server's API key (default %(default)s; "
+                        "unset: 'EMPTY', which a local vLLM server accepts)")
     p.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
     p.add_argument("--judge-concurrency", type=int, default=8,
                    help="judge requests in flight (http judge; the local judge runs one at a time)")
-    p.add_argument("--judge-timeout", type=float, default=60.0)
+    p.add_argument("--judge-timeout", type=float, default=60.0,
+                   help="seconds per judge request; also the longest wait a 429's Retry-After gets")
+    p.add_argument("--judge-deadline", type=float, default=600.0,
+                   help="seconds one judge call may take in all, retries and waits included (http judge)")
     p.add_argument("--judge-max-retries", type=int, default=3,
                    help="transport retries per judge call (timeouts, 5xx)")
     p.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
@@ -90,7 +98,8 @@ def make_judge_factory(args, output_dir: Path):
 
         def make():
             from medix_r1.rewards import JudgeClient
-            return JudgeClient(args.judge_url, args.judge_model, args.judge_api_key, **common)
+            return JudgeClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env,
+                               call_deadline_s=args.judge_deadline, **common)
         return mode, f"{args.judge_model}@{args.judge_url}", make
 
     def make():
@@ -117,7 +126,7 @@ def run(argv: list[str]) -> int:
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            batch_size=args.batch_size, max_model_len=args.max_model_len,
                            kv_cache_memory_bytes=args.kv_cache_bytes, seed=args.seed,
-                           api_key=args.api_key, base_url=args.base_url)
+                           api_key=os.environ.get(args.api_key_env) or None, base_url=args.base_url)
     model_name = Path(args.model).name if args.generator != "openai" else args.model
     output_dir = Path(args.output_dir or f"eval_runs/{model_name}-{args.generator}")
     benchmarks = parse_benchmarks(args.benchmarks)

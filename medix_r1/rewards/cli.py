@@ -7,14 +7,16 @@ component, the weighted total and the flags (:meth:`RewardResult.to_dict`), in i
 The whole input is checked before anything is scored: a malformed line stops the run with an error
 naming the file and the line. The run is resumable: the lines already in the output are kept and
 skipped (a line cut short by a kill is dropped and rewritten), so re-running the same command after
-an interruption scores only the rest. The judge's API key is read from the environment variable
+an interruption scores only the rest. An existing output is only ever appended to or cut back when
+it is verifiably this command's output for this input (every complete line is an input line plus
+``rewards``, a torn last line is the start of the next one); anything else is refused unless
+``--overwrite``, and the input itself is never the output. The judge's API key is read from the environment variable
 named by ``--judge-api-key-env`` (default ``MEDIX_JUDGE_API_KEY``); it is never a flag.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -38,8 +40,9 @@ invalid_answer, truncated), the extracted answer and the judge's reply, in input
 The whole input is checked before anything is scored: a malformed line stops the run with an error
 naming the file and the line. The run is resumable: the complete lines already in --output are
 kept and skipped (a line cut short by a kill is dropped and rewritten), so re-running the same
-command after an interruption scores only the rest. A summary (mean of each component, failure
-counts, judge counters) is printed as JSON at the end.
+command after an interruption scores only the rest. An existing --output that is not this
+command's output for this input is never modified: the run is refused unless --overwrite. A
+summary (mean of each component, failure counts, judge counters) is printed as JSON at the end.
 
 The judge's API key is read from the environment variable named by --judge-api-key-env
 (default MEDIX_JUDGE_API_KEY), never from a flag."""
@@ -71,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(other fields are kept); blank lines are ignored")
     io.add_argument("--output", required=True, metavar="PATH",
                     help="JSONL output: each input object plus a 'rewards' object, in input order. If it "
-                         "exists, its complete lines are kept and only the remaining inputs are scored")
+                         "exists, its complete lines are kept and only the remaining inputs are scored; a file "
+                         "that is not this command's output for --input is refused (see --overwrite)")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --output whatever it holds, and score every line again")
     io.add_argument("--summary-json", metavar="PATH", default=None,
                     help="also write the end-of-run summary (means, failures, judge counters) to this file")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; raises InputError naming the first bad line."""
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
     records = []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -153,6 +159,11 @@ def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
             for k in REQUIRED:
                 if not isinstance(obj[k], str):
                     raise InputError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")
+            try:  # a \\ud800-style escape decodes to a lone surrogate, which no UTF-8 output can hold
+                output_line(obj)
+            except UnicodeEncodeError as e:
+                raise InputError(f"{where}: contains a lone surrogate ({e.object[e.start:e.end]!r}), "
+                                 f"which is not text; fix the line") from None
             try:
                 parse_solution(obj["solution"], parity)
             except ValueError as e:
@@ -161,8 +172,28 @@ def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
     return records
 
 
+def output_line(row: dict) -> bytes:
+    """One output line, as written (UTF-8; raises UnicodeEncodeError on lone surrogates)."""
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def line_start(record: dict) -> bytes:
+    """The bytes that the output line of ``record`` starts with, up to its rewards' value."""
+    text = output_line({**record, "rewards": "\x00"}).decode("utf-8")
+    return text[:text.rindex('"\\u0000"')].encode("utf-8")
+
+
+def check_paths(in_path: Path, out_path: Path) -> None:
+    if out_path.is_dir():
+        raise InputError(f"--output {out_path} is a directory; give a file path")
+    if in_path.exists() and out_path.exists() and os.path.samefile(in_path, out_path):
+        raise InputError(f"--output {out_path} is the --input file; scoring would destroy it, choose another path")
+
+
 def resume_output(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
-    """The output's complete lines (checked against the inputs); a torn last line is cut off the file."""
+    """The output's complete lines (checked against the inputs); a torn last line is cut off the file.
+    Raises InputError, leaving the file as it is, unless every byte of it is verifiably this command's
+    output for ``records``."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -179,16 +210,23 @@ def resume_output(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
             if k == len(lines) - 1 and not tail:  # a torn last line that happens to end in a newline
                 break
             raise InputError(f"{where}: the existing output has a malformed line ({e}); it is not a "
-                             f"partial output of this command, remove it or choose another --output") from None
+                             f"partial output of this command: choose another --output or pass --overwrite") from None
         if k >= len(records):
             raise InputError(f"{path} has more lines ({len(lines)}) than the input has records ({len(records)})")
         original = {key: value for key, value in obj.items() if key != "rewards"}
         lineno, record = records[k]
         if original != {key: value for key, value in record.items() if key != "rewards"}:
             raise InputError(f"{where} does not match input line {lineno}: the output belongs to another input; "
-                             f"remove it or choose another --output")
+                             f"choose another --output or pass --overwrite")
         done.append(obj)
         good_bytes += len(raw) + 1
+    torn = data[good_bytes:]
+    if torn:  # only the start of the next record's line (a kill mid-write) may be cut off
+        nxt = len(done)
+        start = line_start(records[nxt][1]) if nxt < len(records) else b""
+        if not start or not (torn.startswith(start) or start.startswith(torn)):
+            raise InputError(f"{path}:{nxt + 1}: not a line of this command's output for this input (the file "
+                             f"is left as it is); choose another --output or pass --overwrite")
     if good_bytes != len(data):
         with open(path, "r+b") as fh:  # drop the torn line: it is rewritten from the input
             fh.truncate(good_bytes)
@@ -222,7 +260,7 @@ def summarize(rows: list[dict], *, scored_now: int, resumed: int, elapsed: float
     rewards = [r["rewards"] for r in rows]
     for key in COMPONENTS:
         vals = [float(r.get(key, 0.0)) for r in rewards]
-        out[f"mean_{key}"] = sum(vals) / len(vals) if vals else math.nan
+        out[f"mean_{key}"] = sum(vals) / len(vals) if vals else None  # no lines: no mean (JSON null, not NaN)
     for key in FLAGS:
         out[key] = sum(bool(r.get(key)) for r in rewards)
     out["judge_failures"] = out["judge_failed"]
@@ -241,16 +279,19 @@ def score_command(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     cfg = make_config(args)
+    check_paths(in_path, out_path)
     records = read_inputs(in_path, cfg.parity)
-    done = resume_output(out_path, records)
+    done = [] if args.overwrite else resume_output(out_path, records)
     todo = records[len(done):]
     rows = list(done)
     t0 = time.monotonic()
     stats: dict = {}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.overwrite or not out_path.exists():
+        out_path.write_bytes(b"")
     if todo:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-        with RewardWorker(cfg) as worker, open(out_path, "a", encoding="utf-8") as out, \
+        with RewardWorker(cfg) as worker, open(out_path, "ab") as out, \
                 tqdm(total=len(records), initial=len(done), desc="score", unit="line", file=sys.stderr,
                      disable=args.no_progress) as bar:
             def submit(batch):
@@ -265,7 +306,7 @@ def score_command(args) -> int:
                 for (_, obj), res in zip(batch, results):
                     row = dict(obj)
                     row["rewards"] = res.to_dict()
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.write(output_line(row))
                     rows.append(row)
                 out.flush()
                 os.fsync(out.fileno())
@@ -277,8 +318,9 @@ def score_command(args) -> int:
     if args.summary_json:
         Path(args.summary_json).write_text(text + "\n")
     print(text)
-    print(f"{out_path}: {len(rows)} lines ({len(done)} kept, {len(todo)} scored now); mean total "
-          f"{summary['mean_total']:.4f}, judge failures {summary['judge_failures']}", file=sys.stderr)
+    mean = "n/a" if summary["mean_total"] is None else f"{summary['mean_total']:.4f}"
+    print(f"{out_path}: {len(rows)} lines ({len(done)} kept, {len(todo)} scored now); mean total {mean}, "
+          f"judge failures {summary['judge_failures']}", file=sys.stderr)
     return 0
 
 
@@ -290,6 +332,9 @@ def main(argv=None) -> int:
             return score_command(args)
     except (InputError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output folder that cannot be created, a full disk
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command!r}")
     return 2

@@ -89,6 +89,9 @@ class RewardConfig:
         for name in ("embedding_batch_size", "judge_concurrency", "max_response_chars"):
             _integer(f"reward.{name}", getattr(self, name), 1)
         _integer("reward.judge_max_retries", self.judge_max_retries, 0)
+        if self.judge_url and not (isinstance(self.judge_url, str) and self.judge_url.startswith(("http://", "https://"))):
+            raise ValueError(f"reward.judge_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+                             f"got {self.judge_url!r}")
         if self.judge == "http" and not (self.judge_url and self.judge_model):
             raise ValueError("reward.judge='http' needs reward.judge_url (e.g. http://127.0.0.1:8000/v1) "
                              "and reward.judge_model (the served model name)")
@@ -100,8 +103,9 @@ def _choice(name, value, allowed) -> None:
 
 
 def _number(name, value, low, high=math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (low <= value <= high):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
 
 
 def _integer(name, value, low) -> None:

@@ -2,6 +2,8 @@
 
 The judge sees the predicted and the ground-truth answer and must reply YES (the content
 matches) or NO, in upper case, with at most 4 new tokens at temperature 0 (MediX-R1's protocol).
+The prompt text depends on the parity (:mod:`medix_r1.rewards.judge_prompts`): ``strict`` fences
+the answer against prompt injection, ``official`` is the official prompt byte for byte.
 
 Reply parsing (:func:`parse_verdict`):
 
@@ -13,7 +15,8 @@ Reply parsing (:func:`parse_verdict`):
 
 :class:`JudgeClient` talks to any OpenAI-compatible chat endpoint with ``openai.AsyncOpenAI``.
 The SDK's own retry loop is switched off (``max_retries=0``) and replaced by ours so that every
-attempt is counted, retries stop at the caller's deadline, Retry-After is honoured exactly and
+attempt is counted, retries stop at the caller's deadline, Retry-After is honoured up to
+``timeout_s`` (a server asking for hours must not hang the run; the wait is capped) and
 non-retryable errors (4xx other than 429, malformed 200 bodies) fail at once. Each attempt runs
 under ``asyncio.wait_for`` as well as the SDK timeout: httpx's timeouts are per network phase,
 so a server trickling bytes could otherwise hold a request far longer than ``timeout_s``.
@@ -31,24 +34,22 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
+from .judge_prompts import PROMPTS, STRICT_PROMPT
 
-PROMPT_VERSION = "medix-yesno-v1"
+PROMPT_VERSION = PROMPTS["strict"][1]
 LATENCY_WINDOW = 10_000
 JUDGE_MAX_TOKENS = 4
-JUDGE_PROMPT = (
-    "You are checking a medical answer against the correct one.\n"
-    "Predicted answer: {answer}\n"
-    "Ground-truth answer: {reference}\n"
-    "If the predicted answer says the same thing as the ground-truth answer (same content; the "
-    "wording may differ), reply with exactly YES. Otherwise reply with exactly NO. "
-    "Write only that one word, in uppercase."
-)
+JUDGE_PROMPT = STRICT_PROMPT
 _STRIP = string.whitespace + string.punctuation
 
 
-def judge_messages(answer: str, reference: str) -> list[dict]:
-    """The chat messages asking the judge whether ``answer`` matches ``reference``."""
-    return [{"role": "user", "content": JUDGE_PROMPT.format(answer=answer, reference=reference)}]
+def judge_messages(answer: str, reference: str, parity: str = "strict") -> list[dict]:
+    """The chat messages asking the judge whether ``answer`` matches ``reference``: one user
+    message, its text from the parity's prompt (see :mod:`medix_r1.rewards.judge_prompts`)."""
+    if parity not in PROMPTS:
+        raise ValueError(f"parity must be one of {sorted(PROMPTS)}, got {parity!r}")
+    build, _ = PROMPTS[parity]
+    return [{"role": "user", "content": build(answer, reference)}]
 
 
 def parse_verdict(reply, parity: str = "strict") -> bool | None:
@@ -121,11 +122,11 @@ class JudgeBase:
         raise NotImplementedError
 
     def verdict_key(self, question: str, reference: str, answer: str) -> str:
-        return cache_key("verdict", self.model_id, PROMPT_VERSION, question, reference, answer)
+        return cache_key("verdict", self.model_id, PROMPTS[self.parity][1], question, reference, answer)
 
     async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
         """Ask whether ``answer`` matches ``reference``; never raises for judge-side faults."""
-        reply = await self.chat(judge_messages(answer, reference), max_tokens=JUDGE_MAX_TOKENS,
+        reply = await self.chat(judge_messages(answer, reference, self.parity), max_tokens=JUDGE_MAX_TOKENS,
                                 cache_key=self.verdict_key(question, reference, answer), deadline=deadline)
         return self._verdict(reply)
 
@@ -199,12 +200,15 @@ class JudgeClient(JudgeBase):
 
     ``api_key``: explicit, else the environment variable ``api_key_env``
     (``MEDIX_JUDGE_API_KEY``), else ``"EMPTY"`` (what a local vLLM server accepts).
+    ``call_deadline_s``: the overall time one :meth:`chat` call may take, retries and waits included,
+    counted from when it gets a concurrency slot, for callers that give no deadline of their own.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 16,
                  timeout_s: float = 30.0, max_retries: int = 3, cache_path=None, parity: str = "strict",
                  api_key_env: str = "MEDIX_JUDGE_API_KEY", backoff_base_s: float = 0.5,
-                 backoff_max_s: float = 8.0, chat_template_kwargs: dict | None = None, seed: int | None = None):
+                 backoff_max_s: float = 8.0, chat_template_kwargs: dict | None = None, seed: int | None = None,
+                 call_deadline_s: float | None = None):
         super().__init__(cache_path, parity)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
@@ -216,6 +220,9 @@ class JudgeClient(JudgeBase):
             raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if call_deadline_s is not None and not (isinstance(call_deadline_s, (int, float)) and call_deadline_s > 0):
+            raise ValueError(f"call_deadline_s must be a number > 0 or None, got {call_deadline_s!r}")
+        self.call_deadline_s = call_deadline_s
         self.base_url, self.model, self.model_id = base_url.rstrip("/"), model, model
         self.api_key = api_key or os.environ.get(api_key_env) or "EMPTY"
         self.concurrency, self.timeout_s, self.max_retries = concurrency, float(timeout_s), max_retries
@@ -260,6 +267,8 @@ class JudgeClient(JudgeBase):
         client, sem = self._state()
         t0, attempts, error = time.monotonic(), 0, "no attempt"
         async with sem:
+            if deadline is None and self.call_deadline_s is not None:  # from now: queueing is not the call
+                deadline = time.monotonic() + self.call_deadline_s
             while True:
                 remaining = (deadline - time.monotonic()) if deadline is not None else self.timeout_s
                 if remaining <= 0:
@@ -316,7 +325,7 @@ class JudgeClient(JudgeBase):
             text = f"HTTP {status}: {str(exc)[:200]}"
             if status == 429 or status >= 500:
                 asked = retry_after_seconds(getattr(exc.response, "headers", None))
-                return True, (backoff if asked is None else asked), text
+                return True, (backoff if asked is None else min(asked, self.timeout_s)), text
             return False, 0.0, text
         if isinstance(exc, openai.APIConnectionError):
             return True, backoff, f"connection error: {exc.__cause__ or exc}"

@@ -93,7 +93,7 @@ class LocalJudge(JudgeBase):
         todo = [i for i, rep in enumerate(replies) if rep is None]
         if todo:
             t0 = time.monotonic()
-            messages = [judge_messages(items[i][2], items[i][1]) for i in todo]
+            messages = [judge_messages(items[i][2], items[i][1], self.parity) for i in todo]
             try:
                 texts = await asyncio.wait_for(asyncio.to_thread(self.yes_no_replies, messages),
                                                timeout=self._remaining(deadline))

@@ -7,12 +7,14 @@ pushes the policy's weights over the protocol of :mod:`medix_r1.rollout.weight_s
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
 
 from medix_r1.rollout.types import RolloutOutOfMemory, Rollouts, RolloutServerError, is_oom, sample_seed
 from medix_r1.rollout.weight_sync import (
+    TOKEN_ENV,
     TRAINER_RANK,
     WeightSyncGroup,
     check_meta,
@@ -91,8 +93,11 @@ class ServerRollout:
 
         timeout = self.timeout if timeout is None else timeout
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        token = os.environ.get(TOKEN_ENV)
+        if token:  # the server's shared token (docs/rollout_server.md); never in a flag or the config
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -102,6 +107,8 @@ class ServerRollout:
             except Exception:  # not our JSON: a proxy, another program on that port
                 detail = e.reason
             message = f"rollout server {self.url}{path}: HTTP {e.code}: {detail}"
+            if e.code == 401:
+                message += f" (the trainer reads the token from the environment variable {TOKEN_ENV})"
             if e.code == 507 or is_oom(RuntimeError(str(detail))):
                 raise RolloutOutOfMemory(f"{message} (out of memory on the server: restart it with a smaller "
                                          "--kv-cache-gb / --gpu-memory-utilization, or lower rollout.max_tokens or "

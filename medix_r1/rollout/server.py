@@ -34,6 +34,13 @@ error and refuses to generate until a complete update arrives.
 
 Every engine call (start-up, generate, weight updates, group set-up) runs on one engine thread,
 in order; ``/health`` answers while it is busy.
+
+Access: whoever reaches the port can replace the engine's weights, so a server bound to anything
+but a loopback address refuses to start without a shared token in the environment variable
+``MEDIX_ROLLOUT_TOKEN`` (never a flag: flags show in ``ps`` and shell histories). With a token set,
+every endpoint, ``/health`` included, needs ``Authorization: Bearer <token>`` (401 otherwise); the
+trainer's client sends the same variable. Request bodies above ``--max-request-mb`` get 413, a
+``/generate`` with ``n`` above ``--max-n`` or more prompts than ``--max-prompts`` gets 400.
 """
 
 import os
@@ -42,6 +49,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import hmac
+import ipaddress
 import json
 import logging
 import sys
@@ -49,17 +58,28 @@ from pathlib import Path
 
 import torch
 
-from medix_r1.rollout.server_engine import EngineThread, RequestError, RolloutEngine
+from medix_r1.rollout.server_engine import LIMITS, EngineThread, RequestError, RolloutEngine, check_limits
 from medix_r1.rollout.types import is_oom
 from medix_r1.rollout.vllm_engine import engine_kwargs
+from medix_r1.rollout.weight_sync import TOKEN_ENV
 
 log = logging.getLogger("medix_r1.rollout.server")
 
 DEFAULT_PORT = 8100
 
 
-def build_app(engine: RolloutEngine, runner: EngineThread):
-    """The FastAPI app over ``engine`` (every engine call goes through ``runner``)."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None = None, limits: dict | None = None):
+    """The FastAPI app over ``engine`` (every engine call goes through ``runner``); ``token``: the
+    bearer token every request must carry (None: no check, loopback only); ``limits``: LIMITS' keys."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, Field
@@ -96,6 +116,24 @@ def build_app(engine: RolloutEngine, runner: EngineThread):
         return Response(json.dumps(body, allow_nan=True), media_type="application/json")
 
     app = FastAPI(title="medix rollout server")
+    limits = {**LIMITS, **(limits or {})}
+    max_body = int(limits["max_request_mb"] * (1 << 20))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None:
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return JSONResponse({"detail": f"missing or wrong token: set {TOKEN_ENV} to the server's token"},
+                                    status_code=401)
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"detail": "a request body needs a Content-Length"}, status_code=411)
+            if int(length) > max_body:
+                return JSONResponse({"detail": f"request body of {int(length)} bytes is above the server's "
+                                               f"--max-request-mb {limits['max_request_mb']:g}"}, status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -113,7 +151,9 @@ def build_app(engine: RolloutEngine, runner: EngineThread):
 
     @app.post("/generate")
     def generate(req: GenerateRequest):
-        return respond(runner(engine.generate, req.model_dump()))
+        body = req.model_dump()
+        check_limits(body, limits)  # before the engine thread: an oversized request never queues
+        return respond(runner(engine.generate, body))
 
     @app.post("/init_weight_sync")
     def init_weight_sync(req: InitRequest):
@@ -139,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(rollout.engine=server).")
     p.add_argument("--model", required=True, help="Hugging Face model folder (or 'smollm2' for the bundled "
                                                    "SmolLM2-135M-Instruct): the policy's architecture")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
-                                                       "trainers on other machines)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help=f"address to listen on (default 127.0.0.1; 0.0.0.0 for trainers on other machines, which "
+                        f"needs a shared token in the environment variable {TOKEN_ENV}, on the trainer too)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
     p.add_argument("--max-model-len", type=int, default=640, help="max prompt + response tokens (default 640; "
                                                                   ">= the trainer's rollout.max_model_len)")
@@ -155,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra vllm.LLM argument (repeatable, value parsed as YAML), e.g. max_num_seqs=64")
+    p.add_argument("--max-n", type=int, default=LIMITS["max_n"],
+                   help="largest n (samples per prompt) of one /generate (default %(default)s)")
+    p.add_argument("--max-prompts", type=int, default=LIMITS["max_prompts"],
+                   help="most prompts in one /generate (default %(default)s)")
+    p.add_argument("--max-request-mb", type=float, default=LIMITS["max_request_mb"],
+                   help="largest request body in MiB (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     return p
 
@@ -163,6 +210,16 @@ def main(argv=None) -> int:
     import yaml
 
     args = build_parser().parse_args(argv)
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(args.host):
+        print(f"error: --host {args.host} is reachable from other machines, and whoever reaches the port can "
+              f"replace the model's weights: set a shared token in the environment variable {TOKEN_ENV} "
+              f"(here and for the trainer), or bind to 127.0.0.1", file=sys.stderr)
+        return 2
+    limits = {"max_n": args.max_n, "max_prompts": args.max_prompts, "max_request_mb": args.max_request_mb}
+    if min(limits.values()) <= 0:
+        print(f"error: --max-n, --max-prompts and --max-request-mb must be > 0, got {limits}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = args.model
     if model == "smollm2":
@@ -193,8 +250,8 @@ def main(argv=None) -> int:
     print(f"rollout server for {model} at http://{args.host}:{args.port} (trainer: --set rollout.engine=server "
           f"--set rollout.server_url=http://{args.host}:{args.port})", flush=True)
     try:
-        uvicorn.run(build_app(engine, runner), host=args.host, port=args.port, log_level="warning",
-                    timeout_keep_alive=30)
+        uvicorn.run(build_app(engine, runner, token=token, limits=limits), host=args.host, port=args.port,
+                    log_level="warning", timeout_keep_alive=30)
     finally:
         runner(engine.close_weight_sync)
         runner.shutdown()

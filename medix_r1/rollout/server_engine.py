@@ -41,6 +41,19 @@ def sampling_kwargs(req: dict, i: int) -> dict:
                 "logit_bias": {int(k): float(v) for k, v in bias.items()} if bias else None}
 
 
+LIMITS = {"max_n": 64, "max_prompts": 1024, "max_request_mb": 64.0}  # the server's flag defaults
+
+
+def check_limits(req: dict, limits: dict) -> None:
+    """400 for a /generate request larger than the server allows (its --max-n / --max-prompts): one
+    request must not be able to make the engine sample without bound."""
+    if req["n"] > limits["max_n"]:
+        raise RequestError(f"n is {req['n']}, above the server's --max-n {limits['max_n']}")
+    if len(req["prompt_token_ids"]) > limits["max_prompts"]:
+        raise RequestError(f"{len(req['prompt_token_ids'])} prompts, above the server's --max-prompts "
+                           f"{limits['max_prompts']}: split the request")
+
+
 def check_generate(req: dict, max_model_len: int) -> None:
     prompts, seeds = req["prompt_token_ids"], req.get("seeds")
     if not prompts:

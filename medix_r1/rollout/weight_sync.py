@@ -21,6 +21,7 @@ import torch
 log = logging.getLogger("medix_r1.rollout")
 
 TRAINER_RANK = 0  # hosts the store and broadcasts the weights
+TOKEN_ENV = "MEDIX_ROLLOUT_TOKEN"  # the rollout server's shared token: read from the environment only
 SYNC_PREFIX = "medix_weight_sync"
 BACKENDS = ("gloo", "nccl")
 # dtypes a weight update may carry (names as str(torch.dtype) without the "torch.")

@@ -21,11 +21,12 @@ import torch
 from medix_r1 import checkpoint as ckpt
 from medix_r1.config import TrainConfig, to_dict
 from medix_r1.data.prompts import prompt_token_ids
-from medix_r1.data.records import PromptSampler, load_records
+from medix_r1.data.records import DataError, PromptSampler, load_records
 from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
 from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
+from medix_r1.train.output_dir import prepare_output_dir
 from medix_r1.train.policy import load_model, loss_config
 from medix_r1.train.step import sync_weights
 from medix_r1.vision.prompts import setup_vision
@@ -98,17 +99,21 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> Run:
+def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, eval_hook=None,
+              reward_worker=None) -> Run:
     from transformers import AutoTokenizer
 
     out_dir = Path(cfg.train.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, resume=resume, overwrite=overwrite)  # a used folder is refused here
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
-    records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
-                                    max_records=cfg.data.max_records)
+    try:
+        records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
+                                        max_records=cfg.data.max_records)
+    except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI
+        raise DataError(str(e)) from e
     model_dir = resolve_model_dir(cfg.model.policy, "model.policy")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -159,13 +164,14 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_
 
 
 def resume_from_checkpoint(run: Run) -> list[dict]:
-    """Load the latest complete checkpoint into ``run`` (model, optimizer, scheduler, RNG, data position,
-    counters); returns the metrics history so far ([] when there is none)."""
-    latest = ckpt.latest_checkpoint(run.out_dir)
-    if latest is None:
+    """Load the latest complete, intact checkpoint into ``run`` (model, optimizer, scheduler, RNG, data
+    position, counters; a corrupt one is reported and skipped, see ``checkpoint.load_latest``); returns
+    the metrics history so far ([] when there is none)."""
+    loaded = ckpt.load_latest(run.out_dir, model=run.policy, optimizer=run.optimizer, scheduler=run.scheduler)
+    if loaded is None:
         log.warning("--resume: no complete checkpoint in %s, starting from step 0", run.out_dir)
         return []
-    state = ckpt.load_checkpoint(latest, model=run.policy, optimizer=run.optimizer, scheduler=run.scheduler)
+    latest, state = loaded
     run.start_step = state["step"]
     run.sampler.load_state(state["data_position"])
     run.counters.update(state.get("counters", {}))

@@ -9,10 +9,13 @@ import argparse
 import logging
 import sys
 
+from medix_r1.checkpoint import CheckpointError
 from medix_r1.config import DEFAULT_RECIPE, describe_fields, load_config
+from medix_r1.data.records import DataError
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import ENGINES, RolloutOutOfMemory, RolloutServerError
 from medix_r1.train.loop import TrainingStopped, train
+from medix_r1.train.output_dir import OutputDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="= --set rollout.engine=... (server: rollout.server_url, see docs/rollout_server.md)")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in the "
                                                          "output dir (a larger --max-steps extends the run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a used output dir: first delete the previous run's own files there "
+                        "(metrics.jsonl, tensorboard/, rewards.png, step_*/), nothing else")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -55,7 +61,10 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (OutputDirError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (TrainingStopped, RolloutOutOfMemory, RolloutServerError) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1

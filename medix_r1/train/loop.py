@@ -35,17 +35,19 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_worker=None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, eval_hook=None,
+          reward_worker=None) -> dict:
     """Run training to ``cfg.train.max_steps``; returns a summary dict (steps, rewards, timings).
 
     ``eval_hook(step, model, tokenizer) -> dict`` runs every ``train.eval_every`` steps; its metrics
     are logged under ``eval/`` (under torchrun it is called on every rank, with the sharded model).
-    ``reward_worker`` defaults to ``RewardWorker(cfg.reward)`` (one per rank under torchrun)."""
+    ``reward_worker`` defaults to ``RewardWorker(cfg.reward)`` (one per rank under torchrun).
+    A used output dir needs ``resume`` or ``overwrite`` (see ``medix_r1.train.output_dir``)."""
     own_group = dist.init(cfg.dist.timeout_min)  # under torchrun: join its process group
     try:
         dist.check_config(cfg, dist.world_size())
         t_start = time.perf_counter()
-        run = build_run(cfg, resume=resume, eval_hook=eval_hook, reward_worker=reward_worker)
+        run = build_run(cfg, resume=resume, overwrite=overwrite, eval_hook=eval_hook, reward_worker=reward_worker)
         try:
             last = run_steps(run)
         finally:

@@ -1,0 +1,94 @@
+"""A used output dir (issue 17): refused without --resume / --overwrite, --overwrite deletes the
+previous run's own files only, an output dir that cannot be created is one line; bad data files
+are one line naming the file and line."""
+import json
+
+import pytest
+
+from medix_r1.train.cli import main
+from medix_r1.train.output_dir import is_used
+from tests.train_helpers import make_tiny_model
+
+RUN = ["rollout.engine=hf", "rollout.max_tokens=6", "rollout.n=3", "data.prompts_per_step=2",
+       "data.max_records=20", "train.progress=false", "train.tensorboard=false", "train.plot=false",
+       "train.save_every=1", "reward.judge=none", "reward.embedding_model=none"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def argv(tiny, out, *flags, steps=1):
+    args = ["--set", f"model.policy={tiny}", "--output-dir", str(out), "--max-steps", str(steps), "-q", *flags]
+    for kv in RUN:
+        args += ["--set", kv]
+    return args
+
+
+def old_run(out):
+    """What a previous run left: metrics, a checkpoint at step 2, a torn write; and a user's file."""
+    (out / "step_000002").mkdir(parents=True)
+    (out / "step_000002" / "COMPLETE").write_text("2")
+    (out / ".tmp_step_000003_999").mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (out / "notes.txt").write_text("mine")
+    return sorted(p.name for p in out.iterdir())
+
+
+def test_a_used_dir_is_refused_in_one_line_and_left_as_it_was(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    before = old_run(out)
+    assert main(argv(tiny, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "--resume" in err and "--overwrite" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_overwrite_deletes_the_previous_run_only(tiny, tmp_path):
+    out = tmp_path / "run"
+    old_run(out)
+    assert main(argv(tiny, out, "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "notes.txt", "step_000001"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the dir is now used by this run: running again without a flag is refused, --resume continues it
+    assert main(argv(tiny, out, steps=2)) == 2
+    assert main(argv(tiny, out, "--resume", steps=2)) == 0
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_resume_with_overwrite_and_an_uncreatable_dir_are_one_line(tiny, tmp_path, capsys):
+    assert main(argv(tiny, tmp_path / "r", "--resume", "--overwrite")) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(argv(tiny, blocker / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create" in err and str(blocker / "run") in err
+    assert "Traceback" not in err
+
+
+def test_what_counts_as_used(tmp_path):
+    assert not is_used(tmp_path / "missing")
+    (tmp_path / "metrics.jsonl").write_text("")  # a run that died before its first step
+    (tmp_path / "other_step_1").mkdir()
+    assert not is_used(tmp_path)
+    (tmp_path / "step_000001").mkdir()
+    assert is_used(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "an existing file"),
+    (b"", "no valid records"),
+    (b'{"id": "a", "images": [], "problem": "p", "solution": "<OTHER> a"}\n\xff\xfe\n', ":2: not UTF-8 text"),
+])
+def test_bad_data_files_are_one_line_naming_file_and_line(tiny, tmp_path, capsys, content, message):
+    data = tmp_path / "train.jsonl"
+    if content is not None:
+        data.write_bytes(content)
+    assert main(argv(tiny, tmp_path / "run", "--set", f"data.train={data}")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(data) in err and message in err and "Traceback" not in err
