@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from medix_r1.config import TrainConfig
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import layout, lockstep
+from medix_r1.rewards.plugins import function_name
 from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
@@ -105,7 +106,8 @@ def run_steps(run: Run) -> int:
         with timed(times, "sync"):
             if not nan_skipped:
                 sync_weights(run.engine, run.policy)
-        m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped)
+        m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped,
+                         [function_name(f) for f in cfg.reward.functions])
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")
         run.counters["nan_in_row"] = run.counters["nan_in_row"] + 1 if nan_skipped else 0

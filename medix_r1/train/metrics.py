@@ -99,15 +99,21 @@ def plot_history(history: list[dict], path) -> Path:
     return path
 
 
-def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped) -> dict:
+def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function_names=()) -> dict:
     """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
-    ranks (a single process's means); ``stats`` and ``info`` are global already."""
+    ranks (a single process's means); ``stats`` and ``info`` are global already. ``function_names``:
+    the plug-in reward functions (``reward/fn/NAME``)."""
     rows = len(results)
     pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
              for k in ("total", "format", "modality", "judge", "embedding")}
     pairs["reward/judge_failed_rate"] = (sum(float(bool(x.judge_failed)) for x in results), rows)
     pairs["reward/exact_match_rate"] = (sum(float(bool(x.exact_match)) for x in results), rows)
     pairs["reward/invalid_answer_rate"] = (sum(float(bool(x.invalid_answer)) for x in results), rows)
+    for name in function_names:  # reward.functions (the same names on every rank)
+        pairs[f"reward/fn/{name}"] = (sum(float(getattr(x, "functions", {}).get(name, 0.0)) for x in results), rows)
+    if function_names:
+        pairs["reward/function_failed_rate"] = (sum(float(getattr(x, "function_failed", False)) for x in results),
+                                                rows)
     pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
     pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
     pairs["rollout/groups_kept"] = (len(set(r.group)), 1)
