@@ -17,7 +17,8 @@ import yaml
 from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
 from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
 from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
-from medix_r1.rewards import RewardConfig
+from medix_r1.data.records import FIELDS as RECORD_FIELDS
+from medix_r1.rewards import MODALITY_TAGS, RewardConfig
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
 from medix_r1.utils import typed_config
 from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value
@@ -58,6 +59,12 @@ class DataSection:
     train: str = _f("pubmedqa", "training records: 'pubmedqa' (bundled), a local .json/.jsonl/.parquet file "
                     "or folder, or 'hub:NAME' (needs network)")
     split: str = _f("train", "split name for hub datasets")
+    subset: str = _f("", "configuration (subset) name of a hub dataset ('' = its default)")
+    columns: dict[str, str] = _f({}, "rename the data's columns to the record's fields, {dataset name: field} "
+                                 "with field one of problem, solution, images, id; e.g. {question: problem, "
+                                 "answer: solution}")
+    default_modality: str = _f("<OTHER>", "modality tag put before a solution that has none ('' = such a "
+                               "record is malformed)")
     on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
     context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
                             "'question' and 'contexts' fields); 0 keeps the whole problem")
@@ -256,6 +263,13 @@ def validate(cfg: TrainConfig) -> None:
     m, d, r, a, l, o, t = cfg.model, cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.optim, cfg.train
     _choice(m.dtype, ("float32", "bfloat16"), "model.dtype")
     _choice(d.on_malformed, ("fail", "skip"), "data.on_malformed")
+    for src, dst in d.columns.items():
+        _choice(dst, RECORD_FIELDS, f"data.columns.{src}")
+    doubled = sorted({v for v in d.columns.values() if list(d.columns.values()).count(v) > 1})
+    if doubled:
+        raise ValueError(f"data.columns maps several columns to {doubled}")
+    if d.default_modality:
+        _choice(d.default_modality, MODALITY_TAGS, "data.default_modality")
     _range(d.context_chars, "data.context_chars", 0)
     _range(d.max_prompt_tokens, "data.max_prompt_tokens", 8)
     _range(d.prompts_per_step, "data.prompts_per_step", 1)

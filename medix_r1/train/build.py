@@ -107,8 +107,9 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
-    records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
-                                    max_records=cfg.data.max_records)
+    d = cfg.data
+    records, skipped = load_records(d.train, split=d.split, on_malformed=d.on_malformed, max_records=d.max_records,
+                                    columns=d.columns, subset=d.subset, default_modality=d.default_modality)
     model_dir = resolve_model_dir(cfg.model.policy, "model.policy")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
