@@ -154,7 +154,12 @@ class TrainSection:
     max_nan_steps: int = _f(3, "stop after this many consecutive steps with a NaN/inf loss")
     judge_failure_threshold: float = _f(0.5, "stop when the judge failure rate over the window exceeds this")
     judge_failure_window: int = _f(5, "steps in the judge failure-rate window")
-    tensorboard: bool = _f(True, "write TensorBoard event files")
+    tensorboard: bool = _f(True, "write TensorBoard event files (false drops 'tensorboard' from report_to)")
+    report_to: str | list[str] = _f("tensorboard", "trackers: tensorboard, wandb, mlflow, trackio, a list of them "
+                                    "or 'none'; each gets the resolved config, every step's metrics and the "
+                                    "completions tables")
+    log_completions_every: int = _f(10, "every N steps, a table of prompts, completions and reward components "
+                                    "to the trackers (0 = never)")
     plot: bool = _f(True, "write rewards.png at the end")
     progress: bool = _f(True, "show the tqdm progress bar")
 
@@ -326,6 +331,7 @@ def validate(cfg: TrainConfig) -> None:
     _range(t.keep_last, "train.keep_last", 1)
     _range(t.eval_every, "train.eval_every", 0)
     _range(t.max_nan_steps, "train.max_nan_steps", 1)
+    _range(t.log_completions_every, "train.log_completions_every", 0)
     _range(t.judge_failure_threshold, "train.judge_failure_threshold", 0.0, 1.0)
     _range(t.judge_failure_window, "train.judge_failure_window", 1)
     v = cfg.vision

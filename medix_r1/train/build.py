@@ -154,7 +154,8 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_
 
     run.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     # rank 0 alone writes metrics.jsonl, TensorBoard, the plot and the progress bar
-    run.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history, write=dist.is_main())
+    run.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history, write=dist.is_main(),
+                             report_to=cfg.train.report_to, config=to_dict(cfg))
     run.bar = progress_bar(cfg.train.max_steps, run.start_step, cfg.train.progress and dist.is_main())
     return run
 
