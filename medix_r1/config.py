@@ -80,8 +80,9 @@ class DataSection:
 @dataclass
 class RolloutSection:
     engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync), 'hf' (transformers "
-                     "generate) or 'server' (a separate `python -m medix_r1.rollout.server`, see "
-                     "docs/rollout_server.md)")
+                     "generate), 'server' (a separate `python -m medix_r1.rollout.server`, see "
+                     "docs/rollout_server.md) or 'vllm-server' (`vllm serve` with vLLM's weight-transfer API, "
+                     "NCCL on GPUs; untested on a real GPU)")
     n: int = _f(4, "responses per prompt (the group size)")
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
@@ -282,9 +283,11 @@ def validate(cfg: TrainConfig) -> None:
     if bool(d.example_question) != bool(d.example_answer):
         raise ValueError("data.example_question and data.example_answer go together: set both or neither")
     _choice(r.engine, tuple(ROLLOUT_ENGINES), "rollout.engine")
-    if r.engine == "server" and not r.server_url.startswith(("http://", "https://")):
-        raise ValueError(f"rollout.engine=server needs rollout.server_url=http://HOST:PORT (the rollout server, "
-                         f"`python -m medix_r1.rollout.server --model DIR --port PORT`), got {r.server_url!r}")
+    if r.engine in ("server", "vllm-server") and not r.server_url.startswith(("http://", "https://")):
+        server = "`vllm serve MODEL --weight-transfer-config ...`" if r.engine == "vllm-server" else \
+            "the rollout server, `python -m medix_r1.rollout.server --model DIR --port PORT`"
+        raise ValueError(f"rollout.engine={r.engine} needs rollout.server_url=http://HOST:PORT ({server}), "
+                         f"got {r.server_url!r}")
     _range(r.server_timeout_s, "rollout.server_timeout_s", 0.0, lo_open=True)
     _choice(r.server_sync_backend, ("auto", "gloo", "nccl"), "rollout.server_sync_backend")
     _range(r.server_sync_port, "rollout.server_sync_port", 0, 65535)

@@ -139,7 +139,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, eval_hook=None, reward_
     run.engine = make_engine(cfg.rollout, model_dir=model_dir, policy=policy, tokenizer=tokenizer,
                              seed=cfg.train.seed, extra_engine_kwargs=extra)
     # the vLLM engine loaded the step-0 weights from disk; a running server may hold another run's
-    if (cfg.rollout.engine == "vllm" and run.start_step > 0) or cfg.rollout.engine == "server":
+    if (cfg.rollout.engine == "vllm" and run.start_step > 0) or cfg.rollout.engine in ("server", "vllm-server"):
         sync_weights(run.engine, policy)
     if vision is not None:
         run.engine.suppress_tokens(vision.suppress_ids())  # no image placeholders inside responses
