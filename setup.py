@@ -44,13 +44,10 @@ def extension():
                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
 
 
+# name, version, dependencies, extras and console commands: pyproject.toml ([project])
 setup(
-    name="medix",
-    version="0.1.0",
-    description="Fused kernels for group-based RL (medix_kernels) and a MediX-R1 trainer (medix_r1)",
     packages=find_packages(include=["medix_kernels*", "medix_r1*"]),
     package_data={"medix_r1": ["recipes/*.yaml", "data/pubmedqa/*"]},
-    python_requires=">=3.10",
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -18,7 +18,8 @@ import yaml
 from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
 from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
 from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
-from medix_r1.rewards import RewardConfig
+from medix_r1.data.records import FIELDS as RECORD_FIELDS
+from medix_r1.rewards import MODALITY_TAGS, RewardConfig
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
 from medix_r1.utils import typed_config
 from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value
@@ -59,6 +60,12 @@ class DataSection:
     train: str = _f("pubmedqa", "training records: 'pubmedqa' (bundled), a local .json/.jsonl/.parquet file "
                     "or folder, or 'hub:NAME' (needs network)")
     split: str = _f("train", "split name for hub datasets")
+    subset: str = _f("", "configuration (subset) name of a hub dataset ('' = its default)")
+    columns: dict[str, str] = _f({}, "rename the data's columns to the record's fields, {dataset name: field} "
+                                 "with field one of problem, solution, images, id; e.g. {question: problem, "
+                                 "answer: solution}")
+    default_modality: str = _f("<OTHER>", "modality tag put before a solution that has none ('' = such a "
+                               "record is malformed)")
     on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
     context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
                             "'question' and 'contexts' fields); 0 keeps the whole problem")
@@ -74,8 +81,9 @@ class DataSection:
 @dataclass
 class RolloutSection:
     engine: str = _f("vllm", "rollout engine: 'vllm' (in-process, in-place weight sync), 'hf' (transformers "
-                     "generate) or 'server' (a separate `python -m medix_r1.rollout.server`, see "
-                     "docs/rollout_server.md)")
+                     "generate), 'server' (a separate `python -m medix_r1.rollout.server`, see "
+                     "docs/rollout_server.md) or 'vllm-server' (`vllm serve` with vLLM's weight-transfer API, "
+                     "NCCL on GPUs; untested on a real GPU)")
     n: int = _f(4, "responses per prompt (the group size)")
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
@@ -148,7 +156,12 @@ class TrainSection:
     max_nan_steps: int = _f(3, "stop after this many consecutive steps with a NaN/inf loss")
     judge_failure_threshold: float = _f(0.5, "stop when the judge failure rate over the window exceeds this")
     judge_failure_window: int = _f(5, "steps in the judge failure-rate window")
-    tensorboard: bool = _f(True, "write TensorBoard event files")
+    tensorboard: bool = _f(True, "write TensorBoard event files (false drops 'tensorboard' from report_to)")
+    report_to: str | list[str] = _f("tensorboard", "trackers: tensorboard, wandb, mlflow, trackio, a list of them "
+                                    "or 'none'; each gets the resolved config, every step's metrics and the "
+                                    "completions tables")
+    log_completions_every: int = _f(10, "every N steps, a table of prompts, completions and reward components "
+                                    "to the trackers (0 = never)")
     plot: bool = _f(True, "write rewards.png at the end")
     progress: bool = _f(True, "show the tqdm progress bar")
 
@@ -290,6 +303,7 @@ RANGES = {
     "train.save_every": (0, None),
     "train.keep_last": (1, None),
     "train.eval_every": (0, None),
+    "train.log_completions_every": (0, None),
     "train.max_nan_steps": (1, None),
     "train.judge_failure_threshold": (0.0, 1.0),
     "train.judge_failure_window": (1, None),
@@ -350,9 +364,18 @@ def validate(cfg: TrainConfig) -> None:
     d, r, a, l, v = cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.vision
     if bool(d.example_question) != bool(d.example_answer):
         raise ValueError("data.example_question and data.example_answer go together: set both or neither")
-    if r.engine == "server" and not r.server_url.startswith(("http://", "https://")):
-        raise ValueError(f"rollout.engine=server needs rollout.server_url=http://HOST:PORT (the rollout server, "
-                         f"`python -m medix_r1.rollout.server --model DIR --port PORT`), got {r.server_url!r}")
+    for src, dst in d.columns.items():
+        _choice(dst, RECORD_FIELDS, f"data.columns.{src}")
+    doubled = sorted({v for v in d.columns.values() if list(d.columns.values()).count(v) > 1})
+    if doubled:
+        raise ValueError(f"data.columns maps several columns to {doubled}")
+    if d.default_modality:
+        _choice(d.default_modality, MODALITY_TAGS, "data.default_modality")
+    if r.engine in ("server", "vllm-server") and not r.server_url.startswith(("http://", "https://")):
+        server = "`vllm serve MODEL --weight-transfer-config ...`" if r.engine == "vllm-server" else \
+            "the rollout server, `python -m medix_r1.rollout.server --model DIR --port PORT`"
+        raise ValueError(f"rollout.engine={r.engine} needs rollout.server_url=http://HOST:PORT ({server}), "
+                         f"got {r.server_url!r}")
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
         raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
                          f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")

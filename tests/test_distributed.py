@@ -151,6 +151,26 @@ def test_sharded_checkpoint_resumes_in_one_process_and_back_on_two_ranks(tiny, s
 
 
 @pytest.mark.slow
+def test_a_sharded_checkpoint_exports_to_a_hugging_face_folder(tiny, two_ranks, tmp_path):
+    """``python -m medix_r1.checkpoint export`` reads the 2-rank DCP shards in one process; transformers
+    loads the folder with the tensors the ranks gathered into the checkpoint's model/ folder. Without
+    that folder (a model over dist.full_model_max_gb) config and tokenizer come from model.policy."""
+    from transformers import AutoModelForCausalLM
+
+    step = tmp_path / "step_000002"
+    shutil.copytree(two_ranks / "step_000002", step, ignore=shutil.ignore_patterns("model"))
+    assert (step / "dcp").is_dir() and not (step / "model").exists()
+    assert ckpt.main(["export", str(step), str(tmp_path / "hf")]) == 0
+    got = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).state_dict()
+    want = AutoModelForCausalLM.from_pretrained(str(two_ranks / "step_000002" / "model"),
+                                                dtype=torch.float32).state_dict()
+    start = weights(tiny, "")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(got["model.embed_tokens.weight"], start["model.embed_tokens.weight"])  # trained
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.slow
 def test_a_nan_loss_or_a_signal_on_one_rank_is_followed_by_every_rank(tiny, tmp_path):
     # rank 1 alone sees a non-finite loss in step 1 and a SIGTERM during step 2 (tests/dist_train_entry.py);
     # a rank that decided alone would leave the other waiting in a collective (the run would hang)

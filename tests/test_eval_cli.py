@@ -29,6 +29,14 @@ def test_bad_arguments_give_clear_errors(capsys):
     assert "summary.csv" in capsys.readouterr().err
 
 
+def test_model_may_be_a_hub_id_and_a_bad_one_fails_first(capsys, tmp_path):
+    assert main(["--model", str(tmp_path / "no-such-folder")]) == 2
+    assert "--model" in capsys.readouterr().err
+    # a hub id (owner/name) is accepted as the model: the run gets as far as the next bad argument
+    assert main(["--model", "Qwen/Qwen3-4B-Instruct-2507", "--benchmarks", "nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
 def test_parse_helpers():
     assert len(parse_benchmarks("paper")) == 17
     assert parse_benchmarks("medqa, medqa,pubmedqa") == ["medqa", "pubmedqa"]

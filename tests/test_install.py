@@ -1,6 +1,7 @@
 """A non-editable install works: the wheel built from this tree, installed into a fresh virtual
-environment, runs the command-line tools from outside the source tree (the package data, every
-subpackage and the compiled extension are in the wheel).
+environment, runs the command-line tools and every console command from outside the source tree
+(the package data, every subpackage and the compiled extension are in the wheel); the sdist
+carries the C++/CUDA sources the extension is built from.
 
 The fresh environment borrows the project environment's third-party packages through a ``.pth``
 line (installing torch again would download gigabytes); the medix packages themselves must come
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import venv
 from pathlib import Path
 
@@ -60,3 +62,31 @@ def test_the_wheel_installs_and_the_trainer_cli_runs_outside_the_tree(installed)
                    "print(load_config('grpo').rollout.n); from medix_r1.data.records import load_records; "
                    "print(len(load_records('pubmedqa')[0]))"], cwd=tmp, env=clean_env()).stdout.split()
     assert recipes == ["5", "500"]  # recipes and the bundled data ship as package data
+
+
+# console command -> a phrase its --help prints (each is `python -m <module>` under another name)
+COMMANDS = {"medix-train": "config fields", "medix-eval": "--benchmarks", "medix-rewards": "score",
+            "medix-rollout-server": "--model", "medix-checkpoint": "export"}
+
+
+def test_every_console_command_runs_its_help_outside_the_tree(installed):
+    python, tmp = installed
+    declared = run([str(python), "-c", "from importlib.metadata import entry_points; "
+                    "print(' '.join(sorted(e.name for e in entry_points(group='console_scripts') "
+                    "if e.value.startswith('medix_'))))"], cwd=tmp, env=clean_env()).stdout.split()
+    assert declared == sorted(COMMANDS)  # the wheel's entry points are exactly the documented commands
+    for name, phrase in COMMANDS.items():
+        out = run([str(python.parent / name), "--help"], cwd=tmp, env=clean_env()).stdout
+        assert phrase in out and "usage:" in out, (name, out[:500])
+
+
+def test_the_sdist_carries_the_extension_sources(tmp_path):
+    # PEP 517's build_sdist, without isolation (as pip would call it)
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    name = run([sys.executable, "-c", code], cwd=ROOT).stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    csrc = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
+    assert csrc and csrc <= names, sorted(csrc - names)
+    assert {"setup.py", "pyproject.toml", "CMakeLists.txt", "medix_r1/recipes/grpo.yaml",
+            "medix_r1/data/pubmedqa/train.jsonl"} <= names

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medix_r1.rewards import validate_solution
+from medix_r1.rewards import MODALITY_TAGS, validate_solution
 
 log = logging.getLogger("medix_r1.train")
 
 BUNDLED = {"pubmedqa": Path(__file__).parent / "pubmedqa" / "train.jsonl"}
 REQUIRED = ("id", "problem", "solution")
+FIELDS = ("problem", "solution", "images", "id")  # what data.columns may map a dataset's columns to
 
 
 class MalformedRecord(ValueError):
@@ -72,7 +73,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
     return rows
 
 
-def _read_with_datasets(path: Path | str, split: str) -> list[tuple[str, object]]:
+def _read_with_datasets(path: Path | str, split: str, subset: str = "") -> list[tuple[str, object]]:
     import datasets
 
     if isinstance(path, Path):
@@ -87,8 +88,8 @@ def _read_with_datasets(path: Path | str, split: str) -> list[tuple[str, object]
             raise ValueError(f"data file {path}: expected .jsonl, .json or .parquet")
         name = str(path)
     else:
-        ds = datasets.load_dataset(path, split=split)
-        name = f"hub:{path}[{split}]"
+        ds = datasets.load_dataset(path, subset or None, split=split)
+        name = f"hub:{path}{'/' + subset if subset else ''}[{split}]"
     ds = keep_images_encoded(ds)  # image columns stay bytes until a record is sampled
     return [(f"{name}:record {i}", row) for i, row in enumerate(ds)]
 
@@ -106,9 +107,11 @@ def keep_images_encoded(ds):
     return ds
 
 
-def load_records(source: str, *, split: str = "train", on_malformed: str = "fail",
-                 max_records: int = 0) -> tuple[list[dict], int]:
-    """Records from a bundled name, a local file/folder or ``hub:NAME``.
+def load_records(source: str, *, split: str = "train", on_malformed: str = "fail", max_records: int = 0,
+                 columns: dict | None = None, subset: str = "", default_modality: str = "") -> tuple[list[dict], int]:
+    """Records from a bundled name, a local file/folder or ``hub:NAME`` (``subset``: the hub
+    configuration name). ``columns`` renames the data's columns to the record's fields and
+    ``default_modality`` tags solutions that have no modality tag (:func:`to_record_fields`).
 
     Returns (records, number skipped). With ``on_malformed="fail"`` the first malformed record
     raises :class:`MalformedRecord` naming its file and line.
@@ -132,12 +135,14 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
                                     f"an existing file or folder, or hub:NAME")
     records, skipped = [], 0
     for f in files:
-        rows = _read_jsonl(f) if isinstance(f, Path) and f.suffix == ".jsonl" else _read_with_datasets(f, split)
+        rows = _read_jsonl(f) if isinstance(f, Path) and f.suffix == ".jsonl" else \
+            _read_with_datasets(f, split, subset)
+        check_columns_exist(rows, columns)
         for where, raw in rows:
             try:
                 if isinstance(raw, Exception):
                     raise raw
-                records.append(check_record(raw, where))
+                records.append(check_record(to_record_fields(raw, columns, default_modality), where))
             except MalformedRecord as e:
                 if on_malformed == "fail":
                     raise
@@ -152,6 +157,49 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
     if not records:
         raise ValueError(f"data.train {source!r}: no valid records")
     return records, skipped
+
+
+# ----------------------------------------------------------------------------- other datasets' shapes
+# Applied to a raw row before check_record: data.columns renames, data.default_modality tags.
+
+def check_columns_exist(rows: list[tuple[str, object]], columns: dict | None) -> None:
+    """On a file's first JSON object: every column ``columns`` maps from, and every field a record
+    needs after the mapping, exists; the error names the column and lists the file's columns."""
+    first = next(((where, raw) for where, raw in rows if isinstance(raw, dict)), None)
+    if first is None:
+        return
+    where, raw = first
+    have = sorted(raw)
+    for src, dst in (columns or {}).items():
+        if src not in raw:
+            raise ValueError(f"data.columns maps {src!r} to {dst!r}, but {where.rsplit(':', 1)[0]} has no column "
+                             f"{src!r}; its columns: {have}")
+    present = set(to_record_fields(raw, columns, ""))
+    missing = [k for k in REQUIRED if k not in present]
+    if missing:
+        raise ValueError(f"{where.rsplit(':', 1)[0]}: no column for the record field(s) {missing}; its columns: "
+                         f"{have} (map them with data.columns, e.g. --set data.columns={{question: problem}})")
+
+
+def to_record_fields(raw, columns: dict | None, default_modality: str):
+    """A raw row with the dataset's column names mapped to the record's (``{dataset name: field}``)
+    and, when ``default_modality`` is set, that tag put before a solution that has none."""
+    if not isinstance(raw, dict):
+        return raw
+    if columns:
+        out = {k: v for k, v in raw.items() if k not in columns}
+        out.update({dst: raw[src] for src, dst in columns.items() if src in raw})
+        raw = out
+    solution = raw.get("solution")
+    if default_modality and isinstance(solution, (str, int, float)) and not isinstance(solution, bool) \
+            and solution != "" and not has_modality_tag(str(solution)):
+        raw = {**raw, "solution": f"{default_modality} {solution}"}
+    return raw
+
+
+def has_modality_tag(solution: str) -> bool:
+    text = solution.strip()
+    return text.startswith("<") and text[:text.find(">") + 1].upper() in MODALITY_TAGS
 
 
 class PromptSampler:

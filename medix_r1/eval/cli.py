@@ -18,8 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m medix_r1.eval",
         description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
                     "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
-    p.add_argument("--model", help="HF model folder, trainer checkpoint folder, or (with "
-                   "--generator openai) a served model name; default: embedded SmolLM2-135M")
+    p.add_argument("--model", help="HF model folder, trainer checkpoint folder, hub id (owner/name: needs the "
+                   "network or the hub cache), or (with --generator openai) a served model name; default: "
+                   "embedded SmolLM2-135M")
     p.add_argument("--generator", choices=GENERATORS, default="vllm")
     p.add_argument("--base-url", help="OpenAI-compatible /v1 URL for --generator openai")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
@@ -127,6 +128,9 @@ def run(argv: list[str]) -> int:
                            batch_size=args.batch_size, max_model_len=args.max_model_len,
                            kv_cache_memory_bytes=args.kv_cache_bytes, seed=args.seed,
                            api_key=os.environ.get(args.api_key_env) or None, base_url=args.base_url)
+    if args.generator != "openai":  # a folder, a checkpoint or a hub id; anything else fails before any work
+        from medix_r1.models import resolve_model_dir
+        args.model = str(resolve_model_dir(args.model, "--model"))
     model_name = Path(args.model).name if args.generator != "openai" else args.model
     output_dir = Path(args.output_dir or f"eval_runs/{model_name}-{args.generator}")
     benchmarks = parse_benchmarks(args.benchmarks)

@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .parsing import PARITIES
+from .plugins import check_functions
 
 JUDGE_KINDS = ("local", "http", "none")
 EMBEDDING_MODES = ("threshold", "continuous")
@@ -70,6 +71,14 @@ class RewardConfig:
                                   "score 0 and are flagged judge_failed")
     max_response_chars: int = _f(20000, "responses longer than this many characters are truncated before "
                                          "scoring (flag 'truncated')")
+    functions: list[str] = field(default_factory=list, metadata={
+        "help": "plug-in reward functions, import paths 'pkg.module:fn' or 'path/to/file.py:fn' with TRL's "
+                "signature fn(prompts, completions, **columns) -> one float or None per completion (sync or "
+                "async); added to the total with function_weights"})
+    function_weights: list[float] = field(default_factory=list, metadata={
+        "help": "one weight per reward.functions entry ([] = 1.0 each)"})
+    medix: bool = _f(True, "true: total = the MediX composite + the weighted functions; false: the weighted "
+                           "functions only (no judge or embedding model is loaded)")
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -92,6 +101,7 @@ class RewardConfig:
         if self.judge_url and not (isinstance(self.judge_url, str) and self.judge_url.startswith(("http://", "https://"))):
             raise ValueError(f"reward.judge_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
                              f"got {self.judge_url!r}")
+        check_functions(self.functions, self.function_weights, self.medix)
         if self.judge == "http" and not (self.judge_url and self.judge_model):
             raise ValueError("reward.judge='http' needs reward.judge_url (e.g. http://127.0.0.1:8000/v1) "
                              "and reward.judge_model (the served model name)")
@@ -129,6 +139,8 @@ class RewardResult:
     judge_reply: str | None = None
     judge_error: str | None = None
     answer: str = ""
+    functions: dict = field(default_factory=dict)  # reward.functions: name -> value (0 where it failed)
+    function_failed: bool = False    # a plug-in function failed on this sample (also counted in judge_failed)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from .config import RewardConfig, RewardResult
 from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
+from .plugins import load_function, report_failures, score_function
 
 log = logging.getLogger(__name__)
 GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
@@ -60,6 +61,18 @@ def clean_text(value, name: str, index: int, limit: int | None = None) -> tuple[
     return value, False
 
 
+def check_columns(columns, n: int) -> dict:
+    """The extra per-sample columns handed to plug-in reward functions: a mapping of lists of length n."""
+    if columns is None:
+        return {}
+    if not isinstance(columns, dict):
+        raise TypeError(f"columns must be a dict of lists, got {type(columns).__name__}")
+    for k, v in columns.items():
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != n:
+            raise ValueError(f"columns[{k!r}] must be a list of {n} values (one per response)")
+    return {k: list(v) for k, v in columns.items()}
+
+
 def prepare(problems, responses, solutions, cfg: RewardConfig) -> list[Sample]:
     """Check a batch and turn it into Samples; raises ValueError/TypeError on caller mistakes."""
     for name, seq in (("problems", problems), ("responses", responses), ("solutions", solutions)):
@@ -82,9 +95,10 @@ def prepare(problems, responses, solutions, cfg: RewardConfig) -> list[Sample]:
 
 
 async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedder_fn, deadline: float,
-                        ) -> list[RewardResult]:
+                        functions=(), columns: dict | None = None) -> list[RewardResult]:
     """All reward components of a batch. ``judge``: a judge backend or None (judge='none');
-    ``embedder_fn``: a zero-argument function returning the Embedder, or None (embedding off)."""
+    ``embedder_fn``: a zero-argument function returning the Embedder, or None (embedding off);
+    ``functions``: (import path, callable, weight) of the plug-in rewards, given ``columns``."""
     results, pending = [], []
     for i, s in enumerate(samples):
         parsed = parse_response(s.response, cfg.parity)
@@ -143,9 +157,22 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
             ok = math.isfinite(v) and not b
             results[i].embedding, results[i].embedding_failed = (v if ok else 0.0), not ok
 
-    await asyncio.gather(run_judge(), run_embedding())
+    prompts, completions = [s.problem for s in samples], [s.response for s in samples]
+    columns = columns if columns is not None else {"solution": [f"<{s.reference_tag}> {s.reference}" for s in samples]}
+    plugin_runs = [score_function(spec, fn, prompts, completions, columns, deadline) for spec, fn, _ in functions]
+    *scores, _, _ = await asyncio.gather(*plugin_runs, run_judge(), run_embedding())
     for r in results:
-        r.total = cfg.weights.total(judge=r.judge, embedding=r.embedding, modality=r.modality, format=r.format)
+        r.total = cfg.weights.total(judge=r.judge, embedding=r.embedding, modality=r.modality, format=r.format) \
+            if cfg.medix else 0.0
+    ids = columns.get("id", [])
+    for (_, _, weight), got in zip(functions, scores):
+        report_failures(got, ids)
+        for r, value, error in zip(results, got.values, got.errors):
+            r.functions[got.name] = value
+            r.total += weight * value
+            if error is not None:  # counted like a failed judgement (reward/judge_failed_rate, the stop rule)
+                r.function_failed, r.judge_failed = True, True
+                r.judge_error = f"reward function {got.name}: {error}"
     return results
 
 
@@ -180,10 +207,13 @@ class RewardWorker:
         if judge is not None and getattr(judge, "parity", self.cfg.parity) != self.cfg.parity:
             raise ValueError(f"judge parity {judge.parity!r} differs from cfg.parity {self.cfg.parity!r}")
         self._judge, self._embedder = judge, embedder
+        weights = self.cfg.function_weights or [1.0] * len(self.cfg.functions)
+        self._functions = [(spec, load_function(spec, f"reward.functions[{i}]"), float(w))
+                           for i, (spec, w) in enumerate(zip(self.cfg.functions, weights))]
         self._load_lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "judge_failed": 0, "embedding_failed": 0,
-                       "exact_match": 0, "invalid_answer": 0, "deadline_reached": 0, "deadline_misses": 0,
-                       "busy_s": 0.0}
+                       "exact_match": 0, "invalid_answer": 0, "function_failed": 0, "deadline_reached": 0,
+                       "deadline_misses": 0, "busy_s": 0.0}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="medix-reward-worker", daemon=True)
         self._thread.start()
@@ -210,41 +240,51 @@ class RewardWorker:
         loaded by the first batch, and their loading time counts against its deadline).
         Returns a Future that is done (or holds the loading error) when both are ready."""
         def load():
-            if self.cfg.judge != "none" or self._judge is not None:
+            if self._judge_enabled():
                 self._get_judge()
             if self._embedding_enabled():
                 self._get_embedder()
         return asyncio.run_coroutine_threadsafe(asyncio.to_thread(load), self._loop)
 
+    def _judge_enabled(self) -> bool:
+        return self.cfg.medix and (self.cfg.judge != "none" or self._judge is not None)
+
     def _embedding_enabled(self) -> bool:
         # None is the bundled MiniLM (on); only the string "none" turns the embedding reward off
+        if not self.cfg.medix:  # reward.medix=false: the plug-in functions alone, no models
+            return False
         model = self.cfg.embedding_model
         return self._embedder is not None or model is None or str(model).strip().lower() != "none"
 
     # scoring ------------------------------------------------------------------------------
-    def submit(self, problems, responses, solutions) -> Future:
-        """Validate now (raises on caller mistakes), score in the background."""
+    def submit(self, problems, responses, solutions, columns: dict | None = None) -> Future:
+        """Validate now (raises on caller mistakes), score in the background. ``columns``: the records'
+        other fields, one list per name, for ``reward.functions`` (default: ``solution`` only)."""
         if self._closed:
             raise RuntimeError("RewardWorker is closed")
         samples = prepare(problems, responses, solutions, self.cfg)
+        columns = check_columns(columns, len(samples))
+        if self._functions:
+            columns.setdefault("solution", list(solutions))
         deadline = time.monotonic() + self.cfg.deadline_s
-        return asyncio.run_coroutine_threadsafe(self._score(samples, deadline), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._score(samples, deadline, columns), self._loop)
 
-    async def _score(self, samples, deadline) -> list[RewardResult]:
+    async def _score(self, samples, deadline, columns=None) -> list[RewardResult]:
         t0 = time.monotonic()
         judge = None
-        if self.cfg.judge != "none" or self._judge is not None:
+        if self._judge_enabled():
             try:  # loading may take a while (LocalJudge): off the loop, within the deadline
                 judge = await asyncio.wait_for(asyncio.to_thread(self._get_judge),
                                                timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:
                 judge = _FailingJudge(f"judge unavailable: {type(exc).__name__}: {exc}")
         embedder_fn = self._get_embedder if self._embedding_enabled() else None
-        results = await score_samples(samples, self.cfg, judge, embedder_fn, deadline)
+        results = await score_samples(samples, self.cfg, judge, embedder_fn, deadline, self._functions,
+                                      columns or None)
         s = self._stats
         s["batches"] += 1
         s["samples"] += len(results)
-        for key in ("judge_failed", "embedding_failed", "exact_match", "invalid_answer"):
+        for key in ("judge_failed", "embedding_failed", "exact_match", "invalid_answer", "function_failed"):
             s[key] += sum(bool(getattr(r, key)) for r in results)
         now = time.monotonic()
         s["deadline_reached"] += now >= deadline  # something was cut off at the deadline
@@ -252,9 +292,9 @@ class RewardWorker:
         s["busy_s"] += now - t0
         return results
 
-    def score(self, problems, responses, solutions) -> list[RewardResult]:
+    def score(self, problems, responses, solutions, columns: dict | None = None) -> list[RewardResult]:
         """Blocking ``submit(...).result()``."""
-        return self.submit(problems, responses, solutions).result()
+        return self.submit(problems, responses, solutions, columns).result()
 
     def stats(self) -> dict:
         out = dict(self._stats)

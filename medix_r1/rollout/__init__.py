@@ -7,7 +7,9 @@ methods (``generate``, ``suppress_tokens``, ``sleep``, ``wake_up``, ``sync``):
   process, weights loaded in place after each optimizer step;
 - :class:`~medix_r1.rollout.hf.HfRollout` (``hf``): transformers ``generate`` on the policy itself;
 - :class:`~medix_r1.rollout.client.ServerRollout` (``server``): a separate rollout server
-  (:mod:`medix_r1.rollout.server`), weights pushed over :mod:`medix_r1.rollout.weight_sync`.
+  (:mod:`medix_r1.rollout.server`), weights pushed over :mod:`medix_r1.rollout.weight_sync`;
+- :class:`~medix_r1.rollout.vllm_server.VllmServerRollout` (``vllm-server``): ``vllm serve`` with vLLM's
+  own weight-transfer API (NCCL, GPUs; untested on a real GPU).
 
 A vLLM engine is configured in one place, :mod:`medix_r1.rollout.vllm_engine`. Engines import
 vLLM only when built, so this package imports without it.
@@ -22,12 +24,14 @@ from medix_r1.rollout.types import (  # noqa: F401
     is_oom,
     sample_seed,
 )
+from medix_r1.rollout.vllm_server import VllmServerRollout
 
 # name -> builder(model_dir, policy, tokenizer, cfg, seed, extra_engine_kwargs); add an engine here
 ENGINES = {
     "vllm": lambda model_dir, policy, tokenizer, cfg, seed, extra: VllmRollout(model_dir, cfg, seed, extra),
     "hf": lambda model_dir, policy, tokenizer, cfg, seed, extra: HfRollout(policy, tokenizer, cfg),
     "server": lambda model_dir, policy, tokenizer, cfg, seed, extra: ServerRollout(cfg, seed, model_dir=model_dir),
+    "vllm-server": lambda model_dir, policy, tokenizer, cfg, seed, extra: VllmServerRollout(cfg, seed),
 }
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from medix_r1.rollout.vllm_engine import build_llm, finish_weight_update
+from medix_r1.rollout.vllm_engine import build_llm, expected_reload_warnings_as_one_line, finish_weight_update
 from medix_r1.rollout.weight_sync import (
     WeightSyncGroup,
     check_meta,
@@ -190,8 +190,9 @@ class RolloutEngine:
 
         error = None
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
-                                                              "is_checkpoint_format": True})
+            with expected_reload_warnings_as_one_line():
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
+                                                                  "is_checkpoint_format": True})
         except Exception as e:
             error = e
         # Whatever happened, take every broadcast the trainer sends, so that it is not left waiting.

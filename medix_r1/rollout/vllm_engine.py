@@ -14,12 +14,18 @@ Used by the colocated rollout engine, the rollout server and the evaluation's ge
 - :func:`load_weights`: new weights in place, without touching the disk: the worker's
   ``reload_weights``, then the tied LM head's repacked copy is rebuilt (the CPU backend repacks
   linear weights after loading and ``reload_weights`` does not redo the tied head: its log-probs
-  would be off by ~0.08 on average), then the prefix cache is reset.
+  would be off by ~0.08 on average), then the prefix cache is reset. vLLM warns "RotaryEmbedding:
+  Failed to load weights" and "ParallelLMHead: Failed to load weights" on every reload: neither
+  layer has tensors of its own in the policy's weights (the rotary cos/sin cache is computed; a
+  tied head is the input embedding), so vLLM keeps their tensors, which is right. Those two
+  warnings are filtered and replaced by one line that says so (INFO the first time, DEBUG after);
+  any other layer that fails to load still warns.
 """
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -63,9 +69,51 @@ def sampled_logprobs(completion) -> list[float]:
     return [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
 
 
+# the vLLM module whose reload warns for layers that got no tensors (vllm/model_executor/model_loader/reload)
+VLLM_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_reported = False
+
+
+class ExpectedReloadWarnings(logging.Filter):
+    """Drops vLLM's "<Layer>: Failed to load weights" for the layers that have no weights of their own
+    in a policy's state (rotary embeddings; the LM head, tied to the embeddings); keeps their names."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        layer = message[:-len(": Failed to load weights")] if message.endswith(": Failed to load weights") else ""
+        if layer.endswith("RotaryEmbedding") or layer == "ParallelLMHead":
+            self.layers.append(layer)
+            return False
+        return True
+
+
+@contextmanager
+def expected_reload_warnings_as_one_line():
+    """Around a weight reload: the expected warnings filtered, then one line saying what they meant."""
+    global _reported
+    quiet = ExpectedReloadWarnings()
+    logger = logging.getLogger(VLLM_RELOAD_LOGGER)
+    logger.addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        logger.removeFilter(quiet)
+    if quiet.layers:
+        names = ", ".join(f"{n} x{quiet.layers.count(n)}" for n in dict.fromkeys(quiet.layers))
+        log.log(logging.DEBUG if _reported else logging.INFO,
+                "weight sync: vLLM kept its own tensors of the layers that have none in the policy's weights "
+                "(%s: the rotary cache is computed, a tied LM head is the embedding); nothing failed", names)
+        _reported = True
+
+
 def load_weights(llm, weights) -> None:
     """Load ``(name, tensor)`` pairs (checkpoint names; an iterator is consumed once) into the engine in place."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+    with expected_reload_warnings_as_one_line():
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
     finish_weight_update(llm)
 
 

@@ -109,9 +109,10 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
+    d = cfg.data
     try:
-        records, skipped = load_records(cfg.data.train, split=cfg.data.split, on_malformed=cfg.data.on_malformed,
-                                        max_records=cfg.data.max_records)
+        records, skipped = load_records(d.train, split=d.split, on_malformed=d.on_malformed, max_records=d.max_records,
+                                        columns=d.columns, subset=d.subset, default_modality=d.default_modality)
     except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI
         raise DataError(str(e)) from e
     model_dir = resolve_model_dir(cfg.model.policy, "model.policy")
@@ -143,7 +144,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     run.engine = make_engine(cfg.rollout, model_dir=model_dir, policy=policy, tokenizer=tokenizer,
                              seed=cfg.train.seed, extra_engine_kwargs=extra)
     # the vLLM engine loaded the step-0 weights from disk; a running server may hold another run's
-    if (cfg.rollout.engine == "vllm" and run.start_step > 0) or cfg.rollout.engine == "server":
+    if (cfg.rollout.engine == "vllm" and run.start_step > 0) or cfg.rollout.engine in ("server", "vllm-server"):
         sync_weights(run.engine, policy)
     if vision is not None:
         run.engine.suppress_tokens(vision.suppress_ids())  # no image placeholders inside responses
@@ -158,7 +159,8 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
 
     run.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     # rank 0 alone writes metrics.jsonl, TensorBoard, the plot and the progress bar
-    run.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history, write=dist.is_main())
+    run.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard, history=history, write=dist.is_main(),
+                             report_to=cfg.train.report_to, config=to_dict(cfg))
     run.bar = progress_bar(cfg.train.max_steps, run.start_step, cfg.train.progress and dist.is_main())
     return run
 

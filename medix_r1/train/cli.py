@@ -16,6 +16,7 @@ from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import ENGINES, RolloutOutOfMemory, RolloutServerError
 from medix_r1.train.loop import TrainingStopped, train
 from medix_r1.train.output_dir import OutputDirError
+from medix_r1.train.trackers import check_report_to
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.recipe, overrides)
         dist.check_config(cfg)  # e.g. data.prompts_per_step divisible by torchrun's world size
+        check_report_to(cfg.train.report_to, cfg.train.tensorboard)  # the trackers' libraries are installed
     except (ValueError, TypeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

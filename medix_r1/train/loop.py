@@ -22,11 +22,13 @@ from contextlib import contextmanager
 from medix_r1.config import TrainConfig
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import layout, lockstep
+from medix_r1.rewards.plugins import function_name
 from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.policy import sequence_logp
 from medix_r1.train.step import advantages, collect, sync_weights, update
+from medix_r1.train.trackers import check_report_to, completions_table
 
 log = logging.getLogger("medix_r1.train")
 
@@ -46,6 +48,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ev
     own_group = dist.init(cfg.dist.timeout_min)  # under torchrun: join its process group
     try:
         dist.check_config(cfg, dist.world_size())
+        check_report_to(cfg.train.report_to, cfg.train.tensorboard)  # a missing tracker library, before any model
         t_start = time.perf_counter()
         run = build_run(cfg, resume=resume, overwrite=overwrite, eval_hook=eval_hook, reward_worker=reward_worker)
         try:
@@ -111,7 +114,8 @@ def run_steps(run: Run) -> int:
         with timed(times, "sync"):
             if not nan_skipped:
                 sync_weights(run.engine, run.policy)
-        m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped)
+        m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped,
+                         [function_name(f) for f in cfg.reward.functions])
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")
         if peak_update is not None:  # GiB allocated by PyTorch on this rank's GPU
@@ -125,6 +129,8 @@ def run_steps(run: Run) -> int:
         if run.vision is not None:
             m.update(run.vision.metrics())  # data/skipped_image_records
         log_step(run, step, m)
+        if cfg.train.log_completions_every and step % cfg.train.log_completions_every == 0:
+            log_completions(run, step, r, results)
         stop_on_faults(run, step)
         if end_of_step(run, step):
             break
@@ -138,6 +144,15 @@ def log_step(run: Run, step: int, m: dict) -> None:
     log.info("step %d: reward %.3f (format %.3f) len %.0f | rollout %.1fs reward %.1fs logp %.1fs "
              "update %.1fs sync %.2fs", step, m["reward/total"], m["reward/format"], m["rollout/response_len"],
              m["time/rollout"], m["time/reward_wait"], m["time/logp"], m["time/update"], m["time/sync"])
+
+
+def log_completions(run: Run, step: int, r, results) -> None:
+    """This rank's samples as a table for the trackers: the prompt as the model saw it (its last 1,000
+    characters), the completion and every reward component."""
+    prompts = [run.tokenizer.decode(ids, skip_special_tokens=True)[-1000:] for ids in r.prompt_ids]
+    columns, rows = completions_table(step, prompts, r.texts, results,
+                                      [function_name(f) for f in run.cfg.reward.functions])
+    run.metrics.log_table(step, columns, rows)
 
 
 def stop_on_faults(run: Run, step: int) -> None:

@@ -1,4 +1,5 @@
-"""Run observability: the step's metrics, metrics.jsonl, TensorBoard, a tqdm bar and the final reward plot."""
+"""Run observability: the step's metrics, metrics.jsonl, the trackers (TensorBoard, wandb, mlflow, trackio:
+:mod:`medix_r1.train.trackers`), a tqdm bar and the final reward plot."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from medix_r1.parallel import collectives as dist
+from medix_r1.train.trackers import make_trackers
 
 PLOT_PANELS = (
     ("reward", ("reward/total", "reward/format", "reward/modality", "reward/judge", "reward/embedding")),
@@ -22,16 +24,18 @@ def _finite(v) -> bool:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl (+ TensorBoard). ``history`` holds every logged record.
+    """Append-only metrics.jsonl and the trackers of ``report_to`` (``tensorboard=False`` drops
+    TensorBoard); they get ``config`` once. ``history`` holds every logged record.
 
     ``write=False`` (the ranks other than 0 of a torchrun job) keeps the history and writes nothing."""
 
-    def __init__(self, out_dir, *, tensorboard: bool, history: list[dict] | None = None, write: bool = True):
+    def __init__(self, out_dir, *, tensorboard: bool, history: list[dict] | None = None, write: bool = True,
+                 report_to="tensorboard", config: dict | None = None):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
         self.history = list(history or [])
         self.write = write
-        self.writer = None
+        self.trackers = []
         if not write:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -39,9 +43,9 @@ class MetricsLog:
         with open(self.path, "w") as fh:
             for rec in self.history:
                 fh.write(json.dumps(rec) + "\n")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self.trackers = make_trackers(report_to, tensorboard, self.out_dir, self.out_dir.resolve().name)
+        for t in self.trackers:
+            t.start(config or {})
 
     def log(self, step: int, metrics: dict) -> None:
         rec = {"step": step, **metrics}
@@ -50,15 +54,18 @@ class MetricsLog:
             return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if _finite(v):
-                    self.writer.add_scalar(k, v, step)
-            self.writer.flush()
+        scalars = {k: float(v) for k, v in metrics.items() if _finite(v)}
+        for t in self.trackers:
+            t.log(step, scalars)
+
+    def log_table(self, step: int, columns: list[str], rows: list[list]) -> None:
+        """A table (prompts, completions, reward components) to every tracker."""
+        for t in self.trackers:
+            t.log_table(step, columns, rows)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for t in self.trackers:
+            t.close()
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
@@ -99,15 +106,21 @@ def plot_history(history: list[dict], path) -> Path:
     return path
 
 
-def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped) -> dict:
+def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function_names=()) -> dict:
     """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
-    ranks (a single process's means); ``stats`` and ``info`` are global already."""
+    ranks (a single process's means); ``stats`` and ``info`` are global already. ``function_names``:
+    the plug-in reward functions (``reward/fn/NAME``)."""
     rows = len(results)
     pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
              for k in ("total", "format", "modality", "judge", "embedding")}
     pairs["reward/judge_failed_rate"] = (sum(float(bool(x.judge_failed)) for x in results), rows)
     pairs["reward/exact_match_rate"] = (sum(float(bool(x.exact_match)) for x in results), rows)
     pairs["reward/invalid_answer_rate"] = (sum(float(bool(x.invalid_answer)) for x in results), rows)
+    for name in function_names:  # reward.functions (the same names on every rank)
+        pairs[f"reward/fn/{name}"] = (sum(float(getattr(x, "functions", {}).get(name, 0.0)) for x in results), rows)
+    if function_names:
+        pairs["reward/function_failed_rate"] = (sum(float(getattr(x, "function_failed", False)) for x in results),
+                                                rows)
     pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
     pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
     pairs["rollout/groups_kept"] = (len(set(r.group)), 1)

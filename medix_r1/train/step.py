@@ -30,7 +30,12 @@ def score(worker, rollouts: Rollouts, records: list[dict], cfg: TrainConfig):
     """Submit the responses to the reward worker; returns a Future of RewardResults."""
     problems = [problem_text(records[g], cfg.data.context_chars) for g in rollouts.group]
     solutions = [records[g]["solution"] for g in rollouts.group]
-    return worker.submit(problems, rollouts.texts, solutions)
+    if not cfg.reward.functions:
+        return worker.submit(problems, rollouts.texts, solutions)
+    # plug-in reward functions get every other field of the records, TRL-style (**columns)
+    names = sorted({k for g in set(rollouts.group) for k in records[g]} - {"problem"})
+    columns = {k: [records[g].get(k) for g in rollouts.group] for k in names}
+    return worker.submit(problems, rollouts.texts, solutions, columns=columns)
 
 
 def keep_groups(rewards: torch.Tensor, n: int, cfg: TrainConfig) -> list[int]:
