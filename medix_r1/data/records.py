@@ -146,8 +146,10 @@ def image_counts(ds, column: str, name: str) -> list[int]:
     array = ds.data.column(column)
     kind = array.type.value_type if pa.types.is_list(array.type) or pa.types.is_large_list(array.type) \
         else array.type
-    image_like = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
-        or pa.types.is_large_binary(kind) or (pa.types.is_struct(kind) and {"bytes", "path"} & {f.name for f in kind})
+    t = pa.types
+    image_like = any(test(kind) for test in (t.is_null, t.is_string, t.is_large_string, t.is_binary,
+                                              t.is_large_binary)) \
+        or (t.is_struct(kind) and bool({"bytes", "path"} & {f.name for f in kind}))
     if not image_like:
         raise ValueError(f"{name}: column {column!r} holds {array.type}, not images (paths, encoded bytes or "
                          f"{{'bytes', 'path'}} structs); name the image column with data.image_column")
