@@ -9,7 +9,7 @@ import torch
 
 from medix_r1.config import load_config
 from medix_r1.data.prompts import OverlongPrompt, prompt_token_ids, record_messages
-from medix_r1.data.records import PromptSampler, load_records
+from medix_r1.data.records import BUNDLED, PromptSampler, load_records
 from medix_r1.data.templates import OFFICIAL_INSTRUCTIONS, official_messages
 from medix_r1.train import train
 from medix_r1.train.build import Run
@@ -182,7 +182,7 @@ def test_validation_runs_before_and_during_training_with_the_val_sampling(tiny, 
     generate = HfRollout.generate
     monkeypatch.setattr(HfRollout, "generate", lambda self, *a, **k: (
         seen.append((self.cfg.n, self.cfg.temperature, self.cfg.top_p)), generate(self, *a, **k))[1])
-    test_file = load_records.__globals__["BUNDLED"]["pubmedqa"].with_name("test.jsonl")
+    test_file = BUNDLED["pubmedqa"].with_name("test.jsonl")
     worker = CharRewardWorker()
     out = tmp_path / "run"
     train(config(tiny, out, f"data.val={test_file}", "data.val_max_records=3", "train.eval_every=2",
