@@ -230,3 +230,17 @@ def test_cli_errors_for_the_official_protocol(capsys):
     assert "unknown official task(s) ['mmlu_nope']" in capsys.readouterr().err
     assert main(["--protocol", "official", "--image-dir", "slake=/x", "--model", "m"]) == 2
     assert "--image-dir expects TASK=VALUE" in capsys.readouterr().err
+
+
+def test_project_hub_pubmedqa_leaves_out_the_trained_on_items(tmp_path):
+    """qiaojin/PubMedQA pqa_labeled holds all 1,000 expert items; the 500 of the bundled training set go."""
+    from medix_r1.eval.benchmarks import bundled_training_ids, load_benchmark
+
+    trained = sorted(bundled_training_ids())[:2]
+    rows = [{"pubid": int(i.removeprefix("pubmedqa-")), "question": f"Q{i}?", "context": {"contexts": ["c"]},
+             "final_decision": "yes", "long_answer": "Yes."} for i in trained]
+    rows.append({"pubid": 1, "question": "Held out?", "context": {"contexts": ["c"]}, "final_decision": "no",
+                 "long_answer": "No."})
+    records = load_benchmark("pubmedqa", data_files=write(tmp_path / "pqal.jsonl", rows))
+    assert [r["id"] for r in records] == ["pubmedqa-1"]
+    assert len(bundled_training_ids()) == 500
