@@ -19,6 +19,7 @@ from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
 from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
 from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
 from medix_r1.data.records import FIELDS as RECORD_FIELDS
+from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
 from medix_r1.rewards import MODALITY_TAGS, RewardConfig
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
 from medix_r1.utils import typed_config
@@ -28,6 +29,8 @@ LOSS_IMPLS = ("fused", "plain")
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cpu_smollm2"
+# Former recipe names -> the official recipes that replaced them (same backbones).
+RECIPE_ALIASES = {"qwen3vl_2b": "medix_r1_2b_dapo", "qwen3vl_8b": "medix_r1_8b_dapo", "qwen25vl_7b": "medix_r1_7b"}
 
 SYSTEM_PROMPT = (
     "You are a medical expert. Answer in exactly this format: first the image modality tag "
@@ -66,6 +69,16 @@ class DataSection:
                                  "answer: solution}")
     default_modality: str = _f("<OTHER>", "modality tag put before a solution that has none ('' = such a "
                                "record is malformed)")
+    val: str = _f("", "validation records (same forms as data.train, e.g. hub:MBZUAI/medix-rl-data); needed by "
+                  "train.eval_every / train.eval_before_train ('' = no validation)")
+    val_split: str = _f("test", "split name of data.val for hub datasets")
+    val_max_records: int = _f(0, "validate on the first N records of data.val (0 = all)")
+    image_column: str = _f("", "the records' image column ('' = 'images', else 'image' as in MBZUAI/medix-rl-data)")
+    prompt_template: str = _f("project", "the user turn: 'project' (data.system_prompt + the problem) or "
+                              "'official' (MediX-R1's medical_format.jinja, no system turn; see data/templates.py)")
+    overlong: str = _f("cut", "a prompt over data.max_prompt_tokens: 'cut' (text prompts lose their middle) or "
+                       "'filter' (the record is skipped and counted in data/filtered_overlong, as the official "
+                       "filter_overlong_prompts)")
     on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
     context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
                             "'question' and 'contexts' fields); 0 keeps the whole problem")
@@ -91,6 +104,9 @@ class RolloutSection:
     kv_cache_gb: float = _f(1.0, "vLLM KV-cache size in GiB")
     max_model_len: int = _f(640, "vLLM max sequence length (prompt + response)")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only; ignored on CPU)")
+    val_n: int = _f(1, "validation: responses per prompt")
+    val_temperature: float = _f(0.6, "validation: sampling temperature")
+    val_top_p: float = _f(0.95, "validation: nucleus sampling top-p")
     server_url: str = _f("", "engine=server: the rollout server's base URL, e.g. http://127.0.0.1:8100")
     server_timeout_s: float = _f(600.0, "engine=server: HTTP timeout of one generate / weight update, and the "
                                  "weight-sync group's timeout")
@@ -113,6 +129,10 @@ class AlgorithmSection:
     dynamic_sampling_low: float = _f(0.01, "DAPO: groups with mean <= this are dropped")
     dynamic_sampling_high: float = _f(0.99, "DAPO: groups with mean >= this are dropped")
     max_refill_tries: int = _f(3, "DAPO: extra rollout rounds to refill the batch before training on what is kept")
+    refill_chunk: int = _f(0, "DAPO: prompts rolled out per round (0 = as many as are still missing); the official "
+                           "scripts roll out 128 at a time and keep the first prompts_per_step kept groups")
+    drop_equal_groups: bool = _f(True, "DAPO: also drop groups whose rewards are all equal (false: only the mean "
+                                 "decides, as the official online filtering)")
 
 
 @dataclass
@@ -130,8 +150,14 @@ class LossSection:
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
 
 
+OPTIMIZERS = ("adamw", "adamw_bf16")
+
+
 @dataclass
 class OptimSection:
+    optimizer: str = _f("adamw", "'adamw' (torch AdamW, states in the parameters' dtype) or 'adamw_bf16' "
+                        "(medix_r1.train.optim.BF16AdamW: moments in bfloat16 and Kahan-compensated bf16 "
+                        "updates, the official 'adamw_bf16' strategy for bf16 weights)")
     lr: float = _f(2e-5, "AdamW learning rate")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -152,7 +178,8 @@ class TrainSection:
     output_dir: str = _f("runs/medix_cpu", "checkpoints, metrics.jsonl, TensorBoard logs and the plot go here")
     save_every: int = _f(10, "checkpoint every N steps (0 = only at the end)")
     keep_last: int = _f(2, "keep the last K checkpoints")
-    eval_every: int = _f(0, "run the eval hook every N steps (0 = off)")
+    eval_every: int = _f(0, "validate on data.val every N steps (rewards logged under val/; 0 = off)")
+    eval_before_train: bool = _f(False, "validate on data.val once before the first step (logged as step 0)")
     max_nan_steps: int = _f(3, "stop after this many consecutive steps with a NaN/inf loss")
     judge_failure_threshold: float = _f(0.5, "stop when the judge failure rate over the window exceeds this")
     judge_failure_window: int = _f(5, "steps in the judge failure-rate window")
@@ -207,11 +234,11 @@ class TrainConfig:
 
 
 def resolve_recipe(recipe: str) -> Path:
-    """A recipe NAME in medix_r1/recipes/ or a path to a YAML file."""
+    """A recipe NAME in medix_r1/recipes/ (or a former name in RECIPE_ALIASES) or a path to a YAML file."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    named = RECIPES_DIR / f"{recipe}.yaml"
+    named = RECIPES_DIR / f"{RECIPE_ALIASES.get(recipe, recipe)}.yaml"
     if named.is_file():
         return named
     names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
@@ -265,6 +292,9 @@ CHOICES = {
     "loss.kl": KL_ESTIMATORS,
     "loss.aggregation": AGGREGATIONS,
     "optim.schedule": ("constant", "linear", "cosine"),
+    "optim.optimizer": OPTIMIZERS,
+    "data.prompt_template": tuple(PROMPT_TEMPLATES),
+    "data.overlong": ("cut", "filter"),
     "vision.on_bad_image": ("skip", "fail"),
     "vision.processor": ("auto", "transformers", "project"),
 }
@@ -273,6 +303,11 @@ RANGES = {
     "data.max_prompt_tokens": (8, None),
     "data.prompts_per_step": (1, None),
     "data.max_records": (0, None),
+    "data.val_max_records": (0, None),
+    "rollout.val_n": (1, None),
+    "rollout.val_temperature": (0.0, None, True),
+    "rollout.val_top_p": (0.0, 1.0, True),
+    "algorithm.refill_chunk": (0, None),
     "rollout.server_timeout_s": (0.0, None, True),
     "rollout.server_sync_port": (0, 65535),
     "rollout.server_sync_bucket_mb": (0.0, None),
@@ -376,6 +411,11 @@ def validate(cfg: TrainConfig) -> None:
             "the rollout server, `python -m medix_r1.rollout.server --model DIR --port PORT`"
         raise ValueError(f"rollout.engine={r.engine} needs rollout.server_url=http://HOST:PORT ({server}), "
                          f"got {r.server_url!r}")
+    if (cfg.train.eval_every or cfg.train.eval_before_train) and not d.val:
+        raise ValueError("train.eval_every / train.eval_before_train validate on data.val, which is not set: "
+                         "--set data.val=hub:NAME (or a local file), or turn validation off")
+    if cfg.optim.optimizer == "adamw_bf16" and cfg.model.dtype != "bfloat16":
+        raise ValueError("optim.optimizer=adamw_bf16 trains bfloat16 weights: set model.dtype=bfloat16")
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
         raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
                          f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")

@@ -275,3 +275,24 @@ def test_a_process_group_that_torchrun_did_not_make_does_not_shard(tmp_path, mon
         assert fsdp.gathered(model) is model
     finally:
         tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_validation_on_two_ranks_equals_one_process(tiny, tmp_path):
+    """Each rank validates its share of data.val; the summed means are one process's (train/validate.py)."""
+    from medix_r1.data.records import BUNDLED
+
+    val = [f"data.val={BUNDLED['pubmedqa'].with_name('test.jsonl')}", "data.val_max_records=3",
+           "train.eval_before_train=true", "train.eval_every=1", "train.max_steps=1"]
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", f"train.output_dir={tmp_path / 'one'}", *SETTINGS,
+                                      *val])
+    train(cfg, reward_worker=CharRewardWorker())
+    proc = torchrun(tiny, tmp_path / "two", *val)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    one = [h for h in history(tmp_path / "one") if "val/reward_total" in h]
+    two = [h for h in history(tmp_path / "two") if "val/reward_total" in h]
+    assert [h["step"] for h in one] == [h["step"] for h in two] == [0, 1]
+    for a, b in zip(one, two):
+        assert a["val/responses"] == b["val/responses"] == 3
+        assert b["val/reward_total"] == pytest.approx(a["val/reward_total"], abs=1e-6)
+        assert b["val/response_len"] == pytest.approx(a["val/response_len"])

@@ -40,9 +40,11 @@ def test_missing_field_and_bad_solution_are_reported(tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", [json.dumps({**GOOD, "solution": "no tag here"})])
     with pytest.raises(MalformedRecord, match=rf"{path}:1:"):
         load_records(path)
-    path = write_jsonl(tmp_path / "f.jsonl", [json.dumps({**GOOD, "images": "x.png"})])
-    with pytest.raises(MalformedRecord, match=rf"{path}:1: 'images' must be a list"):
+    path = write_jsonl(tmp_path / "f.jsonl", [json.dumps({**GOOD, "images": [3]})])
+    with pytest.raises(MalformedRecord, match=rf"{path}:1: column 'images', image 0: expected a path.*got int"):
         load_records(path)
+    path = write_jsonl(tmp_path / "g.jsonl", [json.dumps({**GOOD, "images": "x.png"})])
+    assert load_records(path)[0][0]["images"] == ["x.png"]  # a single image is a list of one
 
 
 def test_skip_mode_counts_and_keeps_the_good_records(tmp_path):

@@ -321,17 +321,11 @@ def test_vllm_engine_for_a_vl_policy_without_torchvision_is_a_clear_error(tiny, 
 @pytest.mark.parametrize("name, policy", [("qwen25vl_7b", "Qwen/Qwen2.5-VL-7B-Instruct"),
                                           ("qwen3vl_2b", "Qwen/Qwen3-VL-2B-Instruct"),
                                           ("qwen3vl_8b", "Qwen/Qwen3-VL-8B-Instruct")])
-def test_vl_recipes_load_validate_and_carry_the_paper_hyperparameters(name, policy):
+def test_former_vl_recipe_names_load_the_official_recipes(name, policy):
+    """The former names are aliases of the official recipes (every value: tests/test_official_recipes.py)."""
     cfg = load_config(name)
-    assert cfg.model.policy == policy and cfg.model.dtype == "bfloat16"
-    assert cfg.rollout.engine == "vllm" and cfg.rollout.n == 5 and cfg.rollout.temperature == 1.0
-    assert cfg.data.prompts_per_step == 512 and cfg.optim.mini_batch_size == 128 * 5
-    assert (cfg.data.max_prompt_tokens, cfg.rollout.max_tokens) == (4352, 4096)
-    assert cfg.rollout.max_model_len >= 4352 + 4096
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (1e-6, 1e-2, 1.0)
-    assert (cfg.loss.loss_type, cfg.loss.kl, cfg.loss.beta) == ("grpo", "k3", 1e-2)
-    assert cfg.train.max_steps == -(-2 * 51335 // 512)  # 2 epochs
-    assert cfg.vision.on_bad_image == "skip"
+    assert cfg.model.policy == policy and cfg.data.image_column == "image"
+    assert (cfg.vision.min_pixels, cfg.vision.max_pixels) == (262144, 4194304)
     assert IMAGE_PAD  # the recipes rely on the Qwen-VL placeholder token
 
 

@@ -6,6 +6,10 @@ question, both survive; the middle of a long context goes).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from medix_r1.data.templates import TEMPLATES, project_messages
+
 
 def problem_text(record: dict, context_chars: int) -> str:
     """The user text: the question with its context cut to ``context_chars`` characters when the
@@ -21,20 +25,20 @@ def problem_text(record: dict, context_chars: int) -> str:
 
 def prompt_messages(record: dict, system_prompt: str, context_chars: int,
                     example: tuple[str, str] = ("", "")) -> list[dict]:
-    """The chat messages of one training record (image parts first).
+    """The chat messages of one training record under the project template (image parts first).
 
     ``example`` = (question, answer): when both are set, one demonstration exchange (a user turn
     and an assistant turn in the requested format) goes between the system prompt and the record.
     Small models follow a shown format far more often than a described one."""
-    text = problem_text(record, context_chars)
-    if record.get("images"):
-        content = [{"type": "image"} for _ in record["images"]] + [{"type": "text", "text": text}]
-    else:
-        content = text
-    demo = []
-    if example[0] and example[1]:
-        demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
-    return [{"role": "system", "content": system_prompt}, *demo, {"role": "user", "content": content}]
+    data = SimpleNamespace(system_prompt=system_prompt, example_question=example[0], example_answer=example[1])
+    return project_messages(problem_text(record, context_chars), len(record.get("images") or []), data,
+                            record.get("id", "?"))
+
+
+def record_messages(record: dict, data, n_images: int | None = None) -> list[dict]:
+    """The chat messages of a record under ``data.prompt_template`` (data/templates.py)."""
+    n = len(record.get("images") or []) if n_images is None else n_images
+    return TEMPLATES[data.prompt_template](problem_text(record, data.context_chars), n, data, record.get("id", "?"))
 
 
 def chat_token_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -54,8 +58,19 @@ def cut_middle(token_ids: list[int], budget: int) -> list[int]:
     return list(token_ids[:head]) + list(token_ids[len(token_ids) - (budget - head):])
 
 
+class OverlongPrompt(ValueError):
+    """A prompt over ``data.max_prompt_tokens`` with ``data.overlong=filter``: the record is skipped."""
+
+
+def fit_prompt(ids: list[int], data, record_id="?") -> list[int]:
+    """``ids`` within ``data.max_prompt_tokens``: cut in the middle (``data.overlong=cut``) or, with
+    ``filter`` (the official behaviour), an :class:`OverlongPrompt` naming the record."""
+    if len(ids) > data.max_prompt_tokens and data.overlong == "filter":
+        raise OverlongPrompt(f"record {record_id!r}: the prompt is {len(ids)} tokens, over data.max_prompt_tokens "
+                             f"({data.max_prompt_tokens}); filtered (data.overlong=filter)")
+    return cut_middle(ids, data.max_prompt_tokens)
+
+
 def prompt_token_ids(tokenizer, record: dict, data) -> list[int]:
-    """A training record's prompt ids under the config's data section, cut to ``data.max_prompt_tokens``."""
-    messages = prompt_messages(record, data.system_prompt, data.context_chars,
-                               (data.example_question, data.example_answer))
-    return cut_middle(chat_token_ids(tokenizer, messages), data.max_prompt_tokens)
+    """A text record's prompt ids under the config's data section (template, token budget)."""
+    return fit_prompt(chat_token_ids(tokenizer, record_messages(record, data)), data, record.get("id", "?"))

@@ -1,6 +1,7 @@
 """MediX-R1 training records: loading, checking and a resumable sampler.
 
-A record has ``id``, ``images`` (list, possibly empty), ``problem`` and ``solution``
+A record has ``id``, ``images`` (list, possibly empty; MBZUAI/medix-rl-data calls the column
+``image``, and ``data.image_column`` names any other), ``problem`` and ``solution``
 (``"<TAG> answer"``); PubMedQA records also carry ``question`` and ``contexts``, which lets the
 trainer shorten the abstract (:mod:`medix_r1.data.prompts`). Local JSONL is parsed line by line so a
 malformed record is reported as ``file:line``; JSON arrays, Parquet and hub datasets go through the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,44 @@ class MalformedRecord(ValueError):
     """A record that is not valid JSON or lacks/garbles a MediX-R1 field; names file and line."""
 
 
-def check_record(raw, where: str) -> dict:
-    """Return the normalised record or raise MalformedRecord naming ``where`` (file:line)."""
+IMAGE_COLUMNS = ("images", "image")  # ours, then MBZUAI/medix-rl-data's
+
+
+def image_column_of(raw: dict, image_column: str = "") -> str | None:
+    """The column holding a record's images: ``image_column`` when named, else 'images' or 'image'."""
+    if image_column:
+        return image_column
+    return next((c for c in IMAGE_COLUMNS if c in raw), None)
+
+
+def _is_image_ref(x) -> bool:
+    """A path, encoded bytes, a {'bytes', 'path'} dict or a decoded PIL image (checked without decoding)."""
+    if isinstance(x, (str, bytes, bytearray)):
+        return bool(x)
+    if isinstance(x, dict):
+        return x.get("bytes") is not None or bool(x.get("path"))
+    return hasattr(x, "mode") and hasattr(x, "size") and hasattr(x, "convert")  # PIL.Image.Image
+
+
+def record_images(raw: dict, where: str, image_column: str = "") -> list:
+    """The record's images as a list: a single image becomes [image], None or a missing column []."""
+    column = image_column_of(raw, image_column)
+    value = raw.get(column) if column else None
+    if value is None:
+        return []
+    images = list(value) if isinstance(value, (list, tuple)) else [value]
+    for k, x in enumerate(images):
+        if not _is_image_ref(x):
+            raise MalformedRecord(f"{where}: column {column!r}, image {k}: expected a path, encoded bytes, a "
+                                  f"{{'bytes', 'path'}} dict or a PIL image, got {type(x).__name__} {str(x)[:40]!r}")
+    return images
+
+
+def check_record(raw, where: str, image_column: str = "") -> dict:
+    """Return the normalised record or raise MalformedRecord naming ``where`` (file:line).
+
+    The images end up in ``images`` whichever column held them (``image_column``, else 'images'
+    or 'image'); they are not decoded here."""
     if not isinstance(raw, dict):
         raise MalformedRecord(f"{where}: expected a JSON object, got {type(raw).__name__}")
     missing = [k for k in REQUIRED if raw.get(k) in (None, "")]
@@ -37,12 +75,10 @@ def check_record(raw, where: str) -> dict:
                               f"id, images, problem, solution)")
     if not isinstance(raw["problem"], str) or not isinstance(raw["solution"], str):
         raise MalformedRecord(f"{where}: 'problem' and 'solution' must be strings")
-    images = raw.get("images") or []
-    if not isinstance(images, (list, tuple)):
-        raise MalformedRecord(f"{where}: 'images' must be a list, got {type(images).__name__}")
-    record = dict(raw)
+    images = raw["images"] if isinstance(raw.get("images"), LazyImages) else record_images(raw, where, image_column)
+    record = {k: v for k, v in raw.items() if k not in IMAGE_COLUMNS and k != image_column}
     record["id"] = str(raw["id"])
-    record["images"] = list(images)
+    record["images"] = images
     try:
         validate_solution(record["solution"], record["id"])
     except (ValueError, TypeError) as e:
@@ -73,7 +109,8 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
     return rows
 
 
-def _read_with_datasets(path: Path | str, split: str, subset: str = "") -> list[tuple[str, object]]:
+def _read_with_datasets(path: Path | str, split: str, subset: str = "", image_column: str = "",
+                        columns: dict | None = None) -> list[tuple[str, object]]:
     import datasets
 
     if isinstance(path, Path):
@@ -90,28 +127,98 @@ def _read_with_datasets(path: Path | str, split: str, subset: str = "") -> list[
     else:
         ds = datasets.load_dataset(path, subset or None, split=split)
         name = f"hub:{path}{'/' + subset if subset else ''}[{split}]"
-    ds = keep_images_encoded(ds)  # image columns stay bytes until a record is sampled
-    return [(f"{name}:record {i}", row) for i, row in enumerate(ds)]
+    if image_column and image_column not in ds.column_names:
+        raise ValueError(f"{name}: data.image_column {image_column!r} is not a column of the data "
+                         f"(columns: {ds.column_names})")
+    mapped = {(columns or {}).get(c, c) for c in ds.column_names}  # data.columns renames first
+    missing = [c for c in ("problem", "solution") if c not in mapped]
+    if missing:
+        raise ValueError(f"{name}: the data has no column(s) {missing} (columns: {ds.column_names}); a MediX-R1 "
+                         f"record needs problem, solution and optionally id and image(s) (data.columns maps "
+                         f"other names, e.g. --set data.columns={{question: problem}})")
+    ds = keep_images_encoded(ds, image_column)  # image columns stay bytes until a record is sampled
+    column = image_column or next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
+    counts = image_counts(ds, column, name) if column else None
+    text = ds.remove_columns([column]) if column else ds  # the images stay in the (memory-mapped) dataset
+    rows = []
+    for i, row in enumerate(text):
+        if "id" not in row:
+            row["id"] = f"{Path(str(name)).stem}-{i}"
+        if column:
+            row["images"] = LazyImages(ds, column, i, counts[i])
+        rows.append((f"{name}:record {i}", row))
+    return rows
 
 
-def keep_images_encoded(ds):
-    """A ``datasets.Dataset`` whose ``images`` column holds Image features, cast to ``decode=False``:
-    rows then carry ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled
-    (iterating a decoding Image column would hold every decoded image of the data in memory)."""
+def image_counts(ds, column: str, name: str) -> list[int]:
+    """Images per row of ``column``, from the Arrow offsets (no image is read); a ValueError naming
+    the column when it holds something other than images (paths, bytes, {bytes, path} structs)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = ds.data.column(column)
+    kind = array.type.value_type if pa.types.is_list(array.type) or pa.types.is_large_list(array.type) \
+        else array.type
+    t = pa.types
+    image_like = any(test(kind) for test in (t.is_null, t.is_string, t.is_large_string, t.is_binary,
+                                              t.is_large_binary)) \
+        or (t.is_struct(kind) and bool({"bytes", "path"} & {f.name for f in kind}))
+    if not image_like:
+        raise ValueError(f"{name}: column {column!r} holds {array.type}, not images (paths, encoded bytes or "
+                         f"{{'bytes', 'path'}} structs); name the image column with data.image_column")
+    if kind is array.type:  # one image (or null) per row
+        return [0 if null else 1 for null in array.is_null().to_pylist()]
+    return pc.fill_null(pc.list_value_length(array), 0).to_pylist()
+
+
+class LazyImages(Sequence):
+    """A record's images, left in the Arrow-backed dataset until indexed (then still encoded:
+    ``{"bytes", "path"}`` dicts or paths). Holding the records of a 47 GB set then costs its text only."""
+
+    def __init__(self, ds, column: str, row: int, count: int):
+        self.ds, self.column, self.row, self.count = ds, column, row, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(self.count))]
+        if not -self.count <= k < self.count:
+            raise IndexError(k)
+        value = self.ds[self.row][self.column]
+        return (value if isinstance(value, (list, tuple)) else [value])[k]
+
+    def __repr__(self) -> str:
+        return f"<{self.count} image(s) of row {self.row}, column {self.column!r}>"
+
+
+def keep_images_encoded(ds, image_column: str = ""):
+    """A ``datasets.Dataset`` whose image column (``image_column``, else 'images' and 'image') holds
+    Image features, a list of them or a single one, cast to ``decode=False``: rows then carry
+    ``{"bytes", "path"}`` dicts and images are decoded only when a record is sampled (iterating a
+    decoding Image column would hold every decoded image of the data in memory; the official set is
+    47 GB)."""
     import datasets
 
-    feature = (ds.features or {}).get("images")
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.Image) and inner.decode:
-        return ds.cast_column("images", type(feature)(datasets.Image(decode=False)))
+    for column in ([image_column] if image_column else IMAGE_COLUMNS):
+        feature = (ds.features or {}).get(column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            ds = ds.cast_column(column, datasets.Image(decode=False))
+            continue
+        inner = getattr(feature, "feature", None)
+        if isinstance(inner, datasets.Image) and inner.decode:
+            ds = ds.cast_column(column, type(feature)(datasets.Image(decode=False)))
     return ds
 
 
 def load_records(source: str, *, split: str = "train", on_malformed: str = "fail", max_records: int = 0,
-                 columns: dict | None = None, subset: str = "", default_modality: str = "") -> tuple[list[dict], int]:
+                 columns: dict | None = None, subset: str = "", default_modality: str = "",
+                 image_column: str = "") -> tuple[list[dict], int]:
     """Records from a bundled name, a local file/folder or ``hub:NAME`` (``subset``: the hub
     configuration name). ``columns`` renames the data's columns to the record's fields and
-    ``default_modality`` tags solutions that have no modality tag (:func:`to_record_fields`).
+    ``default_modality`` tags solutions that have no modality tag (:func:`to_record_fields`);
+    ``image_column`` names the column holding the images ('' = 'images', else 'image').
 
     Returns (records, number skipped). With ``on_malformed="fail"`` the first malformed record
     raises :class:`MalformedRecord` naming its file and line.
@@ -136,13 +243,13 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
     records, skipped = [], 0
     for f in files:
         rows = _read_jsonl(f) if isinstance(f, Path) and f.suffix == ".jsonl" else \
-            _read_with_datasets(f, split, subset)
+            _read_with_datasets(f, split, subset, image_column, columns)
         check_columns_exist(rows, columns)
         for where, raw in rows:
             try:
                 if isinstance(raw, Exception):
                     raise raw
-                records.append(check_record(to_record_fields(raw, columns, default_modality), where))
+                records.append(check_record(to_record_fields(raw, columns, default_modality), where, image_column))
             except MalformedRecord as e:
                 if on_malformed == "fail":
                     raise

@@ -33,6 +33,7 @@ class Benchmark:
     split: str
     to_record: Callable[[dict, int, str], dict]  # (row, index, benchmark name) -> record
     note: str = ""
+    exclude: Callable[[], set] | None = None  # ids of items never to evaluate (trained on)
 
 
 def _choices_problem(question: str, options: list[str]) -> str:
@@ -163,6 +164,12 @@ def from_report(row: dict, index: int, benchmark: str) -> dict:
                        modality="<X_RAY>")
 
 
+def bundled_training_ids() -> set[str]:
+    """Ids of the bundled PubMedQA training records (``pubmedqa-<PubMed id>``, as the hub loader names items)."""
+    path = BUNDLED_PUBMEDQA.with_name("train.jsonl")
+    return {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").split("\n") if line.strip()}
+
+
 _MMLU_MEDICAL = ["anatomy", "clinical_knowledge", "college_biology", "college_medicine",
                  "medical_genetics", "professional_medicine"]
 
@@ -175,7 +182,8 @@ REGISTRY: dict[str, Benchmark] = {
     "usmle": Benchmark("usmle", "text", None, None, "test", from_medqa,
                        "USMLE self-assessment questions: local files in the MedQA layout"),
     "pubmedqa": Benchmark("pubmedqa", "text", "qiaojin/PubMedQA", "pqa_labeled", "train",
-                          from_pubmedqa_hub, "hub copy of the 1,000 expert items"),
+                          from_pubmedqa_hub, "hub copy of the 1,000 expert items, less the 500 the bundled "
+                          "training set holds (the official test split remains)", exclude=bundled_training_ids),
     "mimic_cxr_summarization": Benchmark(
         "mimic_cxr_summarization", "text", None, None, "test", from_report,
         "credentialed PhysioNet data: local files with findings and impression"),
@@ -225,9 +233,12 @@ def load_benchmark(name: str, *, limit: int | None = None,
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     bench = REGISTRY[name]
     rows = _read_rows(bench, data_files)
-    if limit is not None:
+    if limit is not None and bench.exclude is None:
         rows = rows.select(range(min(limit, len(rows))))
     records = [bench.to_record(dict(row), i, name) for i, row in enumerate(rows)]
+    if bench.exclude is not None:
+        excluded = bench.exclude()
+        records = [r for r in records if r["id"] not in excluded][:limit]
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError(f"benchmark {name!r}: item ids are not unique")

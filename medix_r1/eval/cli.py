@@ -18,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m medix_r1.eval",
         description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
                     "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
+    p.add_argument("--protocol", choices=("project", "official"), default="project",
+                   help="official: MediX-R1's own evaluation (its 17 tasks and sources, no system prompt, greedy, "
+                        "2048 new tokens, its judge prompts, 3 rounds in one conversation; see "
+                        "medix_r1/eval/official/); the generation and judge settings below are then fixed")
+    p.add_argument("--image-dir", action="append", default=[], metavar="TASK=DIR",
+                   help="--protocol official: folder with the images a task's rows only name (slake_vqa: imgs/, "
+                        "mimic_cxr_report_generation: the PhysioNet files)")
     p.add_argument("--model", help="HF model folder, trainer checkpoint folder, hub id (owner/name: needs the "
                    "network or the hub cache), or (with --generator openai) a served model name; default: "
                    "embedded SmolLM2-135M")
@@ -26,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the API key for --generator openai (default "
                         "%(default)s; keys are never flags: flags show in ps and shell histories)")
-    p.add_argument("--benchmarks", default=DEFAULT_BENCHMARK,
-                   help=f"comma-separated names, or 'paper' for the 17 paper benchmarks; "
+    p.add_argument("--benchmarks", default=None,
+                   help=f"comma-separated names, or 'paper' for the 17 paper benchmarks (default "
+                        f"{DEFAULT_BENCHMARK}; with --protocol official: paper, or llm / vlm, or official task names); "
                         f"known: {', '.join(REGISTRY)}")
     p.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH",
                    help="local files for a benchmark (repeatable; comma-separate several files)")
@@ -111,6 +119,9 @@ def make_judge_factory(args, output_dir: Path):
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.protocol == "official":
+        from .official.run import run_official
+        return run_official(args)
     if args.list_benchmarks:
         for bench in REGISTRY.values():
             where = bench.hub_id and f"{bench.hub_id}:{bench.config or ''}:{bench.split}" \
@@ -133,7 +144,7 @@ def run(argv: list[str]) -> int:
         args.model = str(resolve_model_dir(args.model, "--model"))
     model_name = Path(args.model).name if args.generator != "openai" else args.model
     output_dir = Path(args.output_dir or f"eval_runs/{model_name}-{args.generator}")
-    benchmarks = parse_benchmarks(args.benchmarks)
+    benchmarks = parse_benchmarks(args.benchmarks or DEFAULT_BENCHMARK)
     data_files = parse_data_files(args.data_files)
     records = []
     for name in benchmarks:

@@ -28,7 +28,8 @@ MEDIX_SYSTEM = (
     "reasoning inside <thinking> </thinking>, then the final answer inside <answer> </answer>."
 )
 PLAIN_SYSTEM = "You are a medical expert. Answer the question briefly and precisely."
-PROMPT_STYLES = {"medix": MEDIX_SYSTEM, "plain": PLAIN_SYSTEM}
+# "official": MediX-R1's official evaluation sends no system prompt (medix_r1/eval/official/)
+PROMPT_STYLES = {"medix": MEDIX_SYSTEM, "plain": PLAIN_SYSTEM, "official": None}
 GENERATORS = ("vllm", "hf", "openai")
 
 
@@ -83,8 +84,8 @@ def build_messages(record: dict, style: str = "medix") -> list[dict]:
                    for im in record["images"]] + [{"type": "text", "text": record["problem"]}]
     else:
         content = record["problem"]
-    return [{"role": "system", "content": PROMPT_STYLES[style]},
-            {"role": "user", "content": content}]
+    system = PROMPT_STYLES[style]
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
 
 
 def make_vllm_generator(model_dir: Path, cfg: GenerationConfig) -> Callable:

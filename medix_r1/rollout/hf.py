@@ -16,10 +16,16 @@ class HfRollout:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos = tokenizer.eos_token_id
         self.tokenizer = tokenizer
-        self.gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                    max_new_tokens=cfg.max_tokens, num_return_sequences=cfg.n,
-                                    pad_token_id=pad, eos_token_id=self.eos, output_logits=True,
-                                    return_dict_in_generate=True)
+        self.gen = GenerationConfig(do_sample=True, top_k=0, pad_token_id=pad, eos_token_id=self.eos,
+                                    output_logits=True, return_dict_in_generate=True)
+
+    def _sampling(self):
+        """The generation config with the sampling settings of ``self.cfg`` as it is now (validation
+        swaps in its own rollout section)."""
+        c = self.cfg
+        self.gen.update(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens,
+                        num_return_sequences=c.n)
+        return self.gen
 
     @torch.no_grad()
     def generate(self, prompt_ids: list, step: int, seed: int, attempt: int = 0, offset: int = 0) -> Rollouts:
@@ -29,6 +35,7 @@ class HfRollout:
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
+        gen = self._sampling()
         try:
             for i, prompt in enumerate(prompt_ids):
                 p, images = split_prompt(prompt)  # a VL item brings pixel_values + image_grid_thw
@@ -39,7 +46,7 @@ class HfRollout:
                     torch.manual_seed(sample_seed(seed, step, offset + i, attempt))
                     x = torch.tensor([p], device=device)
                     out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                              generation_config=self.gen, **extra)
+                                              generation_config=gen, **extra)
                 new = out.sequences[:, len(p):]
                 logits = torch.stack(out.logits, dim=1).float()          # raw logits [n, T, V]
                 logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)

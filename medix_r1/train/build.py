@@ -20,15 +20,17 @@ import torch
 
 from medix_r1 import checkpoint as ckpt
 from medix_r1.config import TrainConfig, to_dict
-from medix_r1.data.prompts import prompt_token_ids
+from medix_r1.data.prompts import OverlongPrompt, prompt_token_ids
 from medix_r1.data.records import DataError, PromptSampler, load_records
 from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
 from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
 from medix_r1.train.output_dir import prepare_output_dir
+from medix_r1.train.optim import make_optimizer
 from medix_r1.train.policy import load_model, loss_config
 from medix_r1.train.step import sync_weights
+from medix_r1.train.validate import Validation, load_validation_records
 from medix_r1.vision.prompts import setup_vision
 
 log = logging.getLogger("medix_r1.train")
@@ -58,6 +60,7 @@ class Run:
     metrics: MetricsLog | None = None
     bar: object = None
     eval_hook: object = None
+    validation: object = None   # train.validate.Validation over data.val, or None
     stop_signal: int | None = None
     prompt_cache: dict = field(default_factory=dict)
     old_handlers: dict = field(default_factory=dict)
@@ -67,10 +70,24 @@ class Run:
         policy an item with its images (bad-image records are skipped and replaced, see vision.prompts)."""
         if self.vision is not None:
             return self.vision.take(self.sampler, k)
-        idx = self.sampler.take(k)
-        for i in idx:
-            if i not in self.prompt_cache:
-                self.prompt_cache[i] = prompt_token_ids(self.tokenizer, self.records[i], self.cfg.data)
+        overlong = set(self.counters.setdefault("overlong_records", []))  # data.overlong=filter, checkpointed
+        idx = []
+        while len(idx) < k:
+            if len(overlong) >= len(self.records):
+                raise ValueError(f"every one of the {len(self.records)} records has a prompt over "
+                                 f"data.max_prompt_tokens ({self.cfg.data.max_prompt_tokens}); raise it")
+            for i in self.sampler.take(k - len(idx)):
+                if i in overlong:
+                    continue
+                if i not in self.prompt_cache:
+                    try:
+                        self.prompt_cache[i] = prompt_token_ids(self.tokenizer, self.records[i], self.cfg.data)
+                    except OverlongPrompt as e:
+                        overlong.add(i)
+                        self.counters.update(overlong_records=sorted(overlong), filtered_overlong=len(overlong))
+                        log.info("%s", e)
+                        continue
+                idx.append(i)
         return idx, [self.prompt_cache[i] for i in idx]
 
     def save(self, step: int) -> Path:
@@ -112,7 +129,9 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     d = cfg.data
     try:
         records, skipped = load_records(d.train, split=d.split, on_malformed=d.on_malformed, max_records=d.max_records,
-                                        columns=d.columns, subset=d.subset, default_modality=d.default_modality)
+                                        columns=d.columns, subset=d.subset, default_modality=d.default_modality,
+                                        image_column=d.image_column)
+        val_records = load_validation_records(cfg) if d.val else None
     except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI
         raise DataError(str(e)) from e
     model_dir = resolve_model_dir(cfg.model.policy, "model.policy")
@@ -120,20 +139,21 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # None for a text-only policy (which refuses records with images, naming the record)
     vision = setup_vision(records, model_dir, tokenizer, cfg, {})
+    validation = None if val_records is None else \
+        Validation(val_records, setup_vision(val_records, model_dir, tokenizer, cfg, {}, source=cfg.data.val))
     policy = load_model(model_dir, cfg, trainable=True)
     if vision is not None:
         vision.configure_policy(policy)  # vision.freeze_tower
     # With beta = 0 there is no KL term, so the reference is never loaded (saves memory and a forward).
     ref = load_model(resolve_model_dir(cfg.model.reference or cfg.model.policy, "model.reference"), cfg,
                      trainable=False) if cfg.loss.beta > 0 else None
-    o = cfg.optim
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=o.lr,
-                                  betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    optimizer = make_optimizer((p for p in policy.parameters() if p.requires_grad), cfg.optim)
     run = Run(cfg=cfg, out_dir=out_dir, records=records, sampler=PromptSampler(len(records), cfg.train.seed),
               tokenizer=tokenizer, pad_id=pad_id, vision=vision, policy=policy, ref=ref, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)), lcfg=loss_config(cfg),
               counters={"nan_in_row": 0, "skipped_records": skipped},
-              judge_window=deque(maxlen=cfg.train.judge_failure_window), eval_hook=eval_hook)
+              judge_window=deque(maxlen=cfg.train.judge_failure_window), eval_hook=eval_hook,
+              validation=validation)
     history = resume_from_checkpoint(run) if resume else []
     if vision is not None:
         vision.attach(run.counters)  # bad-image records are counted in the checkpointed counters

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "rewards.",
                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
-                   help="recipe NAME in medix_r1/recipes/ (cpu_smollm2, grpo, dapo, gspo) or a YAML path "
+                   help="recipe NAME in medix_r1/recipes/ (cpu_smollm2, grpo, dapo, gspo, the official medix_r1_*: "
+                        "docs/reproducing.md) or a YAML path "
                         f"(default {DEFAULT_RECIPE})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, dotted (repeatable), e.g. --set loss.beta=0.01")

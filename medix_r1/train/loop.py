@@ -29,6 +29,7 @@ from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.policy import sequence_logp
 from medix_r1.train.step import advantages, collect, sync_weights, update
 from medix_r1.train.trackers import check_report_to, completions_table
+from medix_r1.train.validate import validate
 
 log = logging.getLogger("medix_r1.train")
 
@@ -41,8 +42,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ev
           reward_worker=None) -> dict:
     """Run training to ``cfg.train.max_steps``; returns a summary dict (steps, rewards, timings).
 
-    ``eval_hook(step, model, tokenizer) -> dict`` runs every ``train.eval_every`` steps; its metrics
-    are logged under ``eval/`` (under torchrun it is called on every rank, with the sharded model).
+    Every ``train.eval_every`` steps the policy is validated on ``data.val`` (train/validate.py,
+    logged under ``val/``); ``eval_hook(step, model, tokenizer) -> dict`` runs then too, its metrics
+    logged under ``eval/`` (under torchrun it is called on every rank, with the sharded model).
     ``reward_worker`` defaults to ``RewardWorker(cfg.reward)`` (one per rank under torchrun).
     A used output dir needs ``resume`` or ``overwrite`` (see ``medix_r1.train.output_dir``)."""
     own_group = dist.init(cfg.dist.timeout_min)  # under torchrun: join its process group
@@ -73,6 +75,9 @@ def timed(times: dict, key: str):
 def run_steps(run: Run) -> int:
     """The step loop; returns the last step run."""
     cfg, o, step = run.cfg, run.cfg.optim, run.start_step
+    every = cfg.train.eval_every
+    if cfg.train.eval_before_train and run.start_step == 0:
+        run.metrics.log(0, validate(run, 0))
     for step in range(run.start_step + 1, cfg.train.max_steps + 1):
         t_step = time.perf_counter()
         # 1. rollouts, submitted for scoring (this rank's share of the prompts; DAPO filters and refills)
@@ -122,8 +127,11 @@ def run_steps(run: Run) -> int:
             m.update({"memory/update_peak_gb": peak_update, "memory/rollout_logp_peak_gb": peak_before_update})
         run.counters["nan_in_row"] = run.counters["nan_in_row"] + 1 if nan_skipped else 0
         run.judge_window.append(m["reward/judge_failed_rate"])
-        if run.eval_hook is not None and cfg.train.eval_every and step % cfg.train.eval_every == 0:
-            m.update({f"eval/{k}": v for k, v in run.eval_hook(step, run.policy, run.tokenizer).items()})
+        if every and step % every == 0:
+            m.update(validate(run, step))
+            if run.eval_hook is not None:
+                m.update({f"eval/{k}": v for k, v in run.eval_hook(step, run.policy, run.tokenizer).items()})
+        m["data/filtered_overlong"] = run.counters.get("filtered_overlong", 0)
         m["time/step"] = time.perf_counter() - t_step
         m["perf/tokens_per_s"] = float(sum(rows.tokens)) / m["time/step"]
         if run.vision is not None:
@@ -134,6 +142,8 @@ def run_steps(run: Run) -> int:
         stop_on_faults(run, step)
         if end_of_step(run, step):
             break
+    if every and step % every and step > run.start_step:  # the official trainer validates the final weights too
+        run.metrics.log(step, validate(run, step))
     return step
 
 

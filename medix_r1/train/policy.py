@@ -25,6 +25,8 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
     dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
     if dist.enabled():  # fp32 master weights (bf16 compute through FSDP's mixed precision on a GPU)
         dtype = torch.float32 if trainable else fsdp.mixed_precision(cfg).param_dtype or torch.float32
+        if trainable and cfg.optim.optimizer == "adamw_bf16":  # bf16 weights, no fp32 master copy
+            dtype = torch.bfloat16
     model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype)
     model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
     if trainable and cfg.model.gradient_checkpointing:

@@ -46,7 +46,9 @@ def keep_groups(rewards: torch.Tensor, n: int, cfg: TrainConfig) -> list[int]:
         return list(range(groups))
     stats = group_stats(rewards, n)
     a = cfg.algorithm
-    keep = (~stats.degenerate) & (stats.mean > a.dynamic_sampling_low) & (stats.mean < a.dynamic_sampling_high)
+    keep = (stats.mean > a.dynamic_sampling_low) & (stats.mean < a.dynamic_sampling_high)
+    if a.drop_equal_groups:
+        keep &= ~stats.degenerate
     return [g for g in range(groups) if bool(keep[g])]
 
 
@@ -89,7 +91,8 @@ def collect(run, step: int) -> Collected:
 
     Without DAPO the rewards are left pending so the caller can compute log-probs meanwhile. With
     DAPO the groups are scored at once and filtered, and more prompts are drawn (at most
-    ``algorithm.max_refill_tries`` times) until enough groups are kept. Under torchrun every rank draws
+    ``algorithm.max_refill_tries`` times, ``algorithm.refill_chunk`` a round when set) until enough
+    groups are kept; the first ``data.prompts_per_step`` kept groups are trained on. Under torchrun every rank draws
     the same prompts, rolls out and scores its slice, and the kept groups are agreed through one
     all-gather, so they are a single process's, in its order."""
     cfg, n, want = run.cfg, run.cfg.rollout.n, run.cfg.data.prompts_per_step
@@ -98,7 +101,9 @@ def collect(run, step: int) -> Collected:
         need = want - len(out.group_owner)
         if need <= 0:
             break
-        idx, prompts = run.take_prompts(need)
+        # DAPO rolls out algorithm.refill_chunk prompts a round when set (the official scripts: 128)
+        draw = (cfg.algorithm.refill_chunk or need) if cfg.algorithm.dynamic_sampling else need
+        idx, prompts = run.take_prompts(draw)
         lo, hi = layout.shard_range(len(idx))
         t = time.perf_counter()
         r = rollout(run, prompts[lo:hi], step, attempt, offset=lo)

@@ -5,6 +5,8 @@ A record's ``images`` list holds, per image, one of:
   - raw ``bytes`` of an encoded image,
   - a dict ``{"bytes": <base64 str or bytes>}`` (the layout HF datasets export), or ``{"path": ...}``,
   - a PIL image (what ``datasets`` yields for an ``Image`` column).
+For Parquet / hub data the list is a :class:`~medix_r1.data.records.LazyImages`: the encoded images
+stay in the memory-mapped dataset until a record is sampled.
 
 Images are opened only when asked for (records stay small in memory) and normalised to RGB:
 greyscale, palette, RGBA/LA (composited on white), CMYK and 16-bit greyscale ("I;16", "I")
@@ -23,6 +25,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from medix_r1.data.records import LazyImages
 
 # A generous ceiling: anything above is downscaled before the model processor sees it (the model
 # processor then resizes to its own min/max pixels). 4096 x 4096 keeps decode memory < 64 MB.
@@ -143,7 +147,7 @@ def load_record_images(record: dict, base_dir=None,
         raise TypeError(f"record must be a dict, got {type(record).__name__}")
     record_id = record.get("id", "?")
     images = record.get("images") or []
-    if not isinstance(images, (list, tuple)):
+    if not isinstance(images, (list, tuple, LazyImages)):
         raise ImageError(f"record {record_id!r}: 'images' must be a list, got {type(images).__name__}")
     return [load_image(ref, record_id=record_id, index=i, base_dir=base_dir, max_pixels=max_pixels)
             for i, ref in enumerate(images)]

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from medix_r1.data.prompts import chat_token_ids, cut_middle, problem_text
+from medix_r1.data.prompts import OverlongPrompt, chat_token_ids, fit_prompt, record_messages
+from medix_r1.data.templates import content_with_images
 from medix_r1.vision.images import ImageError, _image_bytes_or_path, load_record_images
 from medix_r1.vision.model import (
     check_model_accepts_images,
@@ -68,8 +68,9 @@ def data_base_dir(source: str) -> str | None:
     return None
 
 
-def setup_vision(records, model_dir, tokenizer, cfg, counters: dict):
-    """``None`` for a text-only policy (after checking no record has images), else VisionPrompts."""
+def setup_vision(records, model_dir, tokenizer, cfg, counters: dict, source: str | None = None):
+    """``None`` for a text-only policy (after checking no record has images), else VisionPrompts.
+    ``source``: where the records come from (relative image paths), data.train by default."""
     config = model_config(model_dir)
     check_model_accepts_images(config, records)  # images + text-only policy: error naming the record
     if not is_vision_model(config):
@@ -80,7 +81,7 @@ def setup_vision(records, model_dir, tokenizer, cfg, counters: dict):
             "Qwen-VL input processor imports it) and torchvision cannot be imported here (no CPU build of it "
             "on this machine); use --set rollout.engine=hf (transformers generate), or run on a GPU machine "
             "with torchvision installed")
-    return VisionPrompts(records, config, model_dir, tokenizer, cfg, counters)
+    return VisionPrompts(records, config, model_dir, tokenizer, cfg, counters, source)
 
 
 def image_processor_for(model_dir, config, vcfg):
@@ -115,35 +116,14 @@ def resize_to_grid(image: Image.Image, cfg: VLImageConfig) -> Image.Image:
     return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
 
 
-# Marker a problem text may carry to place an image inside the text (LLaVA-style data).
-IMAGE_MARKER = "<image>"
-_MARKER_RE = re.compile(re.escape(IMAGE_MARKER))
-
-
 def build_vl_messages(problem: str, n_images: int, system_prompt: str | None = None, record_id="?") -> list[dict]:
     """Chat messages in the Qwen-VL layout: a user turn of {"type": "image"} / {"type": "text"} parts.
 
     Images go before the text, unless the problem carries ``<image>`` markers: then one image is
-    put at each marker, and the number of markers must equal n_images.
-    """
-    if not isinstance(problem, str):
-        raise TypeError(f"record {record_id!r}: problem must be a str, got {type(problem).__name__}")
-    if not isinstance(n_images, int) or n_images < 0:
-        raise ValueError(f"n_images must be an int >= 0, got {n_images!r}")
-    markers = len(_MARKER_RE.findall(problem))
-    if markers:
-        if markers != n_images:
-            raise ValueError(
-                f"record {record_id!r}: the problem has {markers} {IMAGE_MARKER} marker(s) but the record has "
-                f"{n_images} image(s); make them match (one marker per image) or remove the markers")
-        content = []
-        for k, piece in enumerate(_MARKER_RE.split(problem)):
-            if k:
-                content.append({"type": "image"})
-            if piece:
-                content.append({"type": "text", "text": piece})
-    else:
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": problem}]
+    put at each marker, and the number of markers must equal n_images (data/templates.py)."""
+    content = content_with_images(problem, n_images, record_id)
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": content}]
 
@@ -162,10 +142,10 @@ def _preprocess(images, processor):
 class VisionPrompts:
     """Prompt items (ids with expanded image placeholders + image tensors) for sampled records."""
 
-    def __init__(self, records, config, model_dir, tokenizer, cfg, counters: dict):
+    def __init__(self, records, config, model_dir, tokenizer, cfg, counters: dict, source: str | None = None):
         self.records, self.tokenizer, self.cfg, self.counters = records, tokenizer, cfg, counters
         self.vcfg = cfg.vision
-        self.base_dir = data_base_dir(cfg.data.train)
+        self.base_dir = data_base_dir(source or cfg.data.train)
         self.grid_cfg, self.processor = image_processor_for(model_dir, config, self.vcfg)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         if self.image_token_id is None or self.image_token_id == getattr(tokenizer, "unk_token_id", None):
@@ -189,13 +169,17 @@ class VisionPrompts:
 
     def _sync_counters(self) -> None:
         self.counters["bad_image_records"] = sorted(self.bad)
-        self.counters["skipped_image_records"] = len(self.bad)
+        self.counters["skipped_image_records"] = len(self.bad) - self.counters.get("filtered_overlong", 0)
 
     def _bad(self, index: int, err: Exception) -> None:
-        if self.vcfg.on_bad_image == "fail":
+        # data.overlong=filter skips an overlong prompt whatever vision.on_bad_image says (the official filter)
+        filtered = isinstance(err, OverlongPrompt) and self.cfg.data.overlong == "filter"
+        if self.vcfg.on_bad_image == "fail" and not filtered:
             raise err
         if index not in self.bad:
             self.bad.add(index)
+            if filtered:
+                self.counters["filtered_overlong"] = self.counters.get("filtered_overlong", 0) + 1
             self._sync_counters()
             log.warning("skipping record (vision.on_bad_image=skip, %d skipped so far): %s", len(self.bad), err)
 
@@ -222,16 +206,14 @@ class VisionPrompts:
         rid = record.get("id", "?")
         images = [resize_to_grid(img, self.grid_cfg)
                   for img in load_record_images(record, self.base_dir, self.vcfg.max_decode_pixels)]
-        messages = build_vl_messages(problem_text(record, c.data.context_chars), len(images),
-                                     c.data.system_prompt, rid)
-        ids = chat_token_ids(self.tokenizer, messages)
+        ids = chat_token_ids(self.tokenizer, record_messages(record, c.data, len(images)))
         budget = c.data.max_prompt_tokens
         item = {"record_index": index, "pixel_values": None, "image_grid_thw": None}
         if images:
             pixel_values, grid, merge = _preprocess(images, self.processor)
             expanded = expand_image_placeholders(ids, self.image_token_id, image_token_counts(grid, merge), rid)
-            if len(expanded) > budget:
-                raise ValueError(f"record {rid!r}: the prompt with its {len(images)} image(s) is {len(expanded)} "
+            if len(expanded) > budget:  # with its images a prompt is never cut: skipped, whatever data.overlong
+                raise OverlongPrompt(f"record {rid!r}: the prompt with its {len(images)} image(s) is {len(expanded)} "
                                  f"tokens, over data.max_prompt_tokens ({budget}); raise data.max_prompt_tokens or "
                                  f"lower vision.max_pixels (now {self.grid_cfg.max_pixels})")
             item.update(pixel_values=pixel_values, image_grid_thw=grid)
@@ -239,7 +221,7 @@ class VisionPrompts:
                 item["images"] = images
         else:
             expanded = expand_image_placeholders(ids, self.image_token_id, [], rid)  # stray <|image_pad|>: error
-            expanded = ids = cut_middle(expanded, budget)  # text only: cut in the middle, as the text path does
+            expanded = ids = fit_prompt(expanded, c.data, rid)  # text only: as the text path does
         item["input_ids"] = expanded   # what the policy sees (one pad per image token)
         item["engine_ids"] = ids       # one pad per image: vLLM expands it from the image itself
         return item
@@ -284,7 +266,8 @@ class VisionPrompts:
         return {"limit_mm_per_prompt": {"image": max(1, self.max_images)}}
 
     def metrics(self) -> dict:
-        return {"data/skipped_image_records": len(self.bad),
+        return {"data/skipped_image_records": self.counters["skipped_image_records"],
+                "data/filtered_overlong": self.counters.get("filtered_overlong", 0),
                 "data/image_prompts": getattr(self, "last_image_prompts", 0)}  # of the last draw
 
 
