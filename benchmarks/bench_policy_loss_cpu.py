@@ -35,7 +35,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.__main__ import main
 
 SHAPE = "tokens=4096,vocab=49152,hidden=576"
 NAME = "policy_loss_cpu"

@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.__main__ import main
 
 NAME = "reward_ops_cpu"
 OPS = "group_advantages,composite_advantages,cosine_rewards"

@@ -63,7 +63,7 @@ def _version(dist: str) -> str:
     return "-"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lib_version() -> str:
     """medix (the distribution holding medix_kernels) version + the commit of medix_kernels/ and
     csrc/, with '-dirty' when those folders have uncommitted changes."""
@@ -80,7 +80,7 @@ def lib_version() -> str:
     return version
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def driver_version(device: str) -> str:
     if device != "cuda":
         return "-"

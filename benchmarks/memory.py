@@ -83,6 +83,7 @@ def cuda_peak_extra(fn) -> int:
 
 def _measure_case(req: dict) -> list[dict]:
     import torch
+
     from .ops import OPS, Unavailable
     spec = OPS[req["op"]]
     dtype = getattr(torch, req["dtype"])
@@ -96,7 +97,7 @@ def _measure_case(req: dict) -> list[dict]:
             results.append({"impl": name, "peak_bytes": peak})
         except Unavailable as exc:
             results.append({"impl": name, "error": f"unavailable: {exc}"})
-        except Exception as exc:  # noqa: BLE001 - reported in the CSV note
+        except Exception as exc:
             results.append({"impl": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         finally:
             fn = None

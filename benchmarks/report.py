@@ -113,7 +113,7 @@ def auto_table(rows: list[dict]) -> list[dict]:
         best = min(cands, key=lambda r: _f(r["median_us"]))
         try:
             auto = _backend.resolve_backend("auto", torch.empty(0, device=device), op)
-        except Exception:  # noqa: BLE001 - a device this machine lacks
+        except Exception:
             auto = ""
         auto_row = next((r for r in cands if r["backend"].split(" ")[0] == auto), None)
         slowdown = _f(auto_row["median_us"]) / _f(best["median_us"]) if auto_row else float("nan")

@@ -53,7 +53,7 @@ class Settings:
     specs: dict | None = None        # {op name: OpSpec} used instead of benchmarks.ops.OPS[op] (benchmarks/gpu)
 
 
-def cases_for(spec, s: "Settings") -> list[dict]:
+def cases_for(spec, s: Settings) -> list[dict]:
     default = spec.cases(s.profile, s.device)
     if not s.shape:
         return default
@@ -213,7 +213,7 @@ def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
                     for name in res:
                         try:
                             mem[name] = cuda_peak_extra(fns[name])
-                        except Exception as exc:  # noqa: BLE001
+                        except Exception as exc:
                             mem[name] = f"{type(exc).__name__}: {exc}"
                 fns = inputs = None
                 gc.collect()

@@ -12,7 +12,8 @@ Ops (each with a pure-PyTorch reference in ``medix_kernels.reference`` and backe
 
 ``backends()`` lists the backends usable on this machine.
 """
-from ._backend import backends, has_cpu_extension
+from ._backend import backends as backends
+from ._backend import has_cpu_extension
 
 if has_cpu_extension():  # importing medix_kernels._C registered torch.ops.medix; add fake kernels
     from . import _fake
@@ -20,15 +21,15 @@ if has_cpu_extension():  # importing medix_kernels._C registered torch.ops.medix
     _fake.register()
     _fake.register_logprob()
 
-from .cosine_rewards import cosine_rewards  # noqa: F401,E402
-from .group_advantages import (  # noqa: F401,E402
+from .cosine_rewards import cosine_rewards  # noqa: F401
+from .fused_linear import fused_linear_grpo_loss, fused_linear_selective_log_softmax  # noqa: F401
+from .group_advantages import (  # noqa: F401
     ADVANTAGE_PRESETS,
     GroupStats,
     composite_advantages,
     group_advantages,
     group_stats,
 )
-from .grpo_loss import grpo_loss  # noqa: F401,E402
-from .fused_linear import fused_linear_grpo_loss, fused_linear_selective_log_softmax  # noqa: F401,E402
-from .loss_config import LossConfig  # noqa: F401,E402
-from .selective_log_softmax import selective_log_softmax  # noqa: F401,E402
+from .grpo_loss import grpo_loss  # noqa: F401
+from .loss_config import LossConfig  # noqa: F401
+from .selective_log_softmax import selective_log_softmax  # noqa: F401

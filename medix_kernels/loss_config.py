@@ -67,11 +67,11 @@ class LossConfig:
         if self.max_len is not None and not (isinstance(self.max_len, int) and self.max_len >= 1):
             bad("max_len", "None or an int >= 1")
 
-    def replace(self, **changes) -> "LossConfig":
+    def replace(self, **changes) -> LossConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "LossConfig":
+    def preset(cls, name: str, **overrides) -> LossConfig:
         """Named configurations (overridable):
 
         - "grpo": GRPO: PPO clip 0.2, k3 KL to the reference with beta 1e-2, token-mean.

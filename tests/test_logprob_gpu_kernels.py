@@ -334,6 +334,7 @@ def test_cuda_glue_passes_a_syntax_check(tmp_path):
     # cuda_loss_ops.cpp is only compiled by a CUDA build of torch; check its C++ here against the CPU torch's
     # headers plus the CUDA runtime headers (the CUDA math-library headers are stubbed).
     import shutil
+
     from torch.utils import cpp_extension
     cuda_include = "/usr/local/cuda/include"
     if shutil.which("g++") is None or not os.path.exists(os.path.join(cuda_include, "cuda_runtime.h")):

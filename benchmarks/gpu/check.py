@@ -143,7 +143,7 @@ class Check:
         t = time.monotonic()
         try:
             status, note = fn(limit)
-        except Exception as exc:  # noqa: BLE001 - the check itself must go on and write its outputs
+        except Exception as exc:
             import traceback
             (self.logs / f"{name}-check-error.log").write_text(traceback.format_exc())
             status, note = "error", f"{type(exc).__name__}: {exc}"
@@ -370,7 +370,7 @@ class Check:
     def write_outputs(self) -> None:
         try:
             self._write_outputs()
-        except Exception as exc:  # noqa: BLE001 - never lose the run over a report bug
+        except Exception as exc:
             import traceback
             (self.logs / "write-outputs-error.log").write_text(traceback.format_exc())
             print(f"writing the outputs failed: {exc}", flush=True)

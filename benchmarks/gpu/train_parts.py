@@ -79,8 +79,9 @@ def _timed_parts(base, weight, ids_in, ids, mask, adv, ref, loss_fn, P, R):
 
 
 def breakdown(model_dir: str, rows: int, prompt: int, response: int, repeats: int) -> dict:
-    import medix_kernels as mk
     from transformers import AutoModelForCausalLM
+
+    import medix_kernels as mk
 
     dev = device()
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

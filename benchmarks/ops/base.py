@@ -9,8 +9,8 @@ backward). A peer that is not installed or cannot run on the device raises ``Una
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..peers import eager, trl_peer, verl_formulas
-from ..peers import st_peer
+from ..peers import eager, st_peer, trl_peer, verl_formulas
 from .base import Impl, OpSpec, compiled, generator, medix_backends
 
 WEIGHTS = [0.5175, 0.3375, 0.045, 0.1]  # MediX-R1's total: 0.9 * (0.575, 0.375, 0.05) and 0.1

@@ -24,7 +24,6 @@ data pointer of Tensor"), checked with torch 2.13 / triton 3.9.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -171,8 +170,8 @@ def logprob_fwd(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.
 
 
 def logprob_bwd(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad_logp: torch.Tensor,
-                entropy: Optional[torch.Tensor] = None, grad_entropy: Optional[torch.Tensor] = None,
-                temperature: float = 1.0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                entropy: torch.Tensor | None = None, grad_entropy: torch.Tensor | None = None,
+                temperature: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient of (sum g_lp * logp + sum g_H * H) with respect to ``logits``, in the logits dtype.
 
     ``out`` (same shape and dtype as logits) receives it; ``out=logits`` overwrites the logits in
@@ -250,7 +249,7 @@ def _fwd_fake(logits, ids, temperature, with_entropy):
 
 
 def _bwd_op(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad_logp: torch.Tensor,
-            entropy: Optional[torch.Tensor], grad_entropy: Optional[torch.Tensor],
+            entropy: torch.Tensor | None, grad_entropy: torch.Tensor | None,
             temperature: float) -> torch.Tensor:
     return logprob_bwd(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature, out=None)
 
@@ -260,7 +259,7 @@ def _bwd_fake(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature):
 
 
 def _bwd_inplace_op(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad_logp: torch.Tensor,
-                    entropy: Optional[torch.Tensor], grad_entropy: Optional[torch.Tensor],
+                    entropy: torch.Tensor | None, grad_entropy: torch.Tensor | None,
                     temperature: float) -> None:
     logprob_bwd(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature, out=logits)
 

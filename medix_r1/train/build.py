@@ -26,8 +26,8 @@ from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
 from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
-from medix_r1.train.output_dir import prepare_output_dir
 from medix_r1.train.optim import make_optimizer
+from medix_r1.train.output_dir import prepare_output_dir
 from medix_r1.train.policy import load_model, loss_config
 from medix_r1.train.step import sync_weights
 from medix_r1.train.validate import Validation, load_validation_records
