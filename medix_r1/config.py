@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
-from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
-from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
-from medix_r1.data.records import FIELDS as RECORD_FIELDS
-from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
-from medix_r1.rewards import MODALITY_TAGS, RewardConfig
-from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
+from medix_r1.config_checks import validate
+from medix_r1.rewards import RewardConfig
 from medix_r1.utils import typed_config
 from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value
-
-LOSS_IMPLS = ("fused", "plain")
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cpu_smollm2"
@@ -148,9 +140,6 @@ class LossSection:
     aggregation: str = _f("token-mean", "token-mean, seq-mean-token-mean, seq-mean-token-sum or "
                           "seq-mean-token-sum-norm")
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
-
-
-OPTIMIZERS = ("adamw", "adamw_bf16")
 
 
 @dataclass
@@ -280,156 +269,3 @@ def to_dict(cfg) -> dict:
 
 # dotted field -> the values it may take (choices) or its bounds: (low, high, low excluded,
 # high excluded), None = unbounded. Relations between fields are checked in validate() itself.
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16"),
-    "data.on_malformed": ("fail", "skip"),
-    "rollout.engine": tuple(ROLLOUT_ENGINES),
-    "rollout.server_sync_backend": ("auto", "gloo", "nccl"),
-    "algorithm.advantage_mode": tuple(ADVANTAGE_MODES),
-    "algorithm.advantage_scale": tuple(ADVANTAGE_SCALES),
-    "loss.impl": LOSS_IMPLS,
-    "loss.loss_type": LOSS_TYPES,
-    "loss.kl": KL_ESTIMATORS,
-    "loss.aggregation": AGGREGATIONS,
-    "optim.schedule": ("constant", "linear", "cosine"),
-    "optim.optimizer": OPTIMIZERS,
-    "data.prompt_template": tuple(PROMPT_TEMPLATES),
-    "data.overlong": ("cut", "filter"),
-    "vision.on_bad_image": ("skip", "fail"),
-    "vision.processor": ("auto", "transformers", "project"),
-}
-RANGES = {
-    "data.context_chars": (0, None),
-    "data.max_prompt_tokens": (8, None),
-    "data.prompts_per_step": (1, None),
-    "data.max_records": (0, None),
-    "data.val_max_records": (0, None),
-    "rollout.val_n": (1, None),
-    "rollout.val_temperature": (0.0, None, True),
-    "rollout.val_top_p": (0.0, 1.0, True),
-    "algorithm.refill_chunk": (0, None),
-    "rollout.server_timeout_s": (0.0, None, True),
-    "rollout.server_sync_port": (0, 65535),
-    "rollout.server_sync_bucket_mb": (0.0, None),
-    "rollout.n": (2, None),
-    "rollout.max_tokens": (1, None),
-    "rollout.temperature": (0.0, None, True),
-    "rollout.top_p": (0.0, 1.0, True),
-    "rollout.kv_cache_gb": (0.0, None, True),
-    "algorithm.advantage_eps": (0.0, None),
-    "algorithm.dynamic_sampling_low": (0.0, 1.0),
-    "algorithm.dynamic_sampling_high": (0.0, 1.0),
-    "algorithm.max_refill_tries": (0, None),
-    "loss.clip_low": (0.0, 1.0, False, True),
-    "loss.clip_high": (0.0, None),
-    "loss.beta": (0.0, None),
-    "loss.chunk_size": (0, None),
-    "optim.lr": (0.0, 1.0, True),
-    "optim.weight_decay": (0.0, None),
-    "optim.beta1": (0.0, 1.0),
-    "optim.beta2": (0.0, 1.0),
-    "optim.grad_clip": (0.0, None),
-    "optim.warmup_steps": (0, None),
-    "optim.min_lr_ratio": (0.0, 1.0),
-    "optim.updates_per_step": (1, None),
-    "optim.mini_batch_size": (0, None),
-    "optim.micro_batch_size": (1, None),
-    "train.max_steps": (1, None),
-    "train.save_every": (0, None),
-    "train.keep_last": (1, None),
-    "train.eval_every": (0, None),
-    "train.log_completions_every": (0, None),
-    "train.max_nan_steps": (1, None),
-    "train.judge_failure_threshold": (0.0, 1.0),
-    "train.judge_failure_window": (1, None),
-    "vision.min_pixels": (0, None),
-    "vision.max_pixels": (0, None),
-    "vision.max_decode_pixels": (1, None),
-    "dist.timeout_min": (0.0, None, True),
-    "dist.full_model_max_gb": (0.0, None),
-}
-# why a bound is what it is, where the number alone would puzzle
-REASONS = {
-    "rollout.n": "the samples of a prompt form its group, and with one sample every group advantage is 0",
-    "loss.clip_low": "the ratio is clipped below at 1 - clip_low, which must stay positive",
-}
-
-
-def _get(cfg, key: str):
-    for name in key.split("."):
-        cfg = getattr(cfg, name)
-    return cfg
-
-
-def _choice(value, choices, key):
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}{hint}")
-
-
-def _range(value, key, lo=None, hi=None, lo_open=False, hi_open=False):
-    bad_lo = lo is not None and (value < lo or (lo_open and value == lo))
-    bad_hi = hi is not None and (value > hi or (hi_open and value == hi))
-    if bad_lo or bad_hi:
-        lo_txt = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        hi_txt = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        why = f" ({REASONS[key]})" if key in REASONS else ""
-        raise ValueError(f"{key} must be {' and '.join(t for t in (lo_txt, hi_txt) if t)}, got {value!r}{why}")
-
-
-def _finite_floats(obj, prefix: str) -> None:
-    """Every float field of the tree is a finite number: NaN passes every comparison, so a range
-    check alone would accept it (and ``lr = nan`` would only fail after the models load)."""
-    for f in dataclasses.fields(obj):
-        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            _finite_floats(value, key + ".")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value!r}")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Range and choice checks across the tree; ValueError naming the field."""
-    _finite_floats(cfg, "")
-    for key, choices in CHOICES.items():
-        _choice(_get(cfg, key), choices, key)
-    for key, bounds in RANGES.items():
-        _range(_get(cfg, key), key, *bounds)
-    d, r, a, l, v = cfg.data, cfg.rollout, cfg.algorithm, cfg.loss, cfg.vision
-    if bool(d.example_question) != bool(d.example_answer):
-        raise ValueError("data.example_question and data.example_answer go together: set both or neither")
-    for src, dst in d.columns.items():
-        _choice(dst, RECORD_FIELDS, f"data.columns.{src}")
-    doubled = sorted({v for v in d.columns.values() if list(d.columns.values()).count(v) > 1})
-    if doubled:
-        raise ValueError(f"data.columns maps several columns to {doubled}")
-    if d.default_modality:
-        _choice(d.default_modality, MODALITY_TAGS, "data.default_modality")
-    if r.engine in ("server", "vllm-server") and not r.server_url.startswith(("http://", "https://")):
-        server = "`vllm serve MODEL --weight-transfer-config ...`" if r.engine == "vllm-server" else \
-            "the rollout server, `python -m medix_r1.rollout.server --model DIR --port PORT`"
-        raise ValueError(f"rollout.engine={r.engine} needs rollout.server_url=http://HOST:PORT ({server}), "
-                         f"got {r.server_url!r}")
-    if (cfg.train.eval_every or cfg.train.eval_before_train) and not d.val:
-        raise ValueError("train.eval_every / train.eval_before_train validate on data.val, which is not set: "
-                         "--set data.val=hub:NAME (or a local file), or turn validation off")
-    if cfg.optim.optimizer == "adamw_bf16" and cfg.model.dtype != "bfloat16":
-        raise ValueError("optim.optimizer=adamw_bf16 trains bfloat16 weights: set model.dtype=bfloat16")
-    if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
-        raise ValueError(f"rollout.max_model_len ({r.max_model_len}) must be >= data.max_prompt_tokens "
-                         f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")
-    if a.dynamic_sampling_low >= a.dynamic_sampling_high:
-        raise ValueError("algorithm.dynamic_sampling_low must be < algorithm.dynamic_sampling_high")
-    if l.dual_clip != 0 and l.dual_clip <= 1:
-        raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
-    if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:
-        raise ValueError(f"vision.min_pixels ({v.min_pixels}) must be <= vision.max_pixels ({v.max_pixels})")
-    if not cfg.train.output_dir:
-        raise ValueError("train.output_dir must not be empty")
-    # The reward section validates itself where it can (its own __post_init__ / validate()).
-    check = getattr(cfg.reward, "validate", None)
-    if callable(check):
-        check()
-    elif hasattr(cfg.reward, "__post_init__"):
-        cfg.reward.__post_init__()

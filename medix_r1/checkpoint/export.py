@@ -1,0 +1,132 @@
+"""``python -m medix_r1.checkpoint export STEP_DIR OUT_DIR``: a Hugging Face folder from any checkpoint.
+
+A single-process checkpoint's ``model/`` folder is re-saved (optionally in another dtype); a sharded
+torchrun checkpoint's ``dcp/`` shards are read in this process without a process group (so models
+over ``dist.full_model_max_gb``, which get no ``model/`` folder, export too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from medix_r1.checkpoint.store import MARKER, save_hf_folder
+
+# ----------------------------------------------------------------------------- export to a Hugging Face folder
+
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dcp_model_state(dcp_dir: Path) -> dict:
+    """The model's full tensors from a ``dcp/`` folder written at any world size, read in this process
+    without a process group and without building the model (shapes and dtypes from DCP's metadata)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+    model = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+             if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    if not model:
+        raise ValueError(f"{dcp_dir}: no model tensors in this DCP checkpoint")
+    state = {"model": model}
+    dcp.load(state, checkpoint_id=str(dcp_dir), no_dist=True)
+    return state["model"]
+
+
+def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str | None = None) -> Path:
+    """A Hugging Face folder (config, safetensors, tokenizer, processor) from a checkpoint ``step``,
+    single-process or sharded (``dcp/``, any world size); ``dtype`` fp32/bf16/fp16 (default: as saved).
+    The config, tokenizer and processor come from the checkpoint's ``model/`` or the run's
+    ``model.policy``. ``push_to_hub``: also upload the folder to that hub repository."""
+    import transformers
+
+    from medix_r1.models import resolve_model_dir
+
+    step, out = Path(step), Path(out)
+    if not (step / MARKER).is_file():
+        raise ValueError(f"{step} is not a complete checkpoint (no {MARKER} marker)")
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise ValueError(f"--dtype must be one of {list(EXPORT_DTYPES)}, got {dtype!r}")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty")
+    policy = json.loads((step / "trainer_state.json").read_text())["config"]["model"]["policy"]
+    source = step / "model" if (step / "model" / "config.json").is_file() else \
+        Path(resolve_model_dir(policy, "the checkpoint's model.policy"))
+    config = transformers.AutoConfig.from_pretrained(str(source))
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    model_cls = getattr(transformers, arch or "", None)
+    if model_cls is None:
+        raise ValueError(f"{source}: config.json names no transformers architecture ({arch!r})")
+    with torch.device("meta"):  # the module tree only: names, tied weights, key conversions
+        model = model_cls._from_config(config)
+    if (step / "dcp").is_dir():
+        weights = dcp_model_state(step / "dcp")
+    else:
+        from safetensors.torch import load_file
+        weights = {}
+        for f in sorted((step / "model").glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        model = None  # the files already hold the checkpoint's key names
+    if dtype is not None:
+        weights = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
+        config.dtype = EXPORT_DTYPES[dtype]
+    tmp = out.parent / f".tmp_{out.name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if model is None:
+        _save_plain(tmp, config, weights)
+    else:
+        model.config = config
+        save_hf_folder(tmp, model, weights, None)
+    for loader in (transformers.AutoTokenizer, transformers.AutoProcessor):
+        try:  # the processor (a VLM's) includes the tokenizer; text models have only the tokenizer
+            loader.from_pretrained(str(step / "model" if (step / "model" / "tokenizer_config.json").is_file()
+                                       else source)).save_pretrained(str(tmp))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            if loader is transformers.AutoTokenizer:
+                raise ValueError(f"{source}: no tokenizer to export ({e})") from e
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    if push_to_hub:
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
+    return out
+
+
+def _save_plain(folder: Path, config, weights: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    config.save_pretrained(folder)
+
+
+def main(argv=None) -> int:
+    """``python -m medix_r1.checkpoint export STEP_DIR OUT_DIR [--dtype bf16] [--push-to-hub REPO]``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m medix_r1.checkpoint",
+                                description="Trainer checkpoints: export one as a Hugging Face model folder.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write a Hugging Face folder (safetensors, config, tokenizer, processor) "
+                                      "from a checkpoint, sharded torchrun ones included")
+    e.add_argument("step_dir", help="a checkpoint folder, e.g. runs/medix_cpu/step_000030")
+    e.add_argument("out_dir", help="the folder to write (must not exist or be empty)")
+    e.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), help="cast floating-point weights (default: as saved)")
+    e.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this hub repository")
+    args = p.parse_args(argv)
+    try:
+        out = export_hf(Path(args.step_dir), Path(args.out_dir), args.dtype, args.push_to_hub)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
