@@ -41,7 +41,7 @@ class CountingJudge:
     async def chat(self, messages, *, max_tokens, cache_key=None):
         self.calls += 1
         prompt = messages[-1]["content"]
-        answer = prompt.split("Candidate answer:\n", 1)[1]
+        answer = prompt.rsplit("<answer>\n", 1)[1]  # the fenced candidate answer comes last
         text = "no idea" if answer.startswith("flaky") else \
             json.dumps({"score": int(answer.startswith("good"))})
         return SimpleNamespace(text=text, failed=False, error=None, attempts=1, latency=0.0)
