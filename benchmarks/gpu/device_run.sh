@@ -7,7 +7,8 @@
 #
 #   bash benchmarks/gpu/device_run.sh OUT [--dry-run]
 #   budgets (seconds): B_BUILD (env + build, beside the trainer check: default 200), B_TRAIN (180),
-#   B_BENCH (correctness + benchmark rows, 120), B_SAN (compute-sanitizer, 60; 0 = skip)
+#   B_BENCH (correctness + benchmark rows, 120), B_SAN (compute-sanitizer, 60; 0 = skip); B_TRAIN=0 skips
+#   the trainer check, and a carried .gpu/_C.so skips the build
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT" || exit 2
@@ -27,7 +28,7 @@ if [ -z "$first" ]; then : > "$W/build_console.log"; true & else
 bash benchmarks/gpu/check.sh "$W/k1" "${DRY[@]}" --phases "$first" --budget-s "${B_BUILD:-200}" > "$W/build_console.log" 2>&1 &
 fi
 build_pid=$!
-bash benchmarks/gpu/train_check.sh "$W/t" "${DRY[@]}" --budget-s "${B_TRAIN:-180}"
+[ "${B_TRAIN:-180}" -gt 0 ] && bash benchmarks/gpu/train_check.sh "$W/t" "${DRY[@]}" --budget-s "${B_TRAIN:-180}"
 wait "$build_pid"; cat "$W/build_console.log"
 bash benchmarks/gpu/check.sh "$W/k2" "${DRY[@]}" --phases correctness,bench --budget-s "${B_BENCH:-120}"
 [ "${B_SAN:-60}" -gt 10 ] && bash benchmarks/gpu/check.sh "$W/k3" "${DRY[@]}" --phases sanitizer --budget-s "${B_SAN:-60}"
