@@ -6,9 +6,8 @@ import logging
 import pytest
 
 from medix_r1 import checkpoint as ckpt
-from medix_r1.config import load_config
 from medix_r1.train import train
-from tests.train_helpers import CharRewardWorker, make_tiny_model
+from tests.train_helpers import CharRewardWorker, make_tiny_model, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +16,8 @@ def tiny(tmp_path_factory):
 
 
 def config(tiny, out, *more):
-    return load_config("cpu_smollm2", [f"model.policy={tiny}", "rollout.engine=hf", "rollout.max_tokens=6",
-                                       "rollout.n=3", "data.prompts_per_step=2", "data.max_records=20",
-                                       "train.max_steps=2", f"train.output_dir={out}", "train.progress=false",
-                                       "train.tensorboard=false", "train.plot=false", "optim.lr=1e-3",
-                                       "train.save_every=1", "train.keep_last=5", *more])
+    return tiny_run_config(tiny, out, "train.tensorboard=false", "train.plot=false", "optim.lr=1e-3",
+                           "train.save_every=1", "train.keep_last=5", *more)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from medix_r1.train import TrainingStopped, train
 from medix_r1.train import step as train_step
 from medix_r1.train.policy import policy_loss
 from medix_r1.train.step import keep_groups
-from tests.train_helpers import CharRewardWorker, Result, make_tiny_model
+from tests.train_helpers import CharRewardWorker, Result, make_tiny_model, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,8 @@ def tiny(tmp_path_factory):
 
 
 def config(tiny, out, *more):
-    return load_config("cpu_smollm2", [f"model.policy={tiny}", "rollout.engine=hf", "rollout.max_tokens=6",
-                                       "rollout.n=3", "data.prompts_per_step=2", "data.max_records=20",
-                                       "train.max_steps=2", f"train.output_dir={out}", "train.progress=false",
-                                       "optim.lr=1e-3", "optim.weight_decay=0.0", "train.save_every=1",
-                                       "train.keep_last=5", *more])
+    return tiny_run_config(tiny, out, "optim.lr=1e-3", "optim.weight_decay=0.0", "train.save_every=1",
+                           "train.keep_last=5", *more)
 
 
 def weights(folder):

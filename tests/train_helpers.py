@@ -23,6 +23,17 @@ def make_tiny_model(folder) -> str:
     return str(folder)
 
 
+def tiny_run_config(tiny, out, *more):
+    """The trainer tests' run: the tiny policy, HF rollouts of 3 x 6 tokens for 2 prompts of the first
+    20 bundled records, 2 steps, output in ``out``; ``more`` adds or overrides ``key=value`` settings."""
+    from medix_r1.config import load_config
+
+    return load_config("cpu_smollm2", [f"model.policy={tiny}", "rollout.engine=hf", "rollout.max_tokens=6",
+                                       "rollout.n=3", "data.prompts_per_step=2", "data.max_records=20",
+                                       "train.max_steps=2", f"train.output_dir={out}", "train.progress=false",
+                                       *more])
+
+
 @dataclass
 class Result:
     total: float
