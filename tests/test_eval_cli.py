@@ -37,6 +37,21 @@ def test_model_may_be_a_hub_id_and_a_bad_one_fails_first(capsys, tmp_path):
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
+def test_unreadable_data_is_one_line_before_any_model_loads(capsys, tmp_path, monkeypatch):
+    missing, bad = tmp_path / "missing.jsonl", tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe not utf-8\n")
+    for path, says in ((missing, "missing.jsonl"), (bad, "bad.jsonl")):
+        assert main(["--benchmarks", "pubmedqa_bundled", "--data-files", f"pubmedqa_bundled={path}",
+                     "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: data_files for pubmedqa_bundled: cannot read") and says in err[-1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub benchmark offline (and not cached): one line naming it
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty_cache"))
+    assert main(["--benchmarks", "medqa", "--limit", "1", "--output-dir", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: benchmark medqa: cannot load hub:") and "--data-files medqa=PATH" in err
+
+
 def test_parse_helpers():
     assert len(parse_benchmarks("paper")) == 17
     assert parse_benchmarks("medqa, medqa,pubmedqa") == ["medqa", "pubmedqa"]

@@ -217,11 +217,18 @@ def _read_rows(bench: Benchmark, data_files: str | list[str] | None):
         if builder is None:
             raise ValueError(f"data_files for {bench.name}: expected .jsonl/.json/.csv/.parquet, "
                              f"got {files[0]!r}")
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train")
+        except (OSError, datasets.exceptions.DatasetGenerationError) as e:  # missing, unreadable, not UTF-8
+            raise ValueError(f"data_files for {bench.name}: cannot read {files}: {e}") from None
     if bench.hub_id is None:
         raise ValueError(f"benchmark {bench.name!r} has no public hub copy ({bench.note}); "
                          f"pass its local files with --data-files {bench.name}=PATH")
-    return datasets.load_dataset(bench.hub_id, bench.config, split=bench.split)
+    try:
+        return datasets.load_dataset(bench.hub_id, bench.config, split=bench.split)
+    except OSError as e:  # ConnectionError offline, a missing cache: one line naming the source and the way out
+        raise ValueError(f"benchmark {bench.name}: cannot load hub:{bench.hub_id} ({type(e).__name__}: {e}); it needs "
+                         f"the network or the hub cache, or local files with --data-files {bench.name}=PATH") from None
 
 
 def load_benchmark(name: str, *, limit: int | None = None,
