@@ -101,7 +101,8 @@ def targets(rows: list[dict]) -> list[str]:
                 mem_no = float(r["peak_mem_no_outputs_MB"]) / float(full["peak_mem_no_outputs_MB"])
                 tim = float(r["median_us"]) / float(full["median_us"])
                 lines.append(f"fused_linear_grpo_loss {shape}: peak {r['peak_mem_MB']} MB vs full logits "
-                             f"{full['peak_mem_MB']} MB = {mem:.1%} (target <= 15%: {'met' if mem <= 0.15 else 'MISSED'}); "
+                             f"{full['peak_mem_MB']} MB = {mem:.1%} "
+                             f"(target <= 15%: {'met' if mem <= 0.15 else 'MISSED'}); "
                              f"without the returned gradients {r['peak_mem_no_outputs_MB']} vs "
                              f"{full['peak_mem_no_outputs_MB']} MB = {mem_no:.1%}; time {tim:.2f}x the full-logits "
                              f"path (target <= 1.3x: {'met' if tim <= 1.3 else 'MISSED'}); "
@@ -142,7 +143,8 @@ def plot(rows: list[dict], png: str) -> None:
 FAIR_NAME = "policy_loss_cpu_fair"
 FAIR_COLUMNS = ["op", "shape", "tokens", "vocab", "dtype", "device", "protocol", "impl", "family", "median_us",
                 "p10_us", "p90_us", "copy_median_us", "net_median_us", "net_p10_us", "net_p90_us", "n_samples",
-                "minor_faults", "fresh_buffer_MB", "x_vs_eager", "x_vs_compile", "x_vs_trl", "first_call_ms", "load_1m_start", "load_1m_end", "threads",
+                "minor_faults", "fresh_buffer_MB", "x_vs_eager", "x_vs_compile", "x_vs_trl", "first_call_ms",
+                "load_1m_start", "load_1m_end", "threads",
                 "note", "device_name", "medix", "torch", "trl_version", "date"]
 FAIR_IMPLS = {"medix-cpu", "medix-cpu-inplace", "torch-eager", "torch-compile", "trl"}
 REUSED_IMPLS = ("medix-cpu", "medix-cpu-inplace", "torch-eager", "torch-compile")
@@ -208,7 +210,8 @@ def fair(argv: list[str]) -> int:
         nt = common.summarize(net)
         imp = meta_impls.get(name)
         if name == "logits-copy":
-            note = "the fresh copy alone (logits.detach().clone().requires_grad_()): subtracted from every fresh-copy row"
+            note = ("the fresh copy alone (logits.detach().clone().requires_grad_()): subtracted from every "
+                    "fresh-copy row")
         elif protocol == "fresh-copy":
             note = "a fresh copy of the logits made inside every timed call; net = sample - the round's copy sample"
         else:
@@ -222,7 +225,8 @@ def fair(argv: list[str]) -> int:
                      "net_median_us": round(nt["median_s"] * 1e6, 1), "net_p10_us": round(nt["p10_s"] * 1e6, 1),
                      "net_p90_us": round(nt["p90_s"] * 1e6, 1), "n_samples": st["n_samples"],
                      "first_call_ms": round(info["first_call_s"] * 1e3, 1), "minor_faults": faults[key],
-                     "fresh_buffer_MB": round(faults[key] * resource.getpagesize() / 2**20), "load_1m_start": round(load0[0], 2),
+                     "fresh_buffer_MB": round(faults[key] * resource.getpagesize() / 2**20),
+                     "load_1m_start": round(load0[0], 2),
                      "load_1m_end": round(load1[0], 2), "threads": torch.get_num_threads(), "note": note, **env})
     for r in rows:  # ratios within one protocol, from the net medians
         for fam, impl in (("eager", "torch-eager"), ("compile", "torch-compile"), ("trl", "trl")):
@@ -237,8 +241,9 @@ def fair(argv: list[str]) -> int:
     with open(os.path.splitext(args.out)[0] + ".meta.json", "w") as fh:
         fh.write(json.dumps(meta, indent=1) + "\n")
     for r in sorted(rows, key=lambda r: (r["protocol"], r["net_median_us"])):
-        print(f"{r['protocol']:12s} {r['impl']:18s} raw {r['median_us'] / 1e3:8.1f} ms  net {r['net_median_us'] / 1e3:8.1f}"
-              f" ms [{r['net_p10_us'] / 1e3:.1f}, {r['net_p90_us'] / 1e3:.1f}]  x eager {r['x_vs_eager']}  "
+        print(f"{r['protocol']:12s} {r['impl']:18s} raw {r['median_us'] / 1e3:8.1f} ms  "
+              f"net {r['net_median_us'] / 1e3:8.1f} ms [{r['net_p10_us'] / 1e3:.1f}, {r['net_p90_us'] / 1e3:.1f}]  "
+              f"x eager {r['x_vs_eager']}  "
               f"x compile {r['x_vs_compile']}  x trl {r['x_vs_trl']}  faults {r['minor_faults']}")
     print(f"wrote {args.out} (load {load0[0]:.2f} -> {load1[0]:.2f}, {meta['wall_s']} s)")
     fair_report(args.out)
@@ -269,7 +274,8 @@ def fair_report(path: str) -> str:
            f"load average (1 min) {r0['load_1m_start']} -> {r0['load_1m_end']}, {meta.get('wall_s', '?')} s. "
            "Times in ms (median; net = median over rounds of the sample minus that round's `logits-copy` sample; "
            "p10-p90 of the net); ratios = peer net median / row net median, within one protocol; faults = minor "
-           f"page faults of one call ({buf_pages:,} = one fresh {buf_mib:.0f} MiB [T, V] fp32 buffer in 4 KiB pages).", "",
+           f"page faults of one call ({buf_pages:,} = one fresh {buf_mib:.0f} MiB [T, V] fp32 buffer in 4 KiB "
+           "pages).", "",
            "| protocol | impl | median | net | net p10-p90 | x vs eager | x vs compile | x vs trl | faults |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["protocol"], float(r["net_median_us"]))):

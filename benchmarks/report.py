@@ -146,9 +146,10 @@ def crossovers(auto_rows: list[dict]) -> list[str]:
         if len(set(winners)) == 1:
             lines.append(f"- `{op}`: `{winners[0]}` fastest at every measured shape ({len(rs)})")
         else:
-            parts = ", ".join(f"{r['shape']}: `{r['fastest_backend']}`" + ("" if r["significant"] in (0, "0") or
-                                                                          r["fastest_backend"] == r["auto_at_measurement"]
-                                                                          else " (significant)") for r in rs)
+            def flag(r):
+                quiet = r["significant"] in (0, "0") or r["fastest_backend"] == r["auto_at_measurement"]
+                return "" if quiet else " (significant)"
+            parts = ", ".join(f"{r['shape']}: `{r['fastest_backend']}`" + flag(r) for r in rs)
             lines.append(f"- `{op}`: winner changes with the shape: {parts}")
     return lines
 
@@ -244,7 +245,8 @@ def _header(csv_path: Path, rows: list[dict], meta: dict | None) -> list[str]:
                 cells.append("-" if not v else f"{min(v):.2f}" if min(v) == max(v) else f"{min(v):.2f}-{max(v):.2f}")
             ld = [_f(r["load_1m_start"]) for r in rs] + [_f(r["load_1m_end"]) for r in rs]
             mark = " (*)" if impl.endswith("-inplace") else ""
-            out.append(f"| {op} | {impl}{mark} | {len(rs)} | " + " | ".join(cells) + f" | {min(ld):.1f}-{max(ld):.1f} |")
+            out.append(f"| {op} | {impl}{mark} | {len(rs)} | " + " | ".join(cells)
+                       + f" | {min(ld):.1f}-{max(ld):.1f} |")
     out.append("")
     if any(r["impl"].endswith("-inplace") and r["role"] == "ours" for r in rows):
         out.append("(*) in place on one private logits tensor that every timed call reuses: it allocates no "
@@ -317,7 +319,8 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
         mem = "" if r["peak_mem_MB"] == "" else f"{_f(r['peak_mem_MB']):.1f}"
         out.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {r['backend']} | {_ms(r['median_us'])} | "
                    f"{_ms(r['p10_us'])}-{_ms(r['p90_us'])} | {mem} | {r['GBps']} | {r['TFLOPs'] or '-'} | "
-                   f"{100 * _f(r['frac_peak']):.1f} | {r['x_vs_best_peer']} ({r['best_peer']}) | {r['load_1m_start']} |")
+                   f"{100 * _f(r['frac_peak']):.1f} | {r['x_vs_best_peer']} ({r['best_peer']}) | "
+                   f"{r['load_1m_start']} |")
     out.append("")
     out.append("</details>")
     out.append("")

@@ -101,8 +101,8 @@ def _grpo_impls(device):
     for b in medix_backends(device):
         def build(x, b=b):
             leaf = logits_leaf(x)
-            return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(t, x["ids"], x["mask"], x["adv"], old_logp=x["old"],
-                                                                     ref_logp=x["ref"], config=cfg, backend=b))
+            return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(
+                t, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], config=cfg, backend=b))
         out.append(Impl(f"medix-{b}", "medix", b, build, auto_candidate=True))
         if b != "torch":
             def build_inplace(x, b=b):
