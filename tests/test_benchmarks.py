@@ -89,7 +89,8 @@ def test_peers_that_cannot_run_here_are_skipped_with_a_message(smoke_run):
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     if not torch.cuda.is_available():  # Liger's Triton GRPO loss needs a GPU
         assert not any(r["family"] == "liger" for r in rows)
-        assert "skipped grpo_loss / liger-triton: Liger's triton_grpo_loss is a Triton kernel: needs a CUDA GPU" in stdout
+        assert ("skipped grpo_loss / liger-triton: Liger's triton_grpo_loss is a Triton kernel: "
+                "needs a CUDA GPU") in stdout
         assert "needs a CUDA GPU" in meta["skipped"]["grpo_loss / liger-triton"]
     assert not any(r["family"] in ("trl", "compile", "st") for r in rows)  # not asked for (--peers)
 
@@ -259,8 +260,9 @@ def test_fair_policy_loss_run_writes_net_times_and_ratios(tmp_path):
 def test_dry_run_exercises_the_gpu_code_paths_on_the_cpu(tmp_path):
     # --dry-run-cpu: TRITON_INTERPRET=1, so the medix triton backend and Liger's Triton kernels run (interpreted)
     # through the same builders the GPU run uses; CUDA events and allocator counters are not exercised here.
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run-cpu", "--ops", "selective_log_softmax,grpo_loss",
-                           "--peers", "liger", "--memory", "none", "--out-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run-cpu",
+                           "--ops", "selective_log_softmax,grpo_loss", "--peers", "liger", "--memory", "none",
+                           "--out-dir", str(tmp_path)],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     path = next(p for p in tmp_path.glob("cpu-dryrun-*.csv") if not p.name.endswith(".auto.csv"))
