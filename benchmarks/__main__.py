@@ -48,7 +48,8 @@ def _suite_parser() -> argparse.ArgumentParser:
                         "smoke shapes; timings are meaningless")
     p.add_argument("--no-report", action="store_true", help="CSV only: no plots, README table or auto table")
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE", "keep"), default="PASSIVE",
-                   help="OMP_WAIT_POLICY for this run and the memory worker (default PASSIVE; 'keep': the environment's)")
+                   help="OMP_WAIT_POLICY for this run and the memory worker "
+                        "(default PASSIVE; 'keep': the environment's)")
     p.add_argument("--metrics", default=None, help="with --ops trainer: a metrics.jsonl to profile")
     return p
 
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         print(f"unknown op(s) {unknown}; choose from {list(OPS)} or 'trainer'", file=sys.stderr)
         return 2
     profile = args.profile or ("smoke" if args.dry_run_cpu else "medium")
-    s = suite.Settings(profile=profile, device=device, dtype=args.dtype or ("bfloat16" if device == "cuda" else "float32"),
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    s = suite.Settings(profile=profile, device=device, dtype=dtype,
                        ops=tuple(ops), peers=None if args.peers is None else tuple(args.peers.split(",")),
                        memory=args.memory, mem_budget_gb=args.mem_budget_gb,
                        out_dir=args.out_dir or str(common.RESULTS), name=args.name, rounds_min=args.rounds,

@@ -22,12 +22,13 @@ an exact match (which would skip the judge) and none is an invalid answer.
 Every mode runs once per round for ``--repeats`` rounds (modes interleaved, so a change in the
 machine's load hits all of them alike); per mode the run with the median time is reported.
 
-Columns: seconds (wall time of the median run; seconds_all lists every run), samples_per_s, ratio_vs_sequential, failures (calls
-that got no reply), unparsed (replies that were neither YES nor NO; official parsing counts them
-as NO), yes (replies counted as correct), same_reply_as_sequential (fraction of items whose reply
-equals the sequential run's), p50/p90 latency of a single HTTP request (sent -> reply, not
-counting time queued for a concurrency slot). Machine, versions, date and the load average at
-the start of each run are in the header comment and in extra columns.
+Columns: seconds (wall time of the median run; seconds_all lists every run), samples_per_s,
+ratio_vs_sequential, failures (calls that got no reply), unparsed (replies that were neither YES
+nor NO; official parsing counts them as NO), yes (replies counted as correct),
+same_reply_as_sequential (fraction of items whose reply equals the sequential run's), p50/p90
+latency of a single HTTP request (sent -> reply, not counting time queued for a concurrency
+slot). Machine, versions, date and the load average at the start of each run are in the header
+comment and in extra columns.
 
     python benchmarks/bench_judge.py [--n 64] [--concurrency 1,4,8,16,32] [--out PATH]
 """
@@ -54,7 +55,8 @@ from medix_r1.rewards.parsing import is_invalid_answer  # noqa: E402
 
 DATA = ROOT / "medix_r1" / "data" / "pubmedqa" / "train.jsonl"
 COLUMNS = ["mode", "concurrency", "n", "seconds", "samples_per_s", "ratio_vs_sequential", "failures",
-           "p50_latency_s", "p90_latency_s", "unparsed", "yes", "same_reply_as_sequential", "load_avg_1m", "seconds_all"]
+           "p50_latency_s", "p90_latency_s", "unparsed", "yes", "same_reply_as_sequential", "load_avg_1m",
+           "seconds_all"]
 FLIP = {"Yes": "No", "No": "Yes", "Maybe": "No"}
 # the warm-up pair: not one of the items (its prompt must not be in the prefix cache when a run starts)
 WARMUP = ("Is aspirin an antiplatelet drug", "Yes. Aspirin inhibits platelet aggregation",

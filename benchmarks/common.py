@@ -48,10 +48,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The widest vector ISA the medix C++ kernels pick here (csrc/cpu/isa.h): avx512, avx2 or base.
+    Machines lent under the same CPU model name differ in it, and the kernels' speed with it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return "?"
+    if {"avx512bw", "avx512vl", "avx512dq"} <= set(flags):
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= set(flags) else "base"
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"CPU {cpu_model()} x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
+    return f"CPU {cpu_model()} x{os.cpu_count()} {cpu_isa()} (torch threads {torch.get_num_threads()})"
 
 
 def _version(dist: str) -> str:

@@ -1,14 +1,16 @@
 """Everything derived from a results CSV: plots, the Markdown tables in benchmarks/README.md, the
 scaling report (fitted exponents, crossovers) and the auto-choice table.
 
-    python -m benchmarks report benchmarks/results/cpu-2026-12-01.csv [--readme]
+    python -m benchmarks report benchmarks/results/cpu-quick.csv [--readme]
 
 Outputs next to the CSV: ``<stem>-<op>.png`` (time and peak memory against tokens, one line per
-implementation), ``<stem>.md`` (the tables), ``<stem>.auto.csv`` (per op and shape, the fastest
-medix backend and what ``backend="auto"`` resolves to; tests/test_benchmarks.py checks that
-``resolve_backend`` follows it). With ``--readme`` the tables also go into benchmarks/README.md
-between ``<!-- BEGIN RESULTS <stem> -->`` / ``<!-- END RESULTS <stem> -->`` (replaced in place,
-appended at the end the first time).
+implementation), ``<stem>.md`` (every table: per op and shape, every row, scaling fits), ``<stem>.auto.csv`` (per op
+and shape, the fastest medix backend and what ``backend="auto"`` resolves to at report time;
+tests/test_benchmarks.py checks that ``resolve_backend`` follows it). The meta file's ``note``
+(provenance added by hand: the command, the machine's state) heads the tables. With ``--readme``
+the summary table (and a link to ``<stem>.md``) also goes into benchmarks/README.md between
+``<!-- BEGIN RESULTS <stem> -->`` / ``<!-- END RESULTS <stem> -->`` (replaced in place, appended
+at the end the first time).
 """
 from __future__ import annotations
 
@@ -144,9 +146,10 @@ def crossovers(auto_rows: list[dict]) -> list[str]:
         if len(set(winners)) == 1:
             lines.append(f"- `{op}`: `{winners[0]}` fastest at every measured shape ({len(rs)})")
         else:
-            parts = ", ".join(f"{r['shape']}: `{r['fastest_backend']}`" + ("" if r["significant"] in (0, "0") or
-                                                                          r["fastest_backend"] == r["auto_at_measurement"]
-                                                                          else " (significant)") for r in rs)
+            def flag(r):
+                quiet = r["significant"] in (0, "0") or r["fastest_backend"] == r["auto_at_measurement"]
+                return "" if quiet else " (significant)"
+            parts = ", ".join(f"{r['shape']}: `{r['fastest_backend']}`" + flag(r) for r in rs)
             lines.append(f"- `{op}`: winner changes with the shape: {parts}")
     return lines
 
@@ -212,10 +215,13 @@ def _ms(x):
     return f"{v:.3g}" if v >= 0.01 else f"{v:.2g}"
 
 
-def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: list[dict], scal: list[dict]) -> str:
+def _header(csv_path: Path, rows: list[dict], meta: dict | None) -> list[str]:
+    """The run's provenance line (the meta file's ``note`` first, where it has one) and the summary table:
+    each medix implementation's speed-up over each peer, min-max over the op's shapes."""
     r0 = rows[0]
     loads = [_f(r["load_1m_start"]) for r in rows] + [_f(r["load_1m_end"]) for r in rows]
-    out = [f"Results `{csv_path.name}` ({r0['profile']} profile): {r0['device_name']}, {r0['dtype']} "
+    out = [(f"{meta['note']} " if meta and meta.get("note") else "") +
+           f"Results `{csv_path.name}` ({r0['profile']} profile): {r0['device_name']}, {r0['dtype']} "
            f"(reward ops: float32 inputs), medix {r0['medix']}, torch {r0['torch']}, triton {r0['triton']}, "
            f"driver {r0['driver']}, trl {r0['trl_version']}, liger-kernel {r0['liger_version']}, {r0['date']}. "
            f"Load average (1 min) during the cases: {min(loads):.2f}-{max(loads):.2f}. "
@@ -238,8 +244,53 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
                 v = [_f(r[f"x_vs_{f}"]) for r in rs if r[f"x_vs_{f}"] not in ("", None)]
                 cells.append("-" if not v else f"{min(v):.2f}" if min(v) == max(v) else f"{min(v):.2f}-{max(v):.2f}")
             ld = [_f(r["load_1m_start"]) for r in rs] + [_f(r["load_1m_end"]) for r in rs]
-            out.append(f"| {op} | {impl} | {len(rs)} | " + " | ".join(cells) + f" | {min(ld):.1f}-{max(ld):.1f} |")
+            mark = " (*)" if impl.endswith("-inplace") else ""
+            out.append(f"| {op} | {impl}{mark} | {len(rs)} | " + " | ".join(cells)
+                       + f" | {min(ld):.1f}-{max(ld):.1f} |")
     out.append("")
+    if any(r["impl"].endswith("-inplace") and r["role"] == "ours" for r in rows):
+        out.append("(*) in place on one private logits tensor that every timed call reuses: it allocates no "
+                   "gradient buffer where every other row allocates (and page-faults) a fresh [T, V] one per call; "
+                   "not the cost of a training step (see the fair protocol, bench_policy_loss_cpu.py --fair).")
+        out.append("")
+    return out
+
+
+def _auto_lines(csv_path: Path, auto_rows: list[dict], full: bool = True) -> list[str]:
+    if not auto_rows:
+        return []
+    out = []
+    if full:
+        out.append(f"Which medix backend is fastest (what `backend=\"auto\"` should pick on this device; table: "
+                   f"`{csv_path.stem}.auto.csv`):")
+        out.append("")
+        out += crossovers(auto_rows)
+        out.append("")
+    mism = [r for r in auto_rows if r["fastest_backend"] != r["auto_at_measurement"]]
+    sig = [r for r in mism if str(r["significant"]) == "1"]
+    table = "" if full else f" (table: `results/{csv_path.stem}.auto.csv`)"
+    out.append(f"`auto` resolved to `{auto_rows[0]['auto_at_measurement']}` here{table}; it was not the fastest at "
+               f"{len(mism)} of {len(auto_rows)} shapes, beyond the noise (p10 of auto's choice above the "
+               f"winner's p90 and > 5% slower) at {len(sig)}" + (":" if sig else "."))
+    for r in sig:
+        out.append(f"- {r['op']} {r['shape']}: {r['fastest_backend']} {_ms(r['fastest_us'])} ms vs "
+                   f"auto ({r['auto_at_measurement']}) {_ms(r['auto_us'])} ms (x{r['auto_slowdown']})")
+    out.append("")
+    return out
+
+
+def readme_section(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: list[dict]) -> str:
+    """What benchmarks/README.md holds of a run: the provenance line, the summary table, the auto check
+    and a link to the run's full tables (``<stem>.md``: every shape and row, scaling, plots)."""
+    out = _header(csv_path, rows, meta) + _auto_lines(csv_path, auto_rows, full=False)
+    out.append(f"Every shape and row, the scaling fits and the plots: [results/{csv_path.stem}.md]"
+               f"(results/{csv_path.stem}.md).")
+    return "\n".join(out)
+
+
+def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: list[dict], scal: list[dict]) -> str:
+    out = _header(csv_path, rows, meta)
+    fams = [f for f in PEER_FAMILIES if any(r[f"x_vs_{f}"] not in ("", None) for r in rows)]
     out.append("Speed-up of the fastest medix implementation over each peer (peer median / medix median; "
                "> 1: medix is faster), per op and shape:")
     out.append("")
@@ -268,7 +319,8 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
         mem = "" if r["peak_mem_MB"] == "" else f"{_f(r['peak_mem_MB']):.1f}"
         out.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {r['backend']} | {_ms(r['median_us'])} | "
                    f"{_ms(r['p10_us'])}-{_ms(r['p90_us'])} | {mem} | {r['GBps']} | {r['TFLOPs'] or '-'} | "
-                   f"{100 * _f(r['frac_peak']):.1f} | {r['x_vs_best_peer']} ({r['best_peer']}) | {r['load_1m_start']} |")
+                   f"{100 * _f(r['frac_peak']):.1f} | {r['x_vs_best_peer']} ({r['best_peer']}) | "
+                   f"{r['load_1m_start']} |")
     out.append("")
     out.append("</details>")
     out.append("")
@@ -311,25 +363,11 @@ def markdown(csv_path: Path, rows: list[dict], meta: dict | None, auto_rows: lis
     out.append("Shapes where a peer beat every medix implementation: " + ("none." if not slower else ""))
     out += slower
     out.append("")
-    if auto_rows:
-        out.append(f"Which medix backend is fastest (what `backend=\"auto\"` should pick on this device; table: "
-                   f"`{csv_path.stem}.auto.csv`):")
-        out.append("")
-        out += crossovers(auto_rows)
-        mism = [r for r in auto_rows if r["fastest_backend"] != r["auto_at_measurement"]]
-        sig = [r for r in mism if str(r["significant"]) == "1"]
-        out.append("")
-        out.append(f"`auto` resolved to `{auto_rows[0]['auto_at_measurement']}` here; it was not the fastest at "
-                   f"{len(mism)} of {len(auto_rows)} shapes, beyond the noise (p10 of auto's choice above the "
-                   f"winner's p90 and > 5% slower) at {len(sig)}" + (":" if sig else "."))
-        for r in sig:
-            out.append(f"- {r['op']} {r['shape']}: {r['fastest_backend']} {_ms(r['fastest_us'])} ms vs "
-                       f"auto ({r['auto_at_measurement']}) {_ms(r['auto_us'])} ms (x{r['auto_slowdown']})")
-        out.append("")
+    out += _auto_lines(csv_path, auto_rows)
     pngs = [(op, csv_path.with_name(f"{csv_path.stem}-{op}.png")) for op in _ops(rows)]
     pngs = [(op, p) for op, p in pngs if p.exists()]
     if pngs:
-        out.append("Plots: " + ", ".join(f"[{op}](results/{p.name})" for op, p in pngs))
+        out.append("Plots: " + ", ".join(f"[{op}]({p.name})" for op, p in pngs))  # next to this .md
         out.append("")
     return "\n".join(out)
 
@@ -357,7 +395,7 @@ def generate(csv_path, readme: bool = False, readme_path: Path = README) -> str:
     text = markdown(csv_path, rows, meta, auto_rows, scal)
     csv_path.with_suffix(".md").write_text(text + "\n")
     if readme:
-        update_readme(csv_path.stem, text, readme_path)
+        update_readme(csv_path.stem, readme_section(csv_path, rows, meta, auto_rows), readme_path)
     print(f"report: {csv_path.with_suffix('.md')}, {csv_path.with_suffix('.auto.csv')}, plots "
           f"{csv_path.stem}-*.png" + (f", {readme_path}" if readme else ""))
     return text

@@ -90,9 +90,10 @@ def mem_budget_bytes(s: Settings) -> int:
 def csv_path(s: Settings, env: dict) -> Path:
     if s.name:
         return Path(s.out_dir) / (s.name if s.name.endswith(".csv") else s.name + ".csv")
-    suffix = "" if s.profile == "medium" else f"-{s.profile}"
+    # One current result per device and profile (the date is in every row and the meta file; git keeps
+    # the earlier runs).
     dev = "cpu-dryrun" if s.dry_run else s.device
-    return Path(s.out_dir) / f"{dev}-{env['date']}{suffix}.csv"
+    return Path(s.out_dir) / f"{dev}-{s.profile}.csv"
 
 
 def _fmt(x, nd=3):

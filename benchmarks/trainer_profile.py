@@ -61,7 +61,7 @@ def profile(recs: list[dict], skip_first: int = 0) -> dict:
     return {"steps": steps, "used_steps": len(used), "mean": mean, "share": share}
 
 
-def markdown(prof: dict, source: str, skip_first: int, note: str = "") -> str:
+def markdown(prof: dict, source: str, skip_first: int, note: str = "", per_step: bool = True) -> str:
     cols = (*PHASES, "other")
     out = [f"Trainer step profile from `{source}` ({len(prof['steps'])} steps; mean over {prof['used_steps']}"
            + (f", first {skip_first} left out" if skip_first else "") + ")." + (f" {note}" if note else ""), "",
@@ -69,6 +69,8 @@ def markdown(prof: dict, source: str, skip_first: int, note: str = "") -> str:
     for k in cols:
         out.append(f"| {k} | {prof['mean'][k]:.2f} | {100 * prof['share'][k]:.1f}% |")
     out.append(f"| **step** | **{prof['mean']['step_s']:.2f}** | 100% |")
+    if not per_step:
+        return "\n".join(out)
     out += ["", "| step | " + " | ".join(cols) + " | step s | tokens/s |", "|" + "---|" * (len(cols) + 3)]
     for s in prof["steps"]:
         tps = s["tokens_per_s"]
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", default=None, help="metrics.jsonl of a run (default: run a short training first)")
     p.add_argument("--steps", type=int, default=3, help="steps of the short run when --metrics is not given")
     p.add_argument("--out-dir", default=str(common.RESULTS))
-    p.add_argument("--tag", default=None, help="file-name tag (default: cpu-<date>-<steps>steps)")
+    p.add_argument("--tag", default=None, help="file-name tag: trainer_profile-<tag>.md (default: cpu)")
     p.add_argument("--skip-first", type=int, default=0, help="steps left out of the mean (warm-up)")
     p.add_argument("--note", default="", help="provenance text for the table's header (machine, recipe, load)")
     args = p.parse_args(argv)
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
         print(f"profile-trainer: no step records with time/step in {metrics}", file=sys.stderr)
         return 1
     prof = profile(recs, args.skip_first)
-    tag = args.tag or f"cpu-{common.environment()['date']}-{len(recs)}steps"
+    tag = args.tag or "cpu"  # one current profile per machine (git keeps the earlier ones)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source = str(metrics.resolve())
@@ -159,7 +161,9 @@ def main(argv=None) -> int:
     md_path.write_text(text + (f"\n\n![shares]({png.name})\n" if png else "\n"))
     if out.resolve() == common.RESULTS.resolve():  # the committed profile also goes into benchmarks/README.md
         from .report import update_readme
-        update_readme("trainer-profile", text + (f"\n\n![trainer step profile](results/{png.name})" if png else ""))
+        short = markdown(prof, source, args.skip_first, note, per_step=False)
+        update_readme("trainer-profile", short + f"\n\nPer step: [results/{md_path.name}](results/{md_path.name})"
+                      + (f"; plot: [results/{png.name}](results/{png.name})." if png else "."))
     print(text)
     print(f"wrote {md_path}" + (f" and {png}" if png else ""))
     return 0

@@ -97,8 +97,7 @@ def resolve_backend(backend: str, tensor: torch.Tensor, op: str) -> str:
         if not has_cuda_extension():
             raise RuntimeError(f"{op}: medix_kernels._C was built without CUDA kernels "
                                "(rebuild with a CUDA torch and nvcc on the PATH)")
-    elif backend == "triton":
-        if not triton_usable(device):
-            raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 "
-                               f"for CPU tensors (got a tensor on {device})")
+    elif backend == "triton" and not triton_usable(device):
+        raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 "
+                           f"for CPU tensors (got a tensor on {device})")
     return backend

@@ -10,8 +10,9 @@ def register() -> None:
         n = values.shape[0]
         g = offsets.shape[0] - 1 if offsets is not None else n // group_size
         f32 = dict(dtype=torch.float32, device=values.device)
-        return (values.new_empty((n,)), torch.empty((n if weights is not None else 0,), **f32), torch.empty((g,), **f32),
-                torch.empty((g,), **f32), torch.empty((g,), dtype=torch.bool, device=values.device))
+        return (values.new_empty((n,)), torch.empty((n if weights is not None else 0,), **f32),
+                torch.empty((g,), **f32), torch.empty((g,), **f32),
+                torch.empty((g,), dtype=torch.bool, device=values.device))
 
     @torch.library.register_fake("medix::group_offsets")
     def _group_offsets_fake(group_index):

@@ -9,7 +9,8 @@ linear path) is exactly the sum of its chunks:
     seq-mean-token-mean:     w = m / (len_b * number of non-empty sequences)
     seq-mean-token-sum:      w = m / (number of non-empty sequences)
     seq-mean-token-sum-norm: w = m / (number of non-empty sequences * max_len)
-The formulas of l_t are written out in medix_kernels.reference.policy_loss; MediX-R1's own trainer: docs/official_loss_semantics.md.
+The formulas of l_t are written out in medix_kernels.reference.policy_loss; MediX-R1's own
+trainer: docs/official_loss_semantics.md.
 """
 from __future__ import annotations
 

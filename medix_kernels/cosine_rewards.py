@@ -43,11 +43,10 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
         raise TypeError(f"{op}: 'threshold' must be a float or None, got {type(threshold).__name__}")
     backend = resolve_backend(backend, pred, op)
     pred, ref = pred.detach(), ref.detach()
-    if pred.dtype != ref.dtype or pred.dtype == torch.float64:
-        if backend != "torch":
-            if pred.dtype != ref.dtype:
-                raise TypeError(f"{op}: 'pred' and 'ref' must have the same dtype, got {pred.dtype} and {ref.dtype}")
-            raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got float64")
+    if backend != "torch" and (pred.dtype != ref.dtype or pred.dtype == torch.float64):
+        if pred.dtype != ref.dtype:
+            raise TypeError(f"{op}: 'pred' and 'ref' must have the same dtype, got {pred.dtype} and {ref.dtype}")
+        raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got float64")
     if backend == "torch":
         return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)
     pred = pred if pred.stride(-1) == 1 else pred.contiguous()

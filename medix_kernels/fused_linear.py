@@ -133,14 +133,16 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         h = hidden.reshape(t, hdim)
         flat_ids = ids.reshape(t)
         w_tok = token_weights(mask, config).reshape(t)
-        adv_tok = adv.float().expand(b, l).reshape(t) if adv.dim() == 2 else adv.float()[:, None].expand(b, l).reshape(t)
+        adv_bl = adv.float() if adv.dim() == 2 else adv.float()[:, None]
+        adv_tok = adv_bl.expand(b, l).reshape(t)
         old = None if old_logp is None else old_logp.float().reshape(t)
         ref = None if ref_logp is None else ref_logp.float().reshape(t)
         seq_log_ratio = None
         if config.loss_type in SEQUENCE_RATIO_TYPES and old is not None:
             logp_all, _ = _chunked_logp(h, weight, bias, flat_ids, config.temperature, backend, chunk)
             m = mask.float()
-            seq = (((logp_all.view(b, l) - old.view(b, l)) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))
+            seq = (((logp_all.view(b, l) - old.view(b, l)) * m).sum(-1, keepdim=True)
+                   / m.sum(-1, keepdim=True).clamp_min(1))
             seq_log_ratio = seq.expand(b, l).reshape(t)
 
         fwd, _, bwd_inplace = _ops(backend)

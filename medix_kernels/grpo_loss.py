@@ -27,7 +27,8 @@ def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, confi
     if not isinstance(advantages, torch.Tensor) or not advantages.dtype.is_floating_point:
         raise TypeError(f"{op}: 'advantages' must be a float tensor [B] or [B, L]")
     if tuple(advantages.shape) not in ((b,), (b, l)):
-        raise ValueError(f"{op}: 'advantages' must be [B] = [{b}] or [B, L] = [{b}, {l}], got {tuple(advantages.shape)}")
+        raise ValueError(f"{op}: 'advantages' must be [B] = [{b}] or [B, L] = [{b}, {l}], "
+                         f"got {tuple(advantages.shape)}")
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if t is None:
             continue

@@ -58,7 +58,8 @@ def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool =
     if logits.dim() not in (2, 3) or logits.shape[-1] == 0:
         raise ValueError(f"{op}: 'logits' must be [B, L, V] or [T, V] with V >= 1, got shape {tuple(logits.shape)}")
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{op}: 'ids' must be an int64 or int32 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+        got = getattr(ids, "dtype", type(ids).__name__)
+        raise TypeError(f"{op}: 'ids' must be an int64 or int32 tensor, got {got}")
     if tuple(ids.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"{op}: 'ids' must have shape {tuple(logits.shape[:-1])} (logits without the vocabulary "
                          f"dimension), got {tuple(ids.shape)}")

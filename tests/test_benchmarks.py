@@ -89,7 +89,8 @@ def test_peers_that_cannot_run_here_are_skipped_with_a_message(smoke_run):
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     if not torch.cuda.is_available():  # Liger's Triton GRPO loss needs a GPU
         assert not any(r["family"] == "liger" for r in rows)
-        assert "skipped grpo_loss / liger-triton: Liger's triton_grpo_loss is a Triton kernel: needs a CUDA GPU" in stdout
+        assert ("skipped grpo_loss / liger-triton: Liger's triton_grpo_loss is a Triton kernel: "
+                "needs a CUDA GPU") in stdout
         assert "needs a CUDA GPU" in meta["skipped"]["grpo_loss / liger-triton"]
     assert not any(r["family"] in ("trl", "compile", "st") for r in rows)  # not asked for (--peers)
 
@@ -199,11 +200,69 @@ def test_auto_backend_follows_the_measured_table(table, op):
                                                   f"{r['candidates']} (us)")
 
 
+def test_one_result_file_per_device_and_profile(tmp_path):
+    env = {"date": "2026-12-03"}
+    assert suite.csv_path(suite.Settings(profile="quick", out_dir=str(tmp_path)), env).name == "cpu-quick.csv"
+    assert suite.csv_path(suite.Settings(profile="medium", device="cuda", out_dir=str(tmp_path)), env).name == \
+        "cuda-medium.csv"
+    assert suite.csv_path(suite.Settings(profile="smoke", dry_run=True, out_dir=str(tmp_path)), env).name == \
+        "cpu-dryrun-smoke.csv"
+
+
+def test_every_link_to_a_results_file_resolves():
+    import re
+    docs = {ROOT / "benchmarks" / "README.md": ROOT / "benchmarks", ROOT / "README.md": ROOT}
+    docs.update({p: p.parent for p in RESULTS.glob("*.md")})
+    checked = 0
+    for doc, base in docs.items():
+        for target in re.findall(r"\]\(([^)#\s]+)\)", doc.read_text()):
+            if "results/" in target or base == RESULTS and not target.startswith("http"):
+                assert (base / target).exists(), f"{doc.relative_to(ROOT)} links to a missing {target}"
+                checked += 1
+    assert checked >= 10
+
+
+def test_fair_protocol_gives_every_call_a_fresh_copy():
+    from benchmarks.ops import loss
+    x = {"logits": torch.randn(2, 3, 5)}
+    reused = loss.logits_leaf(x)
+    assert reused() is reused() and reused().data_ptr() == x["logits"].data_ptr()
+    private = loss.logits_leaf(x, private=True)
+    assert private() is private() and private().data_ptr() != x["logits"].data_ptr()
+    fresh = loss.logits_leaf({**x, "fresh_logits": True}, private=True)
+    a, b = fresh(), fresh()
+    assert a is not b and a.requires_grad and torch.equal(a, x["logits"]) and a.data_ptr() != x["logits"].data_ptr()
+
+
+def test_fair_policy_loss_run_writes_net_times_and_ratios(tmp_path):
+    out = tmp_path / "fair.csv"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_policy_loss_cpu.py", "--fair", "--shape",
+                           "tokens=64,vocab=512", "--peers", "eager", "--rounds", "3", "--out", str(out)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out, newline="")))
+    got = {(r["protocol"], r["impl"]) for r in rows}
+    assert got == {("fresh-copy", "logits-copy"), ("fresh-copy", "medix-cpu"), ("fresh-copy", "medix-cpu-inplace"),
+                   ("fresh-copy", "torch-eager"), ("reused-leaf", "medix-cpu"), ("reused-leaf", "medix-cpu-inplace"),
+                   ("reused-leaf", "torch-eager")}, got
+    for r in rows:
+        assert int(r["n_samples"]) == 3 and float(r["median_us"]) > 0
+        if r["impl"] != "logits-copy":
+            eager = next(e for e in rows if e["protocol"] == r["protocol"] and e["impl"] == "torch-eager")
+            assert float(r["x_vs_eager"]) == pytest.approx(float(eager["net_median_us"]) / float(r["net_median_us"]),
+                                                           rel=2e-3, abs=2e-3)
+        if r["protocol"] == "reused-leaf":
+            assert r["net_median_us"] == r["median_us"] and r["copy_median_us"] == ""
+    md = out.with_suffix(".md").read_text()
+    assert "| fresh-copy | logits-copy |" in md and "fair.csv" in md
+
+
 def test_dry_run_exercises_the_gpu_code_paths_on_the_cpu(tmp_path):
     # --dry-run-cpu: TRITON_INTERPRET=1, so the medix triton backend and Liger's Triton kernels run (interpreted)
     # through the same builders the GPU run uses; CUDA events and allocator counters are not exercised here.
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run-cpu", "--ops", "selective_log_softmax,grpo_loss",
-                           "--peers", "liger", "--memory", "none", "--out-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run-cpu",
+                           "--ops", "selective_log_softmax,grpo_loss", "--peers", "liger", "--memory", "none",
+                           "--out-dir", str(tmp_path)],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     path = next(p for p in tmp_path.glob("cpu-dryrun-*.csv") if not p.name.endswith(".auto.csv"))

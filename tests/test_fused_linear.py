@@ -43,8 +43,8 @@ def cpu_and_reference(inputs, cfg, chunk, with_bias):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_full_logits_path(preset, chunk, with_bias):
     cfg = mk.LossConfig.preset(preset)
-    (loss, stats, ins), (want, want_stats, outs) = cpu_and_reference(batch(seed=zlib.crc32(preset.encode()) % 100), cfg, chunk,
-                                                                     with_bias)
+    inputs = batch(seed=zlib.crc32(preset.encode()) % 100)
+    (loss, stats, ins), (want, want_stats, outs) = cpu_and_reference(inputs, cfg, chunk, with_bias)
     t = tol("fused_linear", torch.float32)
     torch.testing.assert_close(loss, want, **t)
     for k in want_stats:
@@ -86,7 +86,8 @@ def test_fused_linear_selective_log_softmax():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda b: mk.fused_linear_grpo_loss(b[0][0], b[1], b[3], b[4], b[5]), r"'hidden' must be a float tensor \[B, L, H\]"),
+    (lambda b: mk.fused_linear_grpo_loss(b[0][0], b[1], b[3], b[4], b[5]),
+     r"'hidden' must be a float tensor \[B, L, H\]"),
     (lambda b: mk.fused_linear_grpo_loss(b[0], b[1][:, :3], b[3], b[4], b[5]), r"'lm_head_weight' must be \[V, H\]"),
     (lambda b: mk.fused_linear_grpo_loss(b[0], b[1], b[3] + 10**6, b[4], b[5]), r"'ids' must be in \[0, V=777\)"),
     (lambda b: mk.fused_linear_grpo_loss(b[0], b[1], b[3], b[4], b[5], chunk_size=0), "'chunk_size' must be"),

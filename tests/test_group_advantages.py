@@ -211,8 +211,10 @@ def test_non_finite_weights_are_refused(backend, bad):
     (lambda: mk.group_advantages(torch.ones(7), 2), ValueError, r"\(7\) must be divisible by 'group_size' \(2\)"),
     (lambda: mk.group_advantages(torch.ones(4, dtype=torch.int64), 2), TypeError, r"'rewards' must be a floating"),
     (lambda: mk.group_advantages(torch.ones(4)), ValueError, r"exactly one of 'group_size'"),
-    (lambda: mk.group_advantages(torch.ones(4), 2, group_index=torch.zeros(4, dtype=torch.long)), ValueError, "exactly one"),
-    (lambda: mk.group_advantages(torch.ones(3), group_index=torch.tensor([0, 2, 1])), ValueError, r"non-decreasing.*position 2"),
+    (lambda: mk.group_advantages(torch.ones(4), 2, group_index=torch.zeros(4, dtype=torch.long)),
+     ValueError, "exactly one"),
+    (lambda: mk.group_advantages(torch.ones(3), group_index=torch.tensor([0, 2, 1])),
+     ValueError, r"non-decreasing.*position 2"),
     (lambda: mk.group_advantages(torch.ones(3), group_index=torch.tensor([0, 1])), ValueError, r"length N=3"),
     (lambda: mk.group_advantages(torch.ones(3), group_index=torch.tensor([0.0, 1, 1])), TypeError, "integer tensor"),
     (lambda: mk.group_advantages(torch.ones(4), 2, mode="ppo"), ValueError, r"'mode' must be one of"),
@@ -329,7 +331,8 @@ def test_isa_variants_agree(tmp_path):
         "r = torch.rand(ids.numel(), generator=gen).round(decimals=1)\n"
         "out['ragged'] = mk.group_advantages(r, group_index=ids)\n"
         "c = (torch.rand(max(ids.numel(), 3048), 4, generator=gen) > 0.5).float()\n"
-        "out['comp_total'], out['comp_adv'] = mk.composite_advantages(c[:ids.numel()], [0.5175, 0.3375, 0.045, 0.1], group_index=ids)\n"
+        "out['comp_total'], out['comp_adv'] = mk.composite_advantages(\n"
+        "    c[:ids.numel()], [0.5175, 0.3375, 0.045, 0.1], group_index=ids)\n"
         "out['comp8'] = torch.cat(mk.composite_advantages(c[:3048], [0.5175, 0.3375, 0.045, 0.1], 8))\n"
         "torch.save(out, sys.argv[1])\n")
     import subprocess

@@ -64,7 +64,8 @@ def assert_within(got, want, bound, what):
     err = torch.where(same_inf, torch.zeros_like(got), (got - want).abs())
     bad = ~(err <= bound)
     assert not bad.any(), (f"{what}: {int(bad.sum())} element(s) out of bounds; got {got[bad][:5].tolist()}, "
-                           f"want {want[bad][:5].tolist()}, bound {torch.broadcast_to(bound, got.shape)[bad][:5].tolist()}")
+                           f"want {want[bad][:5].tolist()}, "
+                           f"bound {torch.broadcast_to(bound, got.shape)[bad][:5].tolist()}")
 
 
 def table(family, dtype, want):
@@ -93,7 +94,8 @@ def reward_cases(draw, composite=False):
         dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
         kind=draw(st.sampled_from(["normal", "ties", "binary"])),  # ties / 0-1 rewards: degenerate groups
         magnitude=draw(st.sampled_from(MAGNITUDES)),
-        mode=draw(st.sampled_from(["grpo", "dr_grpo", "rloo"])), scale=draw(st.sampled_from(["group", "batch", "none"])),
+        mode=draw(st.sampled_from(["grpo", "dr_grpo", "rloo"])),
+        scale=draw(st.sampled_from(["group", "batch", "none"])),
         singleton=draw(st.sampled_from(["zero", "verl"])), eps=draw(st.sampled_from([1e-6, 1e-4])),
         stride=draw(st.sampled_from([1, 1, 2, 3])), nan=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
@@ -174,8 +176,10 @@ def check_advantages(c, backend):
 @st.composite
 def cosine_cases(draw):
     b = draw(st.integers(1, 6))
-    return dict(b=b, d=draw(st.sampled_from([1, 2, 3, 7, 16, 33, 130])), dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
-                magnitudes=draw(st.lists(st.sampled_from([1.0, 1e-20, 1e-8, 1e10, 1e20, 1e30, 3e38]), min_size=b, max_size=b)),
+    return dict(b=b, d=draw(st.sampled_from([1, 2, 3, 7, 16, 33, 130])),
+                dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
+                magnitudes=draw(st.lists(st.sampled_from([1.0, 1e-20, 1e-8, 1e10, 1e20, 1e30, 3e38]),
+                                         min_size=b, max_size=b)),
                 zero_row=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "wide", "transposed"])),
                 threshold=draw(st.sampled_from([None, 0.0, 0.8])), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
@@ -292,8 +296,10 @@ def loss_cases(draw):
         dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
         config=mk.LossConfig(loss_type=lt, aggregation=draw(st.sampled_from(AGGREGATIONS)),
                              kl=draw(st.sampled_from(KL_ESTIMATORS)), beta=draw(st.sampled_from([0.0, 0.05])),
-                             clip_low=draw(st.sampled_from([0.0, 3e-4, 0.2])), clip_high=draw(st.sampled_from([4e-4, 0.28])),
-                             dual_clip=draw(st.sampled_from([None, 3.0])), temperature=draw(st.sampled_from([0.7, 1.0])),
+                             clip_low=draw(st.sampled_from([0.0, 3e-4, 0.2])),
+                             clip_high=draw(st.sampled_from([4e-4, 0.28])),
+                             dual_clip=draw(st.sampled_from([None, 3.0])),
+                             temperature=draw(st.sampled_from([0.7, 1.0])),
                              max_len=draw(st.sampled_from([None, 8]))),
         mask=draw(st.sampled_from(["random", "all_zero", "empty_row", "all_one"])),
         per_token_adv=draw(st.booleans()), adv_scale=draw(st.sampled_from([0.0, 1.0, 1e3])),
@@ -328,8 +334,8 @@ def check_loss(c, backend):
     logp = ref.selective_log_softmax(logits.float(), ids, temperature=cfg.temperature)
     mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
     x = logits.clone().requires_grad_(True)
-    loss, stats = mk.grpo_loss(x * 1.0 if c["inplace"] else x, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
-                               inplace_backward=c["inplace"], return_entropy=c["entropy"], backend=backend)
+    loss, stats = mk.grpo_loss(x * 1.0 if c["inplace"] else x, ids, mask, adv, old_logp=old, ref_logp=ref_lp,
+                               config=cfg, inplace_backward=c["inplace"], return_entropy=c["entropy"], backend=backend)
     xr = logits.float().requires_grad_(True)
     want, want_stats = ref.grpo_loss(xr, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
                                      return_entropy=c["entropy"])

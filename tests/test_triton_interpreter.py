@@ -62,7 +62,8 @@ SCRIPT = textwrap.dedent("""
         y[1] = -x[1]
         got = mk.cosine_rewards(x, y, backend="triton")
         assert not got.isnan().any(), got
-        torch.testing.assert_close(got, F.cosine_similarity(x.double(), y.double()).float(), **tol("cosine", torch.float32))
+        want = F.cosine_similarity(x.double(), y.double()).float()
+        torch.testing.assert_close(got, want, **tol("cosine", torch.float32))
     print("TRITON-INTERPRETER-OK")
 """)
 
@@ -70,7 +71,8 @@ SCRIPT = textwrap.dedent("""
 def test_triton_reward_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "TRITON-INTERPRETER-OK" in proc.stdout
 

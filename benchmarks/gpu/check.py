@@ -263,7 +263,8 @@ class Check:
 
     def phase_sanitizer(self, limit):
         log = self.logs / "sanitizer.log"
-        tool = shutil.which("compute-sanitizer") or next(iter(glob.glob("/usr/local/cuda*/bin/compute-sanitizer")), None)
+        installed = glob.glob("/usr/local/cuda*/bin/compute-sanitizer")
+        tool = shutil.which("compute-sanitizer") or next(iter(installed), None)
         cmd = [tool or "compute-sanitizer", "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "3",
                "--print-limit", "100", self.py, "-m", "benchmarks.gpu.sanitize"]
         if self.dry:
@@ -453,7 +454,8 @@ class Check:
                     e = _f(r["rel_err"]) / max(_f(r["bar"]), 1e-30) if _f(r["bar"]) > 0 else 0.0
                     worst[key] = max(worst.get(key, 0.0), e)
             if bad:
-                L += ["", "| case | backend | dtype | output | rel err | bar | result |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                L += ["", "| case | backend | dtype | output | rel err | bar | result |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
                 L += [f"| {r['case']} | {r['backend']} | {r['dtype']} | {r['output']} | {r['rel_err']} | {r['bar']} | "
                       f"{r['ok']} {r.get('error', '')} |" for r in bad]
             if worst:
@@ -584,7 +586,8 @@ def bench_tables(rows: list[dict], ceil: dict) -> list[str]:
             case = sorted((r for r in rows if r["op"] == op and r["shape"] == shape), key=lambda r: _f(r["median_us"]))
             compute = case[0]["bound"] == "compute"
             L += [f"**{op}** {shape} {case[0]['dtype']}", "",
-                  "| impl | backend | median ms | p10-p90 ms | " + ("TFLOP/s | % matmul" if compute else "GB/s | % copy")
+                  "| impl | backend | median ms | p10-p90 ms | "
+                  + ("TFLOP/s | % matmul" if compute else "GB/s | % copy")
                   + " | peak MB | vs fastest |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             best = _f(case[0]["median_us"])
             for r in case:

@@ -65,5 +65,6 @@ def report(rows: list[dict], source: str) -> str:
         lines.append(f"{r['arch']:8s} {r['registers'] if r['registers'] is not None else '?':>4} {r['smem']:>6} "
                      f"{r['stack'] if r['stack'] is not None else '?':>5} "
                      f"{r['spill_stores'] if r['spill_stores'] is not None else '?':>8} "
-                     f"{r['spill_loads'] if r['spill_loads'] is not None else '?':>8}  {names.get(r['kernel'], r['kernel'])}")
+                     f"{r['spill_loads'] if r['spill_loads'] is not None else '?':>8}  "
+                     f"{names.get(r['kernel'], r['kernel'])}")
     return "\n".join(lines) + "\n"

@@ -13,8 +13,9 @@ the next still runs; OUT is rewritten after each):
   ``benchmarks.gpu.train_parts train``) with ``--rollout hf``, bf16, the bundled PubMedQA prompts and
   rule rewards: the MediX format, modality and exact-match rules (``reward.judge=none``,
   ``reward.embedding_model=none``) plus the share of letters in the response (random weights
-  never earn the MediX rules, and all-zero rewards would train nothing), once with ``loss.impl=fused`` (hidden states + lm_head) and
-  once with ``loss.impl=plain`` (full logits), same seed and batch.
+  never earn the MediX rules, and all-zero rewards would train nothing), once with
+  ``loss.impl=fused`` (hidden states + lm_head) and once with ``loss.impl=plain`` (full logits),
+  same seed and batch.
 - torchrun: ``torchrun --nproc-per-node 1 -m medix_r1.train`` (NCCL on a GPU, FSDP2 mixed
   precision), fused, fewer steps.
 - breakdown: one micro-batch of the update, timed in parts with device events: the model forward +
@@ -148,8 +149,8 @@ class TrainCheck:
                                   cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=60).stdout.strip()
         res = self.sh(cmd, log, limit)
         recs = read_metrics(out_dir / "metrics.jsonl")
-        run = {"impl": impl, "torchrun": torchrun, "backends": backends, "rc": res["rc"], "wall_s": res["wall_s"], "steps": len(recs),
-               "summary": summarize_steps(recs)}
+        run = {"impl": impl, "torchrun": torchrun, "backends": backends, "rc": res["rc"], "wall_s": res["wall_s"],
+               "steps": len(recs), "summary": summarize_steps(recs)}
         run["params_changed"] = params_changed(self.work / "model", out_dir)
         self.result["runs"][name] = run
         if res["timed_out"]:
@@ -159,8 +160,9 @@ class TrainCheck:
         s = run["summary"]
         finite = all(math.isfinite(x) for x in s.get("losses", [])) and bool(s.get("losses"))
         ok = finite and run["params_changed"] is not False
+        step_s = s.get("time/step", float("nan"))
         return ("ok" if ok else "failed"), (f"{len(recs)} steps, losses finite: {finite}, parameters changed: "
-                                            f"{run['params_changed']}, mean step {s.get('time/step', float('nan')):.2f} s")
+                                            f"{run['params_changed']}, mean step {step_s:.2f} s")
 
     def phase_fused(self, limit):
         return self.run_trainer("fused", limit, "fused", False, self.steps)
@@ -261,7 +263,8 @@ def params_changed(model_dir: Path, out_dir: Path):
     if not finals or not firsts:
         return None
     with safe_open(str(firsts[0]), "pt") as a, safe_open(str(finals[0]), "pt") as b:
-        names = [n for n in a.keys() if n in set(b.keys()) and "layers.0." in n][:4]
+        first_keys, final_keys = a.keys(), set(b.keys())  # safe_open handles: keys() is their only listing
+        names = [n for n in first_keys if n in final_keys and "layers.0." in n][:4]
         if not names:
             return None
         return any(not a.get_tensor(n).float().equal(b.get_tensor(n).float()) for n in names)
@@ -287,8 +290,9 @@ def summary_markdown(res: dict) -> str:
             def f(k, fmt="{:.2f}"):
                 return fmt.format(s[k]) if k in s else "-"
             losses = ", ".join(f"{x:.4g}" for x in s.get("losses", []))
-            lines.append(f"| {name} | {r.get('backends', '')} | {r['steps']} | {f('time/step')} | {f('time/rollout')} | {f('time/logp')} | "
-                         f"{f('time/update')} | {f('time/sync', '{:.3f}')} | {f('perf/tokens_per_s', '{:.0f}')} | "
+            lines.append(f"| {name} | {r.get('backends', '')} | {r['steps']} | {f('time/step')} | "
+                         f"{f('time/rollout')} | {f('time/logp')} | {f('time/update')} | {f('time/sync', '{:.3f}')} | "
+                         f"{f('perf/tokens_per_s', '{:.0f}')} | "
                          f"{f('max_update_peak_gb')} | {losses} |")
         fu, pl = res["runs"].get("fused", {}).get("summary", {}), res["runs"].get("plain", {}).get("summary", {})
         if "max_update_peak_gb" in fu and "max_update_peak_gb" in pl:

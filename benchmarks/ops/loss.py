@@ -6,7 +6,9 @@ reference with beta 1e-2, token-mean), old and reference log-probs close to the 
 Gradients are taken with ``torch.autograd.grad`` (logits, or hidden states and LM head).
 
 grpo_loss implementations: medix backends (and ``-inplace``: the backward writes d logits over
-the logits, on a private copy of the logits); eager = ``medix_kernels.reference.grpo_loss``
+the logits, on one private copy of the logits that every timed call reuses, so it allocates no
+gradient buffer where the others allocate one per call: see ``INPLACE_NOTE`` and the fair protocol
+of bench_policy_loss_cpu.py --fair); eager = ``medix_kernels.reference.grpo_loss``
 (materialised log-softmax) and torch.compile of it; TRL (its ``selective_log_softmax`` + the
 GRPOTrainer loss formula); verl's formulas (clamps, dual clip 3, low_var_kl); Liger's Triton
 ``triton_grpo_loss`` (GPU, in place). Bytes moved: the logits read twice (forward, backward) and
@@ -65,6 +67,32 @@ def _grad_step(x_leaf, loss_fn):
     return torch.autograd.grad(loss, x_leaf)
 
 
+INPLACE_NOTE = ("inplace_backward=True on ONE private copy of the logits reused by every timed call: from the "
+                "second call on its backward overwrites the logits it reads with d logits and allocates no "
+                "[T, V] buffer, while every other row writes its gradient into a fresh one; not the cost of a "
+                "training step (bench_policy_loss_cpu.py --fair: a fresh copy per call for every row)")
+
+
+def logits_leaf(x: dict, private: bool = False, src=None):
+    """A zero-argument callable giving the tensor one timed call differentiates.
+
+    Default (the suite): one leaf made here and reused by every call: the logits themselves, or a private
+    copy for a backward that writes over its input (``private``). With ``x["fresh_logits"]`` (the fair
+    protocol of bench_policy_loss_cpu.py --fair) every call of every implementation alike gets a fresh
+    copy of the logits; the copy's own time is measured on its own (``copy_logits``) and subtracted."""
+    src = x["logits"] if src is None else src
+    if x.get("fresh_logits"):
+        return lambda: src.detach().clone().requires_grad_(True)
+    leaf = (src.detach().clone() if private else src.detach()).requires_grad_(True)
+    return lambda: leaf
+
+
+def copy_logits(x: dict, src=None):
+    """What the fair protocol adds to every call: the fresh copy alone (timed as its own row)."""
+    src = x["logits"] if src is None else src
+    return lambda: src.detach().clone().requires_grad_(True)
+
+
 def _grpo_impls(device):
     import medix_kernels as mk
     from medix_kernels import reference
@@ -72,26 +100,23 @@ def _grpo_impls(device):
     out = []
     for b in medix_backends(device):
         def build(x, b=b):
-            leaf = x["logits"].detach().requires_grad_(True)
-            return lambda: _grad_step(leaf, lambda t: mk.grpo_loss(t, x["ids"], x["mask"], x["adv"], old_logp=x["old"],
-                                                                   ref_logp=x["ref"], config=cfg, backend=b))
+            leaf = logits_leaf(x)
+            return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(
+                t, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], config=cfg, backend=b))
         out.append(Impl(f"medix-{b}", "medix", b, build, auto_candidate=True))
         if b != "torch":
             def build_inplace(x, b=b):
-                # A private copy: the backward overwrites it with d logits (in training the logits are the LM
-                # head's output and nothing else reads them); later calls then run on those values, which
-                # changes the numbers but not the cost.
-                leaf = x["logits"].detach().clone().requires_grad_(True)
-                return lambda: _grad_step(leaf, lambda t: mk.grpo_loss(
+                leaf = logits_leaf(x, private=True)  # the backward writes d logits over it
+                return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(
                     t, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], config=cfg,
                     inplace_backward=True, backend=b))
-            out.append(Impl(f"medix-{b}-inplace", "medix", b, build_inplace, note="inplace_backward=True"))
+            out.append(Impl(f"medix-{b}-inplace", "medix", b, build_inplace, note=INPLACE_NOTE))
 
     def ref_build(fn):
         def build(x):
-            leaf = x["logits"].detach().requires_grad_(True)
-            return lambda: _grad_step(leaf, lambda t: fn(t, x["ids"], x["mask"], x["adv"], old_logp=x["old"],
-                                                         ref_logp=x["ref"], config=cfg))
+            leaf = logits_leaf(x)
+            return lambda: _grad_step(leaf(), lambda t: fn(t, x["ids"], x["mask"], x["adv"], old_logp=x["old"],
+                                                           ref_logp=x["ref"], config=cfg))
         return build
     out.append(Impl("torch-eager", "eager", "eager", ref_build(reference.grpo_loss),
                     note="medix_kernels.reference.grpo_loss (materialised log-softmax)"))
@@ -100,27 +125,28 @@ def _grpo_impls(device):
 
     def trl_build(x):
         u = trl_peer.utils()
-        leaf = x["logits"].detach().requires_grad_(True)
-        return lambda: _grad_step(leaf, lambda t: trl_peer.grpo_token_loss(
+        leaf = logits_leaf(x)
+        return lambda: _grad_step(leaf(), lambda t: trl_peer.grpo_token_loss(
             u.selective_log_softmax(t, x["ids"]), x["old"], x["ref"], x["adv"], x["mask"], beta=BETA,
             eps_low=CLIP, eps_high=CLIP))
     out.append(Impl("trl", "trl", "triton" if device == "cuda" else "eager", trl_build,
                     note="trl selective_log_softmax + GRPOTrainer loss formula (bnpo)"))
 
     def verl_build(x):
-        leaf = x["logits"].detach().requires_grad_(True)
-        return lambda: _grad_step(leaf, lambda t: verl_formulas.grpo_loss(t, x["ids"], x["mask"], x["adv"], x["old"],
-                                                                          x["ref"], beta=BETA))
+        leaf = logits_leaf(x)
+        return lambda: _grad_step(leaf(), lambda t: verl_formulas.grpo_loss(t, x["ids"], x["mask"], x["adv"], x["old"],
+                                                                            x["ref"], beta=BETA))
     out.append(Impl("verl-formula", "verl", "eager", verl_build, note=verl_formulas.LABEL))
 
     def liger_build(x):
         fn = liger_peer.triton_grpo_loss(device)
-        leaf = liger_logits(x).detach().clone().requires_grad_(True)  # written in place by its backward
-        return lambda: _grad_step(leaf, lambda t: fn(t, x["old"], x["ref"], x["ids"], x["adv"], x["mask"],
-                                                     temperature=1.0, beta=BETA, eps_low=CLIP, eps_high=CLIP,
-                                                     inplace=True, loss_type="bnpo", reduce=True))
+        leaf = logits_leaf(x, private=True, src=liger_logits(x))  # written in place by its backward
+        return lambda: _grad_step(leaf(), lambda t: fn(t, x["old"], x["ref"], x["ids"], x["adv"], x["mask"],
+                                                       temperature=1.0, beta=BETA, eps_low=CLIP, eps_high=CLIP,
+                                                       inplace=True, loss_type="bnpo", reduce=True))
     out.append(Impl("liger-triton", "liger", "triton", liger_build,
-                    note="liger_kernel triton_grpo_loss (in place, bnpo = token-mean)"))
+                    note="liger_kernel triton_grpo_loss (in place on one private copy reused by every call, "
+                         "as medix-*-inplace; bnpo = token-mean)"))
     return out
 
 

@@ -1,5 +1,7 @@
-"""verl's formulas, written here from their semantics as recorded in
-/work/shared/reference/FACTS.md section 2 -- verl is NOT installed and this is NOT verl's code.
+"""verl's formulas, written here from their documented semantics -- verl is NOT installed and this
+is NOT verl's code. The semantics are those of verl's ``verl/trainer/ppo/core_algos.py``
+(``compute_grpo_outcome_advantage``, ``compute_policy_loss``, ``kl_penalty``) and
+``verl/utils/torch_functional.py`` (``logprobs_from_logits``), https://github.com/volcengine/verl.
 
 Where verl's semantics differ from the other peers, the difference is what is benchmarked:
 - GRPO advantages: (r - mean) / (std + 1e-6), unbiased std; a group of one gets mean 0, std 1.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-LABEL = "verl-formula (written from verl's semantics, FACTS.md section 2; verl not installed)"
+LABEL = "verl-formula (written from verl's semantics, verl/trainer/ppo/core_algos.py; verl not installed)"
 
 
 def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:

@@ -55,7 +55,8 @@ def shared_prompt_hidden(base_model, batch: dict, response_pass: bool | None = N
     p_mask = (torch.arange(P, device=u_len.device) < u_len[:, None]).long()
     p_ids = p_ids * p_mask                                    # response tokens after a shorter prompt -> 0 (masked)
     out = base_model(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
-    last = out.last_hidden_state[torch.arange(len(first), device=u_len.device), u_len - 1]   # predicts response token 0: [U, H]
+    # the last prompt position predicts response token 0: [U, H]
+    last = out.last_hidden_state[torch.arange(len(first), device=u_len.device), u_len - 1]
     hidden0 = last[row_to_u].unsqueeze(1)                                # [B, 1, H]
     if response_pass is None:
         response_pass = response_pass_needed(batch)

@@ -70,8 +70,8 @@ def make_official_judge(args, cache_path: Path):
 
         def make():
             from medix_r1.rewards import JudgeClient
-            return JudgeClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env, chat_template_kwargs={},
-                               **common)
+            return JudgeClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env,
+                               chat_template_kwargs={}, **common)
         return f"{args.judge_model}@{args.judge_url}", make
 
     def make():
@@ -156,8 +156,8 @@ def run_official(args, make_generate=None, make_judge=None) -> int:
     if make_generate is None:
         cfg = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, batch_size=args.batch_size,
                                max_model_len=max(args.max_model_len, 4 * MAX_NEW_TOKENS),
-                               kv_cache_memory_bytes=args.kv_cache_bytes, seed=args.seed, api_key=os.environ.get(args.api_key_env) or None,
-                               base_url=args.base_url)
+                               kv_cache_memory_bytes=args.kv_cache_bytes, seed=args.seed,
+                               api_key=os.environ.get(args.api_key_env) or None, base_url=args.base_url)
         def make_generate():
             return make_generator(args.generator, model, cfg)
     responses = generate_missing(items, make_generate, output_dir, batch_size=args.batch_size,
