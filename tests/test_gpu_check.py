@@ -58,5 +58,6 @@ def test_kernel_check_dry_run(tmp_path):
     for name in ("summary.md", "bench.csv", "targets.csv", "correctness.csv", "env.txt", "logs.tar.gz"):
         assert (out / name).exists(), name
     rows = list(csv.DictReader(open(out / "correctness.csv")))
-    assert rows and all(r.get("status", "ok") in ("ok", "pass", "skipped") for r in rows), rows[:3]
+    assert len(rows) >= 30 and all(r["ok"] == "ok" for r in rows), [r for r in rows if r["ok"] != "ok"][:3]
+    assert {r["backend"] for r in rows} == {"triton"}  # interpreted on this CPU machine; cuda needs the GPU
     assert len(list(csv.DictReader(open(out / "bench.csv")))) > 0
