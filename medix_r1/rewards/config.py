@@ -59,6 +59,8 @@ class RewardConfig:
                                         "http://127.0.0.1:8000/v1 (judge='http')")
     judge_model: str | None = _f(None, "served model name (judge='http') or model folder (judge='local'; "
                                           "None = SmolLM2-135M-Instruct)")
+    judge_threshold: float = _f(0.0, "local judge only: the reply is YES when log P(YES) - log P(NO) of its first "
+                                     "token is above this margin")
     judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
                                                        "(unset: 'EMPTY', which a local vLLM server accepts)")
     judge_concurrency: int = _f(16, "judge requests in flight at once (judge='http')")
@@ -93,6 +95,7 @@ class RewardConfig:
         _choice("reward.embedding_mode", self.embedding_mode, EMBEDDING_MODES)
         _choice("reward.judge", self.judge, JUDGE_KINDS)
         _number("reward.embedding_threshold", self.embedding_threshold, -1.0, 1.0)
+        _number("reward.judge_threshold", self.judge_threshold, -math.inf)
         _number("reward.judge_timeout_s", self.judge_timeout_s, 1e-3)
         _number("reward.deadline_s", self.deadline_s, 1e-3)
         for name in ("embedding_batch_size", "judge_concurrency", "max_response_chars"):

@@ -186,7 +186,7 @@ def make_judge(cfg: RewardConfig):
         from .judge import JudgeClient
         return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)
     from .local_judge import LocalJudge
-    return LocalJudge(cfg.judge_model, **common)
+    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, **common)
 
 
 class RewardWorker:
