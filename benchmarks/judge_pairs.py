@@ -27,9 +27,9 @@ answers, YES rate per kind) and ``<name>.md`` (the command, the machine, the tab
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
+import math
 import random
 import re
 import sys
@@ -106,18 +106,21 @@ def summarize(pairs: list[dict], verdicts: list[bool]) -> dict:
 
 def fit_threshold(pairs: list[dict], margins: list[float]) -> float:
     """The threshold with the best accuracy on these pairs (midpoint between neighbouring margins)."""
-    values = sorted(set(margins))
+    values = sorted({m for m in margins if math.isfinite(m)})  # gated pairs (-inf) are NO at any threshold
     cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1.0]
     return max(cuts, key=lambda t: (sum((m > t) == p["label"] for p, m in zip(pairs, margins)), -abs(t)))
 
 
-def judge_margins(judge, pairs: list[dict]) -> list[float]:
-    """The judge's margin per pair; prompts go in length order (less padding per batch)."""
+def judge_margins(judge, pairs: list[dict], decision_gate: bool) -> list[float]:
+    """The judge's margin per pair, -inf where the decision gate says NO (the model is not asked);
+    prompts go in length order (less padding per batch)."""
     from medix_r1.rewards import judge_messages
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["answer"]) + len(pairs[i]["reference"]))
+    from medix_r1.rewards.decision import decision_mismatch
+    margins = [-math.inf if decision_gate and decision_mismatch(p["answer"], p["reference"]) else 0.0 for p in pairs]
+    order = sorted((i for i, m in enumerate(margins) if m == 0.0),
+                   key=lambda i: len(pairs[i]["answer"]) + len(pairs[i]["reference"]))
     got = judge.yes_no_margins([judge_messages(pairs[i]["answer"], pairs[i]["reference"], judge.parity)
                                 for i in order])
-    margins = [0.0] * len(pairs)
     for i, m in zip(order, got):
         margins[i] = m
     return margins
@@ -183,8 +186,11 @@ def main(argv=None) -> int:
     p.add_argument("--records", type=int, default=60, help="PubMedQA records used (4 pairs each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=None,
-                   help="YES when log P(YES) - log P(NO) is above this (default: RewardConfig's)")
+                   help="YES when log P(YES) - log P(NO) is above this (default: RewardConfig's judge_threshold)")
+    p.add_argument("--decision-gate", choices=("on", "off"), default=None,
+                   help="NO without the model when the decisions differ (default: RewardConfig's judge_decision_gate)")
     p.add_argument("--calibrate", action="store_true", help="also fit a threshold per half, report on the other")
+    p.add_argument("--margins", default=None, help="reuse the margins CSV of an earlier run (no model is loaded)")
     p.add_argument("--judge-model", default=None, help="local judge model folder (default: bundled SmolLM2)")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="judge_pairs_cpu")
@@ -193,22 +199,38 @@ def main(argv=None) -> int:
     import os
     import platform
 
-    from medix_r1.rewards import LocalJudge, RewardConfig
-    threshold = RewardConfig().judge_threshold if args.threshold is None else args.threshold
-    judge = LocalJudge(args.judge_model, threshold=threshold)
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    margins = judge_margins(judge, pairs)
+    from medix_r1.rewards import RewardConfig
+    default = RewardConfig()
+    threshold = default.judge_threshold if args.threshold is None else args.threshold
+    gate = default.judge_decision_gate if args.decision_gate is None else args.decision_gate == "on"
+    load, t0 = os.getloadavg()[0], time.perf_counter()
+    out_dir = Path(args.out_dir)
+    if args.margins:
+        margins, model_id = read_margins(Path(args.margins), pairs), "local:SmolLM2-135M-Instruct"
+        if gate:  # the gate needs no model: it applies to the margins of an ungated run as well
+            from medix_r1.rewards.decision import decision_mismatch
+            margins = [-math.inf if decision_mismatch(p["answer"], p["reference"]) else m
+                       for p, m in zip(pairs, margins)]
+        else:
+            margins = [m if math.isfinite(m) else math.nan for m in margins]
+            if any(math.isnan(m) for m in margins):
+                raise ValueError(f"--margins {args.margins} comes from a gated run: it has no margin for gated pairs")
+    else:
+        from medix_r1.rewards import LocalJudge
+        judge = LocalJudge(args.judge_model, threshold=threshold)
+        margins, model_id = judge_margins(judge, pairs, gate), judge.model_id.split("@")[0]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_margins(out_dir / f"{args.name}-margins.csv", pairs, margins)
     seconds = time.perf_counter() - t0
-    rows = evaluate(pairs, margins, threshold, args.calibrate, f"{judge.model_id} strict prompt", seconds, load)
+    setting = f"{model_id} strict prompt" + (", decision gate" if gate else "")
+    rows = evaluate(pairs, margins, threshold, args.calibrate, setting, seconds, load)
     command = "python -m benchmarks judge-pairs " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.machine()} {os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s"
     notes = [f"{len(pairs)} pairs from {args.records} records (seed {args.seed}); right: own, paraphrase; "
              "wrong: other, flipped. Thresholds fitted on one half of the records are reported on the other half."]
-    write(rows, Path(args.out_dir), args.name, command.strip(), machine, notes)
+    write(rows, out_dir, args.name, command.strip(), machine, notes)
     for r in rows:
         print(json.dumps({k: r[k] for k in COLUMNS}))
-    asyncio.run(judge.aclose())
     return 0
 
 

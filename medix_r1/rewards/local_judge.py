@@ -32,8 +32,8 @@ class LocalJudge(JudgeBase):
 
     def __init__(self, model_dir=None, *, concurrency: int = 1, timeout_s: float = 120.0, max_retries: int = 0,
                  cache_path=None, parity: str = "strict", batch_size: int = 16, max_prompt_tokens: int = 768,
-                 device: str = "cpu", threshold: float = 0.0):
-        super().__init__(cache_path, parity)
+                 device: str = "cpu", threshold: float = 0.0, decision_gate: bool = False):
+        super().__init__(cache_path, parity, decision_gate)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,9 +97,10 @@ class LocalJudge(JudgeBase):
 
     async def judge_many(self, items, *, deadline=None) -> list[JudgeVerdict]:
         items = list(items)
+        gated = [self._gated(r, a) for _, r, a in items]
         keys = [self.verdict_key(q, r, a) for q, r, a in items]
-        replies: list[ChatReply | None] = [self._cached(k) for k in keys]
-        todo = [i for i, rep in enumerate(replies) if rep is None]
+        replies: list[ChatReply | None] = [None if g else self._cached(k) for g, k in zip(gated, keys)]
+        todo = [i for i, rep in enumerate(replies) if rep is None and not gated[i]]
         if todo:
             t0 = time.monotonic()
             messages = [judge_messages(items[i][2], items[i][1], self.parity) for i in todo]
@@ -117,7 +118,7 @@ class LocalJudge(JudgeBase):
                 for i in todo:
                     replies[i] = ChatReply(text=None, failed=True, error=error, attempts=1,
                                            latency=time.monotonic() - t0)
-        return [self._verdict(rep) for rep in replies]
+        return [self.gate_verdict() if g else self._verdict(rep) for g, rep in zip(gated, replies)]
 
     def _remaining(self, deadline) -> float:
         if deadline is None:
