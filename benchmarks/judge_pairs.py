@@ -70,8 +70,10 @@ def paraphrase(decision: str, conclusion: str) -> str:
     return f"{SAY_DECISION[decision]} {' '.join(sentences)}"
 
 
-def build_pairs(records: list[dict], n_records: int, seed: int = 0) -> list[dict]:
-    """4 * n_records pairs (half right, half wrong) from ``n_records`` records drawn with ``seed``."""
+def build_pairs(records: list[dict], n_records: int, seed: int = 0, exclude=()) -> list[dict]:
+    """4 * n_records pairs (half right, half wrong) from ``n_records`` records drawn with ``seed``,
+    none of them a record whose id is in ``exclude``."""
+    records = [r for r in records if r["id"] not in set(exclude)]
     if n_records < 2 or n_records > len(records):
         raise ValueError(f"records must be between 2 and {len(records)}, got {n_records}")
     from medix_r1.rewards import parse_solution
@@ -190,12 +192,19 @@ def main(argv=None) -> int:
     p.add_argument("--decision-gate", choices=("on", "off"), default=None,
                    help="NO without the model when the decisions differ (default: RewardConfig's judge_decision_gate)")
     p.add_argument("--calibrate", action="store_true", help="also fit a threshold per half, report on the other")
+    p.add_argument("--exclude-from", default=None,
+                   help="a margins CSV of an earlier run whose records are left out (a held-out set for a "
+                        "threshold fitted on that run)")
     p.add_argument("--margins", default=None, help="reuse the margins CSV of an earlier run (no model is loaded)")
     p.add_argument("--judge-model", default=None, help="local judge model folder (default: bundled SmolLM2)")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="judge_pairs_cpu")
     args = p.parse_args(argv)
-    pairs = build_pairs(load_records(), args.records, args.seed)  # bad --records fails before any model loads
+    exclude = []
+    if args.exclude_from:
+        with open(args.exclude_from) as fh:
+            exclude = [row["id"] for row in csv.DictReader(fh)]
+    pairs = build_pairs(load_records(), args.records, args.seed, exclude)  # bad --records: before any model loads
     import os
     import platform
 
@@ -225,9 +234,12 @@ def main(argv=None) -> int:
     setting = f"{model_id} strict prompt" + (", decision gate" if gate else "")
     rows = evaluate(pairs, margins, threshold, args.calibrate, setting, seconds, load)
     command = "python -m benchmarks judge-pairs " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{platform.machine()} {os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s"
-    notes = [f"{len(pairs)} pairs from {args.records} records (seed {args.seed}); right: own, paraphrase; "
-             "wrong: other, flipped. Thresholds fitted on one half of the records are reported on the other half."]
+    machine = (f"margins reused from {args.margins} (no model run)" if args.margins else
+               f"{platform.machine()} {os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s")
+    notes = [f"{len(pairs)} pairs from {args.records} records (seed {args.seed}"
+             + (f", none of the {len(set(exclude))} records of {args.exclude_from}" if exclude else "")
+             + "); right: own, paraphrase; wrong: other, flipped. Thresholds fitted on one half of the records "
+             "are reported on the other half."]
     write(rows, out_dir, args.name, command.strip(), machine, notes)
     for r in rows:
         print(json.dumps({k: r[k] for k in COLUMNS}))

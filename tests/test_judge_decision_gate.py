@@ -68,7 +68,7 @@ def test_local_judge_threshold_and_gate():
     assert all(math.isfinite(m) and -100 < m < 100 for m in margins)
     verdicts = asyncio.run(judge.judge_many(items))
     assert [v.correct for v in verdicts] == [True, True, False]  # margin > -100, except the gated pair
-    assert judge.stats()["requests"] == 2 and judge.stats()["gated"] == 1
+    assert judge.stats()["requests"] == 3 + 2 and judge.stats()["gated"] == 1  # the gated pair costs no forward
     high = LocalJudge(smollm2_hf_dir(), threshold=100.0)
     assert [v.correct for v in asyncio.run(high.judge_many(items))] == [False] * 3
     assert high.model_id != judge.model_id  # the reply cache keeps thresholds apart

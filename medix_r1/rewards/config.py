@@ -59,9 +59,10 @@ class RewardConfig:
                                         "http://127.0.0.1:8000/v1 (judge='http')")
     judge_model: str | None = _f(None, "served model name (judge='http') or model folder (judge='local'; "
                                           "None = SmolLM2-135M-Instruct)")
-    judge_threshold: float = _f(0.0, "local judge only: the reply is YES when log P(YES) - log P(NO) of its first "
-                                     "token is above this margin")
-    judge_decision_gate: bool = _f(False, "strict parity only: NO without asking the judge when answer and reference "
+    judge_threshold: float = _f(-1.22, "local judge only: the reply is YES when log P(YES) - log P(NO) of its "
+                                       "first token is above this margin (-1.22: fitted for the bundled SmolLM2 "
+                                       "with the decision gate, benchmarks/results/judge_pairs_cpu.md)")
+    judge_decision_gate: bool = _f(True, "strict parity only: NO without asking the judge when answer and reference "
                                           "both open with a yes/no/maybe decision and the decisions differ")
     judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
                                                        "(unset: 'EMPTY', which a local vLLM server accepts)")
