@@ -1,6 +1,7 @@
 """Does the reward judge tell right from wrong? Labelled answer/reference pairs from PubMedQA.
 
-    python -m benchmarks judge-pairs [--records 60] [--seed 0] [--threshold X] [--calibrate]
+    python -m benchmarks judge-pairs [--records 60] [--seed 0] [--threshold X] [--decision-gate on|off]
+                                     [--calibrate] [--exclude-from MARGINS.csv] [--margins MARGINS.csv]
                                      [--out-dir benchmarks/results] [--name judge_pairs_cpu]
 
 Pairs (built by :func:`build_pairs` from the bundled ``medix_r1/data/pubmedqa/train.jsonl``; the
@@ -17,12 +18,18 @@ reference is what the reward gives the judge: the solution without its modality 
 The judge is the trainer's default: :class:`medix_r1.rewards.LocalJudge` (bundled
 SmolLM2-135M-Instruct, fp32, CPU) with the strict prompt. Its score per pair is the margin
 log P(YES) - log P(NO) of the first reply token; the verdict is YES when the margin is above
-the threshold (``--threshold``, default the RewardConfig default). ``--calibrate`` also fits
-a threshold on one half of the records (the one with the best accuracy there) and reports it on
-the other half, both ways, so no reported figure comes from the pairs it was fitted on.
+the threshold (``--threshold``, default RewardConfig's ``judge_threshold``). With the decision
+gate (``--decision-gate``, default RewardConfig's ``judge_decision_gate``; see
+:mod:`medix_r1.rewards.decision`) a pair whose answer misses the reference's decision is NO
+without a model call (margin -inf). ``--calibrate`` also fits a threshold on one half of the
+records (the one with the best accuracy there) and reports it on the other half, both ways.
+``--exclude-from`` leaves out the records of an earlier run (a held-out set for a threshold
+fitted there); ``--margins`` re-scores the saved margins of an earlier run of the same pairs
+without loading the model.
 
 Writes ``<name>.csv`` (one row per setting and split: accuracy, YES rate on wrong and on right
-answers, YES rate per kind) and ``<name>.md`` (the command, the machine, the table).
+answers, YES rate per kind), ``<name>.md`` (the command, the machine, the table) and, after a
+model run, ``<name>-margins.csv`` (id, half, kind, label, margin per pair).
 """
 from __future__ import annotations
 

@@ -41,6 +41,15 @@ def test_gate_answers_no_without_a_request_in_strict_mode_only():
         assert len(server.prompts()) == 5 and official.stats()["gated"] == 0
 
 
+def test_rewards_cli_flags_reach_the_config():
+    from medix_r1.rewards.cli import build_parser, make_config
+    base = ["score", "--input", "in.jsonl", "--output", "out.jsonl"]
+    default = make_config(build_parser().parse_args(base))
+    assert (default.judge_decision_gate, default.judge_threshold) == (True, -1.22)
+    cfg = make_config(build_parser().parse_args(base + ["--decision-gate", "off", "--judge-threshold", "0.5"]))
+    assert (cfg.judge_decision_gate, cfg.judge_threshold) == (False, 0.5)
+
+
 def test_config_validates_and_passes_gate_and_threshold():
     with pytest.raises(ValueError, match="judge_threshold"):
         RewardConfig(judge_threshold=math.nan)
