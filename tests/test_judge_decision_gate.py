@@ -14,7 +14,8 @@ from .fault_server import FaultServer
 @pytest.mark.parametrize("text, decision", [
     ("No. These data indicate that ...", "no"), ("Yes, there is", "yes"), ("yes it does", "yes"),
     ("The answer is yes: x", "yes"), ("  Maybe.", "maybe"), ("Maybe the trial was small", "maybe"),
-    ("No \u2014 the trial", "no"), ("No acute cardiopulmonary process.", None), ("Nothing found", None),
+    ("No \u2014 the trial", "no"), ("No", "no"), (" no ", "no"), ("Yes", "yes"),
+    ("No acute cardiopulmonary process.", None), ("Nothing found", None),
     ("It is not certain; maybe", None), ("Pneumonia", None), ("", None)])
 def test_leading_decision(text, decision):
     assert leading_decision(text) == decision
@@ -24,6 +25,7 @@ def test_decision_mismatch_needs_the_reference_decision():
     assert decision_mismatch("No. Aspirin works", "Yes. Aspirin works")
     assert decision_mismatch("Aspirin works", "Yes. Aspirin works")  # the decision left out
     assert not decision_mismatch("yes, aspirin works", "Yes. Aspirin works")
+    assert not decision_mismatch("No", "No. Aspirin does not work")  # parsed answers lose the final period
     assert not decision_mismatch("No. right lung", "Left kidney")  # no decision in the reference: no gate
     assert not decision_mismatch("Clear lungs.", "No acute cardiopulmonary process.")
 

@@ -10,13 +10,15 @@ policy could otherwise learn to leave the decision out and let the lenient model
 
 The gate can only turn a YES into a NO, never the reverse, so no answer wins a reward through it.
 A text opens with a decision when its first word (optionally after "The answer is") is "yes" or
-"maybe", or "no" followed by punctuation ("No.", "No,"): "No acute findings." opens with none.
+"maybe", or "no" followed by punctuation or nothing ("No.", "No,", "No" alone: the answer parser
+drops a final period): "No acute findings." opens with none.
 """
 from __future__ import annotations
 
 import re
 
-_LEADING = re.compile(r"^\W*(?:the answer is\s*:?\s*)?(?:(yes|maybe)\b|(no)\s*[.,:;!\u2014-])", re.IGNORECASE)
+_LEADING = re.compile(r"^\W*(?:the answer is\s*:?\s*)?(?:(yes|maybe)\b|(no)\s*(?:[.,:;!\u2014-]|$))",
+                      re.IGNORECASE)
 
 
 def leading_decision(text: str) -> str | None:
