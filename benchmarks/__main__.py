@@ -5,6 +5,7 @@
                          [--peers eager,compile,trl,verl,liger,st] [--out-dir DIR] [--dry-run-cpu]
     python -m benchmarks report CSV [--readme]     # plots, tables, scaling, auto table from a CSV
     python -m benchmarks profile-trainer [--metrics PATH/metrics.jsonl] [--out-dir DIR]
+    python -m benchmarks judge-pairs [--records 60] [--calibrate]  # the reward judge on labelled pairs
 
 The default profile is --medium (~20 min on the 2-core CPU); --quick (< 10 min) and --smoke
 (tiny shapes, seconds: the test) are smaller, --full is the GPU sweep. Results go to
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "profile-trainer":
         from .trainer_profile import main as profile_main
         return profile_main(argv[1:])
+    if argv and argv[0] == "judge-pairs":
+        from .judge_pairs import main as judge_pairs_main
+        return judge_pairs_main(argv[1:])
     if argv and argv[0] == "report":
         from .report import main as report_main
         return report_main(argv[1:])

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--cache", default=None, metavar="PATH",
                    help="JSONL cache of judge replies, shared across runs (default: in memory only)")
 
+    j.add_argument("--judge-threshold", type=float, default=_DEFAULTS.judge_threshold, metavar="X",
+                   help="local judge: YES when log P(YES) - log P(NO) is above X (default %(default)s)")
+    j.add_argument("--decision-gate", choices=("on", "off"), default="on" if _DEFAULTS.judge_decision_gate else "off",
+                   help="strict parity: NO without a judge call when the reference opens with yes/no/maybe and "
+                        "the answer does not open with the same decision (default %(default)s)")
+
     r = p.add_argument_group("reward")
     r.add_argument("--parity", choices=PARITIES, default=_DEFAULTS.parity,
                    help="'strict' (default): whitespace removed around tags only, a judge reply that is not "
@@ -252,7 +258,8 @@ def make_config(args) -> RewardConfig:
         judge_url=args.judge_url, judge_model=args.judge_model, judge_api_key_env=args.judge_api_key_env,
         judge_concurrency=args.judge_concurrency, judge_timeout_s=args.judge_timeout_s,
         judge_max_retries=args.judge_max_retries, judge_cache_path=args.cache, deadline_s=args.deadline_s,
-        max_response_chars=args.max_response_chars)
+        max_response_chars=args.max_response_chars, judge_threshold=args.judge_threshold,
+        judge_decision_gate=args.decision_gate == "on")
 
 
 def summarize(rows: list[dict], *, scored_now: int, resumed: int, elapsed: float, worker_stats: dict) -> dict:

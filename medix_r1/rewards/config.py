@@ -59,6 +59,11 @@ class RewardConfig:
                                         "http://127.0.0.1:8000/v1 (judge='http')")
     judge_model: str | None = _f(None, "served model name (judge='http') or model folder (judge='local'; "
                                           "None = SmolLM2-135M-Instruct)")
+    judge_threshold: float = _f(-1.22, "local judge only: the reply is YES when log P(YES) - log P(NO) of its "
+                                       "first token is above this margin (-1.22: fitted for the bundled SmolLM2 "
+                                       "with the decision gate, benchmarks/results/judge_pairs_cpu.md)")
+    judge_decision_gate: bool = _f(True, "strict parity only: NO without asking the judge when answer and reference "
+                                          "both open with a yes/no/maybe decision and the decisions differ")
     judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
                                                        "(unset: 'EMPTY', which a local vLLM server accepts)")
     judge_concurrency: int = _f(16, "judge requests in flight at once (judge='http')")
@@ -93,8 +98,11 @@ class RewardConfig:
         _choice("reward.embedding_mode", self.embedding_mode, EMBEDDING_MODES)
         _choice("reward.judge", self.judge, JUDGE_KINDS)
         _number("reward.embedding_threshold", self.embedding_threshold, -1.0, 1.0)
+        _number("reward.judge_threshold", self.judge_threshold, -math.inf)
         _number("reward.judge_timeout_s", self.judge_timeout_s, 1e-3)
         _number("reward.deadline_s", self.deadline_s, 1e-3)
+        if not isinstance(self.judge_decision_gate, bool):
+            raise ValueError(f"reward.judge_decision_gate must be true or false, got {self.judge_decision_gate!r}")
         for name in ("embedding_batch_size", "judge_concurrency", "max_response_chars"):
             _integer(f"reward.{name}", getattr(self, name), 1)
         _integer("reward.judge_max_retries", self.judge_max_retries, 0)

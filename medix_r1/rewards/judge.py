@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
+from .decision import decision_mismatch
 from .judge_prompts import PROMPTS, STRICT_PROMPT
 
 PROMPT_VERSION = PROMPTS["strict"][1]
@@ -93,6 +94,7 @@ class JudgeCounters:
     retries: int = 0
     failures: int = 0     # calls that ended without a reply
     cache_hits: int = 0
+    gated: int = 0        # verdicts given by the decision gate without asking the model (rewards.decision)
     # the latest LATENCY_WINDOW paid (non-cached) calls: bounded memory and a cheap snapshot
     # over a long training run (hundreds of thousands of calls)
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -100,7 +102,7 @@ class JudgeCounters:
     def snapshot(self) -> dict:
         lat = sorted(self.latencies)
         out = {"calls": self.calls, "requests": self.requests, "retries": self.retries,
-               "failures": self.failures, "cache_hits": self.cache_hits}
+               "failures": self.failures, "cache_hits": self.cache_hits, "gated": self.gated}
         for q in (50, 90, 99):
             # nearest-rank percentile of the latest paid (non-cached) calls' latencies, in seconds
             out[f"latency_p{q}_s"] = lat[min(len(lat) - 1, max(0, -(-q * len(lat) // 100) - 1))] if lat else None
@@ -111,10 +113,14 @@ class JudgeBase:
     """What both backends share: the verdict API, the cache and the counters."""
     model_id = "judge"
 
-    def __init__(self, cache_path=None, parity: str = "strict"):
+    def __init__(self, cache_path=None, parity: str = "strict", decision_gate: bool = False):
         if parity not in ("strict", "official"):
             raise ValueError(f"parity must be 'strict' or 'official', got {parity!r}")
+        if not isinstance(decision_gate, bool):
+            raise ValueError(f"decision_gate must be true or false, got {decision_gate!r}")
         self.parity = parity
+        # strict parity only: the official protocol asks the model about every pair
+        self.decision_gate = decision_gate and parity == "strict"
         self.cache = ReplyCache(cache_path)
         self.counters = JudgeCounters()
 
@@ -126,6 +132,8 @@ class JudgeBase:
 
     async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
         """Ask whether ``answer`` matches ``reference``; never raises for judge-side faults."""
+        if self._gated(reference, answer):
+            return self.gate_verdict()
         reply = await self.chat(judge_messages(answer, reference, self.parity), max_tokens=JUDGE_MAX_TOKENS,
                                 cache_key=self.verdict_key(question, reference, answer), deadline=deadline)
         return self._verdict(reply)
@@ -145,6 +153,18 @@ class JudgeBase:
                 self.counters.failures += 1
                 return self._verdict(ChatReply(text=None, failed=True, error="deadline reached"))
         return list(await asyncio.gather(*(one(q, r, a) for q, r, a in items)))
+
+    def _gated(self, reference: str, answer: str) -> bool:
+        """True when the decision gate answers NO for this pair (counted; see rewards.decision)."""
+        if self.decision_gate and decision_mismatch(answer, reference):
+            self.counters.calls += 1
+            self.counters.gated += 1
+            return True
+        return False
+
+    @staticmethod
+    def gate_verdict() -> JudgeVerdict:
+        return JudgeVerdict(correct=False, failed=False, reply="NO", error=None)
 
     def _verdict(self, reply: ChatReply) -> JudgeVerdict:
         common = {"reply": reply.text, "cached": reply.cached, "attempts": reply.attempts, "latency": reply.latency}
@@ -208,8 +228,8 @@ class JudgeClient(JudgeBase):
                  timeout_s: float = 30.0, max_retries: int = 3, cache_path=None, parity: str = "strict",
                  api_key_env: str = "MEDIX_JUDGE_API_KEY", backoff_base_s: float = 0.5,
                  backoff_max_s: float = 8.0, chat_template_kwargs: dict | None = None, seed: int | None = None,
-                 call_deadline_s: float | None = None):
-        super().__init__(cache_path, parity)
+                 call_deadline_s: float | None = None, decision_gate: bool = False):
+        super().__init__(cache_path, parity, decision_gate)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
         if not isinstance(model, str) or not model:

@@ -15,6 +15,7 @@ already running (PyTorch cannot interrupt it); the next call waits for that pass
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ class LocalJudge(JudgeBase):
 
     def __init__(self, model_dir=None, *, concurrency: int = 1, timeout_s: float = 120.0, max_retries: int = 0,
                  cache_path=None, parity: str = "strict", batch_size: int = 16, max_prompt_tokens: int = 768,
-                 device: str = "cpu"):
-        super().__init__(cache_path, parity)
+                 device: str = "cpu", threshold: float = 0.0, decision_gate: bool = False):
+        super().__init__(cache_path, parity, decision_gate)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -43,7 +44,11 @@ class LocalJudge(JudgeBase):
             raise ValueError(f"model_dir must be a Hugging Face model folder, got {str(model_dir)!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.model_id = f"local:{Path(model_dir).name}"
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        self.threshold = float(threshold)
+        # the threshold changes verdicts: a persistent reply cache must not mix replies across thresholds
+        self.model_id = f"local:{Path(model_dir).name}" + (f"@margin>{threshold:g}" if threshold else "")
         self.timeout_s, self.batch_size, self.max_prompt_tokens = float(timeout_s), batch_size, max_prompt_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.tokenizer.padding_side = "left"  # the last position is then every row's next token
@@ -67,8 +72,8 @@ class LocalJudge(JudgeBase):
         return ids[-self.max_prompt_tokens:]
 
     # ------------------------------------------------------------------ verdicts (batched logits)
-    def yes_no_replies(self, messages_list) -> list[str]:
-        """'YES' or 'NO' for each prompt from the next-token logits (blocking, batched)."""
+    def yes_no_margins(self, messages_list) -> list[float]:
+        """log P(YES-like first token) - log P(NO-like first token) for each prompt (blocking, batched)."""
         import torch
 
         out = []
@@ -79,18 +84,23 @@ class LocalJudge(JudgeBase):
                 logits = self.model(**batch).logits[:, -1, :].float()
                 yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
                 no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
-                out += ["YES" if bool(y > n) else "NO" for y, n in zip(yes, no)]
+                out += (yes - no).tolist()
                 self.counters.requests += len(rows)
         return out
+
+    def yes_no_replies(self, messages_list) -> list[str]:
+        """'YES' or 'NO' for each prompt: YES when its margin is above ``threshold``."""
+        return ["YES" if m > self.threshold else "NO" for m in self.yes_no_margins(messages_list)]
 
     async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
         return (await self.judge_many([(question, reference, answer)], deadline=deadline))[0]
 
     async def judge_many(self, items, *, deadline=None) -> list[JudgeVerdict]:
         items = list(items)
+        gated = [self._gated(r, a) for _, r, a in items]
         keys = [self.verdict_key(q, r, a) for q, r, a in items]
-        replies: list[ChatReply | None] = [self._cached(k) for k in keys]
-        todo = [i for i, rep in enumerate(replies) if rep is None]
+        replies: list[ChatReply | None] = [None if g else self._cached(k) for g, k in zip(gated, keys)]
+        todo = [i for i, rep in enumerate(replies) if rep is None and not gated[i]]
         if todo:
             t0 = time.monotonic()
             messages = [judge_messages(items[i][2], items[i][1], self.parity) for i in todo]
@@ -108,7 +118,7 @@ class LocalJudge(JudgeBase):
                 for i in todo:
                     replies[i] = ChatReply(text=None, failed=True, error=error, attempts=1,
                                            latency=time.monotonic() - t0)
-        return [self._verdict(rep) for rep in replies]
+        return [self.gate_verdict() if g else self._verdict(rep) for g, rep in zip(gated, replies)]
 
     def _remaining(self, deadline) -> float:
         if deadline is None:

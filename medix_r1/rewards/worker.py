@@ -181,12 +181,13 @@ def make_judge(cfg: RewardConfig):
     if cfg.judge == "none":
         return None
     common = {"concurrency": cfg.judge_concurrency, "timeout_s": cfg.judge_timeout_s,
-                  "max_retries": cfg.judge_max_retries, "cache_path": cfg.judge_cache_path, "parity": cfg.parity}
+              "max_retries": cfg.judge_max_retries, "cache_path": cfg.judge_cache_path, "parity": cfg.parity,
+              "decision_gate": cfg.judge_decision_gate}
     if cfg.judge == "http":
         from .judge import JudgeClient
         return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)
     from .local_judge import LocalJudge
-    return LocalJudge(cfg.judge_model, **common)
+    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, **common)
 
 
 class RewardWorker:

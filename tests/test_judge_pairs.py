@@ -1,0 +1,64 @@
+"""benchmarks judge-pairs: the labelled PubMedQA pairs, the threshold fit and the written report
+(the model run itself is the benchmark; here the margins come from a file)."""
+import csv
+import math
+
+import pytest
+
+from benchmarks import judge_pairs
+from medix_r1.rewards import parse_solution
+from medix_r1.rewards.decision import decision_mismatch, leading_decision
+
+
+@pytest.fixture(scope="module")
+def records():
+    return judge_pairs.load_records()
+
+
+def test_pairs_are_labelled_and_built_from_the_records(records):
+    pairs = judge_pairs.build_pairs(records, 10, seed=3)
+    assert len(pairs) == 40 and sum(p["label"] for p in pairs) == 20
+    by_id = {r["id"]: r for r in records}
+    for p in pairs:
+        rec = by_id[p["id"]]
+        assert p["reference"] == parse_solution(rec["solution"])[1]
+        decision = leading_decision(p["answer"])
+        if p["kind"] == "own":
+            assert decision == rec["decision"] and rec["long_answer"].strip() in p["answer"]
+        elif p["kind"] == "flipped":
+            assert decision not in (None, rec["decision"]) and p["answer"].endswith(rec["long_answer"].strip())
+        elif p["kind"] == "other":
+            assert rec["long_answer"].strip() not in p["answer"]
+        else:
+            assert p["answer"] != p["reference"] and p["label"]
+    assert judge_pairs.build_pairs(records, 10, seed=3) == pairs  # seeded
+    with pytest.raises(ValueError, match="records"):
+        judge_pairs.build_pairs(records, 1)
+
+
+def test_fit_threshold_separates_and_ignores_gated_pairs():
+    pairs = [{"label": lab} for lab in (True, True, True, False, False, False)]
+    assert judge_pairs.fit_threshold(pairs, [1.0, 2.0, 3.0, -1.0, 0.5, -math.inf]) == pytest.approx(0.75)
+
+
+def test_report_from_saved_margins(records, tmp_path):
+    pairs = judge_pairs.build_pairs(records, 8)
+    # a judge that is right on every pair the gate lets through, with margins +-1
+    margins = [-math.inf if p["kind"] == "flipped" else (1.0 if p["label"] else -1.0) for p in pairs]
+    judge_pairs.write_margins(tmp_path / "m.csv", pairs, margins)
+    assert judge_pairs.main(["--records", "8", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "on",
+                             "--threshold", "0", "--calibrate", "--out-dir", str(tmp_path), "--name", "t"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert [r["split"] for r in rows] == ["all", "half 1", "half 0"]
+    assert all(float(r["yes_rate_wrong"]) == 0.0 for r in rows)
+    # the gate also says NO to right answers that do not open with the decision ("It is not certain; maybe")
+    missed = sum(p["label"] and decision_mismatch(p["answer"], p["reference"]) for p in pairs)
+    assert rows[0]["pairs"] == "32" and float(rows[0]["yes_rate_right"]) == pytest.approx(1 - missed / 16, abs=1e-4)
+    assert float(rows[0]["accuracy"]) == pytest.approx(1 - missed / 32, abs=1e-4)
+    md = (tmp_path / "t.md").read_text()
+    assert "judge-pairs --records 8" in md and "| 0.0% |" in md
+    with pytest.raises(ValueError, match="gated run"):
+        judge_pairs.main(["--records", "8", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "off",
+                          "--out-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="differ"):
+        judge_pairs.main(["--records", "9", "--margins", str(tmp_path / "m.csv"), "--out-dir", str(tmp_path)])
