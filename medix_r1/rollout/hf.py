@@ -42,7 +42,7 @@ class HfRollout:
                 extra = {k: v.to(device) for k, v in images.items()} if images else {}
                 # One prompt at a time (its n samples share it): no padding, exact log-probs, and a
                 # per-prompt seed that a resumed run reproduces. The global RNG is left untouched.
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(sample_seed(seed, step, offset + i, attempt))
                     x = torch.tensor([p], device=device)
                     out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
