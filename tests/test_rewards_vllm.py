@@ -176,6 +176,7 @@ def test_reward_worker_with_http_judge(server):
     responses = [f"<OTHER> <thinking>Compare the finding with the abstract.</thinking> <answer>{a}</answer>"
                  for a in answers]
     cfg = RewardConfig(judge="http", judge_url=server.url, judge_model=server.model, embedding_model="none",
+                       judge_decision_gate=False,  # this test counts the server's calls: none decided by the gate
                        judge_concurrency=8, judge_timeout_s=60, deadline_s=120)
     before = metrics(server)
     with RewardWorker(cfg) as worker:
