@@ -16,11 +16,9 @@ import time
 
 import torch
 
+from medix_r1.parallel.collectives import device  # the trainer's own choice (MEDIX_DEVICE=cpu honoured)
+
 from .train_check import QWEN25_15B, TINY
-
-
-def device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def make_model(out_dir: str, size: str, tokenizer_dir: str) -> dict:
