@@ -6,6 +6,7 @@
     python -m benchmarks report CSV [--readme]     # plots, tables, scaling, auto table from a CSV
     python -m benchmarks profile-trainer [--metrics PATH/metrics.jsonl] [--out-dir DIR]
     python -m benchmarks judge-pairs [--records 60] [--calibrate]  # the reward judge on labelled pairs
+    python -m benchmarks decision-eval --model BASE --model CKPT   # trained vs base, PubMedQA test decisions
 
 The default profile is --medium (~20 min on the 2-core CPU); --quick (< 10 min) and --smoke
 (tiny shapes, seconds: the test) are smaller, --full is the GPU sweep. Results go to
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "judge-pairs":
         from .judge_pairs import main as judge_pairs_main
         return judge_pairs_main(argv[1:])
+    if argv and argv[0] == "decision-eval":
+        from .decision_eval import main as decision_eval_main
+        return decision_eval_main(argv[1:])
     if argv and argv[0] == "report":
         from .report import main as report_main
         return report_main(argv[1:])
