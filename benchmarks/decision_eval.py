@@ -179,6 +179,13 @@ def interval_sentence(label: str, base: str, diff: float, lo: float, hi: float, 
             f"models; any true difference between {100 * lo:+.1f} and {100 * hi:+.1f} points fits them.")
 
 
+def versus_majority(row: dict, majority: float) -> str:
+    """Where one model's accuracy interval lies against the majority-class accuracy."""
+    lo, hi = row["accuracy_ci_low"], row["accuracy_ci_high"]
+    where = "above" if lo > majority else "below" if hi < majority else "not separable from"
+    return f"{row['label']}: {fmt(row['accuracy'])} [{fmt(lo)}, {fmt(hi)}], {where} it."
+
+
 # ----------------------------------------------------------------------------- outputs
 
 def output_paths(out_dir: Path, name: str) -> list[Path]:
@@ -358,17 +365,18 @@ def describe(args, cfg, labels, models, items, prompts, rows, max_tokens, machin
               + f". Greedy, at most {max_tokens} new tokens. Decision: the first yes / no / maybe word of the "
               f"answer tag's text, else of the whole response; none = wrong. Intervals: 95% percentile bootstrap, "
               f"{args.resamples} resamples of the items, seed {args.seed}, paired for the differences.", "",
-              f"Majority-class reference: always \"{majority}\" scores {100 * majority_n / n:.1f}%."]
+              f"Majority-class reference: always \"{majority}\" scores {100 * majority_n / n:.1f}%. "
+              + " ".join(versus_majority(r, majority_n / n) for r in rows)]
     limits = [f"- {n} items: an accuracy's 95% interval spans about +-{half:.1f} points here; a difference is "
               f"resolved only where the models disagree on enough items.",
               "- One greedy response per item and model, and one checkpoint of one training run: the intervals cover "
               "the choice of items, not sampling at a temperature nor another training seed.",
               "- The decision is read leniently from the first yes / no / maybe word; the conclusion after it is not "
               "scored, and a response that states its decision without those words counts as wrong.",
-              "- The prompts are the training prompts (one-shot example, shortened contexts), not the paper's "
-              "evaluation protocol: the accuracies are not comparable with published PubMedQA numbers.",
-              f"- The gold decisions are unbalanced ({majority} {100 * majority_n / n:.0f}%): compare with the "
-              f"majority-class line and the predicted-decision columns before reading a gain as understanding."]
+              "- The prompts are the training recipe's, not the paper's evaluation protocol: the accuracies are not "
+              "comparable with published PubMedQA numbers.",
+              f"- The commonest gold decision, {majority}, is {100 * majority_n / n:.0f}% of the items: compare with "
+              f"the majority-class line and the predicted-decision columns before reading a gain as understanding."]
     return header, limits
 
 
