@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import json
 import os
 import platform
@@ -121,8 +120,9 @@ def make_vllm_generate(rollout, seed: int):
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
         outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]
-        del llm, outs  # one engine at a time: its weights and KV cache go before the next model loads
-        gc.collect()
+        del llm, outs  # one engine at a time: its weights, KV cache and process group go before the next
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        cleanup_dist_env_and_memory()  # what vLLM's own tests call between two engines in one process
         return texts
     return generate
 
