@@ -346,6 +346,7 @@ def run(args, generate=None) -> list[dict]:
 
 def describe(args, cfg, labels, models, items, prompts, rows, max_tokens, machine) -> tuple[list[str], list[str]]:
     """The Markdown header (command, machine, setting) and the limits, from the run's numbers."""
+    from medix_r1.config import DEFAULT_RECIPE
     n, gold = len(items), Counter(it["gold"] for it in items)
     majority, majority_n = gold.most_common(1)[0]
     d = cfg.data
@@ -357,7 +358,7 @@ def describe(args, cfg, labels, models, items, prompts, rows, max_tokens, machin
               "Models (the first is the baseline): " + "; ".join(f"{lb} = `{m}`" for lb, m in zip(labels, models)), "",
               f"Items: {n} of the 500 bundled test items, none of them a training record; gold "
               + ", ".join(f"{k} {gold[k]} ({100 * gold[k] / n:.1f}%)" for k in DECISIONS) + ". "
-              f"Prompts: the trainer's under recipe `{args.recipe or 'cpu_smollm2'}` (its system prompt"
+              f"Prompts: the trainer's under recipe `{args.recipe or DEFAULT_RECIPE}` (its system prompt"
               + (", the one-shot example" if d.example_question and d.example_answer else "")
               + (f", contexts cut to {d.context_chars} characters" if d.context_chars else "")
               + f", at most {d.max_prompt_tokens} prompt tokens), "
