@@ -18,14 +18,16 @@ reference is what the reward gives the judge: the solution without its modality 
 The judge is the trainer's default: :class:`medix_r1.rewards.LocalJudge` (bundled
 SmolLM2-135M-Instruct, fp32, CPU) with the strict prompt. Its score per pair is the margin
 log P(YES) - log P(NO) of the first reply token; the verdict is YES when the margin is above
-the threshold (``--threshold``, default RewardConfig's ``judge_threshold``). With the decision
-gate (``--decision-gate``, default RewardConfig's ``judge_decision_gate``; see
+the threshold (``--threshold``, default: the CPU recipe's ``judge_threshold``). With the decision
+gate (``--decision-gate``, default: the CPU recipe's ``judge_decision_gate``; see
 :mod:`medix_r1.rewards.decision`) a pair whose answer misses the reference's decision is NO
 without a model call (margin -inf). ``--calibrate`` also fits a threshold on one half of the
 records (the one with the best accuracy there) and reports it on the other half, both ways.
 ``--exclude-from`` leaves out the records of an earlier run (a held-out set for a threshold
 fitted there); ``--margins`` re-scores the saved margins of an earlier run of the same pairs
-without loading the model.
+without loading the judge model. ``--min-similarity`` (default: the CPU recipe's
+``reward.judge_min_similarity``) adds the topic gate: NO without the model when the sentence
+embeddings (bundled MiniLM) of answer and reference, decisions removed, are further apart.
 
 Writes ``<name>.csv`` (one row per setting and split: accuracy, YES rate on wrong and on right
 answers, YES rate per kind), ``<name>.md`` (the command, the machine, the table) and, after a
@@ -120,13 +122,27 @@ def fit_threshold(pairs: list[dict], margins: list[float]) -> float:
     return max(cuts, key=lambda t: (sum((m > t) == p["label"] for p, m in zip(pairs, margins)), -abs(t)))
 
 
-def judge_margins(judge, pairs: list[dict], decision_gate: bool) -> list[float]:
-    """The judge's margin per pair, -inf where the decision gate says NO (the model is not asked);
+def gates(pairs: list[dict], decision_gate: bool, min_similarity: float) -> list[bool]:
+    """True per pair that a gate answers NO without the model: the decision gate, then the topic
+    gate (embedding cosine below ``min_similarity``, 0 = off; see medix_r1.rewards.decision)."""
+    from medix_r1.rewards.decision import decision_mismatch, off_topic
+    gated = [decision_gate and decision_mismatch(p["answer"], p["reference"]) for p in pairs]
+    if min_similarity > 0:
+        from medix_r1.rewards.embedding import Embedder
+        ask = [i for i, g in enumerate(gated) if not g]
+        flags = off_topic(Embedder().encode, [pairs[i]["answer"] for i in ask], [pairs[i]["reference"] for i in ask],
+                          min_similarity)
+        for i, f in zip(ask, flags):
+            gated[i] = f
+    return gated
+
+
+def judge_margins(judge, pairs: list[dict], gated: list[bool]) -> list[float]:
+    """The judge's margin per pair, -inf where a gate says NO (the model is not asked);
     prompts go in length order (less padding per batch)."""
     from medix_r1.rewards import judge_messages
-    from medix_r1.rewards.decision import decision_mismatch
-    margins = [-math.inf if decision_gate and decision_mismatch(p["answer"], p["reference"]) else 0.0 for p in pairs]
-    order = sorted((i for i, m in enumerate(margins) if m == 0.0),
+    margins = [-math.inf if g else 0.0 for g in gated]
+    order = sorted((i for i, g in enumerate(gated) if not g),
                    key=lambda i: len(pairs[i]["answer"]) + len(pairs[i]["reference"]))
     got = judge.yes_no_margins([judge_messages(pairs[i]["answer"], pairs[i]["reference"], judge.parity)
                                 for i in order])
@@ -195,9 +211,13 @@ def main(argv=None) -> int:
     p.add_argument("--records", type=int, default=60, help="PubMedQA records used (4 pairs each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=None,
-                   help="YES when log P(YES) - log P(NO) is above this (default: RewardConfig's judge_threshold)")
+                   help="YES when log P(YES) - log P(NO) is above this (default: the CPU recipe's judge_threshold)")
     p.add_argument("--decision-gate", choices=("on", "off"), default=None,
-                   help="NO without the model when the decisions differ (default: RewardConfig's judge_decision_gate)")
+                   help="NO without the model when the decisions differ "
+                        "(default: the CPU recipe's judge_decision_gate)")
+    p.add_argument("--min-similarity", type=float, default=None,
+                   help="topic gate: NO without the model when the embedding cosine of answer and reference is "
+                        "below this; 0 = off (default: the CPU recipe's reward.judge_min_similarity)")
     p.add_argument("--calibrate", action="store_true", help="also fit a threshold per half, report on the other")
     p.add_argument("--exclude-from", default=None,
                    help="a margins CSV of an earlier run whose records are left out (a held-out set for a "
@@ -215,33 +235,36 @@ def main(argv=None) -> int:
     import os
     import platform
 
-    from medix_r1.rewards import RewardConfig
-    default = RewardConfig()
+    from medix_r1.config import load_config
+    default = load_config().reward  # the embedded CPU recipe's judge (what `python -m medix_r1.train` runs)
     threshold = default.judge_threshold if args.threshold is None else args.threshold
     gate = default.judge_decision_gate if args.decision_gate is None else args.decision_gate == "on"
+    min_sim = default.judge_min_similarity if args.min_similarity is None else args.min_similarity
+    if not 0.0 <= min_sim <= 1.0:
+        raise ValueError(f"--min-similarity must be in [0, 1], got {min_sim}")
     load, t0 = os.getloadavg()[0], time.perf_counter()
     out_dir = Path(args.out_dir)
+    gated = gates(pairs, gate, min_sim)
     if args.margins:
         margins, model_id = read_margins(Path(args.margins), pairs), "local:SmolLM2-135M-Instruct"
-        if gate:  # the gate needs no model: it applies to the margins of an ungated run as well
-            from medix_r1.rewards.decision import decision_mismatch
-            margins = [-math.inf if decision_mismatch(p["answer"], p["reference"]) else m
-                       for p, m in zip(pairs, margins)]
-        else:
-            margins = [m if math.isfinite(m) else math.nan for m in margins]
-            if any(math.isnan(m) for m in margins):
-                raise ValueError(f"--margins {args.margins} comes from a gated run: it has no margin for gated pairs")
+        # the gates need no judge model: they apply to the margins of an ungated run as well
+        if any(not math.isfinite(m) and not g for m, g in zip(margins, gated)):
+            raise ValueError(f"--margins {args.margins} comes from a run with other gates: it has no margin for "
+                             "some pairs these gates leave to the model")
+        margins = [-math.inf if g else m for m, g in zip(margins, gated)]
     else:
         from medix_r1.rewards import LocalJudge
         judge = LocalJudge(args.judge_model, threshold=threshold)
-        margins, model_id = judge_margins(judge, pairs, gate), judge.model_id.split("@")[0]
+        margins, model_id = judge_margins(judge, pairs, gated), judge.model_id.split("@")[0]
         out_dir.mkdir(parents=True, exist_ok=True)
         write_margins(out_dir / f"{args.name}-margins.csv", pairs, margins)
     seconds = time.perf_counter() - t0
-    setting = f"{model_id} strict prompt" + (", decision gate" if gate else "")
+    setting = f"{model_id} strict prompt" + (", decision gate" if gate else "") + \
+        (f", topic gate {min_sim:g}" if min_sim > 0 else "")
     rows = evaluate(pairs, margins, threshold, args.calibrate, setting, seconds, load)
     command = "python -m benchmarks judge-pairs " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = (f"margins reused from {args.margins} (no model run)" if args.margins else
+    machine = (f"margins reused from {args.margins} (no judge model run"
+               + ("; the topic gate's embedding model ran)" if min_sim > 0 else ")") if args.margins else
                f"{platform.machine()} {os.cpu_count()} cores, load average {load:.2f} at the start, {seconds:.0f} s")
     notes = [f"{len(pairs)} pairs from {args.records} records (seed {args.seed}"
              + (f", none of the {len(set(exclude))} records of {args.exclude_from}" if exclude else "")

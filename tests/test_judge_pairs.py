@@ -47,7 +47,8 @@ def test_report_from_saved_margins(records, tmp_path):
     margins = [-math.inf if p["kind"] == "flipped" else (1.0 if p["label"] else -1.0) for p in pairs]
     judge_pairs.write_margins(tmp_path / "m.csv", pairs, margins)
     assert judge_pairs.main(["--records", "8", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "on",
-                             "--threshold", "0", "--calibrate", "--out-dir", str(tmp_path), "--name", "t"]) == 0
+                             "--min-similarity", "0", "--threshold", "0", "--calibrate", "--out-dir", str(tmp_path),
+                             "--name", "t"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert [r["split"] for r in rows] == ["all", "half 1", "half 0"]
     assert all(float(r["yes_rate_wrong"]) == 0.0 for r in rows)
@@ -57,8 +58,25 @@ def test_report_from_saved_margins(records, tmp_path):
     assert float(rows[0]["accuracy"]) == pytest.approx(1 - missed / 32, abs=1e-4)
     md = (tmp_path / "t.md").read_text()
     assert "judge-pairs --records 8" in md and "| 0.0% |" in md
-    with pytest.raises(ValueError, match="gated run"):
+    with pytest.raises(ValueError, match="other gates"):
         judge_pairs.main(["--records", "8", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "off",
                           "--out-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="differ"):
         judge_pairs.main(["--records", "9", "--margins", str(tmp_path / "m.csv"), "--out-dir", str(tmp_path)])
+
+
+def test_topic_gate_on_saved_margins(records, tmp_path):
+    """A judge that says YES to every pair it sees: the topic gate (real MiniLM) turns the answers
+    with another record's conclusion into NO, and no right answer (own) is lost to it."""
+    pairs = judge_pairs.build_pairs(records, 8)
+    judge_pairs.write_margins(tmp_path / "m.csv", pairs, [1.0] * len(pairs))
+    argv = ["--records", "8", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "off", "--threshold", "0",
+            "--out-dir", str(tmp_path), "--name"]
+    assert judge_pairs.main(argv + ["off", "--min-similarity", "0"]) == 0
+    assert judge_pairs.main(argv + ["on", "--min-similarity", "0.35"]) == 0
+    off, on = (next(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("off", "on"))
+    assert float(off["yes_rate_other"]) == 1.0 and float(on["yes_rate_other"]) == 0.0
+    assert float(on["yes_rate_own"]) == 1.0 and float(on["yes_rate_flipped"]) == 1.0  # same conclusion: on topic
+    assert "topic gate 0.35" in (tmp_path / "on.md").read_text()
+    with pytest.raises(ValueError, match="--min-similarity"):
+        judge_pairs.main(argv + ["bad", "--min-similarity", "1.5"])

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict parity: NO without a judge call when the reference opens with yes/no/maybe and "
                         "the answer does not open with the same decision (default %(default)s)")
 
+    j.add_argument("--judge-min-similarity", type=float, default=_DEFAULTS.judge_min_similarity, metavar="X",
+                   help="strict parity: NO without a judge call when answer and reference (decisions removed) have "
+                        "an embedding cosine similarity below X; 0 = off (default %(default)s)")
+
     r = p.add_argument_group("reward")
     r.add_argument("--parity", choices=PARITIES, default=_DEFAULTS.parity,
                    help="'strict' (default): whitespace removed around tags only, a judge reply that is not "
@@ -259,7 +263,7 @@ def make_config(args) -> RewardConfig:
         judge_concurrency=args.judge_concurrency, judge_timeout_s=args.judge_timeout_s,
         judge_max_retries=args.judge_max_retries, judge_cache_path=args.cache, deadline_s=args.deadline_s,
         max_response_chars=args.max_response_chars, judge_threshold=args.judge_threshold,
-        judge_decision_gate=args.decision_gate == "on")
+        judge_decision_gate=args.decision_gate == "on", judge_min_similarity=args.judge_min_similarity)
 
 
 def summarize(rows: list[dict], *, scored_now: int, resumed: int, elapsed: float, worker_stats: dict) -> dict:

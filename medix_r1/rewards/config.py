@@ -64,6 +64,10 @@ class RewardConfig:
                                        "with the decision gate, benchmarks/results/judge_pairs_cpu.md)")
     judge_decision_gate: bool = _f(True, "strict parity only: NO without asking the judge when answer and reference "
                                           "both open with a yes/no/maybe decision and the decisions differ")
+    judge_min_similarity: float = _f(0.0, "strict parity only, needs the embedding reward: NO without asking the "
+                                          "judge when the cosine similarity of answer and reference (embedding "
+                                          "model, decisions removed) is below this; 0 = off (the topic gate, "
+                                          "medix_r1/rewards/decision.py)")
     judge_api_key_env: str = _f("MEDIX_JUDGE_API_KEY", "environment variable holding the judge server's API key "
                                                        "(unset: 'EMPTY', which a local vLLM server accepts)")
     judge_concurrency: int = _f(16, "judge requests in flight at once (judge='http')")
@@ -103,6 +107,14 @@ class RewardConfig:
         _number("reward.deadline_s", self.deadline_s, 1e-3)
         if not isinstance(self.judge_decision_gate, bool):
             raise ValueError(f"reward.judge_decision_gate must be true or false, got {self.judge_decision_gate!r}")
+        _number("reward.judge_min_similarity", self.judge_min_similarity, 0.0, 1.0)
+        if self.judge_min_similarity > 0 and self.parity != "strict":
+            raise ValueError("reward.judge_min_similarity (the topic gate) works with reward.parity='strict' only; "
+                             f"set it to 0 with parity {self.parity!r}")
+        if self.judge_min_similarity > 0 and isinstance(self.embedding_model, str) \
+                and self.embedding_model.lower() == "none":
+            raise ValueError("reward.judge_min_similarity needs the embedding model; reward.embedding_model is "
+                             "'none' (set judge_min_similarity to 0 or name an embedding model)")
         for name in ("embedding_batch_size", "judge_concurrency", "max_response_chars"):
             _integer(f"reward.{name}", getattr(self, name), 1)
         _integer("reward.judge_max_retries", self.judge_max_retries, 0)

@@ -12,6 +12,13 @@ The gate can only turn a YES into a NO, never the reverse, so no answer wins a r
 A text opens with a decision when its first word (optionally after "The answer is") is "yes" or
 "maybe", or "no" followed by punctuation or nothing ("No.", "No,", "No" alone: the answer parser
 drops a final period): "No acute findings." opens with none.
+
+The topic gate (:func:`off_topic`, ``reward.judge_min_similarity``; off by default, on in the CPU
+recipe) is the second check a small judge needs: an answer with the right decision but another
+question's conclusion (wrong, and a small judge's YES as often as the right one) is NO when the
+sentence embeddings of its text and the reference's, decisions removed, have a cosine similarity
+below the threshold. An answer that is only a decision ("Yes.") has nothing to compare and is left
+to the judge. Like the decision gate it only turns a YES into a NO.
 """
 from __future__ import annotations
 
@@ -25,6 +32,31 @@ def leading_decision(text: str) -> str | None:
     """'yes', 'no' or 'maybe' when ``text`` opens with that decision, else None."""
     m = _LEADING.match(text) if isinstance(text, str) else None
     return (m.group(1) or m.group(2)).lower() if m else None
+
+
+def without_decision(text: str) -> str:
+    """``text`` after its opening decision ("Yes. The data show X" -> "The data show X")."""
+    m = _LEADING.match(text)
+    return (text[m.end():] if m else text).lstrip(" .,:;!\u2014-")
+
+
+def off_topic(encode, answers: list[str], references: list[str], min_similarity: float) -> list[bool]:
+    """True per pair where the cosine similarity of answer and reference, decisions removed, is below
+    ``min_similarity``; ``encode`` maps texts to an [N, D] tensor (``rewards.embedding.Embedder.encode``).
+    A pair whose answer has no word left after its decision is never off topic."""
+    import torch
+
+    if len(answers) != len(references):
+        raise ValueError(f"answers and references must have the same length, got {len(answers)} and {len(references)}")
+    bodies = [without_decision(a) for a in answers]
+    ask = [i for i, b in enumerate(bodies) if re.search(r"\w", b)]
+    flags = [False] * len(answers)
+    if ask:
+        emb = encode([bodies[i] for i in ask] + [without_decision(references[i]) for i in ask]).float()
+        cos = torch.nn.functional.cosine_similarity(emb[: len(ask)], emb[len(ask):], dim=-1)
+        for i, c in zip(ask, cos.tolist()):
+            flags[i] = not (c >= min_similarity)  # NaN (a broken embedding) counts as off topic
+    return flags
 
 
 def decision_mismatch(answer: str, reference: str) -> bool:
