@@ -7,6 +7,8 @@
     python -m benchmarks profile-trainer [--metrics PATH/metrics.jsonl] [--out-dir DIR]
     python -m benchmarks judge-pairs [--records 60] [--calibrate]  # the reward judge on labelled pairs
     python -m benchmarks decision-eval --model BASE --model CKPT   # trained vs base, PubMedQA test decisions
+    python -m benchmarks judge-vs-decision ITEMS.jsonl   # the training judge on those responses, by decision
+    python -m benchmarks run-curves A/metrics.jsonl B/metrics.jsonl --out X.png   # training runs side by side
 
 The default profile is --medium (~20 min on the 2-core CPU); --quick (< 10 min) and --smoke
 (tiny shapes, seconds: the test) are smaller, --full is the GPU sweep. Results go to
@@ -56,20 +58,15 @@ def _suite_parser() -> argparse.ArgumentParser:
     return p
 
 
+SUBCOMMANDS = {"profile-trainer": ".trainer_profile", "judge-pairs": ".judge_pairs", "decision-eval": ".decision_eval",
+               "judge-vs-decision": ".judge_vs_decision", "run-curves": ".run_curves", "report": ".report"}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "profile-trainer":
-        from .trainer_profile import main as profile_main
-        return profile_main(argv[1:])
-    if argv and argv[0] == "judge-pairs":
-        from .judge_pairs import main as judge_pairs_main
-        return judge_pairs_main(argv[1:])
-    if argv and argv[0] == "decision-eval":
-        from .decision_eval import main as decision_eval_main
-        return decision_eval_main(argv[1:])
-    if argv and argv[0] == "report":
-        from .report import main as report_main
-        return report_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:  # each subcommand is a module with main(argv)
+        import importlib
+        return importlib.import_module(SUBCOMMANDS[argv[0]], __package__).main(argv[1:])
     args = _suite_parser().parse_args(argv)
     if args.ops.strip() == "trainer":
         from .trainer_profile import main as profile_main
