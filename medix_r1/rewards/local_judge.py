@@ -5,7 +5,10 @@ chat-formatted prompts gives the next-token logits, and the reply is YES when th
 the logits of the YES-like first tokens ("YES", "Yes", "yes", with and without a leading space)
 beats that of the NO-like ones. Several variants are pooled because SmolLM2's tokenizer splits
 "YES" into "Y" + "ES" while "NO" is one token: comparing only "Y" with "NO" would favour NO.
-The reply is therefore always YES or NO, so a local verdict never fails on parsing.
+The reply is therefore always YES or NO, so a local verdict never fails on parsing. Only the last
+position's logits are computed, and the instruction prefix every judge prompt opens with runs once
+and is kept (``share_prefix``, default on): on 16 PubMedQA prompts the pass takes ~35% less time,
+margins within ~1e-5 of the full forward (tests/test_local_judge_prefix.py).
 
 :meth:`LocalJudge.chat` (used by the evaluation harness with its own prompt) generates greedily.
 Model calls run in a worker thread (``asyncio.to_thread``) under a lock, one at a time: the event
@@ -32,7 +35,8 @@ class LocalJudge(JudgeBase):
 
     def __init__(self, model_dir=None, *, concurrency: int = 1, timeout_s: float = 120.0, max_retries: int = 0,
                  cache_path=None, parity: str = "strict", batch_size: int = 16, max_prompt_tokens: int = 768,
-                 device: str = "cpu", threshold: float = 0.0, decision_gate: bool = False):
+                 device: str = "cpu", threshold: float = 0.0, decision_gate: bool = False,
+                 share_prefix: bool = True):
         super().__init__(cache_path, parity, decision_gate)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,6 +63,9 @@ class LocalJudge(JudgeBase):
         self.yes_ids = self._first_tokens(YES_WORDS)
         self.no_ids = self._first_tokens(NO_WORDS)
         self._lock = threading.Lock()
+        self.share_prefix = bool(share_prefix)
+        self._prefix_cache: tuple | None = None  # (prefix token ids, per-layer KV) of the last shared prefix
+        self.prefix_passes = 0  # forward passes over a shared prefix (each distinct prefix once)
 
     def _first_tokens(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
@@ -80,13 +87,58 @@ class LocalJudge(JudgeBase):
         with self._lock, torch.inference_mode():
             for start in range(0, len(messages_list), self.batch_size):
                 rows = [self._prompt_ids(m) for m in messages_list[start:start + self.batch_size]]
-                batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
-                logits = self.model(**batch).logits[:, -1, :].float()
+                logits = self._last_logits(rows)
                 yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
                 no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
                 out += (yes - no).tolist()
                 self.counters.requests += len(rows)
         return out
+
+    def _last_logits(self, rows: list[list[int]]):
+        """Next-token logits [B, V] after each row. Rows that open with the same tokens (every judge
+        prompt opens with the same instructions, ~half its length) run that prefix once, kept between
+        calls (``share_prefix``); only the rest of each row is computed, on the prefix's KV cache."""
+        prefix = self._shared_prefix(rows) if self.share_prefix else 0
+        if prefix == 0:
+            batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
+            # only the last position's logits: the LM head over every position would be ~20% of the
+            # pass's FLOPs and a [batch, length, vocab] tensor (~1 GB for 16 prompts of 300 tokens)
+            return self.model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        kv = self._prefix_kv(tuple(rows[0][:prefix]))
+        # the rest of each row, left-padded: every row's last token is then the last position; the
+        # padding sits between prefix and row, masked, and the row's positions continue the prefix's
+        batch = self.tokenizer.pad({"input_ids": [r[prefix:] for r in rows]}, return_tensors="pt").to(self.device)
+        mask = batch["attention_mask"]
+        positions = (prefix + mask.cumsum(1) - 1).clamp(min=prefix)
+        full_mask = torch.cat([mask.new_ones(len(rows), prefix), mask], 1)
+        cache = DynamicCache(ddp_cache_data=[(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+                                             for k, v in kv])
+        out = self.model(input_ids=batch["input_ids"], attention_mask=full_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    def _shared_prefix(self, rows: list[list[int]]) -> int:
+        """Tokens every row opens with, leaving each row at least one of its own; 0 when under 32 (not worth it)."""
+        n = min(len(r) for r in rows) - 1
+        known = self._prefix_cache[0] if self._prefix_cache else ()
+        if known and len(known) <= n and all(tuple(r[:len(known)]) == known for r in rows):
+            return len(known)  # the prefix of an earlier call (a batch of one has no other row to compare)
+        first = rows[0]
+        for r in rows[1:]:
+            n = next((i for i, (a, b) in enumerate(zip(first[:n], r[:n])) if a != b), n)
+        return n if n >= 32 and len(rows) > 1 else 0
+
+    def _prefix_kv(self, prefix: tuple) -> list:
+        """The prefix's per-layer (key, value) [1, heads, P, d], computed once per distinct prefix."""
+        if self._prefix_cache is None or self._prefix_cache[0] != prefix:
+            import torch
+            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
+            self._prefix_cache = (prefix, [(k, v) for k, v, *_ in out.past_key_values])
+            self.prefix_passes += 1
+        return self._prefix_cache[1]
 
     def yes_no_replies(self, messages_list) -> list[str]:
         """'YES' or 'NO' for each prompt: YES when its margin is above ``threshold``."""
