@@ -106,6 +106,12 @@ def test_config_and_cli_for_the_topic_gate():
         RewardConfig(judge_min_similarity=0.3, parity="official")
     with pytest.raises(ValueError, match="embedding_model is 'none'"):
         RewardConfig(judge_min_similarity=0.3, embedding_model="none")
+    # no judge (or no MediX reward at all): the gate has nothing to gate, turning embeddings off is fine
+    RewardConfig(judge_min_similarity=0.3, embedding_model="none", judge="none")
+    from medix_r1.config import load_config
+    with pytest.raises(ValueError, match="judge_min_similarity=0"):  # the CPU recipe's gate, named with its fix
+        load_config(overrides=["reward.embedding_model=none"])
+    assert load_config(overrides=["reward.embedding_model=none", "reward.judge=none"]).reward.judge == "none"
     from medix_r1.rewards.cli import build_parser, make_config
     base = ["score", "--input", "in.jsonl", "--output", "out.jsonl"]
     assert make_config(build_parser().parse_args(base)).judge_min_similarity == 0.0

@@ -39,7 +39,8 @@ def closed_port() -> int:
 def down_judge(port):
     return ["reward.judge=http", f"reward.judge_url=http://127.0.0.1:{port}/v1", "reward.judge_model=judge",
             "reward.judge_max_retries=0", "reward.judge_timeout_s=2", "reward.embedding_model=none",
-            "reward.judge_decision_gate=false"]  # every answer must reach the (down) judge, none decided by the gate
+            "reward.judge_decision_gate=false", "reward.judge_min_similarity=0"]  # every answer must reach the
+    # (down) judge, none decided by a gate
 
 
 def test_a_judge_that_is_down_is_counted_then_stops_the_run_over_the_threshold(tiny, tmp_path):

@@ -111,10 +111,11 @@ class RewardConfig:
         if self.judge_min_similarity > 0 and self.parity != "strict":
             raise ValueError("reward.judge_min_similarity (the topic gate) works with reward.parity='strict' only; "
                              f"set it to 0 with parity {self.parity!r}")
-        if self.judge_min_similarity > 0 and isinstance(self.embedding_model, str) \
-                and self.embedding_model.lower() == "none":
-            raise ValueError("reward.judge_min_similarity needs the embedding model; reward.embedding_model is "
-                             "'none' (set judge_min_similarity to 0 or name an embedding model)")
+        if self.judge_min_similarity > 0 and self.medix and self.judge != "none" \
+                and isinstance(self.embedding_model, str) and self.embedding_model.strip().lower() == "none":
+            raise ValueError("reward.judge_min_similarity (the topic gate) needs the embedding model; "
+                             "reward.embedding_model is 'none' (also set reward.judge_min_similarity=0, or name an "
+                             "embedding model)")
         for name in ("embedding_batch_size", "judge_concurrency", "max_response_chars"):
             _integer(f"reward.{name}", getattr(self, name), 1)
         _integer("reward.judge_max_retries", self.judge_max_retries, 0)
