@@ -157,10 +157,15 @@ class JudgeBase:
     def _gated(self, reference: str, answer: str) -> bool:
         """True when the decision gate answers NO for this pair (counted; see rewards.decision)."""
         if self.decision_gate and decision_mismatch(answer, reference):
-            self.counters.calls += 1
-            self.counters.gated += 1
+            self.count_gated()
             return True
         return False
+
+    def count_gated(self, n: int = 1) -> None:
+        """Count ``n`` verdicts a gate gave without asking the model (this decision gate, or the reward
+        worker's topic gate): calls the judge answered, none of them a request."""
+        self.counters.calls += n
+        self.counters.gated += n
 
     @staticmethod
     def gate_verdict() -> JudgeVerdict:

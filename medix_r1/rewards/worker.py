@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from .config import RewardConfig, RewardResult
 from .decision import off_topic
+from .judge import JudgeBase
 from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
 from .plugins import load_function, report_failures, score_function
 
@@ -116,7 +117,10 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
     async def run_judge():
         if judge is None or not pending:
             return
-        asked = await topic_gate(pending) if cfg.judge_min_similarity > 0 and embedder_fn is not None else pending
+        gated = await topic_gate(pending) if cfg.judge_min_similarity > 0 and embedder_fn is not None else set()
+        for i in gated:
+            apply_verdict(i, JudgeBase.gate_verdict())
+        asked = [i for i in pending if i not in gated]
         if not asked:
             return
         items = [(samples[i].problem, samples[i].reference, results[i].answer) for i in asked]
@@ -133,13 +137,16 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
                 results[i].judge_failed, results[i].judge_error = True, error
             return
         for i, v in zip(asked, verdicts):
-            r = results[i]
-            r.judge = 1.0 if v.correct else 0.0
-            r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
+            apply_verdict(i, v)
 
-    async def topic_gate(rows: list[int]) -> list[int]:
-        """The rows the judge is asked about; the off-topic ones get NO here (rewards.decision.off_topic).
-        When the embedding model fails, every row goes to the judge (the gate only ever says NO)."""
+    def apply_verdict(i: int, v) -> None:
+        r = results[i]
+        r.judge = 1.0 if v.correct else 0.0
+        r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
+
+    async def topic_gate(rows: list[int]) -> set[int]:
+        """The rows the topic gate answers NO (rewards.decision.off_topic), counted with the judge's gated
+        verdicts. When the embedding model fails, none: every row goes to the judge (the gate only says NO)."""
         def compute():
             return off_topic(embedder_fn().encode, [results[i].answer for i in rows],
                              [samples[i].reference for i in rows], cfg.judge_min_similarity)
@@ -147,15 +154,11 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
             flags = await asyncio.wait_for(asyncio.to_thread(compute), timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             log.warning("topic gate skipped for %d samples (the embedding model failed): %s", len(rows), exc)
-            return rows
-        counters = getattr(judge, "counters", None)
-        for i, gated in zip(rows, flags):
-            if gated:
-                results[i].judge, results[i].judge_reply = 0.0, "NO"
-                if counters is not None:
-                    counters.calls += 1
-                    counters.gated += 1
-        return [i for i, gated in zip(rows, flags) if not gated]
+            return set()
+        gated = {i for i, off in zip(rows, flags) if off}
+        if isinstance(judge, JudgeBase):  # test doubles that are not judges keep no counters
+            judge.count_gated(len(gated))
+        return gated
 
     async def run_embedding():
         if embedder_fn is None or not pending:
