@@ -56,17 +56,16 @@ def gap_interval(judge: np.ndarray, right: np.ndarray, resamples: int, seed: int
     return gap, float(lo), float(hi)
 
 
-def score(cfg, records: dict, items: list[dict], label: str):
-    """RewardResults of ``label``'s responses, scored by the recipe's reward (the trainer's problem text)."""
+def score(worker, cfg, records: dict, items: list[dict], label: str):
+    """RewardResults of ``label``'s responses, scored by the recipe's reward (the trainer's problem text),
+    and how many of them a gate answered without the judge model."""
     from medix_r1.data.prompts import problem_text
-    from medix_r1.rewards import RewardWorker
     problems = [problem_text(records[it["id"]], cfg.data.context_chars) for it in items]
     solutions = [records[it["id"]]["solution"] for it in items]
     responses = [it["models"][label]["response"] for it in items]
-    with RewardWorker(cfg.reward) as worker:
-        results = worker.submit(problems, responses, solutions).result()
-        gated = worker.stats().get("judge_gated", 0)
-    return results, gated
+    before = worker.stats().get("judge_gated", 0)
+    results = worker.submit(problems, responses, solutions).result()
+    return results, worker.stats().get("judge_gated", 0) - before
 
 
 def run(args) -> list[dict]:
@@ -79,23 +78,30 @@ def run(args) -> list[dict]:
     if missing:
         raise ValueError(f"ITEMS {args.items}: {len(missing)} id(s) are not bundled PubMedQA test items, "
                          f"e.g. {missing[0]}")
+    from medix_r1.rewards import RewardWorker
     rows = []
-    for label in items[0]["models"]:
-        t0 = time.perf_counter()
-        results, gated = score(cfg, records, items, label)
-        judge = np.array([r.judge for r in results])
-        emb = np.array([r.embedding for r in results])
-        right = np.array([bool(it["models"][label]["correct"]) for it in items])
-        gap, lo, hi = gap_interval(judge, right, args.resamples, args.seed)
-        mean = (lambda v, m: float(v[m].mean()) if m.any() else float("nan"))
-        rows.append({"model": label, "responses": len(items), "decision_right": int(right.sum()),
-                     "judge_right": mean(judge, right), "judge_wrong": mean(judge, ~right), "gap": gap,
-                     "gap_ci_low": lo, "gap_ci_high": hi, "judge_gated_share": gated / len(items),
-                     "embedding_right": mean(emb, right), "embedding_wrong": mean(emb, ~right),
-                     "format": float(np.mean([r.format for r in results])),
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+    with RewardWorker(cfg.reward) as worker:  # one judge and embedding model for every model's responses
+        for label in items[0]["models"]:
+            rows.append(score_model(worker, cfg, records, items, label, args))
     return rows
+
+
+def score_model(worker, cfg, records: dict, items: list[dict], label: str, args) -> dict:
+    """One model's row: the judge's YES rate on right and on wrong decisions and the gap's interval."""
+    t0 = time.perf_counter()
+    results, gated = score(worker, cfg, records, items, label)
+    judge = np.array([r.judge for r in results])
+    emb = np.array([r.embedding for r in results])
+    right = np.array([bool(it["models"][label]["correct"]) for it in items])
+    gap, lo, hi = gap_interval(judge, right, args.resamples, args.seed)
+    mean = (lambda v, m: float(v[m].mean()) if m.any() else float("nan"))
+    row = {"model": label, "responses": len(items), "decision_right": int(right.sum()),
+           "judge_right": mean(judge, right), "judge_wrong": mean(judge, ~right), "gap": gap,
+           "gap_ci_low": lo, "gap_ci_high": hi, "judge_gated_share": gated / len(items),
+           "embedding_right": mean(emb, right), "embedding_wrong": mean(emb, ~right),
+           "format": float(np.mean([r.format for r in results])), "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def write(rows: list[dict], args, command: str) -> None:
