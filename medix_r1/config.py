@@ -77,6 +77,8 @@ class DataSection:
     max_prompt_tokens: int = _f(384, "prompts longer than this many tokens are cut in the middle")
     prompts_per_step: int = _f(5, "prompts sampled per step (each gets rollout.n responses)")
     max_records: int = _f(0, "use only the first N records (0 = all)")
+    balance_by: str = _f("", "draw prompts evenly across the values of this record field, e.g. 'decision' for "
+                         "PubMedQA's yes/no/maybe ('' = shuffled epochs over all records, as the official trainer)")
     system_prompt: str = _f(SYSTEM_PROMPT, "system prompt asking for the MediX-R1 response format")
     example_question: str = _f("", "a demonstration question shown (with example_answer) as one user/assistant "
                                "exchange before each record ('' = none; the CPU recipe sets one)")

@@ -209,7 +209,7 @@ def test_two_ranks_train_a_vision_language_policy_like_one_process(tiny_vl, tmp_
     """Mixed image + text batches over 2 ranks: a rank whose rows hold no image never runs the vision
     tower, which therefore stays in the root FSDP unit and gets zero gradients there; the run must
     match one process's (losses, gradient norms, language and vision weights)."""
-    from medix_r1.data.records import PromptSampler
+    from medix_r1.data.sampling import PromptSampler
     model, data = tiny_vl
     vl = [f"data.train={data}", "vision.max_pixels=12544", "data.system_prompt=You are a medical assistant."]
     records = [json.loads(x) for x in Path(data).read_text().splitlines()]

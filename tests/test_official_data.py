@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from medix_r1.config import load_config
-from medix_r1.data.records import LazyImages, PromptSampler, load_records
+from medix_r1.data.records import LazyImages, load_records
+from medix_r1.data.sampling import PromptSampler
 from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl
 from medix_r1.vision.images import ImageError, load_record_images
 from medix_r1.vision.model import model_config

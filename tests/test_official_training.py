@@ -9,7 +9,8 @@ import torch
 
 from medix_r1.config import load_config
 from medix_r1.data.prompts import OverlongPrompt, prompt_token_ids, record_messages
-from medix_r1.data.records import BUNDLED, PromptSampler, load_records
+from medix_r1.data.records import BUNDLED, load_records
+from medix_r1.data.sampling import PromptSampler
 from medix_r1.data.templates import OFFICIAL_INSTRUCTIONS, official_messages
 from medix_r1.train import train
 from medix_r1.train.build import Run

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from medix_r1.data.prompts import problem_text, prompt_messages
-from medix_r1.data.records import MalformedRecord, PromptSampler, load_records
+from medix_r1.data.records import MalformedRecord, load_records
+from medix_r1.data.sampling import PromptSampler
 
 GOOD = {"id": "a", "images": [], "problem": "Is it?", "solution": "<OTHER> Yes. Because."}
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from medix_r1.config import load_config
-from medix_r1.data.records import PromptSampler, load_records
+from medix_r1.data.records import load_records
+from medix_r1.data.sampling import PromptSampler
 from medix_r1.rollout import VllmRollout
 from medix_r1.testing.synthetic import generate_synthetic_set
 from medix_r1.testing.tiny_qwen_vl import build_tiny_qwen2_5_vl, build_tokenizer

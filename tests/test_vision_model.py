@@ -10,7 +10,7 @@ from PIL import Image
 
 import medix_kernels
 from medix_r1.config import load_config
-from medix_r1.data.records import PromptSampler
+from medix_r1.data.sampling import PromptSampler
 from medix_r1.rollout import HfRollout
 from medix_r1.testing.synthetic import SHAPES, draw_shape, generate_synthetic_set
 from medix_r1.testing.tiny_qwen_vl import MARKUP_TOKENS, build_tiny_qwen2_5_vl, load_tiny_qwen2_5_vl

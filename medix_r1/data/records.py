@@ -1,4 +1,4 @@
-"""MediX-R1 training records: loading, checking and a resumable sampler.
+"""MediX-R1 training records: loading and checking (the samplers are in :mod:`medix_r1.data.sampling`).
 
 A record has ``id``, ``images`` (list, possibly empty; MBZUAI/medix-rl-data calls the column
 ``image``, and ``data.image_column`` names any other), ``problem`` and ``solution``
@@ -13,8 +13,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from medix_r1.rewards import MODALITY_TAGS, validate_solution
 
@@ -307,35 +305,3 @@ def to_record_fields(raw, columns: dict | None, default_modality: str):
 def has_modality_tag(solution: str) -> bool:
     text = solution.strip()
     return text.startswith("<") and text[:text.find(">") + 1].upper() in MODALITY_TAGS
-
-
-class PromptSampler:
-    """Shuffled epochs over ``n`` records; the state (epoch, index, seed) makes resumes exact."""
-
-    def __init__(self, n: int, seed: int):
-        if n < 1:
-            raise ValueError(f"PromptSampler needs at least one record, got n={n}")
-        self.n, self.seed, self.epoch, self.index = n, seed, 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.index >= self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._perm = self._permutation()
-            out.append(int(self._perm[self.index]))
-            self.index += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": self.n}
-
-    def load_state(self, state: dict) -> None:
-        if state["n"] != self.n:
-            raise ValueError(f"checkpoint data position is for {state['n']} records, the data has {self.n}")
-        self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
-        self._perm = self._permutation()

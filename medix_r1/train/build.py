@@ -21,7 +21,8 @@ import torch
 from medix_r1 import checkpoint as ckpt
 from medix_r1.config import TrainConfig, to_dict
 from medix_r1.data.prompts import OverlongPrompt, prompt_token_ids
-from medix_r1.data.records import DataError, PromptSampler, load_records
+from medix_r1.data.records import DataError, load_records
+from medix_r1.data.sampling import BalancedPromptSampler, PromptSampler, make_sampler
 from medix_r1.models import resolve_model_dir
 from medix_r1.parallel import collectives as dist
 from medix_r1.rollout import make_engine
@@ -42,7 +43,7 @@ class Run:
     cfg: TrainConfig
     out_dir: Path
     records: list[dict]
-    sampler: PromptSampler
+    sampler: PromptSampler | BalancedPromptSampler
     tokenizer: object
     pad_id: int
     vision: object              # VisionPrompts for a vision-language policy, else None
@@ -131,6 +132,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
         records, skipped = load_records(d.train, split=d.split, on_malformed=d.on_malformed, max_records=d.max_records,
                                         columns=d.columns, subset=d.subset, default_modality=d.default_modality,
                                         image_column=d.image_column)
+        sampler = make_sampler(records, d.balance_by, cfg.train.seed)  # a record without the field fails here
         val_records = load_validation_records(cfg) if d.val else None
     except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI
         raise DataError(str(e)) from e
@@ -148,7 +150,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     ref = load_model(resolve_model_dir(cfg.model.reference or cfg.model.policy, "model.reference"), cfg,
                      trainable=False) if cfg.loss.beta > 0 else None
     optimizer = make_optimizer((p for p in policy.parameters() if p.requires_grad), cfg.optim)
-    run = Run(cfg=cfg, out_dir=out_dir, records=records, sampler=PromptSampler(len(records), cfg.train.seed),
+    run = Run(cfg=cfg, out_dir=out_dir, records=records, sampler=sampler,
               tokenizer=tokenizer, pad_id=pad_id, vision=vision, policy=policy, ref=ref, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)), lcfg=loss_config(cfg),
               counters={"nan_in_row": 0, "skipped_records": skipped},
