@@ -32,7 +32,9 @@ A correct format alone therefore earns nothing, and a right decision without the
 Statistics: accuracy per model with a 95% percentile bootstrap interval, and each model minus the
 baseline on the same resampled items (paired), ``--resamples`` times, seeded. Also the rate of
 responses with an answer tag, with the full format, without a decision, the predicted decisions
-next to the gold ones, and the majority-class accuracy (always the commonest gold decision).
+next to the gold ones, and the majority-class accuracy (always the commonest gold decision). The
+same for the balanced accuracy (the mean of the per-decision accuracies, so that always answering
+the commonest decision scores 1/3, not its share of the items), recomputed on each resample.
 
 Writes ``<name>.md`` (command, machine, tables, what the intervals say, what limits them),
 ``<name>.csv`` (one row per model) and ``<name>-items.jsonl`` (per item: id, gold, each model's
@@ -56,7 +58,9 @@ import numpy as np
 DECISIONS = ("yes", "no", "maybe")
 _DECISION_WORD = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
 COLUMNS = ["label", "model", "items", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "diff_vs_baseline",
-           "diff_ci_low", "diff_ci_high", "better_items", "worse_items", "answer_tag_rate", "format_ok_rate",
+           "diff_ci_low", "diff_ci_high", "balanced_accuracy", "balanced_ci_low", "balanced_ci_high",
+           "balanced_diff", "balanced_diff_ci_low", "balanced_diff_ci_high", "better_items", "worse_items",
+           "answer_tag_rate", "format_ok_rate",
            "no_decision_rate", *[f"predicted_{d}" for d in DECISIONS], *[f"right_on_gold_{d}" for d in DECISIONS],
            "seconds", "items_per_s"]
 
@@ -134,20 +138,35 @@ def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def paired_bootstrap(scores: np.ndarray, resamples: int, seed: int) -> dict:
+def paired_bootstrap(scores: np.ndarray, resamples: int, seed: int, groups=None) -> dict:
     """``scores``: (models, items) of 0/1. Per model the accuracy and its 95% percentile interval; per
     model after the first, the difference to the first and its interval, all over the same resampled
-    items (paired: an item that is hard for both models moves both accuracies together)."""
+    items (paired: an item that is hard for both models moves both accuracies together).
+
+    With ``groups`` (one label per item, the gold decisions) every accuracy is the balanced accuracy:
+    the mean over the labels present of the accuracy on that label's items, recomputed on each
+    resample's own items, so that any constant answer scores exactly 1 / (labels present)."""
     scores = np.asarray(scores, dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, scores.shape[1], size=(resamples, scores.shape[1]))
+    if groups is None:
+        def mean(x, rows=None):
+            return x.mean(axis=-1)
+    else:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+
+        def mean(x, rows=None):  # each item weighs 1 / (its label's count among the items), summed per label
+            g = codes if rows is None else codes[rows]
+            counts = np.stack([(g == c).sum(axis=-1) for c in range(codes.max() + 1)], axis=-1)
+            w = 1.0 / np.take_along_axis(counts, g, axis=-1)
+            return (x * w).sum(axis=-1) / (counts > 0).sum(axis=-1)
     out = {"accuracy": [], "accuracy_ci": [], "diff": [None], "diff_ci": [None]}
     for k, row in enumerate(scores):
-        out["accuracy"].append(float(row.mean()))
-        out["accuracy_ci"].append(percentile_ci(row[idx].mean(axis=1)))
+        out["accuracy"].append(float(mean(row)))
+        out["accuracy_ci"].append(percentile_ci(mean(row[idx], idx)))
         if k:
             d = row - scores[0]
-            out["diff"].append(float(d.mean()))
-            out["diff_ci"].append(percentile_ci(d[idx].mean(axis=1)))
+            out["diff"].append(float(mean(d)))
+            out["diff_ci"].append(percentile_ci(mean(d[idx], idx)))
     return out
 
 
@@ -217,24 +236,30 @@ def write_outputs(out_dir: Path, name: str, rows: list[dict], items: list[dict],
             fh.write(json.dumps({"id": item["id"], "gold": item["gold"], "models": models}) + "\n")
     base = rows[0]["label"]
     lines = [*header, "",
-             "| model | accuracy | 95% interval | answer tag | full format | no decision | predicted yes / no / "
-             "maybe | right on gold yes / no / maybe | items/s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | accuracy | 95% interval | balanced accuracy | 95% interval | answer tag | full format | "
+             "no decision | predicted yes / no / maybe | right on gold yes / no / maybe | items/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {fmt(r['accuracy'])} | [{fmt(r['accuracy_ci_low'])}, "
-                     f"{fmt(r['accuracy_ci_high'])}] | {fmt(r['answer_tag_rate'])} | {fmt(r['format_ok_rate'])} | "
+                     f"{fmt(r['accuracy_ci_high'])}] | {fmt(r['balanced_accuracy'])} | [{fmt(r['balanced_ci_low'])}, "
+                     f"{fmt(r['balanced_ci_high'])}] | {fmt(r['answer_tag_rate'])} | {fmt(r['format_ok_rate'])} | "
                      f"{fmt(r['no_decision_rate'])} | "
                      + " / ".join(fmt(r[f"predicted_{d}"]) for d in DECISIONS) + " | "
                      + " / ".join(fmt(r[f"right_on_gold_{d}"]) for d in DECISIONS)
                      + f" | {fmt(r['items_per_s'], pct=False)} |")
     lines += ["", f"## Difference to the baseline ({base}), paired bootstrap", "",
-              "| model - baseline | difference | 95% interval | items only it gets right | items only the baseline "
-              "gets right |", "|---|---|---|---|---|"]
+              "| model - baseline | difference | 95% interval | balanced accuracy difference | 95% interval | items "
+              "only it gets right | items only the baseline gets right |", "|---|---|---|---|---|---|---|"]
     for r in rows[1:]:
         lines.append(f"| {r['label']} - {base} | {100 * r['diff_vs_baseline']:+.1f} points | "
-                     f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | {r['better_items']} | "
-                     f"{r['worse_items']} |")
+                     f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | "
+                     f"{100 * r['balanced_diff']:+.1f} points | [{100 * r['balanced_diff_ci_low']:+.1f}, "
+                     f"{100 * r['balanced_diff_ci_high']:+.1f}] | {r['better_items']} | {r['worse_items']} |")
     lines += [""] + [interval_sentence(r["label"], base, r["diff_vs_baseline"], r["diff_ci_low"], r["diff_ci_high"],
                                        r["items"]) for r in rows[1:]]
+    lines += [""] + ["Balanced accuracy, " + interval_sentence(r["label"], base, r["balanced_diff"],
+                                                               r["balanced_diff_ci_low"], r["balanced_diff_ci_high"],
+                                                               r["items"]) for r in rows[1:]]
     lines += ["", "## What limits this", "", *limits, ""]
     md_path.write_text("\n".join(lines))
 
@@ -331,13 +356,16 @@ def run(args, generate=None) -> list[dict]:
         rows.append(model_row(label, str(model), reads[-1], gold, seconds))
     scores = np.array([[r["decision"] == g for r, g in zip(model_reads, gold)] for model_reads in reads])
     stats = paired_bootstrap(scores, args.resamples, args.seed)
+    balanced = paired_bootstrap(scores, args.resamples, args.seed, groups=gold)
     for k, r in enumerate(rows):
         r.update(accuracy=stats["accuracy"][k], accuracy_ci_low=stats["accuracy_ci"][k][0],
-                 accuracy_ci_high=stats["accuracy_ci"][k][1])
+                 accuracy_ci_high=stats["accuracy_ci"][k][1], balanced_accuracy=balanced["accuracy"][k],
+                 balanced_ci_low=balanced["accuracy_ci"][k][0], balanced_ci_high=balanced["accuracy_ci"][k][1])
         if k:
             r.update(diff_vs_baseline=stats["diff"][k], diff_ci_low=stats["diff_ci"][k][0],
                      diff_ci_high=stats["diff_ci"][k][1], better_items=int((scores[k] > scores[0]).sum()),
-                     worse_items=int((scores[k] < scores[0]).sum()))
+                     worse_items=int((scores[k] < scores[0]).sum()), balanced_diff=balanced["diff"][k],
+                     balanced_diff_ci_low=balanced["diff_ci"][k][0], balanced_diff_ci_high=balanced["diff_ci"][k][1])
     header, limits = describe(args, cfg, labels, models, items, prompts, rows, max_tokens,
                               machine_line(load, time.perf_counter() - t_start))
     write_outputs(Path(args.out_dir), args.name, rows, items, reads, responses, header, limits)
@@ -367,7 +395,12 @@ def describe(args, cfg, labels, models, items, prompts, rows, max_tokens, machin
               f"answer tag's text, else of the whole response; none = wrong. Intervals: 95% percentile bootstrap, "
               f"{args.resamples} resamples of the items, seed {args.seed}, paired for the differences.", "",
               f"Majority-class reference: always \"{majority}\" scores {100 * majority_n / n:.1f}%. "
-              + " ".join(versus_majority(r, majority_n / n) for r in rows)]
+              + " ".join(versus_majority(r, majority_n / n) for r in rows), "",
+              f"Balanced accuracy (the mean over the gold decisions of the share right on each) does not reward "
+              f"the commonest decision: any constant answer scores {100 / len(gold):.1f}%. "
+              + " ".join(versus_majority({**r, "accuracy": r["balanced_accuracy"],
+                                          "accuracy_ci_low": r["balanced_ci_low"],
+                                          "accuracy_ci_high": r["balanced_ci_high"]}, 1 / len(gold)) for r in rows)]
     limits = [f"- {n} items: an accuracy's 95% interval spans about +-{half:.1f} points here; a difference is "
               f"resolved only where the models disagree on enough items.",
               "- One greedy response per item and model, and one checkpoint of one training run: the intervals cover "

@@ -47,6 +47,21 @@ def test_paired_bootstrap_finds_a_known_difference():
     assert "above zero" in decision_eval.interval_sentence("ckpt", "base", 0.3, lo, hi, 100)
 
 
+def test_balanced_accuracy_is_the_mean_of_the_per_decision_accuracies():
+    gold = ["yes"] * 12 + ["no"] * 6 + ["maybe"] * 6
+    always_yes = np.array([g == "yes" for g in gold], dtype=float)
+    mixed = np.array([1] * 6 + [0] * 6 + [1] * 2 + [0] * 4 + [1] * 6, dtype=float)  # yes 6/12, no 2/6, maybe 6/6
+    stats = decision_eval.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0, groups=gold)
+    assert stats["accuracy"] == pytest.approx([1 / 3, (0.5 + 1 / 3 + 1) / 3])
+    assert stats["diff"][1] == pytest.approx((0.5 + 1 / 3 + 1) / 3 - 1 / 3)
+    # a constant answer scores 1/3 on any resample that holds every label (nearly all of them here)
+    assert stats["accuracy_ci"][0] == pytest.approx((1 / 3, 1 / 3))
+    lo, hi = stats["diff_ci"][1]
+    assert lo < stats["diff"][1] < hi
+    plain = decision_eval.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0)
+    assert plain["accuracy"] == pytest.approx([0.5, 14 / 24])
+
+
 def test_identical_models_differ_by_exactly_zero():
     scores = np.array([[1, 0, 1, 1, 0, 0, 1, 0] * 10] * 2)
     stats = decision_eval.paired_bootstrap(scores, resamples=1000, seed=0)
@@ -118,6 +133,14 @@ def test_cli_end_to_end_on_six_real_items(tmp_path, checkpoint, capsys, monkeypa
     assert float(base["predicted_yes"]) == 1 and float(base["right_on_gold_yes"]) == 1
     assert float(base["right_on_gold_no"]) == 0 and base["diff_vs_baseline"] == ""
     assert float(trained["accuracy_ci_low"]) <= 5 / 6 <= float(trained["accuracy_ci_high"])
+    # balanced accuracy: the always-yes baseline is right on every gold yes only -> 1/3; the checkpoint
+    # misses one of the n_yes gold-yes items -> (1 - 1/n_yes + 1 + 1) / 3
+    assert float(base["balanced_accuracy"]) == pytest.approx(1 / 3, abs=1e-4)
+    balanced = (1 - 1 / n_yes + 2) / 3
+    assert float(trained["balanced_accuracy"]) == pytest.approx(balanced, abs=1e-4)
+    assert float(trained["balanced_diff"]) == pytest.approx(balanced - 1 / 3, abs=1e-4)
+    assert float(trained["balanced_diff_ci_low"]) <= balanced - 1 / 3 <= float(trained["balanced_diff_ci_high"])
+    assert "any constant answer scores 33.3%" in (tmp_path / "de.md").read_text()
 
     lines = [json.loads(x) for x in (tmp_path / "de-items.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [it["id"] for it in items] and [x["gold"] for x in lines] == gold
