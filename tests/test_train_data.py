@@ -29,7 +29,7 @@ def test_bundled_pubmedqa_loads_with_context_fields():
 
 def test_malformed_json_line_is_named_with_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [json.dumps(GOOD), "{not json", json.dumps({**GOOD, "id": "b"})])
-    with pytest.raises(MalformedRecord, match=rf"{path}:2: invalid JSON"):
+    with pytest.raises(MalformedRecord, match=rf"{path}:2: not valid JSON"):
         load_records(path)
 
 
@@ -93,3 +93,13 @@ def test_sampler_epochs_and_exact_resume():
     assert t.take(8) == rest
     with pytest.raises(ValueError, match="5 records"):
         PromptSampler(6, seed=3).load_state(state)
+
+
+def test_input_lines_numbers_lines_and_names_problems(tmp_path):
+    from medix_r1.utils.jsonl import input_lines
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \n[2]\n{"a": \n\xff\n')
+    rows = list(input_lines(path))
+    assert [(n, obj) for n, obj, _ in rows] == [(1, {"a": 1}), (4, [2]), (5, None), (6, None)]
+    assert rows[2][2].startswith("not valid JSON (") and rows[3][2].startswith("not valid UTF-8 (")
+    assert rows[0][2] is None and rows[1][2] is None

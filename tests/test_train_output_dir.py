@@ -83,7 +83,7 @@ def test_what_counts_as_used(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "an existing file"),
     (b"", "no valid records"),
-    (b'{"id": "a", "images": [], "problem": "p", "solution": "<OTHER> a"}\n\xff\xfe\n', ":2: not UTF-8 text"),
+    (b'{"id": "a", "images": [], "problem": "p", "solution": "<OTHER> a"}\n\xff\xfe\n', ":2: not valid UTF-8"),
 ])
 def test_bad_data_files_are_one_line_naming_file_and_line(tiny, tmp_path, capsys, content, message):
     data = tmp_path / "train.jsonl"

@@ -9,12 +9,12 @@ malformed record is reported as ``file:line``; JSON arrays, Parquet and hub data
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from medix_r1.rewards import MODALITY_TAGS, validate_solution
+from medix_r1.utils.jsonl import input_lines
 
 log = logging.getLogger("medix_r1.train")
 
@@ -89,22 +89,8 @@ class DataError(ValueError):
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, object]]:
-    rows = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                rows.append((where, MalformedRecord(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")))
-                continue
-            if not line.strip():
-                continue
-            try:
-                rows.append((where, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.append((where, MalformedRecord(f"{where}: invalid JSON ({e.msg} at column {e.colno})")))
-    return rows
+    return [(f"{path}:{n}", obj if problem is None else MalformedRecord(f"{path}:{n}: {problem}"))
+            for n, obj, problem in input_lines(path)]
 
 
 def _read_with_datasets(path: Path | str, split: str, subset: str = "", image_column: str = "",

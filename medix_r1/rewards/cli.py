@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from medix_r1.utils.jsonl import input_lines
+
 from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardResult, RewardWeights
 from .parsing import PARITIES, parse_solution
 
@@ -147,38 +149,29 @@ def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise InputError(f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
     records = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            where = f"{path}:{lineno}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in REQUIRED if k not in obj]
-            if missing:
-                raise InputError(f"{where}: missing field(s) {', '.join(missing)} (each line needs "
-                                 f"{', '.join(REQUIRED)})")
-            for k in REQUIRED:
-                if not isinstance(obj[k], str):
-                    raise InputError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")
-            try:  # a \\ud800-style escape decodes to a lone surrogate, which no UTF-8 output can hold
-                output_line(obj)
-            except UnicodeEncodeError as e:
-                raise InputError(f"{where}: contains a lone surrogate ({e.object[e.start:e.end]!r}), "
-                                 f"which is not text; fix the line") from None
-            try:
-                parse_solution(obj["solution"], parity)
-            except ValueError as e:
-                raise InputError(f"{where}: bad 'solution': {e}") from None
-            records.append((lineno, obj))
+    for lineno, obj, problem in input_lines(path):
+        where = f"{path}:{lineno}"
+        if problem is not None:
+            raise InputError(f"{where}: {problem}")
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in REQUIRED if k not in obj]
+        if missing:
+            raise InputError(f"{where}: missing field(s) {', '.join(missing)} (each line needs "
+                             f"{', '.join(REQUIRED)})")
+        for k in REQUIRED:
+            if not isinstance(obj[k], str):
+                raise InputError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")
+        try:  # a \\ud800-style escape decodes to a lone surrogate, which no UTF-8 output can hold
+            output_line(obj)
+        except UnicodeEncodeError as e:
+            raise InputError(f"{where}: contains a lone surrogate ({e.object[e.start:e.end]!r}), "
+                             f"which is not text; fix the line") from None
+        try:
+            parse_solution(obj["solution"], parity)
+        except ValueError as e:
+            raise InputError(f"{where}: bad 'solution': {e}") from None
+        records.append((lineno, obj))
     return records
 
 

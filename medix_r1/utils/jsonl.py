@@ -13,11 +13,15 @@ it was writing. Two kinds of file use it:
 :class:`JsonlWriter` (and :func:`append_jsonl` for a single row) starts on a new line when the
 file does not end with one (a killed writer's torn line stays apart), and writes each row with
 one ``write()`` in append mode, so concurrent appenders never interleave lines.
+
+:func:`input_lines` is the reader for JSON-lines files a person wrote (training records, responses
+to score): every problem comes with its line number for the caller to report or count.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -53,6 +57,24 @@ def read_jsonl(path, *, repair: bool = True, strict: bool = True) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(good_end)
     return rows
+
+
+def input_lines(path) -> Iterator[tuple[int, object, str | None]]:
+    """``(line number, object, None)`` for every non-blank line of ``path``, or ``(line number, None,
+    problem)`` for a line that is not UTF-8 or not JSON."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text), None
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
 
 
 def _needs_newline(path: Path) -> bool:
