@@ -44,14 +44,19 @@ def test_resume_is_exact_and_mismatches_are_refused():
         t.load_state(PromptSampler(13, seed=1).state())
 
 
-def test_make_sampler_names_the_record_without_the_field():
-    records = [{"id": "a", "decision": "yes"}, {"id": "b"}, {"id": "c", "decision": ["no"]}]
+def test_make_sampler_groups_records_without_the_field_and_refuses_lists(caplog):
+    records = [{"id": "a", "decision": "yes"}, {"id": "b"}, {"id": "c", "decision": ["no"]}, {"id": "d"}]
     assert isinstance(make_sampler(records, "", 0), PromptSampler)
-    with pytest.raises(DataError, match="data.balance_by='decision': record 'b' has no such field"):
+    with pytest.raises(DataError, match=r"data.balance_by='decision': record 'c' has list \['no'\]"):
         make_sampler(records, "decision", 0)
-    with pytest.raises(DataError, match="record 'c' has list"):
-        make_sampler([records[0], records[2]], "decision", 0)
-    assert make_sampler([records[0]], "decision", 0).take(3) == [0, 0, 0]
+    with caplog.at_level("INFO", logger="medix_r1.train"):
+        s = make_sampler([records[0], records[1], records[3]], "decision", 0)
+    assert s.counts() == {"None": 2, "yes": 1} and sorted(s.take(4)[:2]) in ([0, 1], [0, 2])
+    assert "prompts drawn evenly over None (2 records), yes (1 records)" in caplog.text
+    with caplog.at_level("WARNING", logger="medix_r1.train"):
+        s = make_sampler([records[1], records[3]], "decison", 0)
+    assert "data.balance_by='decison': no record has this field" in caplog.text
+    assert sorted(s.take(2)) == [0, 1]
 
 
 class DecisionRecorder:
@@ -96,7 +101,10 @@ def test_trainer_draws_balanced_prompts_and_resumes_with_them(tiny, tmp_path):
         train(cfg("train.max_steps=4", "data.balance_by="), resume=True, reward_worker=DecisionRecorder())
 
 
-def test_a_missing_field_fails_before_any_model_loads(tmp_path):
-    cfg = tiny_run_config(str(tmp_path / "no-such-model"), tmp_path / "run", "data.balance_by=modality")
-    with pytest.raises(DataError, match="data.balance_by='modality': record 'pubmedqa-\\d+' has no such field"):
+def test_a_bad_value_fails_before_any_model_loads(tmp_path):
+    data = tmp_path / "records.jsonl"
+    data.write_text('{"id": "r1", "images": [], "problem": "Q?", "solution": "<OTHER> Yes.", "decision": {"a": 1}}\n')
+    cfg = tiny_run_config(str(tmp_path / "no-such-model"), tmp_path / "run", f"data.train={data}",
+                          "data.max_records=0")
+    with pytest.raises(DataError, match="data.balance_by='decision': record 'r1' has dict"):
         train(cfg, reward_worker=DecisionRecorder())

@@ -13,9 +13,13 @@ stores, so a resumed run draws exactly the prompts the killed run would have dra
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from medix_r1.data.records import DataError
+
+log = logging.getLogger("medix_r1.train")
 
 
 class PromptSampler:
@@ -62,7 +66,7 @@ class BalancedPromptSampler:
     def __init__(self, labels: list, seed: int, field: str):
         if not labels:
             raise ValueError("BalancedPromptSampler needs at least one record")
-        self.values = sorted(set(labels), key=str)
+        self.values = sorted(set(labels), key=str)  # None (no such field) is a value of its own
         self.groups = [np.flatnonzero([lab == v for lab in labels]) for v in self.values]
         self.n, self.seed, self.field, self.draws = len(labels), seed, field, 0
 
@@ -101,16 +105,26 @@ def _same_balance(state: dict, field: str) -> None:
 
 def make_sampler(records: list[dict], balance_by: str, seed: int):
     """The run's sampler: :class:`PromptSampler`, or with ``balance_by`` (a record field such as
-    PubMedQA's ``decision``) a :class:`BalancedPromptSampler` over that field's values. A record
-    without the field, or with a value that is not a string, number or bool, is a DataError naming it."""
+    PubMedQA's ``decision``) a :class:`BalancedPromptSampler` over that field's values.
+
+    Records without the field form one group of their own, so the default recipe (which balances
+    PubMedQA's decisions) still runs on data that has no such field: all its records are then one
+    group, drawn like the plain sampler's, and a warning says so. A value that is not a string,
+    number or bool is a DataError naming the record."""
     if not balance_by:
         return PromptSampler(len(records), seed)
     labels = []
     for r in records:
         value = r.get(balance_by)
-        if value is None or not isinstance(value, (str, int, float, bool)):
-            raise DataError(f"data.balance_by={balance_by!r}: record {r.get('id')!r} has "
-                            f"{'no such field' if value is None else type(value).__name__ + ' ' + repr(value)[:40]}"
-                            f" (each record needs a string, number or bool there)")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise DataError(f"data.balance_by={balance_by!r}: record {r.get('id')!r} has {type(value).__name__} "
+                            f"{repr(value)[:40]} there (a string, number or bool is needed to group by)")
         labels.append(value)
-    return BalancedPromptSampler(labels, seed, balance_by)
+    sampler = BalancedPromptSampler(labels, seed, balance_by)
+    if labels.count(None) == len(labels):
+        log.warning("data.balance_by=%r: no record has this field, so prompts are drawn from all records alike",
+                    balance_by)
+    else:
+        log.info("data.balance_by=%r: prompts drawn evenly over %s", balance_by,
+                 ", ".join(f"{v} ({n} records)" for v, n in sampler.counts().items()))
+    return sampler
