@@ -107,3 +107,23 @@ def test_a_checkpoint_that_would_run_code_is_refused_not_unpickled(tiny, two_ste
         train(config(tiny, out), resume=True, reward_worker=CharRewardWorker())
     assert not target.exists()
     assert any(str(path) in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_write_stops_with_one_clear_error_and_leaves_no_torn_folder(tiny, two_steps, tmp_path,
+                                                                              monkeypatch):
+    """A full disk, as torch's zip writer reports it (seen in a real run): the third step's checkpoint
+    fails; the error names the folder, the free space and how to go on; step 2 stays usable."""
+    out = copy_run(two_steps[0], tmp_path / "run")
+
+    def full_disk(obj, path, *a, **k):
+        open(path, "wb").write(b"x" * 1000)  # a part was written before the failure
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 369510016 vs 369509904")
+    monkeypatch.setattr(ckpt.store.torch, "save", full_disk)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        train(config(tiny, out, "train.max_steps=3"), resume=True, reward_worker=CharRewardWorker())
+    msg = str(info.value)
+    assert msg.startswith(f"could not write the checkpoint {out / 'step_000003'} (RuntimeError: [enforce fail")
+    assert "GiB free on its filesystem" in msg and "--resume to continue from step_000002" in msg
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".tmp", "step_"))) == \
+        ["step_000001", "step_000002"]
+    assert ckpt.verify_checkpoint(out / "step_000002") is None

@@ -123,13 +123,29 @@ def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, schedule
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state()}, tmp / "optim_rng.pt")
-    _finish(tmp, final, step, state, keep_last)
+    try:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp / "optim_rng.pt")
+        _finish(tmp, final, step, state, keep_last)
+    except Exception as e:  # a full disk shows up as OSError, or as RuntimeError from torch's zip writer
+        raise CheckpointError(write_failure(tmp, final, e)) from e
     return final
+
+
+def write_failure(tmp: Path, final: Path, error: Exception) -> str:
+    """Remove the torn temp folder and say what happened, how much space there is, and how to go on."""
+    written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.exists() else 0
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(final.parent).free
+    latest = list_checkpoints(final.parent)
+    return (f"could not write the checkpoint {final} ({type(error).__name__}: {error}); "
+            f"{free / 2**30:.2f} GiB free on its filesystem, {written / 2**30:.2f} GiB were written before the "
+            f"failure. The run stopped here; "
+            + (f"free some space and rerun with --resume to continue from {latest[-1].name}"
+               if latest else "no earlier complete checkpoint exists, so a rerun starts from step 0"))
 
 
 def _finish(tmp: Path, final: Path, step: int, state: dict, keep_last: int) -> None:
