@@ -105,6 +105,6 @@ def test_a_bad_value_fails_before_any_model_loads(tmp_path):
     data = tmp_path / "records.jsonl"
     data.write_text('{"id": "r1", "images": [], "problem": "Q?", "solution": "<OTHER> Yes.", "decision": {"a": 1}}\n')
     cfg = tiny_run_config(str(tmp_path / "no-such-model"), tmp_path / "run", f"data.train={data}",
-                          "data.max_records=0")
+                          "data.max_records=0", "data.balance_by=decision")
     with pytest.raises(DataError, match="data.balance_by='decision': record 'r1' has dict"):
         train(cfg, reward_worker=DecisionRecorder())
