@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from benchmarks import decision_eval
+from benchmarks import decision_eval, decision_report
 from benchmarks.__main__ import main as benchmarks_main
 from medix_r1.config import load_config
 from medix_r1.data.prompts import prompt_token_ids
@@ -35,7 +35,7 @@ def test_paired_bootstrap_finds_a_known_difference():
     base = np.array([1] * 40 + [0] * 60)
     better = base.copy()
     better[40:70] = 1  # right on 30 more of 100 items
-    stats = decision_eval.paired_bootstrap(np.stack([base, better]), resamples=4000, seed=1)
+    stats = decision_report.paired_bootstrap(np.stack([base, better]), resamples=4000, seed=1)
     assert stats["accuracy"] == [0.4, 0.7]
     assert stats["diff"][1] == pytest.approx(0.30)
     lo, hi = stats["diff_ci"][1]
@@ -43,33 +43,33 @@ def test_paired_bootstrap_finds_a_known_difference():
     assert 0.05 < hi - 0.30 < 0.13 and 0.05 < 0.30 - lo < 0.13  # ~1.96 * sqrt(0.3 * 0.7 / 100) = 0.09
     for acc, (a_lo, a_hi) in zip(stats["accuracy"], stats["accuracy_ci"]):
         assert a_lo < acc < a_hi
-    assert decision_eval.paired_bootstrap(np.stack([base, better]), 4000, 1) == stats  # seeded
-    assert "above zero" in decision_eval.interval_sentence("ckpt", "base", 0.3, lo, hi, 100)
+    assert decision_report.paired_bootstrap(np.stack([base, better]), 4000, 1) == stats  # seeded
+    assert "above zero" in decision_report.interval_sentence("ckpt", "base", 0.3, lo, hi, 100)
 
 
 def test_balanced_accuracy_is_the_mean_of_the_per_decision_accuracies():
     gold = ["yes"] * 12 + ["no"] * 6 + ["maybe"] * 6
     always_yes = np.array([g == "yes" for g in gold], dtype=float)
     mixed = np.array([1] * 6 + [0] * 6 + [1] * 2 + [0] * 4 + [1] * 6, dtype=float)  # yes 6/12, no 2/6, maybe 6/6
-    stats = decision_eval.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0, groups=gold)
+    stats = decision_report.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0, groups=gold)
     assert stats["accuracy"] == pytest.approx([1 / 3, (0.5 + 1 / 3 + 1) / 3])
     assert stats["diff"][1] == pytest.approx((0.5 + 1 / 3 + 1) / 3 - 1 / 3)
     # a constant answer scores 1/3 on any resample that holds every label (nearly all of them here)
     assert stats["accuracy_ci"][0] == pytest.approx((1 / 3, 1 / 3))
     lo, hi = stats["diff_ci"][1]
     assert lo < stats["diff"][1] < hi
-    plain = decision_eval.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0)
+    plain = decision_report.paired_bootstrap(np.stack([always_yes, mixed]), resamples=2000, seed=0)
     assert plain["accuracy"] == pytest.approx([0.5, 14 / 24])
 
 
 def test_identical_models_differ_by_exactly_zero():
     scores = np.array([[1, 0, 1, 1, 0, 0, 1, 0] * 10] * 2)
-    stats = decision_eval.paired_bootstrap(scores, resamples=1000, seed=0)
+    stats = decision_report.paired_bootstrap(scores, resamples=1000, seed=0)
     assert stats["diff"][1] == 0.0 and stats["diff_ci"][1] == (0.0, 0.0)
-    assert "includes zero" in decision_eval.interval_sentence("b", "a", 0.0, 0.0, 0.0, 80)
+    assert "includes zero" in decision_report.interval_sentence("b", "a", 0.0, 0.0, 0.0, 80)
     row = {"label": "m", "accuracy": 0.7, "accuracy_ci_low": 0.6, "accuracy_ci_high": 0.8}
-    assert decision_eval.versus_majority(row, 0.55) == "m: 70.0% [60.0%, 80.0%], above it."
-    assert decision_eval.versus_majority(row, 0.65).endswith("not separable from it.")
+    assert decision_report.versus_majority(row, 0.55) == "m: 70.0% [60.0%, 80.0%], above it."
+    assert decision_report.versus_majority(row, 0.65).endswith("not separable from it.")
 
 
 @pytest.fixture(scope="module")
