@@ -1,7 +1,7 @@
 """Is the trained checkpoint better than the base model? Scored by decision on the bundled PubMedQA test items.
 
     python -m benchmarks decision-eval --model BASE --model CHECKPOINT [--model ...] [--labels a,b,...]
-                                       [--recipe cpu_smollm2] [--limit N] [--max-tokens 112]
+                                       [--recipe cpu_smollm2] [--set KEY=VALUE] [--limit N] [--max-tokens 112]
                                        [--resamples 10000] [--seed 0] [--out-dir benchmarks/results]
                                        [--name decision_eval_cpu] [--overwrite]
 
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder or a trainer checkpoint folder, as python -m medix_r1.eval --model takes")
     p.add_argument("--labels", default=None, help="comma-separated names of the models (default: --model as given)")
     p.add_argument("--recipe", default=None, help="the training recipe whose prompts are used (default cpu_smollm2)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the recipe, as python -m medix_r1.train --set takes (repeatable), "
+                        "e.g. the one-shot example a run was trained with")
     p.add_argument("--limit", type=int, default=None, help="only the first N test items (default all 500)")
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per response (default: the recipe's "
                                                                 "rollout.max_tokens)")
@@ -173,9 +176,9 @@ def check_args(args):
                          f"pass --overwrite")
     from medix_r1.config import DEFAULT_RECIPE, load_config
     try:
-        cfg = load_config(args.recipe or DEFAULT_RECIPE)
+        cfg = load_config(args.recipe or DEFAULT_RECIPE, args.overrides)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"--recipe: {e}") from None
+        raise ValueError(f"--recipe/--set: {e}") from None
     max_tokens = cfg.rollout.max_tokens if args.max_tokens is None else args.max_tokens
     room = cfg.rollout.max_model_len - cfg.data.max_prompt_tokens
     if not 1 <= max_tokens <= room:

@@ -17,7 +17,7 @@ import yaml
 from medix_r1.config_checks import validate
 from medix_r1.rewards import RewardConfig
 from medix_r1.utils import typed_config
-from medix_r1.utils.typed_config import apply_mapping, parse_override, set_value
+from medix_r1.utils.typed_config import apply_mapping, apply_override
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cpu_smollm2"
@@ -252,8 +252,7 @@ def load_config(recipe: str | None = DEFAULT_RECIPE, overrides: list[str] | tupl
         except (TypeError, ValueError) as e:
             raise type(e)(f"recipe {path}: {e}") from None
     for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
+        apply_override(cfg, text)
     validate(cfg)
     return cfg
 

@@ -172,6 +172,7 @@ def test_cli_end_to_end_on_six_real_items(tmp_path, checkpoint, capsys, monkeypa
     (["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--resamples", "10"], "--resamples"),
     (["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--max-tokens", "1000"], "--max-tokens"),
     (["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--recipe", "no_such_recipe"], "--recipe"),
+    (["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--set", "data.no_such_field=1"], "--set"),
     (["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--name", "x/y"], "--name"),
 ])
 def test_bad_arguments_are_named_before_any_model_loads(tmp_path, capsys, extra, flag):
@@ -180,3 +181,14 @@ def test_bad_arguments_are_named_before_any_model_loads(tmp_path, capsys, extra,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and flag in err
     assert not list(tmp_path.iterdir())
+
+
+def test_set_overrides_the_recipe_like_the_trainer(tmp_path):
+    """A run trained with --set data.example_answer=... is evaluated on the same prompts."""
+    answer = "<OTHER> <thinking>t</thinking> <answer>No. It does not.</answer>"
+    args = decision_eval.build_parser().parse_args(
+        ["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--out-dir", str(tmp_path),
+         "--set", f"data.example_answer={answer}", "--set", "rollout.max_tokens=64"])
+    _, _, cfg, max_tokens = decision_eval.check_args(args)
+    assert cfg.data.example_answer == answer and max_tokens == 64
+    assert cfg.data.example_question == load_config("cpu_smollm2").data.example_question

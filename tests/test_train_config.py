@@ -3,9 +3,10 @@ import dataclasses
 
 import pytest
 
-from medix_r1.config import TrainConfig, describe_fields, load_config, parse_override, resolve_recipe, set_value
+from medix_r1.config import TrainConfig, describe_fields, load_config, resolve_recipe
 from medix_r1.train.build import lr_lambda
 from medix_r1.train.cli import build_parser
+from medix_r1.utils.typed_config import parse_override, set_value
 
 
 def test_default_recipe_loads_and_matches_the_embedded_values():
@@ -43,6 +44,17 @@ def test_overrides_are_typed():
     assert cfg.loss.beta == 0.05 and cfg.rollout.n == 8 and cfg.train.tensorboard is False
     assert cfg.data.train == "some/file.jsonl" and cfg.optim.lr == 3e-6
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_text_fields_take_the_text_as_written():
+    """YAML reads 'Context: ...' as a mapping and 'yes' as true; a string field gets the text itself."""
+    question = "Context: A trial of 200 adults.\n\nQuestion: Does aspirin help?"
+    cfg = load_config(overrides=[f"data.example_question={question}", "data.example_answer=yes",
+                                 "data.balance_by=no"])
+    assert cfg.data.example_question == question and cfg.data.example_answer == "yes"
+    assert cfg.data.balance_by == "no"
+    with pytest.raises(TypeError, match=r"rollout\.n: expected an integer, got \[1, 2\]"):
+        load_config(overrides=["rollout.n=[1, 2]"])  # neither reading fits: the YAML one is reported
 
 
 def test_unknown_field_suggests_the_closest_name():

@@ -148,6 +148,22 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
+def apply_override(cfg, text: str) -> None:
+    """Apply one ``key=value`` override. The value is read as YAML, but when that reading does not fit
+    the field and the text as written does (a string field given ``Context: ...``, which YAML reads as
+    a mapping, or ``yes``, which it reads as true), the text as written is used."""
+    key, value = parse_override(text)
+    try:
+        set_value(cfg, key, value)
+    except TypeError as as_yaml:
+        if isinstance(value, str) or value is None:
+            raise
+        try:
+            set_value(cfg, key, text.split("=", 1)[1])
+        except TypeError:
+            raise as_yaml from None
+
+
 def describe_fields(cfg, prefix: str = "") -> list[str]:
     """One line per field: 'section.name (type, default X): help' for --help."""
     lines = []
