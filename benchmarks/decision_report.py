@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -165,15 +166,19 @@ def describe(args, cfg, labels, models, items, prompts, rows, max_tokens, machin
     n, gold = len(items), Counter(it["gold"] for it in items)
     majority, majority_n = gold.most_common(1)[0]
     d = cfg.data
-    command = "python -m benchmarks decision-eval " + " ".join(args.argv)
+    command = shlex.join(["python", "-m", "benchmarks", "decision-eval", *args.argv])  # copy-pasteable, newlines kept
+    changed = ", ".join(f"`{o.split('=', 1)[0]}`" for o in getattr(args, "overrides", []))  # --set fields
     same = all(p == prompts[0] for p in prompts[1:])
     half = 50 * np.mean([r["accuracy_ci_high"] - r["accuracy_ci_low"] for r in rows])
     header = [f"# Decision accuracy on the bundled PubMedQA test items ({args.name})", "",
-              f"Command: `{command.strip()}`", "", f"Machine: {machine}", "",
+              *(["Command:", "", "```sh", command, "```"] if "\n" in command else [f"Command: `{command}`"]), "",
+              f"Machine: {machine}", "",
               "Models (the first is the baseline): " + "; ".join(f"{lb} = `{m}`" for lb, m in zip(labels, models)), "",
               f"Items: {n} of the 500 bundled test items, none of them a training record; gold "
               + ", ".join(f"{k} {gold[k]} ({100 * gold[k] / n:.1f}%)" for k in DECISIONS) + ". "
-              f"Prompts: the trainer's under recipe `{args.recipe or DEFAULT_RECIPE}` (its system prompt"
+              f"Prompts: the trainer's under recipe `{args.recipe or DEFAULT_RECIPE}`"
+              + (f" with {changed} set" if changed else "")
+              + " (its system prompt"
               + (", the one-shot example" if d.example_question and d.example_answer else "")
               + (f", contexts cut to {d.context_chars} characters" if d.context_chars else "")
               + f", at most {d.max_prompt_tokens} prompt tokens), "

@@ -2,6 +2,7 @@
 on real bundled test items with a scripted generator (the vLLM run itself is the benchmark)."""
 import csv
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -192,3 +193,16 @@ def test_set_overrides_the_recipe_like_the_trainer(tmp_path):
     _, _, cfg, max_tokens = decision_eval.check_args(args)
     assert cfg.data.example_answer == answer and max_tokens == 64
     assert cfg.data.example_question == load_config("cpu_smollm2").data.example_question
+
+
+def test_report_command_with_set_can_be_pasted_back(tmp_path, monkeypatch):
+    """A --set value with spaces and a newline is quoted in the report, and the report names the field."""
+    items = decision_eval.load_items(3)
+    question = "Context: A trial of 200 adults.\n\nQuestion: Does it help?"
+    argv = ["--model", "smollm2", "--model", "smollm2", "--labels", "a,b", "--limit", "3", "--resamples", "200",
+            "--out-dir", str(tmp_path), "--name", "de", "--set", f"data.example_question={question}"]
+    assert decision_eval.main(argv, generate=scripted_generator([], items)) == 0
+    md = (tmp_path / "de.md").read_text()
+    block = md.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert shlex.split(block) == ["python", "-m", "benchmarks", "decision-eval", *argv]
+    assert "under recipe `cpu_smollm2` with `data.example_question` set" in md
