@@ -44,6 +44,11 @@ class ModelSection:
     reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
                         "loaded only when loss.beta > 0")
     dtype: str = _f("float32", "training dtype: float32 or bfloat16 (float32 on CPU)")
+    autocast: str = _f("", "'bfloat16': the policy's forward and backward (and the LM head in the loss) run "
+                       "under torch.autocast in bfloat16, while weights, gradients, optimizer states and the "
+                       "loss's sums stay in model.dtype; '' = off. About 2x per matrix product on CPUs with "
+                       "AVX512-BF16 or AMX (grep -o 'avx512_bf16\\|amx_bf16' /proc/cpuinfo), many times slower "
+                       "on CPUs without them")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves memory)")
     share_prompt_forward: bool = _f(True, "run each distinct prompt of a micro-batch once and its responses on "
                                     "its KV cache (same values, fewer FLOPs when micro_batch_size covers several "

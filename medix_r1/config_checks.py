@@ -21,6 +21,7 @@ OPTIMIZERS = ("adamw", "adamw_bf16")
 
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "model.autocast": ("", "bfloat16"),
     "data.on_malformed": ("fail", "skip"),
     "rollout.engine": tuple(ROLLOUT_ENGINES),
     "rollout.server_sync_backend": ("auto", "gloo", "nccl"),

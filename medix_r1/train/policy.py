@@ -41,6 +41,7 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
     # twice) and for vision-language models (their multimodal rotary positions come from the whole sequence).
     model.medix_share_prompts = (cfg.model.share_prompt_forward and getattr(model.config, "vision_config", None) is None
                                  and not (trainable and cfg.model.gradient_checkpointing))
+    model.medix_autocast = getattr(torch, cfg.model.autocast) if cfg.model.autocast else None  # read by autocast()
     return fsdp.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
 
 
@@ -53,12 +54,34 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
                       temperature=cfg.rollout.temperature)
 
 
+def autocast(model, device: torch.device):
+    """torch.autocast in ``model.autocast``'s dtype, or a context that changes nothing. Every forward of
+    the policy runs under it (the no-grad log-prob passes too), so old and new log-probs share numerics."""
+    dtype = getattr(model, "medix_autocast", None)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def head_inputs(model, hidden: torch.Tensor):
+    """(hidden, LM head weight, bias) for the fused kernels, in the autocast dtype when it is on: the
+    kernels take one dtype and accumulate in float32; the casts' gradients flow back in model.dtype."""
+    weight, bias = lm_head_params(model)
+    dtype = getattr(model, "medix_autocast", None)
+    if dtype is None:
+        return hidden, weight, bias
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def policy_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states at the positions that predict each response token: [B, R, H].
 
     The one place the policy runs forward: extra model inputs (``pixel_values``,
     ``image_grid_thw``) in the batch are passed through, so image items need no other change.
     Text rows that share a prompt run it once (``model.share_prompt_forward``, see shared_prompt.py)."""
+    with autocast(model, batch["input_ids"].device):
+        return _policy_hidden(model, batch)
+
+
+def _policy_hidden(model, batch: dict) -> torch.Tensor:
     extra = {k: batch[k] for k in EXTRA_MODEL_INPUTS if k in batch}
     if lockstep.share_prompt_forward(not extra and getattr(model, "medix_share_prompts", False)
                                      and worth_sharing(batch)):
@@ -77,9 +100,8 @@ def lm_head_params(model):
 
 
 def micro_logp(model, mb: dict, temperature: float) -> torch.Tensor:
-    weight, bias = lm_head_params(model)
-    return fused_linear_selective_log_softmax(policy_hidden(model, mb), weight, mb["ids"], bias=bias,
-                                              temperature=temperature)
+    hidden, weight, bias = head_inputs(model, policy_hidden(model, mb))
+    return fused_linear_selective_log_softmax(hidden, weight, mb["ids"], bias=bias, temperature=temperature)
 
 
 @torch.no_grad()
@@ -95,8 +117,7 @@ def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.T
 
 def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
     """Loss and stats for one micro-batch; also the raw (temperature 1) log-probs for the mismatch metric."""
-    hidden = policy_hidden(model, mb)
-    weight, bias = lm_head_params(model)
+    hidden, weight, bias = head_inputs(model, policy_hidden(model, mb))
     if impl == "fused":
         extra = {"lm_head_bias": bias} if bias is not None else {}
         loss, stats = fused_linear_grpo_loss(hidden, weight, mb["ids"], mb["mask"], advantages,
