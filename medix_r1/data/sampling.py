@@ -107,9 +107,9 @@ def make_sampler(records: list[dict], balance_by: str, seed: int):
     """The run's sampler: :class:`PromptSampler`, or with ``balance_by`` (a record field such as
     PubMedQA's ``decision``) a :class:`BalancedPromptSampler` over that field's values.
 
-    Records without the field form one group of their own, so the default recipe (which balances
-    PubMedQA's decisions) still runs on data that has no such field: all its records are then one
-    group, drawn like the plain sampler's, and a warning says so. A value that is not a string,
+    Records without the field form one group of their own, so a recipe that balances PubMedQA's
+    decisions still runs on data that has no such field: all its records are then one group, drawn
+    like the plain sampler's, and a warning says so. A value that is not a string,
     number or bool is a DataError naming the record."""
     if not balance_by:
         return PromptSampler(len(records), seed)

@@ -6,6 +6,8 @@ full logits) or, with ``loss.impl=plain``, the logits.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from medix_kernels import LossConfig, fused_linear_grpo_loss, fused_linear_selective_log_softmax, grpo_loss
@@ -55,10 +57,11 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
 
 
 def autocast(model, device: torch.device):
-    """torch.autocast in ``model.autocast``'s dtype, or a context that changes nothing. Every forward of
-    the policy runs under it (the no-grad log-prob passes too), so old and new log-probs share numerics."""
+    """torch.autocast in ``model.autocast``'s dtype, or a context that changes nothing (not a disabled
+    autocast, which would switch off one the caller opened). Every forward of the policy runs under it
+    (the no-grad log-prob passes too), so old and new log-probs share numerics."""
     dtype = getattr(model, "medix_autocast", None)
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def head_inputs(model, hidden: torch.Tensor):
