@@ -144,8 +144,9 @@ class LossSection:
     dual_clip: float = _f(3.0, "dual-clip constant c for negative advantages (0 = off)")
     kl: str = _f("k3", "KL estimator: k1, k2 or k3")
     beta: float = _f(0.0, "KL coefficient (0 = no KL, the reference model is not loaded)")
-    aggregation: str = _f("token-mean", "token-mean, seq-mean-token-mean, seq-mean-token-sum or "
-                          "seq-mean-token-sum-norm")
+    aggregation: str = _f("auto", "token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, "
+                          "or 'auto': the loss type's own (dr_grpo: seq-mean-token-sum-norm; gspo, gspo_token: "
+                          "seq-mean-token-mean; the others token-mean)")
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
 
 

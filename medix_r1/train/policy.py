@@ -50,9 +50,10 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
 def loss_config(cfg: TrainConfig) -> LossConfig:
     """The kernel's LossConfig from the config's loss section (temperature from the rollouts)."""
     section = cfg.loss
+    aggregation = None if section.aggregation == "auto" else section.aggregation  # None: the loss type's own
     return LossConfig(loss_type=section.loss_type, clip_low=section.clip_low, clip_high=section.clip_high,
                       dual_clip=section.dual_clip if section.dual_clip > 0 else None, kl=section.kl,
-                      beta=section.beta, aggregation=section.aggregation, max_len=cfg.rollout.max_tokens,
+                      beta=section.beta, aggregation=aggregation, max_len=cfg.rollout.max_tokens,
                       temperature=cfg.rollout.temperature)
 
 
