@@ -263,9 +263,10 @@ def load_config(recipe: str | None = DEFAULT_RECIPE, overrides: list[str] | tupl
     return cfg
 
 
-def describe_fields() -> list[str]:
-    """One line per field of the trainer's config, 'section.name (type, default X): help', for --help."""
-    return typed_config.describe_fields(TrainConfig())
+def describe_fields(cfg: TrainConfig | None = None) -> list[str]:
+    """One entry per field, 'section.name (type) = VALUE: help', with ``cfg``'s values (default: the
+    built-in defaults) and the built-in default named where it differs; for --help."""
+    return typed_config.describe_fields(cfg or TrainConfig(), defaults=TrainConfig())
 
 
 def to_dict(cfg) -> dict:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from medix_r1.utils.cli import command_name
+
 from .benchmarks import PAPER_BENCHMARKS, REGISTRY, load_benchmark
 from .generation import GENERATORS, PROMPT_STYLES, GenerationConfig, make_generator
 
@@ -15,7 +17,7 @@ DEFAULT_BENCHMARK = "pubmedqa_bundled"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m medix_r1.eval",
+        prog=command_name("medix_r1.eval"),
         description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
                     "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
     p.add_argument("--protocol", choices=("project", "official"), default="project",
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["compare"]:
             from .compare import compare
-            p = argparse.ArgumentParser(prog="python -m medix_r1.eval compare")
+            p = argparse.ArgumentParser(prog=command_name("medix_r1.eval") + " compare")
             p.add_argument("runs", nargs="+", help="run folders (each with summary.csv)")
             p.add_argument("--output-dir", help="also write compare.md, compare.csv, compare.png")
             args = p.parse_args(argv[1:])

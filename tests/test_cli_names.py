@@ -1,0 +1,25 @@
+"""Every command's usage line names the command as the user typed it: the console script's own name,
+or `python -m <module>` (the installed console scripts are checked in test_install.py)."""
+import sys
+
+import pytest
+
+from medix_r1.utils.cli import command_name, wrap_entries
+
+
+@pytest.mark.parametrize("argv0,want", [
+    ("/venv/bin/medix-train", "medix-train"),
+    ("/src/medix_r1/train/__main__.py", "python -m medix_r1.train"),
+    ("", "python -m medix_r1.train"),
+])
+def test_command_name_follows_how_the_command_was_started(monkeypatch, argv0, want):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert command_name("medix_r1.train") == want
+
+
+def test_entries_wrap_to_the_terminal_under_flush_headers(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "70")
+    text = wrap_entries(["[loss]", "loss.beta (float) = 0.0: " + "KL coefficient, " * 12])
+    lines = text.splitlines()
+    assert lines[0] == "[loss]" and lines[1].startswith("  loss.beta") and lines[2].startswith("      ") and not lines[2][6].isspace()
+    assert max(map(len, lines)) <= 68
