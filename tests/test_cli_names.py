@@ -21,5 +21,6 @@ def test_entries_wrap_to_the_terminal_under_flush_headers(monkeypatch):
     monkeypatch.setenv("COLUMNS", "70")
     text = wrap_entries(["[loss]", "loss.beta (float) = 0.0: " + "KL coefficient, " * 12])
     lines = text.splitlines()
-    assert lines[0] == "[loss]" and lines[1].startswith("  loss.beta") and lines[2].startswith("      ") and not lines[2][6].isspace()
+    assert lines[0] == "[loss]" and lines[1].startswith("  loss.beta")
+    assert lines[2].startswith("      ") and not lines[2][6].isspace()  # continuation lines indented further
     assert max(map(len, lines)) <= 68
