@@ -1,6 +1,7 @@
 """The package metadata a package index shows: a licence (the project's and the bundled data's), classifiers,
 and the project links."""
 import email
+import re
 from pathlib import Path
 
 from setuptools import build_meta
@@ -19,3 +20,9 @@ def test_metadata_names_the_licences_classifiers_and_links(tmp_path, monkeypatch
     assert any(c.startswith("Programming Language :: Python :: 3.1") for c in classifiers)
     assert any(c.startswith("Topic :: Scientific/Engineering") for c in classifiers)
     assert any("github.com/mbzuai-oryx/MediX-R1" in url for url in meta.get_all("Project-URL"))
+    # the long description is the README with no link whose target only exists in the repository
+    body = meta.get_payload()
+    assert meta["Description-Content-Type"].startswith("text/markdown") and "## Two commands" in body
+    targets = re.findall(r"\]\(([^)\s]+)\)", body)
+    assert targets and all(t.startswith("https://") for t in targets), [t for t in targets if "://" not in t]
+    assert "docs/install.md" in body  # the path is still named
