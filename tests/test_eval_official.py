@@ -86,7 +86,7 @@ EXPECTED = {  # question (as the model and judge see it), reference
     "medqa": ("A 30-year-old man has fever. What is next?\n\nChoices:\nA. Blood culture\nB. CT\nC. MRI\n"
               "D. Discharge", "Blood culture"),
     "usmle_sa": ("Most likely diagnosis?\n\nChoices:\nA. Gout\nB. Sepsis", "Sepsis"),
-    "pubmedqa": ("Contexts:\nCtx one.\n\nQuestion:\nDoes X help?\n\nChoices:\nA. yes\nB. no\nC. maybe",
+    "pubmedqa": ("Contexts:\nCtx one.\n\nQuestion:\nDoes X help?\n\nChoices:\nA. True\nB. False\nC. maybe",
                  "yes\nX helped."),
     "mimic_cxr_report_summarization": ("Write a short summary of the following report.\n\nReport:\n"
                                        "FINDINGS: clear lungs.:", "Normal chest."),

@@ -77,14 +77,21 @@ def choice_item(row, image_dir, *, question, choices, answer_index=None, answer=
     return {"question": text, "answer": str(reference), "images": [_image(row, image_dir)] if image else []}
 
 
-def pubmedqa_item(row, image_dir):
+# tasks.yaml lists PubMedQA's choices as the bare words yes, no, maybe; eval.py reads the file with
+# yaml.safe_load, whose YAML 1.1 rules turn yes / no into the booleans True / False, and the loader
+# writes each option with an f-string: the official model saw "A. True", "B. False", "C. maybe".
+PUBMEDQA_CHOICES = (True, False, "maybe")
+
+
+def pubmedqa_item(row, image_dir, choices=PUBMEDQA_CHOICES):
     """tasks.yaml's list form: "Contexts:\\n<first context>\\n\\nQuestion:\\n<question>\\n\\n", then the
-    yes / no / maybe choices; the answer is the decision and the long answer on two lines."""
+    choices as the official run rendered them (:data:`PUBMEDQA_CHOICES`); the answer is the decision
+    and the long answer on two lines."""
     text = ""
     for column in ("CONTEXTS", "QUESTION"):
         value = row[column]
         text += f"{column.lower().capitalize()}:\n{value[0] if isinstance(value, list) else value}\n\n"
-    text += "Choices:" + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(("yes", "no", "maybe")))
+    text += "Choices:" + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(choices) if o is not None)
     return {"question": text, "answer": f"{row['final_decision']}\n{row['LONG_ANSWER']}\n", "images": []}
 
 
