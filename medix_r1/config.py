@@ -65,7 +65,9 @@ class DataSection:
                                  "with field one of problem, solution, images, id; e.g. {question: problem, "
                                  "answer: solution}")
     default_modality: str = _f("<OTHER>", "modality tag put before a solution that has none ('' = such a "
-                               "record is malformed)")
+                               "record is malformed); not applied under reward.parity=official, which keeps "
+                               "every solution as it is (the official reward scores an untagged one 0 on "
+                               "accuracy and modality)")
     val: str = _f("", "validation records (same forms as data.train, e.g. hub:MBZUAI/medix-rl-data); needed by "
                   "train.eval_every / train.eval_before_train ('' = no validation)")
     val_split: str = _f("test", "split name of data.val for hub datasets")
