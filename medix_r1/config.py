@@ -78,6 +78,12 @@ class DataSection:
     overlong: str = _f("cut", "a prompt over data.max_prompt_tokens: 'cut' (text prompts lose their middle) or "
                        "'filter' (the record is skipped and counted in data/filtered_overlong, as the official "
                        "filter_overlong_prompts)")
+    overlong_measure: str = _f("tokens", "what data.overlong=filter compares with data.max_prompt_tokens: 'tokens' "
+                               "(the prompt's tokens, each image's tokens included: what the model is given) or "
+                               "'chars' (the characters of the chat-templated prompt string, one placeholder per "
+                               "image slot: the official filter_overlong_prompts measure with the transformers "
+                               "versions the official code pins; the medix_r1_* recipes). With 'chars' a prompt "
+                               "that passes but whose tokens exceed the budget is skipped too, never cut")
     on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
     context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
                             "'question' and 'contexts' fields); 0 keeps the whole problem")
@@ -205,6 +211,10 @@ class VisionSection:
     min_pixels: int = _f(0, "min pixels of an image after resizing to the patch grid (0 = model default)")
     max_pixels: int = _f(0, "max pixels of an image after resizing (0 = model default, 1280 merged tokens)")
     max_decode_pixels: int = _f(4096 * 4096, "larger images are downscaled right after decoding")
+    rgb_conversion: str = _f("project", "how an image becomes 8-bit RGB: 'project' (alpha composited on white, "
+                             "palette transparency honoured, 16-bit greyscale stretched to 0..255) or 'official' "
+                             "(PIL's convert(\"RGB\") as the official process_image: alpha dropped, 16-bit values "
+                             "clipped at 255; the medix_r1_* recipes)")
 
 
 @dataclass
