@@ -43,7 +43,9 @@ class ModelSection:
     policy: str = _f("smollm2", "policy model: 'smollm2' (bundled SmolLM2-135M-Instruct) or a HF model folder")
     reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
                         "loaded only when loss.beta > 0")
-    dtype: str = _f("float32", "training dtype: float32 or bfloat16 (float32 on CPU)")
+    dtype: str = _f("float32", "training dtype: float32, or bfloat16: bf16 compute over fp32 master weights and "
+                    "fp32 AdamW states (FSDP's mixed precision under torchrun on a GPU, torch.autocast in one "
+                    "process); with optim.optimizer=adamw_bf16 the weights and states themselves are bf16")
     autocast: str = _f("", "'bfloat16': the policy's forward and backward (and the LM head in the loss) run "
                        "under torch.autocast in bfloat16, while weights, gradients, optimizer states and the "
                        "loss's sums stay in model.dtype; '' = off. About 2x per matrix product on CPUs with "

@@ -207,3 +207,36 @@ def test_the_official_recipes_convert_as_the_official_code_in_the_trainer(tiny_v
     assert torch.equal(got["official"], want) and not torch.equal(got["project"], want)
     assert load_config("medix_r1_30b_dapo").vision.rgb_conversion == "official"
     assert load_config().vision.rgb_conversion == "project"
+
+
+# ----------------------------------------------------------------------------- item 4: fp32 master weights
+
+def test_bfloat16_in_one_process_keeps_fp32_master_weights_that_take_lr_1e6_updates(tmp_path):
+    """Officially the actor is loaded in fp32 (fsdp_workers.py line 193: torch_dtype None -> float32)
+    and FSDP computes in bf16 (actor/config.py mp_param_dtype); only adamw_bf16 keeps bf16 weights.
+    In one process model.dtype=bfloat16 must do the same: an lr 1e-6 AdamW step moves the weights."""
+    from medix_r1.train.optim import make_optimizer
+    from medix_r1.train.policy import autocast, load_model
+    from tests.train_helpers import make_tiny_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", "model.dtype=bfloat16", "optim.lr=1e-6",
+                                      "optim.weight_decay=0.01"])
+    policy = load_model(tiny, cfg, trainable=True)
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert policy.medix_autocast is torch.bfloat16  # the compute is bf16, as FSDP's mixed precision
+    ref = load_model(tiny, cfg, trainable=False)
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}  # the frozen reference stays bf16
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    optimizer = make_optimizer(policy.parameters(), cfg.optim)
+    ids = torch.arange(1, 17).reshape(2, 8)
+    with autocast(policy, torch.device("cpu")):
+        logits = policy(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    moved = sum(int((p.detach() != before[n]).sum()) for n, p in policy.named_parameters())
+    assert moved > 0.9 * sum(p.numel() for p in policy.parameters())
+    bf16 = load_model(tiny, load_config("cpu_smollm2", [f"model.policy={tiny}", "model.dtype=bfloat16",
+                                                        "optim.optimizer=adamw_bf16"]), trainable=True)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16} and bf16.medix_autocast is None
