@@ -368,3 +368,28 @@ def test_mmmu_runs_with_its_own_sampling_and_stays_out_of_the_overall(tiny_vl, t
     assert summary["overall"] == 100.0 and summary["overall_tasks"] == ["mmlu_anatomy"]
     rows = [json.loads(x) for x in (tmp_path / "run" / "official_items.jsonl").read_text().splitlines()]
     assert {r["decided_by"] for r in rows if r["task"] == "mmmu_medical"} == {"rules"}
+
+
+@pytest.mark.slow
+def test_official_run_on_a_real_vllm_engine(tmp_path):
+    """The official protocol end to end on vLLM (CPU): the bundled SmolLM2 with a generation_config.json
+    that sets a repetition penalty, the engine sized from the prompts, greedy answers; the judge scripted."""
+    from medix_r1.eval.official.run import run_official
+    from medix_r1.models import smollm2_hf_dir
+
+    model = tmp_path / "smollm2"
+    model.mkdir()
+    for file in smollm2_hf_dir().iterdir():  # the bundled weights, linked; our own generation config
+        if file.name != "generation_config.json":
+            (model / file.name).symlink_to(file)
+    (model / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
+    data = tmp_path / "mmlu.jsonl"
+    data.write_text(json.dumps(MCQ) + "\n" + json.dumps({**MCQ, "question": "Which bone is the longest?"}) + "\n")
+    args = official_args(tmp_path, model, "mmlu_anatomy", {"mmlu_anatomy": data})
+    assert run_official(args, make_judge=ScriptedJudge) == 0
+    summary = json.loads((tmp_path / "run" / "official_summary.json").read_text())
+    assert summary["tasks"]["mmlu_anatomy"]["n"] == 2 and summary["overall"] == 100.0
+    assert summary["context"]["max_model_len"] == summary["context"]["longest_prompt"] + 2048
+    assert summary["sampling"]["eval_py"]["repetition_penalty"]["value"] == 1.05
+    generations = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 2 and all(isinstance(g["response"], str) for g in generations)
