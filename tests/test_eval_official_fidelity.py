@@ -79,7 +79,8 @@ def tiny_vl(tmp_path_factory):
     config["text_config"]["max_position_embeddings"] = 16384
     (folder_path / "config.json").write_text(json.dumps(config))
     (folder_path / "preprocessor_config.json").write_text(json.dumps(
-        {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 12845056}))
+        {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+         "min_pixels": 3136, "max_pixels": 12845056}))
     (folder_path / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
     return folder
 
@@ -230,6 +231,11 @@ def test_prompts_are_counted_with_their_image_tokens_and_nothing_is_cut(tiny_vl,
     assert plan.lengths == {"t": len(chat_token_ids(tok, [{"role": "user", "content": "Is it normal?"}])),
                             "s": one_pad + 4 - 1, "l": one_pad + 1044 - 1}
     assert plan.model_limit == 3000 and [r["id"] for r in plan.too_long] == ["l"]  # 1062 + 2048 > 3000
+    # the model's own image processor (what vLLM runs) makes as many tokens of each image
+    from transformers import AutoImageProcessor
+
+    grid = AutoImageProcessor.from_pretrained(tiny_vl)(images=[small, large], return_tensors="pt")["image_grid_thw"]
+    assert (grid.prod(-1) // 4).tolist() == [4, 1044]
     assert plan.max_model_len == plan.lengths["s"] + 2048
 
     # through the run: the engine is sized so, the long item is left out and listed, nothing is cut
