@@ -15,6 +15,7 @@ from medix_r1.data.records import FIELDS as RECORD_FIELDS
 from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
 from medix_r1.rewards import MODALITY_TAGS
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
+from medix_r1.vision.images import RGB_CONVERSIONS
 
 LOSS_IMPLS = ("fused", "plain")
 OPTIMIZERS = ("adamw", "adamw_bf16")
@@ -35,8 +36,10 @@ CHOICES = {
     "optim.optimizer": OPTIMIZERS,
     "data.prompt_template": tuple(PROMPT_TEMPLATES),
     "data.overlong": ("cut", "filter"),
+    "data.overlong_measure": ("tokens", "chars"),
     "vision.on_bad_image": ("skip", "fail"),
     "vision.processor": ("auto", "transformers", "project"),
+    "vision.rgb_conversion": tuple(RGB_CONVERSIONS),
 }
 RANGES = {
     "data.context_chars": (0, None),
@@ -154,6 +157,9 @@ def validate(cfg) -> None:
     if (cfg.train.eval_every or cfg.train.eval_before_train) and not d.val:
         raise ValueError("train.eval_every / train.eval_before_train validate on data.val, which is not set: "
                          "--set data.val=hub:NAME (or a local file), or turn validation off")
+    if d.overlong_measure == "chars" and d.overlong != "filter":
+        raise ValueError("data.overlong_measure=chars is the official filter's measure: set data.overlong=filter "
+                         "(a prompt is never cut by characters)")
     if cfg.optim.optimizer == "adamw_bf16" and cfg.model.dtype != "bfloat16":
         raise ValueError("optim.optimizer=adamw_bf16 trains bfloat16 weights: set model.dtype=bfloat16")
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:

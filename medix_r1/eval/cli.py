@@ -21,9 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
                     "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
     p.add_argument("--protocol", choices=("project", "official"), default="project",
-                   help="official: MediX-R1's own evaluation (its 17 tasks and sources, no system prompt, greedy, "
-                        "2048 new tokens, its judge prompts, 3 rounds in one conversation; see "
-                        "medix_r1/eval/official/); the generation and judge settings below are then fixed")
+                   help="official: MediX-R1's own evaluation (the 17 tasks and sources of its eval.py, no system "
+                        "prompt, greedy, 2048 new tokens with the checkpoint's generation_config.json defaults as "
+                        "vllm serve applies them, its judge prompts, 3 rounds in one conversation; and MMMU's "
+                        "medical subsets as MedEvalKit runs them; the engine sized from the prompts, nothing cut; "
+                        "see medix_r1/eval/official/); the generation and judge settings below are then fixed")
     p.add_argument("--image-dir", action="append", default=[], metavar="TASK=DIR",
                    help="--protocol official: folder with the images a task's rows only name (slake_vqa: imgs/, "
                         "mimic_cxr_report_generation: the PhysioNet files)")
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "%(default)s; keys are never flags: flags show in ps and shell histories)")
     p.add_argument("--benchmarks", default=None,
                    help=f"comma-separated names, or 'paper' for the 17 paper benchmarks (default "
-                        f"{DEFAULT_BENCHMARK}; with --protocol official: paper, or llm / vlm, or official task names); "
+                        f"{DEFAULT_BENCHMARK}; with --protocol official: paper (the 18 official tasks), or llm / vlm / "
+                        f"mmmu, or official task names); "
                         f"known: {', '.join(REGISTRY)}")
     p.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH",
                    help="local files for a benchmark (repeatable; comma-separate several files)")
