@@ -24,3 +24,12 @@ def test_entries_wrap_to_the_terminal_under_flush_headers(monkeypatch):
     assert lines[0] == "[loss]" and lines[1].startswith("  loss.beta")
     assert lines[2].startswith("      ") and not lines[2][6].isspace()  # continuation lines indented further
     assert max(map(len, lines)) <= 68
+
+
+def test_eval_help_is_grouped_and_names_the_compare_command(capsys):
+    from medix_r1.eval.cli import build_parser
+    text = build_parser().format_help()
+    for group in ("what to evaluate:", "generation", "the judge", "output and statistics:"):
+        assert group in text
+    assert "compare RUN_DIR" in text
+    assert text.index("--judge-url") > text.index("the judge (fixed") > text.index("--max-new-tokens")
