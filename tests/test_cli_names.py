@@ -32,4 +32,5 @@ def test_eval_help_is_grouped_and_names_the_compare_command(capsys):
     for group in ("what to evaluate:", "generation", "the judge", "output and statistics:"):
         assert group in text
     assert "compare RUN_DIR" in text
-    assert text.index("--judge-url") > text.index("the judge (fixed") > text.index("--max-new-tokens")
+    body = text[text.index("options:"):]  # the usage line lists every option once more
+    assert body.index("--judge-url") > body.index("the judge (fixed") > body.index("--max-new-tokens")
