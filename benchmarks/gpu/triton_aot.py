@@ -1,0 +1,143 @@
+"""Compile every configuration of the Triton kernels for a GPU architecture without a GPU, and read
+registers and stack (spills) from the cubin: the CPU-side half of the sweep's register / spill
+columns (on a GPU the sweep reads ``n_regs`` / ``n_spills`` from the launched kernel instead).
+
+    python -m benchmarks.gpu.triton_aot [--arch 90] [--dtype bf16]
+
+Triton's NVIDIA backend compiles to PTX and a cubin on any machine (its own ptxas);
+``cuobjdump --dump-resource-usage`` (shipped with Triton) reads the registers and the stack
+frame, which is where spills go. Pointer and size arguments are marked 16-divisible, as Triton
+specialises them at the issue's shapes (V = 152,064, D = 1,024), so the loads vectorise as they
+would there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+_KERNELS = {}  # kernel name -> (jit function, {arg: type}, divisible arg names)
+
+
+def _specs():
+    if _KERNELS:
+        return _KERNELS
+    from medix_kernels.triton_kernels import cosine, logprob_kernels, policy
+    _KERNELS.update({
+        "logprob_fwd": (logprob_kernels.logprob_fwd_kernel,
+                        dict(logits_ptr="*{dt}", ids_ptr="*i64", row_mask_ptr="*i1", logp_ptr="*fp32",
+                             lse_ptr="*fp32", ent_ptr="*fp32", T="i32", V="i32", stride_row="i64", scale="fp32"),
+                        ("logits_ptr", "V", "stride_row")),
+        "logprob_bwd": (logprob_kernels.logprob_bwd_kernel,
+                        dict(logits_ptr="*{dt}", out_ptr="*{dt}", ids_ptr="*i64", lse_ptr="*fp32", glp_ptr="*fp32",
+                             ent_ptr="*fp32", gent_ptr="*fp32", gscale_ptr="*fp32", seqcoef_ptr="*fp32", V="i32",
+                             L="i32", seg_len="i64", stride_row="i64", out_stride_row="i64", inv_temp="fp32",
+                             scale="fp32"),
+                        ("logits_ptr", "out_ptr", "V", "seg_len", "stride_row", "out_stride_row")),
+        "cosine": (cosine._cosine_kernel,
+                   dict(x_ptr="*{dt}", y_ptr="*{dt}", out_ptr="*fp32", B="i32", D="i32", x_stride="i64",
+                        y_stride="i64", eps="fp32", threshold="fp32"),
+                   ("x_ptr", "y_ptr", "D", "x_stride", "y_stride")),
+        "policy_seq": (policy.policy_seq_kernel,
+                       dict(logp_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", adv_ptr="*fp32", mask_ptr="*i1",
+                            ent_ptr="*fp32", dlt_ptr="*fp32", part_ptr="*fp32", L="i32", adv_stride_b="i64",
+                            adv_stride_l="i64", clip_low="fp32", clip_high="fp32", dual_clip="fp32", beta="fp32"),
+                       ()),
+        "policy_finalize": (policy.policy_finalize_kernel,
+                            dict(part_ptr="*fp32", coef_ptr="*fp32", out_ptr="*fp32", B="i32", norm="fp32"), ()),
+    })
+    return _KERNELS
+
+
+def constexprs(kernel: str, cfg, dtype: str = "bf16") -> tuple[dict, int]:
+    """The compile-time arguments and warps of one launch of ``kernel`` with config ``cfg`` at the
+    issue's shapes (what the launchers in medix_kernels.triton_kernels pass)."""
+    if kernel == "logprob_fwd":
+        return dict(WITH_ENTROPY=True, HAS_ROW_MASK=False, ROWS=cfg.rows, BLOCK_V=cfg.block_v, ACC=cfg.acc,
+                    NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2, PEEL_TAIL=cfg.peel_tail), cfg.num_warps
+    if kernel == "logprob_bwd":
+        return dict(HAS_GRAD_ENTROPY=False, SCALED=False, BLOCK_V=cfg.block_v, NUM_STAGES=cfg.num_stages,
+                    EXP2=cfg.exp2, EVICT="evict_first" if cfg.evict_first else ""), cfg.num_warps
+    if kernel == "cosine":
+        from medix_kernels.triton_kernels.cosine import launch_shape
+        rows, block_d, warps = launch_shape(cfg, 65536, 1024, 2 if dtype in ("bf16", "fp16") else 4)
+        return dict(HAS_THRESHOLD=True, BLOCK_B=rows, BLOCK_D=block_d, TRACK_MAX=cfg.track_max), warps
+    if kernel == "policy_seq":
+        return dict(HAS_OLD=True, WITH_ENTROPY=True, RATIO="token", CISPO=False, DUAL_CLIP=True, KL="k3",
+                    BLOCK_L=1024), 4
+    if kernel == "policy_finalize":
+        return dict(AGG="seq-mean-token-mean", BLOCK_B=256), 4
+    raise KeyError(kernel)
+
+
+def compile_kernel(kernel: str, const: dict, num_warps: int, dtype: str = "bf16", arch: int = 90):
+    """Triton's CompiledKernel (ptx, cubin) for ``kernel`` with these compile-time arguments."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fn, types, divisible = _specs()[kernel]
+    sig = {name: t.format(dt=dtype) for name, t in types.items()}
+    names = list(sig)
+    sig.update(dict.fromkeys(const, "constexpr"))
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def _cuobjdump():
+    import triton.backends.nvidia as nv
+    path = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    return path if os.path.exists(path) else None
+
+
+def resource_usage(compiled) -> dict:
+    """{"registers", "stack", "shared"} of a compiled kernel's cubin (cuobjdump), or {} without the tool."""
+    tool = _cuobjdump()
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as fh:
+        fh.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([tool, "--dump-resource-usage", fh.name], capture_output=True, text=True,
+                             timeout=60).stdout
+    finally:
+        os.unlink(fh.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
+    return {"registers": int(m.group(1)), "stack": int(m.group(2)), "shared": int(m.group(3))} if m else {}
+
+
+def report(dtype: str = "bf16", arch: int = 90, kernels=None) -> list[dict]:
+    """One row per (kernel, config): registers, stack (bytes; > 0 means spills), shared, or the error."""
+    from medix_kernels.triton_kernels import configs
+    rows = []
+    extra = {"policy_seq": {"default": None}, "policy_finalize": {"default": None}}
+    for kernel in kernels or ("logprob_fwd", "logprob_bwd", "cosine", "policy_seq", "policy_finalize"):
+        table = configs.REGISTRIES.get(kernel) or extra[kernel]
+        for name, cfg in table.items():
+            row = {"kernel": kernel, "config": name, "arch": f"sm_{arch}", "dtype": dtype}
+            try:
+                const, warps = constexprs(kernel, cfg, dtype)
+                row.update(resource_usage(compile_kernel(kernel, const, warps, dtype, arch)))
+            except Exception as exc:  # a config that does not compile is a finding, reported
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.triton_aot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--dtype", default="bf16")
+    args = p.parse_args(argv)
+    rows = report(args.dtype, args.arch)
+    for r in rows:
+        print(f"{r['kernel']:16s} {r['config']:32s} regs {r.get('registers', '?'):>4} stack {r.get('stack', '?'):>4} "
+              f"shared {r.get('shared', '?'):>6} {r.get('error', '')}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
