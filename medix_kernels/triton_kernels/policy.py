@@ -22,6 +22,12 @@ PARTS = tl.constexpr(N_PARTS)
 
 
 @triton.jit
+def _clamp(x, lo, hi):
+    """torch.clamp: NaN stays NaN (Triton's min / max would drop it and hide a NaN log-prob)."""
+    return tl.minimum(tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _tie(a, b):
     """Share of the gradient torch.maximum(a, b) gives a: 1 if a > b, 1/2 on a tie, else 0."""
     return tl.where(a > b, 1.0, tl.where(a == b, 0.5, 0.0))
@@ -35,33 +41,33 @@ def token_terms(logp, old, ref, adv, log_s, clip_low, clip_high, dual_clip, beta
     mean log-ratio, whose per-token derivative is 1 through logp - sg(logp)). KL: "", "k1", "k2", "k3"."""
     if RATIO == "token":
         lr = logp - old
-        r = tl.exp(tl.minimum(tl.maximum(lr, -20.0), 20.0))
+        r = tl.exp(_clamp(lr, -20.0, 20.0))
         dr = tl.where((lr >= -20.0) & (lr <= 20.0), r, 0.0)
     elif RATIO == "gspo":
         lr = tl.zeros_like(logp) + log_s
-        r = tl.exp(tl.minimum(lr, 10.0))
+        r = tl.exp(tl.minimum(lr, 10.0, propagate_nan=tl.PropagateNan.ALL))
         dr = tl.where(lr <= 10.0, r, 0.0)
     else:
         lr = tl.zeros_like(logp) + log_s
-        r = tl.exp(tl.minimum(tl.maximum(lr, -20.0), 20.0))
+        r = tl.exp(_clamp(lr, -20.0, 20.0))
         dr = tl.where((lr >= -20.0) & (lr <= 20.0), r, 0.0)
     hi = 1.0 + clip_high
     if CISPO:
-        w = tl.minimum(r, hi)  # detached
+        w = tl.minimum(r, hi, propagate_nan=tl.PropagateNan.ALL)  # detached
         loss = -w * adv * logp
         dl = -w * adv
     else:
         lo = 1.0 - clip_low
         lu = -adv * r
-        lc = -adv * tl.minimum(tl.maximum(r, lo), hi)
-        loss = tl.maximum(lu, lc)
+        lc = -adv * _clamp(r, lo, hi)
+        loss = tl.maximum(lu, lc, propagate_nan=tl.PropagateNan.ALL)
         wu = _tie(lu, lc)
         d_r = -adv * (wu + (1.0 - wu) * tl.where((r >= lo) & (r <= hi), 1.0, 0.0))
         if DUAL_CLIP:
             cap = -adv * dual_clip
             neg = adv < 0.0
             d_r = tl.where(neg, d_r * _tie(cap, loss), d_r)
-            loss = tl.where(neg, tl.minimum(loss, cap), loss)
+            loss = tl.where(neg, tl.minimum(loss, cap, propagate_nan=tl.PropagateNan.ALL), loss)
         dl = d_r * dr
     kl = tl.zeros_like(logp)
     if KL == "k1":
@@ -75,10 +81,10 @@ def token_terms(logp, old, ref, adv, log_s, clip_low, clip_high, dual_clip, beta
         loss += beta * kl
     elif KL == "k3":
         x = ref - logp
-        xc = tl.minimum(tl.maximum(x, -20.0), 20.0)
+        xc = _clamp(x, -20.0, 20.0)
         ex = tl.exp(xc)
         raw = ex - xc - 1.0
-        kl = tl.minimum(tl.maximum(raw, -10.0), 10.0)
+        kl = _clamp(raw, -10.0, 10.0)
         pass_x = (x >= -20.0) & (x <= 20.0) & (raw >= -10.0) & (raw <= 10.0)
         dl += beta * -tl.where(pass_x, ex - 1.0, 0.0)
         loss += beta * kl
