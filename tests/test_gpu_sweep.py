@@ -82,3 +82,17 @@ def test_sweep_dry_run_reports(dry_run):
 def test_sweep_rejects_unknown_ops(tmp_path):
     res = _sweep(str(tmp_path), "--dry-run", "--ops", "logprob_fwd,nope", timeout=120)
     assert res.returncode == 2 and "unknown ['nope']" in res.stderr
+
+
+@pytest.mark.slow
+def test_sweep_run_dry_run(tmp_path):
+    """benchmarks/gpu/sweep_run.sh, the one device call (build, sweep, sanitizer; the GPU tests skipped here)."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT), B_TEST="0", B_BUILD="120")
+    res = subprocess.run(["bash", "benchmarks/gpu/sweep_run.sh", str(out), "--dry-run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["all.tar.gz", "defaults.py.txt", "summary.md", "sweep.csv",
+                                                     "sweep.meta.json", "winners.md"]
+    summary = (out / "summary.md").read_text()
+    assert "| build | exit 0 |" in summary and "| sweep | exit 0 |" in summary and "| sanitizer | exit 0 |" in summary

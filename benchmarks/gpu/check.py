@@ -276,6 +276,9 @@ class Check:
                                                      f"cpu backend: {'ok' if ok else 'FAILED'}")
         if tool is None:
             return "skipped", "compute-sanitizer not found"
+        if "extension" not in self.info:  # no build phase in this call (a carried or earlier build): probe it
+            self.sh([self.py, "-c", VERIFY_PY], log, timeout=60)
+            self.info["extension"] = _last_json(log)
         if "cuda" not in (self.info.get("extension") or {}).get("backends", []):
             return "skipped", "no cuda backend (build failed or skipped)"
         res = self.sh(cmd, log, timeout=limit, env=self.env(PYTORCH_NO_CUDA_MEMORY_CACHING=1))
