@@ -232,12 +232,12 @@ def test_validate_false_on_the_cpu_backend_skips_value_checks():
 
 
 @pytest.mark.slow
-def test_every_config_compiles_for_sm90_without_spills():
+def test_every_config_and_switch_compiles_for_sm90_without_spills():
     pytest.importorskip("triton.backends.nvidia")
     from benchmarks.gpu import triton_aot
     if triton_aot._cuobjdump() is None:
         pytest.skip("Triton's cuobjdump is not installed")
-    rows = triton_aot.report("bf16", 90)
+    rows = triton_aot.report("bf16", 90) + triton_aot.compile_matrix(90)  # + every switch of the defaults
     assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
     spilling = [r for r in rows if r["stack"] > 0 or r["registers"] > 255]
     assert not spilling, spilling

@@ -126,16 +126,70 @@ def report(dtype: str = "bf16", arch: int = 90, kernels=None) -> list[dict]:
     return rows
 
 
+def switch_matrix() -> list[tuple[str, dict, int, str]]:
+    """(kernel, constexprs, warps, dtype) for every compile-time path the public ops can take with the
+    default configurations: each logits dtype, entropy on / off, row mask, the lean loss's scaled
+    backward, every loss type / KL / aggregation switch of the policy kernels, cosine with and
+    without a threshold (the interpreter runs these paths; this checks that they also compile)."""
+    from medix_kernels._defaults import kernel_config
+    from medix_kernels.triton_kernels import configs
+    fwd = configs.lookup("logprob_fwd", kernel_config("logprob_fwd"))
+    bwd = configs.lookup("logprob_bwd", kernel_config("logprob_bwd"))
+    cos = configs.lookup("cosine", kernel_config("cosine"))
+    out = []
+    for dt in ("fp32", "bf16", "fp16"):
+        const, warps = constexprs("logprob_fwd", fwd, dt)
+        for ent in (False, True):
+            for mask in (False, True):
+                out.append(("logprob_fwd", {**const, "WITH_ENTROPY": ent, "HAS_ROW_MASK": mask}, warps, dt))
+        const, warps = constexprs("logprob_bwd", bwd, dt)
+        for ge, scaled in ((False, False), (True, False), (False, True)):
+            out.append(("logprob_bwd", {**const, "HAS_GRAD_ENTROPY": ge, "SCALED": scaled}, warps, dt))
+        const, warps = constexprs("cosine", cos, dt)
+        for thr in (False, True):
+            out.append(("cosine", {**const, "HAS_THRESHOLD": thr}, warps, dt))
+    base, warps = constexprs("policy_seq", None)
+    for ratio, cispo in (("token", False), ("token", True), ("gspo", False), ("gspo_token", False)):
+        for kl in ("", "k1", "k2", "k3"):
+            for has_old in (False, True):
+                out.append(("policy_seq", {**base, "RATIO": ratio, "CISPO": cispo, "KL": kl, "HAS_OLD": has_old,
+                                           "DUAL_CLIP": not cispo, "WITH_ENTROPY": has_old}, warps, "bf16"))
+    base, warps = constexprs("policy_finalize", None)
+    for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        out.append(("policy_finalize", {**base, "AGG": agg}, warps, "bf16"))
+    return out
+
+
+def compile_matrix(arch: int = 90) -> list[dict]:
+    """switch_matrix() compiled: one row per entry with its registers / stack, or its error."""
+    rows = []
+    for kernel, const, warps, dt in switch_matrix():
+        row = {"kernel": kernel, "dtype": dt, "switches": {k: v for k, v in const.items()
+                                                           if k not in ("BLOCK_V", "BLOCK_L", "BLOCK_B", "BLOCK_D")}}
+        try:
+            row.update(resource_usage(compile_kernel(kernel, const, warps, dt, arch)))
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.triton_aot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--matrix", action="store_true", help="also every compile-time path of the default configs")
     args = p.parse_args(argv)
     rows = report(args.dtype, args.arch)
     for r in rows:
         print(f"{r['kernel']:16s} {r['config']:32s} regs {r.get('registers', '?'):>4} stack {r.get('stack', '?'):>4} "
               f"shared {r.get('shared', '?'):>6} {r.get('error', '')}")
+    if args.matrix:
+        rows += compile_matrix(args.arch)
+        for r in rows[-len(switch_matrix()):]:
+            print(f"{r['kernel']:16s} {r['dtype']:5s} regs {r.get('registers', '?'):>4} stack {r.get('stack', '?'):>4} "
+                  f"{r.get('error', '')} {r['switches']}")
     return 1 if any("error" in r for r in rows) else 0
 
 
