@@ -37,9 +37,12 @@ KERNEL_CONFIGS = {
     "cosine": Choice("v1_baseline"),
     # grpo_loss on the triton backend: "lean" (the per-token objective in two Triton kernels and
     # the loss's gradient applied inside the log-prob backward: 3 launches forward, 1 backward, no
-    # [B, L] PyTorch graph) or "composed" (selective_log_softmax + the objective in PyTorch, ~85
-    # launches, as measured on the H200). Lean is chosen by reasoning: same kernels for the
-    # [T, V] work, fewer launches and bytes around them, and masked rows skipped in both passes.
+    # [B, L] PyTorch graph), "single_pass" (each row's forward and backward in one program: the
+    # logits read once from HBM) or "composed" (selective_log_softmax + the objective in PyTorch,
+    # ~85 launches, as measured on the H200). Lean is chosen by reasoning: the same [T, V]
+    # kernels as measured, fewer launches and bytes around them, masked rows skipped in both
+    # passes; single_pass is the faster design on paper but computes the gradient in the forward
+    # (in place, the logits hold it from then on), so it waits for the sweep.
     "grpo_loss_triton": Choice("lean"),
 }
 

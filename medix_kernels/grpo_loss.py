@@ -7,6 +7,9 @@ medix_kernels._defaults names, the other backends the composed one):
   (_policy_math, PyTorch) -> the weighted sum that is the aggregation.
 - "lean" (triton): the same maths in Triton kernels (triton_kernels/grpo.py): 3 launches forward,
   1 backward, masked tokens skipped in both passes.
+- "single_pass" (triton): forward, loss derivative and backward of each row in one program
+  (triton_kernels/single_pass.py): the logits are read once from HBM; GSPO with old log-probs
+  takes "lean".
 Reference: medix_kernels.reference.grpo_loss.
 
 Host synchronisation: the value checks (ids in [0, V), a 0/1 mask, finite advantages) need the
@@ -131,8 +134,15 @@ def _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, re
     return lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
 
 
-#: How grpo_loss computes on the triton backend, by name (the defaults table picks one; the GPU sweep times both).
-TRITON_PATHS = {"composed": _composed, "lean": _lean}
+def _single_pass(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
+    if config.loss_type in SEQUENCE_RATIO_TYPES and old_logp is not None:  # needs the whole sequence first
+        return _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend)
+    from .triton_kernels.single_pass import single_pass_grpo_loss
+    return single_pass_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
+
+
+#: How grpo_loss computes on the triton backend, by name (the defaults table picks one; the GPU sweep times all).
+TRITON_PATHS = {"composed": _composed, "lean": _lean, "single_pass": _single_pass}
 
 
 def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy=None):

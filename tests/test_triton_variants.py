@@ -1,5 +1,5 @@
 """Every named configuration of the Triton kernels (medix_kernels/triton_kernels/configs.py) and the
-lean grpo_loss, against the PyTorch reference under TRITON_INTERPRET=1 (values and gradients,
+lean and single-pass grpo_loss, against the PyTorch reference under TRITON_INTERPRET=1 (values and gradients,
 fp32 and bf16, odd V, -inf logits, masked rows); the defaults table; and (slow) every
 configuration compiled for sm_90 without spilling.
 
@@ -183,6 +183,55 @@ LEAN = """
 
 def test_lean_grpo_loss_matches_the_reference():
     _interpret(LEAN, "LEAN-OK")
+
+
+SINGLE = """
+    import sys, torch
+    import medix_kernels as mk
+    from medix_kernels import reference as ref
+    from tests.tolerances import tol
+    G = sys.modules["medix_kernels.grpo_loss"]
+    g = torch.Generator().manual_seed(1)
+    b, l, v = 3, 4, 37
+    cases = [mk.LossConfig(loss_type=lt, aggregation=agg, kl=kl, beta=0.05, dual_clip=dc, temperature=0.9, max_len=ml)
+             for lt, agg, kl, dc, ml in (("grpo", "token-mean", "k3", 3.0, None),
+                                         ("cispo", "seq-mean-token-mean", "k1", None, None),
+                                         ("dr_grpo", "seq-mean-token-sum-norm", "k2", None, 6),
+                                         ("dapo", "seq-mean-token-sum", "k3", 3.0, None),
+                                         ("gspo", "seq-mean-token-mean", "k3", None, None))]
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(b, l, v, generator=g) * 2).to(dtype)
+        ids = torch.randint(0, v, (b, l), generator=g)
+        mask = torch.rand(b, l, generator=g) > 0.3
+        mask[0, 0] = True
+        mask[2] = False
+        lp0 = ref.selective_log_softmax(logits, ids)
+        old = lp0 + 0.3 * torch.randn(b, l, generator=g)
+        old[0, 0] = lp0[0, 0] + 30
+        rf = lp0 + 0.3 * torch.randn(b, l, generator=g)
+        for i, cfg in enumerate(cases):
+            adv = torch.randn(b, generator=g) if i % 2 else torch.randn(b, l, generator=g)
+            for o, inplace, scale in ((old, False, 1.0), (None, True, 1.7), (old, True, 1.0)):
+                x1 = logits.clone().requires_grad_(True)
+                x2 = logits.clone().requires_grad_(True)
+                l1, s1 = G.TRITON_PATHS["single_pass"](x1 * 1 if inplace else x1, ids, mask, adv, o, rf, cfg,
+                                                       inplace, True, "triton")
+                l2, s2 = ref.grpo_loss(x2, ids, mask, adv, old_logp=o, ref_logp=rf, config=cfg, return_entropy=True)
+                torch.testing.assert_close(l1, l2.float(), **tol("loss", torch.float32), msg=str(cfg))
+                for k in s2:
+                    torch.testing.assert_close(s1[k], s2[k].float(), **tol("loss", torch.float32), msg=k)
+                # an upstream gradient of 1 (nothing to rescale) and of 1.7 (the backward's scale kernel)
+                (l1 * scale).backward()
+                (l2 * scale).backward()
+                torch.testing.assert_close(x1.grad.float(), x2.grad.float(), **tol("logprob_grad", dtype),
+                                           msg=str(cfg))
+                assert (x1.grad[~mask] == 0).all()
+    print("SINGLE-OK")
+"""
+
+
+def test_single_pass_grpo_loss_matches_the_reference():
+    _interpret(SINGLE, "SINGLE-OK")
 
 
 def test_defaults_table_names_real_configs_and_backends():

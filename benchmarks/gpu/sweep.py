@@ -9,9 +9,11 @@ logprob_fwd (log-probs + entropy, T = 8,192 = 8 x 1,024, V = 152,064), logprob_b
 group_advantages and composite_advantages at N = 1M and 512 x 8, and
 fused_linear_grpo_loss when ``benchmarks/gpu/sweep_fused_linear.py`` exists (its ``run``).
 Variants: every named configuration of the Triton kernels (medix_kernels/triton_kernels/configs.py),
-the public API with value checks on and off, the CUDA backend where built, and the peers
-(Liger's ``triton_grpo_loss``, TRL's Triton log-prob/entropy kernel, eager PyTorch for the
-reward ops). The copy bandwidth and the bf16 matmul rate are measured first (the ceilings).
+grpo_loss's lean path with each forward and backward configuration, its single-pass path with each
+forward configuration, the composed path, the public API with value checks on and off, the CUDA
+backend where built, and the peers (Liger's ``triton_grpo_loss``, TRL's Triton log-prob/entropy
+kernel, eager PyTorch for the reward ops). The copy bandwidth and the bf16 matmul rate are
+measured first (the ceilings).
 
 OUT receives: ``sweep.csv`` (columns below), ``sweep.meta.json`` (GPU, versions, date, ceilings,
 what was skipped and why), ``winners.md`` (fastest correct variant per op and shape, the issue's
@@ -110,8 +112,10 @@ def measure(case, variant, x, ref, ctx) -> dict | None:
     state = {}
     try:
         fn = variant.build(x, state)
+        t0 = time.perf_counter()
         out = fn()
         _sync(device)
+        first = time.perf_counter() - t0
     except Unavailable as exc:
         ctx["skipped"][f"{case.op} {case.shape} {variant.name}"] = str(exc)
         return None
@@ -124,10 +128,11 @@ def measure(case, variant, x, ref, ctx) -> dict | None:
     if variant.backend == "cuda" and ctx.get("ptxas"):
         row["registers"], row["spills"] = ctx["ptxas"].get(case.op, ("", ""))
     timer = ctx["timer"]
-    one = timer.sample(fn, 1)
-    if dry:
+    if dry:  # interpreted: no compilation in the first call, whose time is the one sample (one call per variant)
+        one = first
         samples, k = [one], 1
     else:
+        one = timer.sample(fn, 1)
         k = max(1, min(200, math.ceil(2e-3 / max(one, 1e-7))))
         n = max(5, min(30, int(VARIANT_S / max(k * one, 1e-7))))
         samples = [timer.sample(fn, k) for _ in range(n)]

@@ -197,6 +197,7 @@ def grpo_case(device: str, dry: bool) -> Case:
     from medix_kernels._defaults import kernel_config
     from medix_kernels.triton_kernels import configs
     from medix_kernels.triton_kernels import grpo as tg
+    from medix_kernels.triton_kernels import single_pass as sp
 
     from ..ops.logprob import liger_logits
     from ..ops.loss import BETA, CLIP, _policy_inputs
@@ -232,6 +233,18 @@ def grpo_case(device: str, dry: bool) -> Case:
             return run
         return build
 
+    def single_kernels(fwd):
+        def build(x, state):
+            buf = private(x)
+
+            def run():  # forward + d logits (for an upstream gradient of 1) in one pass, over buf
+                out, grad = sp.single_pass_fwd(buf, x["ids"], x["mask"], x["adv"], x["old"], x["ref"], 1.0,
+                                               cfg.loss_type, cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl,
+                                               cfg.beta, cfg.aggregation, cfg.max_len, False, out=buf, fwd_cfg=fwd)
+                return {"loss": out[0], "grad": grad.view(t, v)}
+            return run
+        return build
+
     def autograd_call(fn):
         def build(x, state):
             buf = private(x)  # one private copy: the in-place backward writes d logits over it
@@ -253,11 +266,11 @@ def grpo_case(device: str, dry: bool) -> Case:
                 inplace_backward=True, validate=validate, backend=backend))(x, state)
         return build
 
-    def composed(x, state):
-        def fn(leaf):
-            return gl.TRITON_PATHS["composed"](leaf, x["ids"], x["mask"], x["adv"], x["old"], x["ref"], cfg, True,
-                                               False, "triton")
-        return autograd_call(fn)(x, state)
+    def path(name):  # grpo_loss's triton path by name, in place, through autograd
+        def build(x, state):
+            return autograd_call(lambda leaf: gl.TRITON_PATHS[name](
+                leaf, x["ids"], x["mask"], x["adv"], x["old"], x["ref"], cfg, True, False, "triton"))(x, state)
+        return build
 
     def liger(x, state):
         fn = liger_peer.triton_grpo_loss(device)
@@ -277,7 +290,12 @@ def grpo_case(device: str, dry: bool) -> Case:
                 for name in configs.LOGPROB_FWD_CONFIGS]
     variants += [Variant(f"lean bwd={name}", "triton", lean_kernels(None, name), "lean kernels, fwd default")
                  for name in configs.LOGPROB_BWD_CONFIGS if name != kernel_config("logprob_bwd")]
-    variants.append(Variant("composed", "triton", composed, "selective_log_softmax + the objective in PyTorch"))
+    variants += [Variant(f"single fwd={name}", "triton", single_kernels(name), "single-pass kernels (one row per "
+                         "program: the config's rows ignored)")
+                 for name, c in configs.LOGPROB_FWD_CONFIGS.items() if c.rows == 1]
+    variants.append(Variant("single_pass", "triton", path("single_pass"),
+                            "the single_pass path with autograd (its backward: the scale-unless-one kernel)"))
+    variants.append(Variant("composed", "triton", path("composed"), "selective_log_softmax + the objective in PyTorch"))
     variants += [Variant(f"api-{b_}-{'checked' if val else 'unchecked'}", b_, api(b_, val),
                          f"grpo_loss(inplace_backward=True, validate={val}) + autograd.grad")
                  for b_ in ("triton", "cuda") for val in (True, False)]

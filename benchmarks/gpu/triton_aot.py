@@ -24,8 +24,20 @@ _KERNELS = {}  # kernel name -> (jit function, {arg: type}, divisible arg names)
 def _specs():
     if _KERNELS:
         return _KERNELS
-    from medix_kernels.triton_kernels import cosine, logprob_kernels, policy
+    from medix_kernels.triton_kernels import cosine, logprob_kernels, policy, single_pass
     _KERNELS.update({
+        "grpo_row": (single_pass.grpo_row_kernel,
+                     dict(logits_ptr="*{dt}", out_ptr="*{dt}", ids_ptr="*i64", mask_ptr="*i1", adv_ptr="*fp32",
+                          old_ptr="*fp32", ref_ptr="*fp32", coef_ptr="*fp32", logp_ptr="*fp32", ent_ptr="*fp32",
+                          V="i32", L="i32", stride_row="i64", out_stride_row="i64", adv_stride_b="i64",
+                          adv_stride_l="i64", inv_temp="fp32", scale="fp32", clip_low="fp32", clip_high="fp32",
+                          dual_clip="fp32", beta="fp32"),
+                     ("logits_ptr", "out_ptr", "V", "stride_row", "out_stride_row")),
+        "policy_weights": (single_pass.policy_weights_kernel,
+                           dict(mask_ptr="*i1", coef_ptr="*fp32", B="i32", L="i32", norm="fp32"), ()),
+        "scale_unless_one": (single_pass.scale_unless_one_kernel,
+                             dict(x_ptr="*{dt}", g_ptr="*fp32", n_cols="i32", stride_row="i64"),
+                             ("x_ptr", "n_cols", "stride_row")),
         "logprob_fwd": (logprob_kernels.logprob_fwd_kernel,
                         dict(logits_ptr="*{dt}", ids_ptr="*i64", row_mask_ptr="*i1", logp_ptr="*fp32",
                              lse_ptr="*fp32", ent_ptr="*fp32", T="i32", V="i32", stride_row="i64", scale="fp32"),
@@ -69,6 +81,13 @@ def constexprs(kernel: str, cfg, dtype: str = "bf16") -> tuple[dict, int]:
                     BLOCK_L=1024), 4
     if kernel == "policy_finalize":
         return dict(AGG="seq-mean-token-mean", BLOCK_B=256), 4
+    if kernel == "grpo_row":  # the single pass launches with the forward's configuration (one row per program)
+        return dict(WITH_ENTROPY=False, HAS_OLD=True, CISPO=False, DUAL_CLIP=True, KL="k3", BLOCK_V=cfg.block_v,
+                    ACC=cfg.acc, NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2), cfg.num_warps
+    if kernel == "policy_weights":
+        return dict(AGG="seq-mean-token-mean", BLOCK_B=16, BLOCK_L=256), 4
+    if kernel == "scale_unless_one":
+        return dict(BLOCK=4096), 8
     raise KeyError(kernel)
 
 
@@ -112,8 +131,11 @@ def report(dtype: str = "bf16", arch: int = 90, kernels=None) -> list[dict]:
     """One row per (kernel, config): registers, stack (bytes; > 0 means spills), shared, or the error."""
     from medix_kernels.triton_kernels import configs
     rows = []
-    extra = {"policy_seq": {"default": None}, "policy_finalize": {"default": None}}
-    for kernel in kernels or ("logprob_fwd", "logprob_bwd", "cosine", "policy_seq", "policy_finalize"):
+    one = {"default": None}
+    extra = {"policy_seq": one, "policy_finalize": one, "policy_weights": one, "scale_unless_one": one,
+             "grpo_row": {k: c for k, c in configs.LOGPROB_FWD_CONFIGS.items() if c.rows == 1}}
+    for kernel in kernels or ("logprob_fwd", "logprob_bwd", "cosine", "policy_seq", "policy_finalize", "grpo_row",
+                              "policy_weights", "scale_unless_one"):
         table = configs.REGISTRIES.get(kernel) or extra[kernel]
         for name, cfg in table.items():
             row = {"kernel": kernel, "config": name, "arch": f"sm_{arch}", "dtype": dtype}
@@ -154,9 +176,18 @@ def switch_matrix() -> list[tuple[str, dict, int, str]]:
             for has_old in (False, True):
                 out.append(("policy_seq", {**base, "RATIO": ratio, "CISPO": cispo, "KL": kl, "HAS_OLD": has_old,
                                            "DUAL_CLIP": not cispo, "WITH_ENTROPY": has_old}, warps, "bf16"))
-    base, warps = constexprs("policy_finalize", None)
-    for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
-        out.append(("policy_finalize", {**base, "AGG": agg}, warps, "bf16"))
+    for kernel in ("policy_finalize", "policy_weights"):
+        base, warps = constexprs(kernel, None)
+        for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+            out.append((kernel, {**base, "AGG": agg}, warps, "bf16"))
+    for dt in ("fp32", "bf16", "fp16"):
+        base, warps = constexprs("grpo_row", fwd)
+        for cispo, kl, has_old, ent in ((False, "k3", True, True), (True, "", False, False), (False, "k1", True, False),
+                                        (False, "k2", False, True)):
+            out.append(("grpo_row", {**base, "CISPO": cispo, "DUAL_CLIP": not cispo, "KL": kl, "HAS_OLD": has_old,
+                                     "WITH_ENTROPY": ent}, warps, dt))
+        base, warps = constexprs("scale_unless_one", None)
+        out.append(("scale_unless_one", base, warps, dt))
     return out
 
 

@@ -34,23 +34,33 @@ def policy_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature: f
     ent = torch.empty(t if with_entropy else 0, **f32)
     launch_fwd(x, ids.reshape(t).to(torch.int64).contiguous(), logp, lse, ent, temperature, with_entropy,
                fwd_config(fwd_cfg), row_mask=m)
-    dlt, coef = torch.empty(t, **f32), torch.empty(b, **f32)
+    ratio = loss_type if loss_type in ("gspo", "gspo_token") else "token"
+    out, dlt, coef = loss_and_stats(logp, ent if with_entropy else None, m, advantages, old_logp, ref_logp, b, l,
+                                    ratio, loss_type, clip_low, clip_high, dual_clip, kl if beta > 0 else "", beta,
+                                    aggregation, max_len)
+    return out, lse, dlt, coef
+
+
+def loss_and_stats(logp, ent, m, advantages, old_logp, ref_logp, b: int, l: int, ratio: str, loss_type: str,
+                   clip_low: float, clip_high: float, dual_clip: float | None, kl_name: str, beta: float,
+                   aggregation: str, max_len: int | None):
+    """The policy kernels over per-token log-probs [T]: (out [6], dlt [T] = m * dl/dlogp, coef [B])."""
+    f32 = dict(dtype=torch.float32, device=logp.device)
+    dlt, coef = torch.empty(b * l, **f32), torch.empty(b, **f32)
     part = torch.empty(b, policy.N_PARTS, **f32)
     out = torch.empty(6, **f32)
     old = logp if old_logp is None else old_logp.contiguous()
-    kl_name = kl if beta > 0 else ""
     ref = ref_logp.contiguous() if kl_name else logp
     adv_b, adv_l = (advantages.stride(0), 0) if advantages.dim() == 1 else advantages.stride()
     _wrap(policy.policy_seq_kernel)[(b,)](
-        logp, old, ref, advantages, m, ent if with_entropy else logp, dlt, part, l, adv_b, adv_l, float(clip_low),
+        logp, old, ref, advantages, m, logp if ent is None else ent, dlt, part, l, adv_b, adv_l, float(clip_low),
         float(clip_high), 0.0 if dual_clip is None else float(dual_clip), float(beta), HAS_OLD=old_logp is not None,
-        WITH_ENTROPY=bool(with_entropy), RATIO=loss_type if loss_type in ("gspo", "gspo_token") else "token",
-        CISPO=loss_type == "cispo", DUAL_CLIP=dual_clip is not None, KL=kl_name, BLOCK_L=policy.block(l),
-        num_warps=4)
+        WITH_ENTROPY=ent is not None, RATIO=ratio, CISPO=loss_type == "cispo", DUAL_CLIP=dual_clip is not None,
+        KL=kl_name, BLOCK_L=policy.block(l), num_warps=4)
     norm = float(max_len if max_len is not None else l)
     _wrap(policy.policy_finalize_kernel)[(1,)](part, coef, out, b, norm, AGG=aggregation,
                                                 BLOCK_B=policy.block(b, 256), num_warps=4)
-    return out, lse, dlt, coef
+    return out, dlt, coef
 
 
 def policy_bwd(logits, ids, lse, dlt, coef, grad_out, temperature: float, out=None, bwd_cfg=None):
