@@ -15,6 +15,10 @@ linear path) is exactly the sum of its chunks:
     seq-mean-token-sum-norm: w = m / (number of non-empty sequences * max_len)
 The formulas of l_t are written out in medix_kernels.reference.policy_loss; MediX-R1's own
 trainer: docs/official_loss_semantics.md.
+
+The rollout correction (LossConfig.rollout_correction) multiplies each token's policy term by a
+detached importance weight w_t from the token log-ratio log pi_train - log pi_rollout; with
+rollout_mask="reject" it also removes tokens from the mask the aggregation weights come from.
 """
 from __future__ import annotations
 
@@ -37,9 +41,10 @@ def token_weights(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
     return m / (n_seq * (config.max_len if config.max_len is not None else m.shape[-1]))
 
 
-def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_ratio=None):
+def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_ratio=None, is_weight=None):
     """Per-token loss (differentiable in logp), ratio and KL (detached). All arguments share a shape,
-    except seq_log_ratio (GSPO's log s, detached, broadcastable to logp; gspo and gspo_token)."""
+    except seq_log_ratio (GSPO's log s, detached, broadcastable to logp; gspo and gspo_token).
+    is_weight: the rollout correction's weight of each token's policy term (detached), or None."""
     c = config
     old = logp.detach() if old_logp is None else old_logp
     if c.loss_type in SEQUENCE_RATIO_TYPES:
@@ -55,6 +60,8 @@ def per_token_terms(logp, old_logp, ref_logp, adv, config: LossConfig, seq_log_r
         loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high))
         if c.dual_clip is not None:
             loss = torch.where(adv < 0, torch.minimum(loss, -adv * c.dual_clip), loss)
+    if is_weight is not None:
+        loss = is_weight * loss
     kl = None
     if c.beta > 0:
         x = ref_logp - logp
@@ -73,6 +80,54 @@ def gspo_seq_log_ratio(logp, old_logp, mask):
     """log s_b = mean over the sequence's tokens of (logp - old_logp), detached; [B, 1]."""
     m = mask.float()
     return (((logp.detach() - old_logp) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))
+
+
+def rollout_log_ratio(train_logp, rollout_logp, mask):
+    """log pi_train - log pi_rollout on response tokens, bounded to [-20, 20]; 0 elsewhere (any shape)."""
+    return torch.where(mask.bool(), (train_logp.detach().float() - rollout_logp.float()).clamp(-20.0, 20.0), 0.0)
+
+
+def rollout_weights(log_rho, mask, config: LossConfig):
+    """(weight, keep, inside) of the rollout correction from the token log-ratios (any shape for the token
+    modes, [B, L] for the sequence ones): the ratio rho per token or per sequence (mean or sum of the
+    log-ratios), inside = lower <= rho <= cap; truncate: clamp(rho, lower, cap); mask: rho inside, else
+    0, or ("reject") weight 1 and keep = inside."""
+    c = config
+    if c.rollout_correction.startswith("sequence"):
+        log_s = log_rho.sum(-1, keepdim=True)
+        if c.rollout_is_sequence == "geometric":
+            log_s = log_s / mask.float().sum(-1, keepdim=True).clamp_min(1)
+        rho = log_s.clamp(-20.0, 20.0).exp().expand_as(log_rho)
+    else:
+        rho = log_rho.exp()
+    inside = (rho >= c.rollout_is_lower) & (rho <= c.rollout_is_cap)
+    if c.rollout_correction.endswith("truncate"):
+        return rho.clamp(c.rollout_is_lower, c.rollout_is_cap), None, inside
+    if c.rollout_correction.endswith("mask"):
+        if c.rollout_mask == "reject":
+            return None, inside.float(), inside
+        return torch.where(inside, rho, 0.0), None, inside
+    return None, None, inside
+
+
+def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
+    """The mismatch diagnostics over response tokens ([B, L]; weight / keep None mean 1), 0-d tensors:
+    reference.policy_loss.rollout_stats has each formula."""
+    m = mask.float()
+    n = m.sum().clamp_min(1)
+    rho = log_rho.exp()
+    applied = m if weight is None else weight * m
+    applied = applied if keep is None else applied * keep
+    lengths = m.sum(-1)
+    seq = (lengths > 0).float()
+    ppl = torch.exp(-(log_rho * m).sum(-1) / lengths.clamp_min(1)) * seq
+    return {"rollout_weight_mean": applied.sum() / n,
+            "rollout_weight_max": applied.amax() if applied.numel() else n.new_zeros(()),
+            "rollout_flagged_frac": (m * ~inside).sum() / n,
+            "rollout_kl_k3": ((rho - log_rho - 1.0) * m).sum() / n,
+            "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
+            "rollout_ppl_ratio": ppl.sum() / seq.sum().clamp_min(1),
+            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}
 
 
 def token_stats(ratio, kl, adv, mask, config: LossConfig, entropy=None) -> dict:

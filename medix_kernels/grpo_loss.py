@@ -25,15 +25,23 @@ import torch
 from . import reference
 from ._backend import resolve_backend
 from ._defaults import kernel_config
-from ._policy_math import gspo_seq_log_ratio, per_token_terms, token_stats, token_weights
+from ._policy_math import (
+    gspo_seq_log_ratio,
+    per_token_terms,
+    rollout_log_ratio,
+    rollout_stats,
+    rollout_weights,
+    token_stats,
+    token_weights,
+)
 from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import check_inplace_logits, check_logits_ids, selective_log_softmax
 
 
 def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, config, op: str, *,
-                      validate: bool = True) -> None:
+                      validate: bool = True, rollout_logp=None) -> None:
     """Checks of everything but the logits/hidden states: shapes [B, L], devices, dtypes, config;
-    with ``validate`` also the values of mask and advantages (a host sync)."""
+    with ``validate`` also the values of mask, advantages and rollout_logp (one host sync)."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"{op}: 'config' must be a medix_kernels.LossConfig, got {type(config).__name__}")
     b, l = shape
@@ -45,42 +53,55 @@ def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, confi
     if tuple(advantages.shape) not in ((b,), (b, l)):
         raise ValueError(f"{op}: 'advantages' must be [B] = [{b}] or [B, L] = [{b}, {l}], "
                          f"got {tuple(advantages.shape)}")
-    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+    logps = (("old_logp", old_logp), ("ref_logp", ref_logp), ("rollout_logp", rollout_logp))
+    for name, t in logps:
         if t is None:
             continue
         if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point or tuple(t.shape) != (b, l):
             raise ValueError(f"{op}: '{name}' must be a float tensor [B, L] = [{b}, {l}], got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    for name, t in (("mask", mask), ("advantages", advantages), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+                             + (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__))
+    for name, t in (("mask", mask), ("advantages", advantages)) + logps:
         if t is not None and t.device != device:
             raise ValueError(f"{op}: '{name}' is on {t.device} but the logits/hidden states are on {device}")
     if config.beta > 0 and ref_logp is None:
         raise ValueError(f"{op}: 'ref_logp' [B, L] is required when config.beta > 0 (beta={config.beta}); "
                          "pass the reference model's log-probs or set beta=0")
+    if config.rollout_correction != "none" and rollout_logp is None:
+        raise ValueError(f"{op}: 'rollout_logp' [B, L] (the rollout engine's log-probs of the sampled tokens) is "
+                         f"required when config.rollout_correction={config.rollout_correction!r}; pass them or set "
+                         "rollout_correction='none'")
     if validate and not torch.compiler.is_compiling():  # data-dependent: eager only (a compiled graph skips it)
-        check_mask_and_advantage_values(mask, advantages, op)
+        check_mask_and_advantage_values(mask, advantages, op, rollout_logp)
 
 
-def check_mask_and_advantage_values(mask, advantages, op: str) -> None:
-    """A mask of 0/1 (a weight of 2 or NaN would silently rescale or poison the aggregation) and
-    finite advantages (one NaN makes the loss and every gradient NaN): one host sync for both."""
+def check_mask_and_advantage_values(mask, advantages, op: str, rollout_logp=None) -> None:
+    """A mask of 0/1 (a weight of 2 or NaN would silently rescale or poison the aggregation), finite
+    advantages (one NaN makes the loss and every gradient NaN) and no NaN rollout log-prob on a response
+    token (it would be the weight of that token, or of its whole sequence): one host sync for all."""
     bad_mask = None if mask.dtype == torch.bool else (mask != 0) & (mask != 1)
     bad_adv = ~torch.isfinite(advantages)
-    flags = [bad_adv.any()] if bad_mask is None else [bad_adv.any(), bad_mask.any()]
-    found = torch.stack(flags).tolist()
-    if len(found) > 1 and found[1]:
+    bad_roll = None if rollout_logp is None else torch.isnan(rollout_logp) & (mask != 0)
+    checks = [("advantages", bad_adv), ("mask", bad_mask), ("rollout_logp", bad_roll)]
+    checks = [(name, bad) for name, bad in checks if bad is not None]
+    found = dict(zip([name for name, _ in checks], torch.stack([bad.any() for _, bad in checks]).tolist()))
+    if found.get("mask"):
         pos = bad_mask.nonzero()[0].tolist()
         raise ValueError(f"{op}: 'mask' must hold only 0 and 1 (or be bool), got {mask[tuple(pos)].item()} at "
                          f"position {pos}")
-    if found[0]:
+    if found["advantages"]:
         pos = bad_adv.nonzero()[0].tolist()
         raise ValueError(f"{op}: 'advantages' must be finite, got {advantages[tuple(pos)].item()} at position {pos} "
                          f"({int(bad_adv.sum())} non-finite value(s))")
+    if found.get("rollout_logp"):
+        pos = bad_roll.nonzero()[0].tolist()
+        raise ValueError(f"{op}: 'rollout_logp' must not be NaN where the mask is 1, got NaN at position {pos} "
+                         f"({int(bad_roll.sum())} such token(s))")
 
 
 def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *,
               old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-              config: LossConfig = LossConfig(), inplace_backward: bool = False, return_entropy: bool = False,
+              rollout_logp: torch.Tensor | None = None, config: LossConfig = LossConfig(),
+              inplace_backward: bool = False, return_entropy: bool = False,
               check_finite: bool = False, validate: bool = True, backend: str = "auto"):
     """Policy loss of a batch of sampled responses.
 
@@ -91,19 +112,25 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
         advantages: [B] (one per sequence) or [B, L], finite (NaN / inf are a ValueError).
         old_logp: [B, L] log-probs of the sampling policy (None: on-policy, ratio 1).
         ref_logp: [B, L] log-probs of the reference policy (needed when config.beta > 0).
+        rollout_logp: [B, L] the rollout engine's log-probs of the sampled tokens at config.temperature
+            (needed when config.rollout_correction is not "none"; with "none" they only feed the
+            mismatch stats). Anything (NaN included) where the mask is 0.
         config: LossConfig (loss type, clip range, dual clip, KL estimator, aggregation, temperature).
         inplace_backward: the backward writes d logits over the logits (no extra [B, L, V] buffer);
             logits whose elements share memory (an expanded view) are refused.
         return_entropy: also report the mean entropy in the stats.
         check_finite: raise on non-finite logits before computing (debug mode).
-        validate: check the values of ids, mask and advantages (the default; two host syncs per
-            call). False is the fast path: shapes, dtypes and devices are still checked, values
-            are not (an out-of-range id or a non-finite advantage then shows as a NaN loss).
+        validate: check the values of ids, mask, advantages and rollout_logp (the default; two host
+            syncs per call). False is the fast path: shapes, dtypes and devices are still checked,
+            values are not (an out-of-range id, a non-finite advantage or a NaN rollout log-prob on a
+            response token then shows as a NaN loss, or NaN rollout stats with rollout_correction "none").
         backend: "auto", "torch", "cpu", "triton", "cuda".
 
     Returns:
         (loss: 0-d tensor, stats: dict of 0-d tensors: clip_frac_low, clip_frac_high, ratio_mean,
-        kl_mean and entropy_mean when asked). Without ``validate`` no host synchronisation happens.
+        kl_mean, entropy_mean when asked, and with rollout_logp the rollout_* diagnostics of
+        loss_config.ROLLOUT_STATS).
+        Without ``validate`` no host synchronisation happens.
     """
     op = "grpo_loss"
     backend = resolve_backend(backend, logits, op)
@@ -111,47 +138,70 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
     if logits.dim() != 3:
         raise ValueError(f"{op}: 'logits' must be [B, L, V], got shape {tuple(logits.shape)}")
     check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op,
-                      validate=validate)
+                      validate=validate, rollout_logp=rollout_logp)
     if backend == "torch":
         return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
-                                   config=config, return_entropy=return_entropy)
+                                   rollout_logp=rollout_logp, config=config, return_entropy=return_entropy)
     if inplace_backward:
         check_inplace_logits(logits, op)
     path = kernel_config("grpo_loss_triton") if backend == "triton" and ids.numel() else "composed"
     return TRITON_PATHS[path](logits, ids, mask, advantages, old_logp, ref_logp, config, inplace_backward,
-                              return_entropy, backend)
+                              return_entropy, backend, rollout_logp)
 
 
-def _composed(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
+def _composed(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend,
+              rollout_logp=None):
     out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=return_entropy,
                                 inplace_backward=inplace, validate=False, backend=backend)
     logp, entropy = out if return_entropy else (out, None)
-    return policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy)
+    return policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy, rollout_logp)
 
 
-def _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
+def _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend,
+          rollout_logp=None):
     from .triton_kernels.grpo import lean_grpo_loss
-    return lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
+    return lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy,
+                          rollout_logp)
 
 
-def _single_pass(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
-    if config.loss_type in SEQUENCE_RATIO_TYPES and old_logp is not None:  # needs the whole sequence first
-        return _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend)
+def single_pass_takes(config: LossConfig, old_logp) -> bool:
+    """Whether the single-pass kernel computes this loss: every token's loss derivative must follow from its
+    own row, so not GSPO's sequence ratio with old log-probs, a sequence-level rollout correction or one that
+    rejects tokens (the aggregation weights would depend on other rows); those take the lean path."""
+    return not ((config.loss_type in SEQUENCE_RATIO_TYPES and old_logp is not None)
+                or config.rollout_correction.startswith("sequence")
+                or (config.rollout_correction.endswith("mask") and config.rollout_mask == "reject"))
+
+
+def _single_pass(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend,
+                 rollout_logp=None):
+    if not single_pass_takes(config, old_logp):
+        return _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend,
+                     rollout_logp)
     from .triton_kernels.single_pass import single_pass_grpo_loss
-    return single_pass_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
+    return single_pass_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy,
+                                 rollout_logp)
 
 
 #: How grpo_loss computes on the triton backend, by name (the defaults table picks one; the GPU sweep times all).
 TRITON_PATHS = {"composed": _composed, "lean": _lean, "single_pass": _single_pass}
 
 
-def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy=None):
+def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy=None, rollout_logp=None):
     """(loss, stats) from per-token log-probs [B, L] (differentiable)."""
     adv = advantages.float()
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     old = None if old_logp is None else old_logp.float()
     sequence_ratio = config.loss_type in SEQUENCE_RATIO_TYPES and old is not None
     seq = gspo_seq_log_ratio(logp, old, mask) if sequence_ratio else None
-    per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq)
-    loss = (per_token * token_weights(mask, config)).sum()
-    return loss, token_stats(ratio, kl, adv, mask, config, entropy)
+    is_weight = keep = None
+    if rollout_logp is not None:
+        log_rho = rollout_log_ratio(logp if old is None else old, rollout_logp, mask)
+        is_weight, keep, inside = rollout_weights(log_rho, mask, config)
+    per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq,
+                                           is_weight)
+    loss = (per_token * token_weights(mask if keep is None else mask * keep, config)).sum()
+    stats = token_stats(ratio, kl, adv, mask, config, entropy)
+    if rollout_logp is not None:
+        stats.update(rollout_stats(log_rho, is_weight, keep, inside, mask))
+    return loss, stats

@@ -14,6 +14,38 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-
 #: each sequence's tokens first; GRPO, DAPO and CISPO use the token mean (verl's default ``loss_agg_mode``).
 LOSS_TYPE_AGGREGATION = {"grpo": "token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
                          "gspo": "seq-mean-token-mean", "gspo_token": "seq-mean-token-mean", "cispo": "token-mean"}
+#: Corrections for the rollout engine's mismatch (medix_kernels/reference/policy_loss.py:rollout_weights).
+ROLLOUT_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+#: A sequence's ratio: exp of the mean log-ratio over its tokens (geometric) or of their sum (product).
+ROLLOUT_SEQUENCE_RATIOS = ("geometric", "product")
+#: What *_mask does with a ratio outside [lower, cap]: zero its weight (weight) or drop the token from the batch
+#: (reject: out of every denominator, its KL term too; the tokens kept are then unweighted).
+ROLLOUT_MASK_STYLES = ("weight", "reject")
+#: The rollout diagnostics a loss given rollout_logp returns in its stats (reference.policy_loss.rollout_stats).
+ROLLOUT_STATS = ("rollout_weight_mean", "rollout_weight_max", "rollout_flagged_frac", "rollout_kl_k3", "rollout_chi2",
+                 "rollout_ppl_ratio", "rollout_logp_mismatch")
+#: The peers' definitions as LossConfig fields (docs/rollout_correction.md has the sources). cap / lower are the
+#: peers' defaults, overridable in LossConfig.with_rollout; lower None there means 1 / cap (verl's rollout_rs).
+ROLLOUT_PRESETS = {
+    # TRL GRPOConfig: vllm_importance_sampling_mode=<mode>, vllm_importance_sampling_clip_max (formerly _cap),
+    # clip_min unset; a sequence's ratio is the product of its tokens'; a masked ratio becomes a weight of 0
+    **{f"trl_{mode}": dict(rollout_correction=mode, rollout_is_cap=3.0, rollout_is_lower=0.0,
+                            rollout_is_sequence="product", rollout_mask="weight")
+       for mode in ROLLOUT_CORRECTIONS[1:]},
+    # verl algorithm.rollout_correction: rollout_is=token|sequence (weights truncated from above at
+    # rollout_is_threshold), or rollout_rs=token|sequence|geometric (rejection outside
+    # [rollout_rs_threshold_lower, rollout_rs_threshold], through the response mask)
+    "verl_token_is": dict(rollout_correction="token_truncate", rollout_is_cap=2.0, rollout_is_lower=0.0,
+                          rollout_is_sequence="product", rollout_mask="weight"),
+    "verl_sequence_is": dict(rollout_correction="sequence_truncate", rollout_is_cap=2.0, rollout_is_lower=0.0,
+                             rollout_is_sequence="product", rollout_mask="weight"),
+    "verl_token_rs": dict(rollout_correction="token_mask", rollout_is_cap=2.0, rollout_is_lower=None,
+                          rollout_is_sequence="product", rollout_mask="reject"),
+    "verl_sequence_rs": dict(rollout_correction="sequence_mask", rollout_is_cap=2.0, rollout_is_lower=None,
+                             rollout_is_sequence="product", rollout_mask="reject"),
+    "verl_geometric_rs": dict(rollout_correction="sequence_mask", rollout_is_cap=1.001, rollout_is_lower=None,
+                              rollout_is_sequence="geometric", rollout_mask="reject"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,19 @@ class LossConfig:
         would be GRPO under another name).
     max_len: the constant of "seq-mean-token-sum-norm" (None: the padded length L).
     temperature: logits are divided by it before the log-softmax (> 0).
+    rollout_correction: importance sampling for the rollout engine's mismatch, from ``rollout_logp`` (the
+        engine's log-probs of the sampled tokens at this temperature): "none", or the ratio
+        rho = pi_train / pi_rollout (pi_train: old_logp when given, else the detached log-probs) per token
+        ("token_*") or per sequence ("sequence_*", see rollout_is_sequence), then "*_truncate": the
+        weight clamp(rho, rollout_is_lower, rollout_is_cap) (TIS), "*_mask": rho inside
+        [rollout_is_lower, rollout_is_cap], else 0 (MIS; see rollout_mask). The weight multiplies each
+        token's policy term (not the KL) and carries no gradient. docs/rollout_correction.md.
+    rollout_is_cap: the upper bound, > 1 (inf: none). rollout_is_lower: the lower bound, in [0, 1) (0: none).
+    rollout_is_sequence: "geometric" (exp of the mean log-ratio over the response, the default) or
+        "product" (exp of the sum: TRL's and verl's sequence ratio).
+    rollout_mask: "weight" (a ratio outside the bounds weighs 0, the token stays in the denominators:
+        TRL) or "reject" (the token, or the whole sequence, leaves the batch as if masked; the tokens kept
+        weigh 1: verl's rollout_rs).
     """
 
     loss_type: str = "grpo"
@@ -52,6 +97,11 @@ class LossConfig:
     aggregation: str | None = None
     max_len: int | None = None
     temperature: float = 1.0
+    rollout_correction: str = "none"
+    rollout_is_cap: float = 2.0
+    rollout_is_lower: float = 0.0
+    rollout_is_sequence: str = "geometric"
+    rollout_mask: str = "weight"
 
     def __post_init__(self):
         def bad(field, expected):
@@ -81,9 +131,33 @@ class LossConfig:
             bad("temperature", "a float > 0")
         if self.max_len is not None and not (isinstance(self.max_len, int) and self.max_len >= 1):
             bad("max_len", "None or an int >= 1")
+        for name, choices in (("rollout_correction", ROLLOUT_CORRECTIONS),
+                              ("rollout_is_sequence", ROLLOUT_SEQUENCE_RATIOS), ("rollout_mask", ROLLOUT_MASK_STYLES)):
+            if getattr(self, name) not in choices:
+                bad(name, f"one of {choices}")
+        if not (isinstance(self.rollout_is_cap, (int, float)) and self.rollout_is_cap > 1):  # NaN fails too
+            bad("rollout_is_cap", "a float > 1 (the upper bound of the rollout importance weight; inf: none)")
+        if not (isinstance(self.rollout_is_lower, (int, float)) and 0 <= self.rollout_is_lower < 1):
+            bad("rollout_is_lower", "a float in [0, 1) (the lower bound of the rollout importance weight; 0: none)")
 
     def replace(self, **changes) -> LossConfig:
         return dataclasses.replace(self, **changes)
+
+    def with_rollout(self, preset: str, *, cap: float | None = None, lower: float | None = None) -> LossConfig:
+        """This config with a peer's rollout correction (ROLLOUT_PRESETS), e.g.
+        ``LossConfig.preset("dapo").with_rollout("trl_sequence_mask", cap=2.0)``; ``lower`` left None
+        keeps the preset's (verl's rollout_rs: 1 / cap)."""
+        if preset not in ROLLOUT_PRESETS:
+            raise ValueError(f"LossConfig.with_rollout: unknown preset {preset!r}; choose one of "
+                             f"{tuple(ROLLOUT_PRESETS)}")
+        fields = dict(ROLLOUT_PRESETS[preset])
+        if cap is not None:
+            fields["rollout_is_cap"] = cap
+        if lower is not None:
+            fields["rollout_is_lower"] = lower
+        elif fields["rollout_is_lower"] is None:
+            fields["rollout_is_lower"] = 1.0 / fields["rollout_is_cap"]
+        return self.replace(**fields)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> LossConfig:

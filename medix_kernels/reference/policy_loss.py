@@ -52,7 +52,62 @@ def aggregate(per_token, mask, aggregation, max_len=None):
     return (per_token * mask).sum() / (n_seq * norm)  # Dr. GRPO's constant, over non-empty sequences
 
 
-def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None):
+def rollout_log_ratio(train_logp, rollout_logp, mask):
+    """log rho_t = log pi_train(y_t) - log pi_rollout(y_t) on response tokens, bounded to [-20, 20] (verl's
+    bound: exp stays finite, a token the engine gave probability 0 cannot make a sequence's ratio NaN);
+    0 elsewhere, whatever rollout_logp holds there."""
+    return torch.where(mask.bool(), (train_logp - rollout_logp).clamp(-20.0, 20.0), 0.0)
+
+
+def rollout_weights(log_rho, mask, config):
+    """The rollout correction's (weight, keep, inside) [B, L] from the token log-ratios.
+
+    rho: exp(log rho_t) per token, or per sequence exp(mean_t log rho_t) ("geometric") / exp(sum_t
+    log rho_t) ("product"), broadcast to its tokens. inside: lower <= rho <= cap.
+    truncate: weight = clamp(rho, lower, cap) (TIS). mask: weight = rho inside, 0 outside (MIS), or with
+    rollout_mask="reject" weight 1 and keep = inside (the token leaves the batch)."""
+    c, m = config, mask.bool()
+    if c.rollout_correction.startswith("sequence"):
+        log_s = log_rho.sum(-1, keepdim=True)
+        if c.rollout_is_sequence == "geometric":
+            log_s = log_s / m.sum(-1, keepdim=True).clamp_min(1)
+        rho = log_s.clamp(-20.0, 20.0).exp().expand_as(log_rho)
+    else:
+        rho = log_rho.exp()
+    inside = (rho >= c.rollout_is_lower) & (rho <= c.rollout_is_cap)
+    one = torch.ones_like(rho)
+    if c.rollout_correction.endswith("truncate"):
+        return rho.clamp(c.rollout_is_lower, c.rollout_is_cap), one, inside
+    if c.rollout_correction.endswith("mask") and c.rollout_mask == "weight":
+        return torch.where(inside, rho, 0.0), one, inside
+    if c.rollout_correction.endswith("mask"):
+        return one, inside.to(rho.dtype), inside
+    return one, one, inside
+
+
+def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
+    """The mismatch diagnostics, means over response tokens (rho per token): the weight applied (mean,
+    max), the share of ratios outside the bounds, KL(rollout || train) by k3 = E[rho - log rho - 1],
+    chi^2 = E[rho^2] - 1, the perplexity ratio PPL_train / PPL_rollout = mean over sequences of
+    exp(-mean_t log rho_t), and the mean |log pi_train - log pi_rollout|."""
+    m = mask.to(log_rho.dtype)
+    n = m.sum().clamp_min(1)
+    rho = log_rho.exp()
+    applied = weight * keep * m
+    lengths = m.sum(-1)
+    seq = lengths > 0
+    ppl_ratio = (-(log_rho * m).sum(-1)[seq] / lengths[seq]).exp()
+    return {"rollout_weight_mean": applied.sum() / n,
+            "rollout_weight_max": applied.max() if applied.numel() else log_rho.new_zeros(()),
+            "rollout_flagged_frac": ((~inside).to(m.dtype) * m).sum() / n,
+            "rollout_kl_k3": ((rho - log_rho - 1.0) * m).sum() / n,
+            "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
+            "rollout_ppl_ratio": ppl_ratio.sum() / seq.sum().clamp_min(1),
+            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}
+
+
+def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None,
+                rollout_logp=None):
     """Loss and stats from per-token log-probs [B, L] (differentiable), in logp's precision."""
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
@@ -78,11 +133,15 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
         per_token = torch.maximum(unclipped, clipped)
         if c.dual_clip is not None:
             per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * c.dual_clip), per_token)
+    if rollout_logp is not None:  # importance weights for the engine's mismatch (no gradient)
+        log_rho = rollout_log_ratio(old_logp.detach(), rollout_logp.to(logp.dtype), mask)
+        is_weight, keep, inside = rollout_weights(log_rho, mask, c)
+        per_token = is_weight * per_token
     kl = None
     if c.beta > 0:
         kl = kl_penalty(logp, ref_logp.to(logp.dtype), c.kl)
         per_token = per_token + c.beta * kl
-    loss = aggregate(per_token, mask, c.aggregation, c.max_len)
+    loss = aggregate(per_token, mask if rollout_logp is None else mask * keep, c.aggregation, c.max_len)
     n_tok = mask.sum().clamp_min(1)
     low = (ratio < 1.0 - c.clip_low) & (adv < 0)
     high = (ratio > 1.0 + c.clip_high) & (adv > 0)
@@ -94,23 +153,26 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
     }
     if entropy is not None:
         stats["entropy_mean"] = (entropy.detach() * mask).sum() / n_tok
+    if rollout_logp is not None:
+        stats.update(rollout_stats(log_rho, is_weight, keep, inside, mask))
     return loss, stats
 
 
-def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, config=LossConfig(),
+def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, rollout_logp=None, config=LossConfig(),
               return_entropy=False):
     """The clipped-ratio policy loss with KL from [B, L, V] logits: (loss, stats)."""
     if return_entropy:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=True)
     else:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature), None
-    return policy_loss(logp, mask, advantages, old_logp, ref_logp, config, entropy)
+    return policy_loss(logp, mask, advantages, old_logp, ref_logp, config, entropy, rollout_logp)
 
 
 def fused_linear_grpo_loss(hidden, weight, ids, mask, advantages, *, bias=None, old_logp=None, ref_logp=None,
-                           config=LossConfig()):
+                           rollout_logp=None, config=LossConfig()):
     """The same loss from hidden states [B, L, H] and the LM head [V, H] (full logits here)."""
     logits = hidden.float() @ weight.float().t()
     if bias is not None:
         logits = logits + bias.float()
-    return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, config=config)
+    return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp,
+                     config=config)
