@@ -28,10 +28,10 @@ def _specs():
     _KERNELS.update({
         "grpo_row": (single_pass.grpo_row_kernel,
                      dict(logits_ptr="*{dt}", out_ptr="*{dt}", ids_ptr="*i64", mask_ptr="*i1", adv_ptr="*fp32",
-                          old_ptr="*fp32", ref_ptr="*fp32", coef_ptr="*fp32", logp_ptr="*fp32", ent_ptr="*fp32",
-                          V="i32", L="i32", stride_row="i64", out_stride_row="i64", adv_stride_b="i64",
-                          adv_stride_l="i64", inv_temp="fp32", scale="fp32", clip_low="fp32", clip_high="fp32",
-                          dual_clip="fp32", beta="fp32"),
+                          old_ptr="*fp32", ref_ptr="*fp32", roll_ptr="*fp32", coef_ptr="*fp32", logp_ptr="*fp32",
+                          ent_ptr="*fp32", V="i32", L="i32", stride_row="i64", out_stride_row="i64",
+                          adv_stride_b="i64", adv_stride_l="i64", inv_temp="fp32", scale="fp32", clip_low="fp32",
+                          clip_high="fp32", dual_clip="fp32", beta="fp32", r_lower="fp32", r_cap="fp32"),
                      ("logits_ptr", "out_ptr", "V", "stride_row", "out_stride_row")),
         "policy_weights": (single_pass.policy_weights_kernel,
                            dict(mask_ptr="*i1", coef_ptr="*fp32", B="i32", L="i32", norm="fp32"), ()),
@@ -53,9 +53,10 @@ def _specs():
                         y_stride="i64", eps="fp32", threshold="fp32"),
                    ("x_ptr", "y_ptr", "D", "x_stride", "y_stride")),
         "policy_seq": (policy.policy_seq_kernel,
-                       dict(logp_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", adv_ptr="*fp32", mask_ptr="*i1",
-                            ent_ptr="*fp32", dlt_ptr="*fp32", part_ptr="*fp32", L="i32", adv_stride_b="i64",
-                            adv_stride_l="i64", clip_low="fp32", clip_high="fp32", dual_clip="fp32", beta="fp32"),
+                       dict(logp_ptr="*fp32", old_ptr="*fp32", ref_ptr="*fp32", roll_ptr="*fp32", adv_ptr="*fp32",
+                            mask_ptr="*i1", ent_ptr="*fp32", dlt_ptr="*fp32", part_ptr="*fp32", L="i32",
+                            adv_stride_b="i64", adv_stride_l="i64", clip_low="fp32", clip_high="fp32",
+                            dual_clip="fp32", beta="fp32", r_lower="fp32", r_cap="fp32"),
                        ()),
         "policy_finalize": (policy.policy_finalize_kernel,
                             dict(part_ptr="*fp32", coef_ptr="*fp32", out_ptr="*fp32", B="i32", norm="fp32"), ()),
@@ -78,12 +79,12 @@ def constexprs(kernel: str, cfg, dtype: str = "bf16") -> tuple[dict, int]:
         return dict(HAS_THRESHOLD=True, BLOCK_B=rows, BLOCK_D=block_d, TRACK_MAX=cfg.track_max), warps
     if kernel == "policy_seq":
         return dict(HAS_OLD=True, WITH_ENTROPY=True, RATIO="token", CISPO=False, DUAL_CLIP=True, KL="k3",
-                    BLOCK_L=1024), 4
+                    HAS_ROLLOUT=True, ROLLOUT="token_truncate", GEOMETRIC=True, REJECT=False, BLOCK_L=1024), 4
     if kernel == "policy_finalize":
         return dict(AGG="seq-mean-token-mean", BLOCK_B=256), 4
     if kernel == "grpo_row":  # the single pass launches with the forward's configuration (one row per program)
-        return dict(WITH_ENTROPY=False, HAS_OLD=True, CISPO=False, DUAL_CLIP=True, KL="k3", BLOCK_V=cfg.block_v,
-                    ACC=cfg.acc, NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2), cfg.num_warps
+        return dict(WITH_ENTROPY=False, HAS_OLD=True, CISPO=False, DUAL_CLIP=True, KL="k3", ROLLOUT="token_truncate",
+                    BLOCK_V=cfg.block_v, ACC=cfg.acc, NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2), cfg.num_warps
     if kernel == "policy_weights":
         return dict(AGG="seq-mean-token-mean", BLOCK_B=16, BLOCK_L=256), 4
     if kernel == "scale_unless_one":
@@ -175,7 +176,13 @@ def switch_matrix() -> list[tuple[str, dict, int, str]]:
         for kl in ("", "k1", "k2", "k3"):
             for has_old in (False, True):
                 out.append(("policy_seq", {**base, "RATIO": ratio, "CISPO": cispo, "KL": kl, "HAS_OLD": has_old,
-                                           "DUAL_CLIP": not cispo, "WITH_ENTROPY": has_old}, warps, "bf16"))
+                                           "DUAL_CLIP": not cispo, "WITH_ENTROPY": has_old, "HAS_ROLLOUT": False,
+                                           "ROLLOUT": ""}, warps, "bf16"))
+    for rollout in ("", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):  # the rollout correction
+        for geometric, reject in ((True, False), (False, True)):
+            for has_old in (False, True):
+                out.append(("policy_seq", {**base, "HAS_ROLLOUT": True, "ROLLOUT": rollout, "GEOMETRIC": geometric,
+                                           "REJECT": reject, "HAS_OLD": has_old}, warps, "bf16"))
     for kernel in ("policy_finalize", "policy_weights"):
         base, warps = constexprs(kernel, None)
         for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
@@ -184,8 +191,9 @@ def switch_matrix() -> list[tuple[str, dict, int, str]]:
         base, warps = constexprs("grpo_row", fwd)
         for cispo, kl, has_old, ent in ((False, "k3", True, True), (True, "", False, False), (False, "k1", True, False),
                                         (False, "k2", False, True)):
-            out.append(("grpo_row", {**base, "CISPO": cispo, "DUAL_CLIP": not cispo, "KL": kl, "HAS_OLD": has_old,
-                                     "WITH_ENTROPY": ent}, warps, dt))
+            for rollout in ("", "token_truncate", "token_mask"):
+                out.append(("grpo_row", {**base, "CISPO": cispo, "DUAL_CLIP": not cispo, "KL": kl, "HAS_OLD": has_old,
+                                         "WITH_ENTROPY": ent, "ROLLOUT": rollout}, warps, dt))
         base, warps = constexprs("scale_unless_one", None)
         out.append(("scale_unless_one", base, warps, dt))
     return out

@@ -7,23 +7,44 @@ the log-prob backward kernel with SCALED, whose per-row upstream gradient is
 g_loss * c_b * m_t * dl_t/dlogp_t; masked tokens have a zero gradient, so their rows are written
 as zeros without reading the logits. Nothing here synchronises with the host.
 
-Ops: ``medix::grpo_fwd_triton`` -> (out [6] = loss and the stats, lse [T], dlt [T], coef [B]),
+Ops: ``medix::grpo_fwd_triton`` -> (out [13] = loss and the stats, lse [T], dlt [T], coef [B]),
 ``medix::grpo_bwd_triton`` and the in-place ``medix::grpo_bwd_triton_`` (d logits over the logits).
 """
 from __future__ import annotations
 
 import torch
 
+from ..loss_config import ROLLOUT_STATS
 from . import policy
 from .logprob import _define, _rows, _wrap, bwd_config, fwd_config, launch_bwd, launch_fwd
 
-STAT_NAMES = ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean", "entropy_mean")  # out[1:]
+STAT_NAMES = ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean", "entropy_mean")  # out[1:6]
+
+
+def rollout_args(config, rollout_logp):
+    """The rollout correction's arguments of the ops: (rollout_logp, mode, cap, lower, geometric, reject)."""
+    c = config
+    mode = c.rollout_correction if rollout_logp is not None else "none"
+    return (rollout_logp, mode, float(c.rollout_is_cap), float(c.rollout_is_lower),
+            c.rollout_is_sequence == "geometric", c.rollout_mask == "reject")
+
+
+def stats_from_out(out, return_entropy: bool, with_rollout: bool) -> dict:
+    """The stats dict of grpo_loss from the policy kernels' ``out`` vector."""
+    stats = {name: out[i + 1].detach() for i, name in enumerate(STAT_NAMES)}
+    if not return_entropy:
+        del stats["entropy_mean"]
+    if with_rollout:
+        stats.update({name: out[i + 6].detach() for i, name in enumerate(ROLLOUT_STATS)})
+    return stats
 
 
 def policy_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature: float, loss_type: str,
                clip_low: float, clip_high: float, dual_clip: float | None, kl: str, beta: float, aggregation: str,
-               max_len: int | None, with_entropy: bool, fwd_cfg=None):
-    """Validated [B, L, V] logits etc. -> (out [6] fp32, lse [T], dlt [T] = m * dl/dlogp, coef [B])."""
+               max_len: int | None, with_entropy: bool, rollout_logp=None, rollout: str = "none",
+               rollout_cap: float = 2.0, rollout_lower: float = 0.0, rollout_geometric: bool = True,
+               rollout_reject: bool = False, fwd_cfg=None):
+    """Validated [B, L, V] logits etc. -> (out [13] fp32, lse [T], dlt [T] = m * dl/dlogp, coef [B])."""
     b, l, v = logits.shape
     t = b * l
     x, _ = _rows(logits, v)
@@ -37,26 +58,32 @@ def policy_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature: f
     ratio = loss_type if loss_type in ("gspo", "gspo_token") else "token"
     out, dlt, coef = loss_and_stats(logp, ent if with_entropy else None, m, advantages, old_logp, ref_logp, b, l,
                                     ratio, loss_type, clip_low, clip_high, dual_clip, kl if beta > 0 else "", beta,
-                                    aggregation, max_len)
+                                    aggregation, max_len, (rollout_logp, rollout, rollout_cap, rollout_lower,
+                                                           rollout_geometric, rollout_reject))
     return out, lse, dlt, coef
 
 
 def loss_and_stats(logp, ent, m, advantages, old_logp, ref_logp, b: int, l: int, ratio: str, loss_type: str,
                    clip_low: float, clip_high: float, dual_clip: float | None, kl_name: str, beta: float,
-                   aggregation: str, max_len: int | None):
-    """The policy kernels over per-token log-probs [T]: (out [6], dlt [T] = m * dl/dlogp, coef [B])."""
+                   aggregation: str, max_len: int | None, rollout=(None, "none", 2.0, 0.0, True, False)):
+    """The policy kernels over per-token log-probs [T]: (out [13], dlt [T] = m * dl/dlogp, coef [B]).
+    ``rollout``: rollout_args(...)'s tuple."""
+    rollout_logp, mode, cap, lower, geometric, reject = rollout
     f32 = dict(dtype=torch.float32, device=logp.device)
     dlt, coef = torch.empty(b * l, **f32), torch.empty(b, **f32)
     part = torch.empty(b, policy.N_PARTS, **f32)
-    out = torch.empty(6, **f32)
+    out = torch.empty(policy.N_OUT, **f32)
     old = logp if old_logp is None else old_logp.contiguous()
     ref = ref_logp.contiguous() if kl_name else logp
+    roll = logp if rollout_logp is None else rollout_logp.contiguous()
     adv_b, adv_l = (advantages.stride(0), 0) if advantages.dim() == 1 else advantages.stride()
     _wrap(policy.policy_seq_kernel)[(b,)](
-        logp, old, ref, advantages, m, logp if ent is None else ent, dlt, part, l, adv_b, adv_l, float(clip_low),
-        float(clip_high), 0.0 if dual_clip is None else float(dual_clip), float(beta), HAS_OLD=old_logp is not None,
-        WITH_ENTROPY=ent is not None, RATIO=ratio, CISPO=loss_type == "cispo", DUAL_CLIP=dual_clip is not None,
-        KL=kl_name, BLOCK_L=policy.block(l), num_warps=4)
+        logp, old, ref, roll, advantages, m, logp if ent is None else ent, dlt, part, l, adv_b, adv_l,
+        float(clip_low), float(clip_high), 0.0 if dual_clip is None else float(dual_clip), float(beta), float(lower),
+        float(cap), HAS_OLD=old_logp is not None, WITH_ENTROPY=ent is not None, RATIO=ratio,
+        CISPO=loss_type == "cispo", DUAL_CLIP=dual_clip is not None, KL=kl_name, HAS_ROLLOUT=rollout_logp is not None,
+        ROLLOUT="" if mode == "none" else mode, GEOMETRIC=bool(geometric), REJECT=bool(reject),
+        BLOCK_L=policy.block(l), num_warps=4)
     norm = float(max_len if max_len is not None else l)
     _wrap(policy.policy_finalize_kernel)[(1,)](part, coef, out, b, norm, AGG=aggregation,
                                                 BLOCK_B=policy.block(b, 256), num_warps=4)
@@ -79,16 +106,20 @@ def policy_bwd(logits, ids, lse, dlt, coef, grad_out, temperature: float, out=No
 def _fwd_op(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
             old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, temperature: float, loss_type: str,
             clip_low: float, clip_high: float, dual_clip: float | None, kl: str, beta: float, aggregation: str,
-            max_len: int | None, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            max_len: int | None, with_entropy: bool, rollout_logp: torch.Tensor | None, rollout: str,
+            rollout_cap: float, rollout_lower: float, rollout_geometric: bool,
+            rollout_reject: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return policy_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature, loss_type, clip_low, clip_high,
-                      dual_clip, kl, beta, aggregation, max_len, with_entropy)
+                      dual_clip, kl, beta, aggregation, max_len, with_entropy, rollout_logp, rollout, rollout_cap,
+                      rollout_lower, rollout_geometric, rollout_reject)
 
 
 def _fwd_fake(logits, ids, mask, advantages, old_logp, ref_logp, temperature, loss_type, clip_low, clip_high,
-              dual_clip, kl, beta, aggregation, max_len, with_entropy):
+              dual_clip, kl, beta, aggregation, max_len, with_entropy, *rollout):
     b, l, _ = logits.shape
     f32 = dict(dtype=torch.float32, device=logits.device)
-    return torch.empty(6, **f32), torch.empty(b * l, **f32), torch.empty(b * l, **f32), torch.empty(b, **f32)
+    return (torch.empty(policy.N_OUT, **f32), torch.empty(b * l, **f32), torch.empty(b * l, **f32),
+            torch.empty(b, **f32))
 
 
 def _bwd_op(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, dlt: torch.Tensor, coef: torch.Tensor,
@@ -116,16 +147,16 @@ grpo_bwd_inplace_op = _define("medix::grpo_bwd_triton_", ("logits",), _bwd_inpla
 
 class _LeanGrpoLoss(torch.autograd.Function):
     @staticmethod
-    def forward(logits, ids, mask, advantages, old_logp, ref_logp, config, with_entropy, inplace):
+    def forward(logits, ids, mask, advantages, old_logp, ref_logp, config, with_entropy, inplace, rollout_logp):
         c = config
         return torch.ops.medix.grpo_fwd_triton(
             logits, ids, mask, advantages, old_logp, ref_logp, float(c.temperature), c.loss_type, float(c.clip_low),
             float(c.clip_high), None if c.dual_clip is None else float(c.dual_clip), c.kl, float(c.beta),
-            c.aggregation, c.max_len, bool(with_entropy))
+            c.aggregation, c.max_len, bool(with_entropy), *rollout_args(c, rollout_logp))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, ids, _, _, _, _, config, _, inplace = inputs
+        logits, ids, _, _, _, _, config, _, inplace, _ = inputs
         _, lse, dlt, coef = output
         ctx.save_for_backward(logits, ids, lse, dlt, coef)
         ctx.mark_non_differentiable(lse, dlt, coef)
@@ -139,14 +170,12 @@ class _LeanGrpoLoss(torch.autograd.Function):
             grad = logits
         else:
             grad = torch.ops.medix.grpo_bwd_triton(logits, ids, lse, dlt, coef, grad_out, ctx.temperature)
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
-def lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace: bool, return_entropy: bool):
+def lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace: bool, return_entropy: bool,
+                   rollout_logp=None):
     """(loss, stats) like grpo_loss, for validated inputs on the triton backend."""
     out = _LeanGrpoLoss.apply(logits, ids, mask, advantages, old_logp, ref_logp, config, return_entropy,
-                              inplace)[0]
-    stats = {name: out[i + 1].detach() for i, name in enumerate(STAT_NAMES)}
-    if not return_entropy:
-        del stats["entropy_mean"]
-    return out[0], stats
+                              inplace, rollout_logp)[0]
+    return out[0], stats_from_out(out, return_entropy, rollout_logp is not None)

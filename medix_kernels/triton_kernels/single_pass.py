@@ -12,7 +12,9 @@ in ``scale_unless_one_kernel``, whose programs read that scalar and touch the gr
 is not 1, so the usual backward moves no [T, V] bytes.
 
 Limits: GSPO's sequence ratio needs the whole sequence's log-probs before any token's loss, so
-"gspo" / "gspo_token" with old log-probs take the lean two-pass path. In place, the logits hold
+"gspo" / "gspo_token" with old log-probs take the lean two-pass path; so do the sequence-level
+rollout corrections and rollout_mask="reject" (grpo_loss.single_pass_takes). The token-level
+rollout weight is computed per row from its rollout log-prob (policy.rollout_weight). In place, the logits hold
 their gradient from the forward on (not from the backward on): only for logits nothing else reads.
 """
 from __future__ import annotations
@@ -63,11 +65,11 @@ def policy_weights_kernel(mask_ptr, coef_ptr, B, L, norm, AGG: tl.constexpr, BLO
 
 
 @triton.jit
-def grpo_row_kernel(logits_ptr, out_ptr, ids_ptr, mask_ptr, adv_ptr, old_ptr, ref_ptr, coef_ptr, logp_ptr, ent_ptr,
-                    V, L, stride_row, out_stride_row, adv_stride_b, adv_stride_l, inv_temp, scale, clip_low,
-                    clip_high, dual_clip, beta, WITH_ENTROPY: tl.constexpr, HAS_OLD: tl.constexpr,
-                    CISPO: tl.constexpr, DUAL_CLIP: tl.constexpr, KL: tl.constexpr, BLOCK_V: tl.constexpr,
-                    ACC: tl.constexpr, NUM_STAGES: tl.constexpr, EXP2: tl.constexpr):
+def grpo_row_kernel(logits_ptr, out_ptr, ids_ptr, mask_ptr, adv_ptr, old_ptr, ref_ptr, roll_ptr, coef_ptr, logp_ptr,
+                    ent_ptr, V, L, stride_row, out_stride_row, adv_stride_b, adv_stride_l, inv_temp, scale, clip_low,
+                    clip_high, dual_clip, beta, r_lower, r_cap, WITH_ENTROPY: tl.constexpr, HAS_OLD: tl.constexpr,
+                    CISPO: tl.constexpr, DUAL_CLIP: tl.constexpr, KL: tl.constexpr, ROLLOUT: tl.constexpr,
+                    BLOCK_V: tl.constexpr, ACC: tl.constexpr, NUM_STAGES: tl.constexpr, EXP2: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     b = row // L
     rows = row + tl.arange(0, 1)
@@ -130,8 +132,12 @@ def grpo_row_kernel(logits_ptr, out_ptr, ids_ptr, mask_ptr, adv_ptr, old_ptr, re
     else:
         rf = logp
     a = tl.load(adv_ptr + b * adv_stride_b + (row - b * L) * adv_stride_l).to(tl.float32)
+    w = 1.0
+    if ROLLOUT != "":  # a token-level rollout weight (the other corrections take the lean path)
+        lr = policy._log_rho(logp, od, tl.load(roll_ptr + row).to(tl.float32), m != 0.0, HAS_OLD)
+        w, _, _ = policy.rollout_weight(lr, 0.0, r_lower, r_cap, ROLLOUT, False)
     _, dl, _, _ = policy.token_terms(logp, od, rf, a, 0.0, clip_low, clip_high, dual_clip, beta, "token", CISPO,
-                                     DUAL_CLIP, KL)
+                                     DUAL_CLIP, KL, w)
     g_lp = tl.where(m != 0.0, m * dl * tl.load(coef_ptr + b), 0.0)
     # d logits of this row (read again: from L2 when the row is still there), zeros for a zero gradient
     out_base = out_ptr + row * out_stride_row
@@ -167,8 +173,10 @@ def scale_unless_one_kernel(x_ptr, g_ptr, n_cols, stride_row, BLOCK: tl.constexp
 
 def single_pass_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature: float, loss_type: str,
                     clip_low: float, clip_high: float, dual_clip: float | None, kl: str, beta: float, aggregation: str,
-                    max_len: int | None, with_entropy: bool, out=None, fwd_cfg=None):
-    """Validated [B, L, V] inputs (no GSPO ratio with old log-probs) -> (stats [6], d logits for an upstream
+                    max_len: int | None, with_entropy: bool, rollout_logp=None, rollout: str = "none",
+                    rollout_cap: float = 2.0, rollout_lower: float = 0.0, rollout_geometric: bool = True,
+                    rollout_reject: bool = False, out=None, fwd_cfg=None):
+    """Validated [B, L, V] inputs (grpo_loss.single_pass_takes) -> (stats [13], d logits for an upstream
     gradient of 1, in ``out``: a new tensor, or the logits themselves when ``out is logits``)."""
     from .grpo import loss_and_stats
     b, l, v = logits.shape
@@ -188,18 +196,22 @@ def single_pass_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperatu
     kl_name = kl if beta > 0 else ""
     old = old_logp.contiguous() if old_logp is not None else logp
     ref = ref_logp.contiguous() if kl_name else logp
+    roll = logp if rollout_logp is None else rollout_logp.contiguous()
     adv_b, adv_l = (advantages.stride(0), 0) if advantages.dim() == 1 else advantages.stride()
     inv_temp = 1.0 / float(temperature)
+    row_rollout = "" if rollout_logp is None or rollout == "none" else rollout
     _wrap(grpo_row_kernel)[(t,)](
-        x, y, ids.reshape(t).to(torch.int64).contiguous(), m, advantages, old, ref, coef, logp,
+        x, y, ids.reshape(t).to(torch.int64).contiguous(), m, advantages, old, ref, roll, coef, logp,
         ent if with_entropy else logp, v, l, x.stride(0), y.stride(0), adv_b, adv_l, inv_temp,
         inv_temp * _LOG2E if cfg.exp2 else inv_temp, float(clip_low), float(clip_high),
-        0.0 if dual_clip is None else float(dual_clip), float(beta), WITH_ENTROPY=bool(with_entropy),
-        HAS_OLD=old_logp is not None, CISPO=loss_type == "cispo", DUAL_CLIP=dual_clip is not None, KL=kl_name,
+        0.0 if dual_clip is None else float(dual_clip), float(beta), float(rollout_lower), float(rollout_cap),
+        WITH_ENTROPY=bool(with_entropy), HAS_OLD=old_logp is not None, CISPO=loss_type == "cispo",
+        DUAL_CLIP=dual_clip is not None, KL=kl_name, ROLLOUT=row_rollout,
         BLOCK_V=block, ACC=cfg.acc, NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2, num_warps=_warps(cfg.num_warps, block))
     stats, _, _ = loss_and_stats(logp, ent if with_entropy else None, m, advantages, old_logp, ref_logp, b, l,
                                  "token", loss_type, clip_low, clip_high, dual_clip, kl_name, beta, aggregation,
-                                 max_len)
+                                 max_len, (rollout_logp, rollout, rollout_cap, rollout_lower, rollout_geometric,
+                                           rollout_reject))
     return stats, y.view(logits.shape)
 
 
@@ -214,25 +226,31 @@ def scale_unless_one(grad, g) -> None:
 def _fwd_op(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
             old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, temperature: float, loss_type: str,
             clip_low: float, clip_high: float, dual_clip: float | None, kl: str, beta: float, aggregation: str,
-            max_len: int | None, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            max_len: int | None, with_entropy: bool, rollout_logp: torch.Tensor | None, rollout: str,
+            rollout_cap: float, rollout_lower: float, rollout_geometric: bool,
+            rollout_reject: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return single_pass_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature, loss_type, clip_low,
-                           clip_high, dual_clip, kl, beta, aggregation, max_len, with_entropy)
+                           clip_high, dual_clip, kl, beta, aggregation, max_len, with_entropy, rollout_logp, rollout,
+                           rollout_cap, rollout_lower, rollout_geometric, rollout_reject)
 
 
 def _fwd_fake(logits, *args):
-    return torch.empty(6, dtype=torch.float32, device=logits.device), torch.empty_like(logits)
+    return torch.empty(policy.N_OUT, dtype=torch.float32, device=logits.device), torch.empty_like(logits)
 
 
 def _fwd_inplace_op(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
                     old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, temperature: float, loss_type: str,
                     clip_low: float, clip_high: float, dual_clip: float | None, kl: str, beta: float,
-                    aggregation: str, max_len: int | None, with_entropy: bool) -> torch.Tensor:
+                    aggregation: str, max_len: int | None, with_entropy: bool, rollout_logp: torch.Tensor | None,
+                    rollout: str, rollout_cap: float, rollout_lower: float, rollout_geometric: bool,
+                    rollout_reject: bool) -> torch.Tensor:
     return single_pass_fwd(logits, ids, mask, advantages, old_logp, ref_logp, temperature, loss_type, clip_low,
-                           clip_high, dual_clip, kl, beta, aggregation, max_len, with_entropy, out=logits)[0]
+                           clip_high, dual_clip, kl, beta, aggregation, max_len, with_entropy, rollout_logp, rollout,
+                           rollout_cap, rollout_lower, rollout_geometric, rollout_reject, out=logits)[0]
 
 
 def _fwd_inplace_fake(logits, *args):
-    return torch.empty(6, dtype=torch.float32, device=logits.device)
+    return torch.empty(policy.N_OUT, dtype=torch.float32, device=logits.device)
 
 
 def _scale_op(grad: torch.Tensor, g: torch.Tensor) -> None:
@@ -246,11 +264,12 @@ scale_op = _define("medix::scale_unless_one_triton_", ("grad",), _scale_op, lamb
 
 class _SinglePassGrpoLoss(torch.autograd.Function):
     @staticmethod
-    def forward(logits, ids, mask, advantages, old_logp, ref_logp, config, with_entropy, inplace):
+    def forward(logits, ids, mask, advantages, old_logp, ref_logp, config, with_entropy, inplace, rollout_logp):
+        from .grpo import rollout_args
         c = config
         args = (logits, ids, mask, advantages, old_logp, ref_logp, float(c.temperature), c.loss_type,
                 float(c.clip_low), float(c.clip_high), None if c.dual_clip is None else float(c.dual_clip), c.kl,
-                float(c.beta), c.aggregation, c.max_len, bool(with_entropy))
+                float(c.beta), c.aggregation, c.max_len, bool(with_entropy), *rollout_args(c, rollout_logp))
         if inplace:  # the logits receive their gradient now; saved as such below
             return torch.ops.medix.grpo_single_triton_(*args), None
         return torch.ops.medix.grpo_single_triton(*args)
@@ -266,16 +285,13 @@ class _SinglePassGrpoLoss(torch.autograd.Function):
     def backward(ctx, grad_out, *unused):
         (grad,) = ctx.saved_tensors
         torch.ops.medix.scale_unless_one_triton_(grad, grad_out.float().contiguous())
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def single_pass_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace: bool,
-                          return_entropy: bool):
-    """(loss, stats) like grpo_loss, for validated inputs on the triton backend (no GSPO ratio with old log-probs)."""
-    from .grpo import STAT_NAMES
+                          return_entropy: bool, rollout_logp=None):
+    """(loss, stats) like grpo_loss, for validated inputs on the triton backend (grpo_loss.single_pass_takes)."""
+    from .grpo import stats_from_out
     out = _SinglePassGrpoLoss.apply(logits, ids, mask, advantages, old_logp, ref_logp, config, return_entropy,
-                                    inplace)[0]
-    stats = {name: out[i + 1].detach() for i, name in enumerate(STAT_NAMES)}
-    if not return_entropy:
-        del stats["entropy_mean"]
-    return out[0], stats
+                                    inplace, rollout_logp)[0]
+    return out[0], stats_from_out(out, return_entropy, rollout_logp is not None)
