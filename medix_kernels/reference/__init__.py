@@ -6,5 +6,8 @@ from .policy_loss import (  # noqa: F401
     grpo_loss,
     kl_penalty,
     policy_loss,
+    rollout_log_ratio,
+    rollout_stats,
+    rollout_weights,
     selective_log_softmax,
 )
