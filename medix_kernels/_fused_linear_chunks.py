@@ -2,17 +2,19 @@
 the weight-gradient accumulation modes, and the peak-memory formula of one forward + backward.
 
 Chunk size. Each chunk reads the whole weight W [V, H] twice (logits = h W^T, d h = dZ W) and
-reads + writes the float32 d W once (d W += dZ^T h): 12 V H bytes per chunk in bf16, whatever its
-size, for 6 c V H FLOPs. With c = 96 tokens (the old 32 MB GPU budget at V = 152,064) that is
-~8 FLOP per byte, far below a GPU's ridge point (H200: ~190 FLOP/B); with c = H = 4,096 it is
-~1,100. On a GPU the default chunk therefore holds as many bytes of logits as the weight itself
-(c V s <= V H s, i.e. c = H tokens; ``weight-x1``), never fewer than 2,048 tokens (a GEMM
-whose K or M is 2,048 or more keeps the tensor cores busy), rounded down to a multiple of 128
-and balanced over the tokens (T = 5,000 at c = 4,096: two chunks of 2,512, not 4,096 + 904).
+reads + writes the float32 d W once (d W += dZ^T h): 12 V H bytes per chunk in bf16 whatever its
+size (20 V H with a fp32 temporary), plus ~12 c V bytes of logits traffic, for 6 c V H FLOPs.
+With c = 96 tokens and the temporary (the old 32 MB GPU budget at V = 152,064, H = 4,096) that
+is ~28 FLOP per byte, far below a GPU's ridge point (H200: ~190 FLOP/B); with c = H = 4,096
+and d W accumulated in the GEMM it is ~1,000. On a GPU the default chunk therefore holds as
+many bytes of logits as the weight itself (c V s <= V H s, i.e. c = H tokens; ``weight-x1``),
+never fewer than 2,048 tokens (a GEMM whose K or M is 2,048 or more keeps the tensor cores
+busy), rounded down to a multiple of 128 and balanced over the tokens (T = 5,000 at c = 4,096:
+two chunks of 2,512, not 4,096 + 904).
 Why the weight's size: for a bf16 weight the backward anyway holds the fp32 d W and its bf16 copy
 (6 V H bytes) at once, so a chunk of logits no larger than the weight never raises the peak
 above that (see ``peak_bytes``). On the CPU the chunk stays small (12 MB of logits: 64 tokens
-of a 49,152-word vocabulary in fp32), where oneDNN keeps its speed and the cache holds a chunk.
+of a 49,152-word vocabulary in fp32), where oneDNN keeps its speed.
 
 Accumulating d W in float32 (``ACCUMULATE``):
 - ``in-gemm``: ``torch.addmm(dW, dZ^T, h, out_dtype=torch.float32, out=dW)``: one cuBLAS GEMM

@@ -13,14 +13,16 @@ autograd graph spans the chunks. The autograd backward only hands the stored gra
 sequence's mean log-ratio: one extra forward-only pass computes it.
 
 Chunk size and d W accumulation: _fused_linear_chunks (named configurations; ``chunk_size`` takes
-a token count or one of their names). On a GPU a chunk holds as many bytes of logits as the weight
-(H tokens, at least 2,048); on the CPU 12 MB of logits.
+a token count or one of their names; docs/fused_linear.md). On a GPU a chunk holds as many bytes
+of logits as the weight (H tokens, at least 2,048); on the CPU 12 MB of logits.
 
-Peak extra memory of one forward + backward (``_fused_linear_chunks.peak_bytes``; s = bytes per
-element of the hidden dtype, c = tokens per chunk; checked on the CPU by tests/test_fused_linear_memory.py):
-    4 V H (fp32 d W) + T H s (d hidden) + max(c V s (+ 4 c (V + H) on the CPU in bf16), V H s (the
-    bf16 copy of d W handed back)) + O(T)
-At T = 8,192, V = 152,064, H = 4,096 in bf16 on a GPU: 2.49 + 0.07 + max(1.25, 1.25) GB = 3.8 GB.
+Peak extra memory of one forward + backward (``_fused_linear_chunks.peak_bytes`` has every term;
+s = bytes per element, c = tokens per chunk; measured on the CPU by
+tests/test_fused_linear_memory.py):
+    4 V H (fp32 d W) + T H s (d hidden) + max(c V s + [CPU, bf16: 4 c (V + H) of fp32 copies],
+                                              V H s: the bf16 d W handed back) + O(T)
+At T = 8,192, V = 152,064, H = 4,096, bf16, GPU (c = 4,096): 2,376 + 64 + max(1,188, 1,188) MiB
+= 3,628 MiB (the old 96-token chunks with a fp32 [V, H] temporary: 4,844 MiB, as measured).
 """
 from __future__ import annotations
 
