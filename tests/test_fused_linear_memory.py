@@ -7,7 +7,7 @@ import torch
 import medix_kernels as mk
 from benchmarks.memory import allocator_peak_extra
 from medix_kernels._fused_linear_chunks import peak_bytes
-from medix_kernels.fused_linear import _resolve_chunk
+from medix_kernels.fused_linear import _resolve_chunk, default_chunk_size
 from tests.test_fused_linear import batch
 
 # oneDNN's scratch while a chunk's logits are computed (measured 26-260 KB), not in the formula
@@ -55,3 +55,20 @@ def test_peak_memory_grows_with_the_chunk_not_the_tokens():
         return allocator_peak_extra(step)[0]
     grown = peak(8) - peak(4)
     assert 4 * L * H * 4 <= grown <= 4 * L * H * 4 + 64 * 4 * L + SCRATCH, grown
+
+
+def test_formula_reproduces_the_h200_measurement():
+    """The old GPU configuration (96-token chunks, a fp32 [V, H] temporary per chunk) as measured by
+    the allocator on the H200 (benchmarks/results/h200-2026-12-04.csv), and what the new default
+    needs at the same shape (below Liger's 4,832 MB measured there)."""
+    import csv
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-2026-12-04.csv"
+    with open(path, newline="") as fh:
+        rows = {r["impl"]: r for r in csv.DictReader(fh) if r["op"] == "fused_linear_grpo_loss"}
+    t, v, h = 8192, 152064, 4096
+    old = peak_bytes(t, v, h, torch.bfloat16, 96, device="cuda", accumulate="temp")
+    assert abs(old["peak"] / 2**20 - float(rows["medix-triton"]["peak_mem_MB"])) < 2
+    new = peak_bytes(t, v, h, torch.bfloat16, default_chunk_size(v, h, torch.bfloat16, "cuda", tokens=t),
+                     device="cuda", accumulate="in-gemm")
+    assert new["peak"] / 2**20 < 0.8 * float(rows["liger-chunked"]["peak_mem_MB"])
