@@ -10,7 +10,10 @@ whatever the input dtype, into one preallocated fp32 [V, H] accumulator (on a GP
 GEMM itself: no [V, H] temporary per chunk). One chunk of logits is alive at a time, and no
 autograd graph spans the chunks. The autograd backward only hands the stored gradients over
 (cast to the weight's dtype; scaled if grad_loss != 1). GSPO with an old policy first needs each
-sequence's mean log-ratio: one extra forward-only pass computes it.
+sequence's mean log-ratio: one extra forward-only pass computes it. So does a rollout correction
+whose weights need other tokens' log-probs (sequence level, or rejecting tokens: the aggregation
+weights change) when no old log-probs are given; with old log-probs, or at token level, the
+correction costs no extra pass (the weights come from old_logp up front, or per chunk).
 
 Chunk size and d W accumulation: _fused_linear_chunks (named configurations; ``chunk_size`` takes
 a token count or one of their names; docs/fused_linear.md). On a GPU a chunk holds as many bytes
@@ -31,9 +34,16 @@ import torch
 from . import reference
 from ._backend import resolve_backend
 from ._fused_linear_chunks import ACCUMULATE, CHUNK_CONFIGS, accumulate_mode, chunk_rows, default_config
-from ._policy_math import per_token_terms, token_stats, token_weights
+from ._policy_math import (
+    per_token_terms,
+    rollout_log_ratio,
+    rollout_stats,
+    rollout_weights,
+    token_stats,
+    token_weights,
+)
 from .grpo_loss import check_loss_inputs
-from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
+from .loss_config import ROLLOUT_STATS, SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import _ops
 
 
@@ -138,32 +148,82 @@ def _d_hidden_(dz, weight, out):
         torch.mm(dz, weight, out=out)
 
 
-def _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, config, backend, chunk):
-    """The flat per-token vectors of the loss: weights, advantages, old / reference log-probs, and
-    GSPO's per-sequence log-ratio (one forward-only pass, when it needs one)."""
+def _needs_all_logp(config, old_logp, rollout_logp) -> bool:
+    """Whether the loss needs every token's log-prob before the first chunk's gradient: GSPO's sequence
+    ratio with old log-probs, or (no old log-probs) a sequence-level or rejecting rollout correction."""
+    if config.loss_type in SEQUENCE_RATIO_TYPES and old_logp is not None:
+        return True
+    per_token = config.rollout_correction.startswith("token") and config.rollout_mask == "weight"
+    return rollout_logp is not None and old_logp is None and not (per_token or config.rollout_correction == "none")
+
+
+def _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, rollout_logp, config, backend, chunk):
+    """The flat per-token vectors of the loss: weights, advantages, old / reference log-probs, GSPO's
+    per-sequence log-ratio and the rollout correction's weights (one forward-only pass, when it needs
+    one; the token-level rollout weights without old log-probs are left to the chunks: "log_rho" None)."""
     b, l = ids.shape
     t = b * l
     adv_bl = adv.float() if adv.dim() == 2 else adv.float()[:, None]
-    tok = {"w": token_weights(mask, config).reshape(t), "adv": adv_bl.expand(b, l).reshape(t),
-           "old": None if old_logp is None else old_logp.float().reshape(t),
-           "ref": None if ref_logp is None else ref_logp.float().reshape(t), "seq": None}
-    if config.loss_type in SEQUENCE_RATIO_TYPES and tok["old"] is not None:
+    tok = {"adv": adv_bl.expand(b, l).reshape(t), "old": None if old_logp is None else old_logp.float().reshape(t),
+           "ref": None if ref_logp is None else ref_logp.float().reshape(t), "seq": None, "mask": mask.reshape(t),
+           "roll": None if rollout_logp is None else rollout_logp.reshape(t), "log_rho": None, "isw": None,
+           "keep": None, "inside": None}
+    logp_all = None
+    if _needs_all_logp(config, old_logp, rollout_logp):
         logp_all, _ = _chunked_logp(h, weight, bias, ids.reshape(t), config.temperature, backend, chunk)
+    if config.loss_type in SEQUENCE_RATIO_TYPES and tok["old"] is not None:
         m = mask.float()
         seq = (((logp_all.view(b, l) - tok["old"].view(b, l)) * m).sum(-1, keepdim=True)
                / m.sum(-1, keepdim=True).clamp_min(1))
         tok["seq"] = seq.expand(b, l).reshape(t)
+    train = tok["old"] if tok["old"] is not None else logp_all
+    if rollout_logp is not None and train is not None:  # the rollout weights up front
+        log_rho = rollout_log_ratio(train.view(b, l), rollout_logp, mask)
+        isw, keep, inside = rollout_weights(log_rho, mask, config)
+        tok.update(log_rho=log_rho.reshape(t), isw=None if isw is None else isw.reshape(t),
+                   keep=None if keep is None else keep.reshape(t), inside=inside.reshape(t))
+    elif rollout_logp is not None:  # token-level weights, from each chunk's log-probs
+        tok.update(log_rho=None, isw_buf=torch.ones(t, device=h.device),
+                   lr_buf=torch.empty(t, device=h.device), in_buf=torch.empty(t, dtype=torch.bool, device=h.device))
+    tok["w"] = token_weights(mask if tok["keep"] is None else mask * tok["keep"].view(b, l), config).reshape(t)
     return tok
+
+
+def _chunk_rollout_weight(lp, tok, s, e, config):
+    """The rollout weights of tokens s:e (None: none), computed here from their log-probs when they were not
+    known up front."""
+    if tok["roll"] is None:
+        return None
+    if tok["log_rho"] is not None:
+        return None if tok["isw"] is None else tok["isw"][s:e]
+    lr = rollout_log_ratio(lp, tok["roll"][s:e], tok["mask"][s:e])
+    isw, _, inside = rollout_weights(lr, tok["mask"][s:e], config)
+    tok["lr_buf"][s:e] = lr
+    tok["in_buf"][s:e] = inside
+    if isw is not None:
+        tok["isw_buf"][s:e] = isw
+    return isw
+
+
+def _rollout_stats(tok, b, l, mask) -> dict:
+    if tok["roll"] is None:
+        return {}
+    if tok["log_rho"] is not None:
+        isw, keep = tok["isw"], tok["keep"]
+        return rollout_stats(tok["log_rho"].view(b, l), None if isw is None else isw.view(b, l),
+                             None if keep is None else keep.view(b, l), tok["inside"].view(b, l), mask)
+    return rollout_stats(tok["lr_buf"].view(b, l), tok["isw_buf"].view(b, l), None, tok["in_buf"].view(b, l), mask)
 
 
 def _chunk_loss(lp, tok, s, e, config):
     """(loss, d loss / d logp, ratio, KL) of tokens s:e from their log-probs."""
     def part(x):
         return None if x is None else x[s:e]
+    is_weight = _chunk_rollout_weight(lp, tok, s, e, config)
     with torch.enable_grad():
         lp = lp.requires_grad_(True)
         per_tok, ratio, kl = per_token_terms(lp, part(tok["old"]), part(tok["ref"]), tok["adv"][s:e], config,
-                                             part(tok["seq"]))
+                                             part(tok["seq"]), is_weight)
         chunk_loss = (per_tok * tok["w"][s:e]).sum()
         (g_lp,) = torch.autograd.grad(chunk_loss, lp)
     return chunk_loss.detach(), g_lp, ratio, kl
@@ -171,13 +231,13 @@ def _chunk_loss(lp, tok, s, e, config):
 
 class _FusedLinearGRPOLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, mask, adv, old_logp, ref_logp, config, chunk, backend, with_entropy,
-                accumulate):
+    def forward(ctx, hidden, weight, bias, ids, mask, adv, old_logp, ref_logp, rollout_logp, config, chunk, backend,
+                with_entropy, accumulate):
         b, l, hdim = hidden.shape
         t = b * l
         h = hidden.reshape(t, hdim)
         flat_ids = ids.reshape(t)
-        tok = _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, config, backend, chunk)
+        tok = _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, rollout_logp, config, backend, chunk)
         fwd, _, bwd_inplace = _ops(backend)
         add_dw = ACCUMULATE[accumulate_mode(accumulate, weight.device, weight.dtype)]
         grad_h = torch.empty_like(h, memory_format=torch.contiguous_format)
@@ -209,6 +269,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         stats = token_stats(ratio_all.view(b, l), None if kl_all is None else kl_all.view(b, l),
                             tok["adv"].view(b, l), mask, config, None if ent_all is None else ent_all.view(b, l))
+        stats.update(_rollout_stats(tok, b, l, mask))
         names = sorted(stats)
         ctx.mark_non_differentiable(*[stats[k] for k in names])
         ctx.stat_names = names
@@ -227,13 +288,14 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             gh = (grad_h * grad_loss.to(grad_h.dtype)).view(hidden_shape)
             gw = (grad_w * grad_loss).to(w_dtype)
             gb = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
-        return gh, gw, gb, None, None, None, None, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                            advantages: torch.Tensor, *, lm_head_bias: torch.Tensor | None = None,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           config: LossConfig = LossConfig(), chunk_size: int | str | None = None,
+                           rollout_logp: torch.Tensor | None = None, config: LossConfig = LossConfig(),
+                           chunk_size: int | str | None = None,
                            return_entropy: bool = False, backend: str = "auto"):
     """grpo_loss from the last hidden states [B, L, H] and the LM head [V, H] (+ bias [V]).
 
@@ -243,23 +305,26 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     device's default (CPU: 12 MB of logits, 64 tokens at V = 49,152 in fp32; GPU: ``weight-x1``,
     a chunk of logits as large as the weight, H tokens, at least 2,048). Smaller chunks hold less
     memory but re-read W and read + write the fp32 d W once per chunk.
+    rollout_logp: the rollout engine's log-probs, as in grpo_loss (the correction and its stats).
     Returns (loss, stats) like grpo_loss.
     """
     op = "fused_linear_grpo_loss"
     _check(hidden, lm_head_weight, ids, lm_head_bias, op)
-    check_loss_inputs(tuple(ids.shape), hidden.device, mask, advantages, old_logp, ref_logp, config, op)
+    check_loss_inputs(tuple(ids.shape), hidden.device, mask, advantages, old_logp, ref_logp, config, op,
+                      rollout_logp=rollout_logp)
     _check_chunk_size(chunk_size, op)
     backend = resolve_backend(backend, hidden, op)
     if backend == "torch" or hidden.dtype == torch.float64:
         loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
                                                        bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
-                                                       config=config)
+                                                       rollout_logp=rollout_logp, config=config)
         return loss, stats
     chunk, accumulate = _resolve_chunk(chunk_size, ids.numel(), lm_head_weight, hidden.dtype, hidden.device)
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
-                                     ref_logp, config, chunk, backend, bool(return_entropy), accumulate)
+                                     ref_logp, rollout_logp, config, chunk, backend, bool(return_entropy), accumulate)
     names = sorted(["clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"]
-                   + (["entropy_mean"] if return_entropy else []))
+                   + (["entropy_mean"] if return_entropy else [])
+                   + (list(ROLLOUT_STATS) if rollout_logp is not None else []))
     return out[0], dict(zip(names, out[1:]))
 
 

@@ -256,6 +256,67 @@ def test_stats_by_hand():
     assert lp.shape == (1, 3)
 
 
+# --- fused linear: the same loss from hidden states ----------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("style", ["weight", "reject"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_equals_plain_path_with_the_correction(mode, style, dtype):
+    """fused_linear_grpo_loss (chunked, cpu) against grpo_loss on the full logits (cpu), both corrected: loss,
+    stats, d hidden, d W; with and without old log-probs (without them a sequence-level or rejecting
+    correction takes the extra forward-only pass), GSPO's sequence ratio included."""
+    gen = torch.Generator().manual_seed(9)
+    b, l, hd, v = 3, 7, 16, 41
+    hidden = torch.randn(b, l, hd, generator=gen).to(dtype)
+    weight = (torch.randn(v, hd, generator=gen) * 0.4).to(dtype)
+    ids = torch.randint(0, v, (b, l), generator=gen)
+    mask = torch.rand(b, l, generator=gen) > 0.2
+    mask[2] = False
+    adv = torch.randn(b, generator=gen)
+    lp = ref.selective_log_softmax(hidden.float() @ weight.float().t(), ids)
+    roll = lp + 0.3 * torch.randn(b, l, generator=gen)
+    roll[~mask] = float("nan")
+    old = lp + 0.1 * torch.randn(b, l, generator=gen)
+    for loss_type, o in (("grpo", None), ("gspo", old), ("dapo", old)):
+        cfg = mk.LossConfig(loss_type=loss_type, beta=0.05, rollout_correction=mode, rollout_mask=style,
+                            rollout_is_cap=1.3, rollout_is_lower=0.7)
+        h1 = hidden.clone().requires_grad_(True)
+        w1 = weight.clone().requires_grad_(True)
+        l1, s1 = mk.fused_linear_grpo_loss(h1, w1, ids, mask, adv, old_logp=o, ref_logp=lp, rollout_logp=roll,
+                                           config=cfg, chunk_size=4, backend="cpu")
+        h2 = hidden.clone().requires_grad_(True)
+        w2 = weight.clone().requires_grad_(True)
+        l2, s2 = mk.grpo_loss(h2 @ w2.t(), ids, mask, adv, old_logp=o, ref_logp=lp, rollout_logp=roll, config=cfg,
+                              backend="cpu")
+        what = f"{loss_type} {mode} {style} {dtype}"
+        torch.testing.assert_close(l1, l2, **tol("fused_linear", dtype), msg=what)
+        assert sorted(s1) == sorted(s2), what
+        for k in s2:
+            torch.testing.assert_close(s1[k], s2[k], **tol("fused_linear", dtype), msg=k + what)
+        g1 = torch.autograd.grad(l1, [h1, w1])
+        g2 = torch.autograd.grad(l2, [h2, w2])
+        for a, c in zip(g1, g2):
+            torch.testing.assert_close(a.float(), c.float(), **tol("fused_linear", dtype), msg=what)
+    cfg = cfg.replace(beta=0.0)
+    lt, _ = mk.fused_linear_grpo_loss(hidden.float(), weight.float(), ids, mask, adv, rollout_logp=roll, config=cfg,
+                                      backend="torch")
+    lc, _ = mk.fused_linear_grpo_loss(hidden.float(), weight.float(), ids, mask, adv, rollout_logp=roll, config=cfg,
+                                      chunk_size=5, backend="cpu")
+    torch.testing.assert_close(lc, lt, **tol("fused_linear", torch.float32))
+
+
+def test_fused_linear_refuses_bad_rollout_logp():
+    hidden, weight = torch.randn(2, 3, 8), torch.randn(11, 8)
+    ids, mask, adv = torch.randint(0, 11, (2, 3)), torch.ones(2, 3, dtype=torch.bool), torch.randn(2)
+    cfg = mk.LossConfig(rollout_correction="sequence_mask")
+    with pytest.raises(ValueError, match="fused_linear_grpo_loss: 'rollout_logp' .* is required"):
+        mk.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, config=cfg)
+    with pytest.raises(ValueError, match="fused_linear_grpo_loss: 'rollout_logp' must be a float tensor"):
+        mk.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, rollout_logp=torch.zeros(2, 4), config=cfg)
+    with pytest.raises(ValueError, match="'rollout_logp' must not be NaN where the mask is 1"):
+        mk.fused_linear_grpo_loss(hidden, weight, ids, mask, adv, rollout_logp=torch.full((2, 3), float("nan")),
+                                  config=cfg)
+
+
 # --- bad input: one error naming the argument or field, before any kernel ----------------------------
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_bad_rollout_logp_is_refused(backend):
@@ -346,6 +407,20 @@ TRITON = """
             assert "'rollout_logp' must not be NaN where the mask is 1" in str(exc)
         assert torch.isnan(mk.grpo_loss(logits, ids, mask, adv, rollout_logp=bad, config=cfg, validate=False,
                                         backend="triton")[0])
+    # fused linear on the triton backend (its log-prob kernels), corrected, equals the plain reference
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(3, 5, 16, generator=g).requires_grad_(True)
+    w = (torch.randn(37, 16, generator=g) * 0.3).requires_grad_(True)
+    for cfg in (mk.LossConfig(rollout_correction="token_truncate"),
+                mk.LossConfig(rollout_correction="sequence_mask", rollout_mask="reject", rollout_is_cap=1.2)):
+        l1, s1 = mk.fused_linear_grpo_loss(h, w, ids, mask, adv, rollout_logp=roll, config=cfg, chunk_size=4,
+                                           backend="triton")
+        l2, s2 = ref.fused_linear_grpo_loss(h, w, ids, mask, adv, rollout_logp=roll, config=cfg)
+        torch.testing.assert_close(l1, l2, **tol("fused_linear", torch.float32))
+        for k in s2:
+            torch.testing.assert_close(s1[k], s2[k], **tol("fused_linear", torch.float32), msg=k)
+        for a, c in zip(torch.autograd.grad(l1, [h, w]), torch.autograd.grad(l2, [h, w])):
+            torch.testing.assert_close(a, c, **tol("fused_linear", torch.float32))
     print("ROLLOUT-TRITON-OK")
 """
 
