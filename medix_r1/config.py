@@ -126,6 +126,10 @@ class RolloutSection:
     server_sync_port: int = _f(0, "engine=server: port of the trainer's weight-sync store (0 = a free one)")
     server_sync_bucket_mb: float = _f(0.0, "engine=server: pack same-dtype tensors into broadcasts of up to this "
                                       "many MiB (0 = one broadcast per parameter)")
+    vllm_server_logprobs_mode: str = _f("raw_logprobs", "engine=vllm-server: the --logprobs-mode `vllm serve` was "
+                                        "started with; 'processed_logprobs' (the sampling distribution's, after "
+                                        "temperature) is what loss.rollout_correction and the rollout/* mismatch "
+                                        "metrics need (the trainer cannot ask the server which it is)")
 
 
 @dataclass
@@ -158,6 +162,12 @@ class LossSection:
                           "or 'auto': the loss type's own (dr_grpo: seq-mean-token-sum-norm; gspo, gspo_token: "
                           "seq-mean-token-mean; the others token-mean)")
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
+    rollout_correction: str = _f("none", "importance sampling for the rollout engine's mismatch, from its sampling "
+                                 "log-probs (docs/rollout_correction.md): none, token_truncate / sequence_truncate "
+                                 "(TIS: weight min(max(rho, lower), cap)), token_mask / sequence_mask (MIS: weight 0 "
+                                 "outside [lower, cap]); a sequence's rho is exp(mean log-ratio)")
+    rollout_is_cap: float = _f(2.0, "upper bound of the rollout importance weight (> 1)")
+    rollout_is_lower: float = _f(0.0, "lower bound of the rollout importance weight (in [0, 1); 0 = none)")
 
 
 @dataclass

@@ -10,7 +10,13 @@ import math
 
 from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
 from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
-from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPE_AGGREGATION, LOSS_TYPES
+from medix_kernels.loss_config import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    LOSS_TYPE_AGGREGATION,
+    LOSS_TYPES,
+    ROLLOUT_CORRECTIONS,
+)
 from medix_r1.data.records import FIELDS as RECORD_FIELDS
 from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
 from medix_r1.rewards import MODALITY_TAGS
@@ -26,12 +32,14 @@ CHOICES = {
     "data.on_malformed": ("fail", "skip"),
     "rollout.engine": tuple(ROLLOUT_ENGINES),
     "rollout.server_sync_backend": ("auto", "gloo", "nccl"),
+    "rollout.vllm_server_logprobs_mode": ("raw_logprobs", "processed_logprobs"),
     "algorithm.advantage_mode": tuple(ADVANTAGE_MODES),
     "algorithm.advantage_scale": tuple(ADVANTAGE_SCALES),
     "loss.impl": LOSS_IMPLS,
     "loss.loss_type": LOSS_TYPES,
     "loss.kl": KL_ESTIMATORS,
     "loss.aggregation": ("auto",) + AGGREGATIONS,
+    "loss.rollout_correction": ROLLOUT_CORRECTIONS,
     "optim.schedule": ("constant", "linear", "cosine"),
     "optim.optimizer": OPTIMIZERS,
     "data.prompt_template": tuple(PROMPT_TEMPLATES),
@@ -67,6 +75,8 @@ RANGES = {
     "loss.clip_high": (0.0, None),
     "loss.beta": (0.0, None),
     "loss.chunk_size": (0, None),
+    "loss.rollout_is_cap": (1.0, None, True),
+    "loss.rollout_is_lower": (0.0, 1.0, False, True),
     "optim.lr": (0.0, 1.0, True),
     "optim.weight_decay": (0.0, None),
     "optim.beta1": (0.0, 1.0),
@@ -95,6 +105,8 @@ RANGES = {
 REASONS = {
     "rollout.n": "the samples of a prompt form its group, and with one sample every group advantage is 0",
     "loss.clip_low": "the ratio is clipped below at 1 - clip_low, which must stay positive",
+    "loss.rollout_is_cap": "a weight capped at or below 1 could only shrink every token's update",
+    "loss.rollout_is_lower": "a lower bound of 1 or more would leave no ratio below it",
 }
 
 
@@ -171,6 +183,12 @@ def validate(cfg) -> None:
         raise ValueError(f"loss.aggregation={l.aggregation} with loss.loss_type=dr_grpo: Dr. GRPO is defined by its "
                          "constant normaliser (seq-mean-token-sum-norm; 'auto' selects it); for that aggregation "
                          "with GRPO's name use loss.loss_type=grpo")
+    if l.rollout_correction != "none" and r.engine == "vllm-server" and \
+            r.vllm_server_logprobs_mode != "processed_logprobs":
+        raise ValueError(f"loss.rollout_correction={l.rollout_correction} needs the engine's log-probs of the sampling "
+                         "distribution (after temperature), which rollout.engine=vllm-server returns only when `vllm "
+                         "serve` runs with --logprobs-mode processed_logprobs: start it so and set "
+                         "rollout.vllm_server_logprobs_mode=processed_logprobs, or set loss.rollout_correction=none")
     if l.dual_clip != 0 and l.dual_clip <= 1:
         raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
     if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:

@@ -21,7 +21,7 @@ SHARED = {
     "rollout.top_p": 1.0, "rollout.max_model_len": 8448, "rollout.gpu_memory_utilization": 0.6,
     "rollout.val_n": 1, "rollout.val_temperature": 0.6, "rollout.val_top_p": 0.95,
     "algorithm.advantage_mode": "grpo", "algorithm.advantage_scale": "group", "algorithm.advantage_eps": 1e-6,
-    "loss.impl": "fused", "loss.dual_clip": 3.0, "loss.kl": "k3",
+    "loss.impl": "fused", "loss.dual_clip": 3.0, "loss.kl": "k3", "loss.rollout_correction": "none",
     "optim.lr": 1e-6, "optim.weight_decay": 0.01, "optim.beta1": 0.9, "optim.beta2": 0.999, "optim.grad_clip": 1.0,
     "optim.schedule": "constant", "optim.warmup_steps": 0, "optim.updates_per_step": 1,
     "optim.mini_batch_size": 640, "optim.micro_batch_size": 2,

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from medix_r1.models import resolve_model_dir
 from medix_r1.train.batch import make_batch, slice_batch
-from medix_r1.train.policy import load_model, policy_hidden, policy_loss
+from medix_r1.train.policy import load_model, policy_hidden, policy_loss, sequence_logp
 from medix_r1.train.shared_prompt import prompt_groups, worth_sharing
 
 
@@ -84,9 +84,10 @@ def test_a_training_step_is_the_same_with_and_without_sharing(model):
     for share in (False, True):
         model.zero_grad(set_to_none=True)
         model.medix_share_prompts = share
-        loss, _, raw = policy_loss(model, batch, adv, None, None, cfg, "fused", 0)
+        loss, _ = policy_loss(model, batch, adv, None, None, cfg, "fused", 0)
         loss.backward()
-        out[share] = (float(loss.detach()), raw.detach() * batch["mask"], model.lm_head.weight.grad.clone())
+        logp = sequence_logp(model, batch, 1.0, micro=len(prompts))  # the same forward, no grad
+        out[share] = (float(loss.detach()), logp, model.lm_head.weight.grad.clone())
     assert abs(out[True][0] - out[False][0]) < 1e-5
     torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[True][2], out[False][2], atol=1e-5, rtol=1e-4)

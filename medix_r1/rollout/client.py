@@ -13,6 +13,7 @@ import time
 import torch
 
 from medix_r1.rollout.types import RolloutOutOfMemory, Rollouts, RolloutServerError, is_oom, sample_seed
+from medix_r1.rollout.vllm_engine import SAMPLING_LOGPROBS
 from medix_r1.rollout.weight_sync import (
     TOKEN_ENV,
     TRAINER_RANK,
@@ -51,7 +52,8 @@ class ServerRollout:
 
     Same interface as :class:`VllmRollout`: ``generate`` sends the prompts' token ids with the same
     per-request seeds (:func:`sample_seed`) and builds the same :class:`Rollouts` from the sampled
-    ids, raw log-probs, texts and finish reasons; ``sync(model)`` pushes the policy's weights. The
+    ids, their log-probs (the sampling distribution's, ``sampling_logprobs``), texts and finish
+    reasons; ``sync(model)`` pushes the policy's weights. The
     weights travel over a standalone torch.distributed group between the trainer (rank 0, which
     hosts the ``TCPStore``) and the server (rank 1), set up on the first ``sync``: ``gloo`` for CPU
     weights, ``nccl`` (vLLM's PyNcclCommunicator) for CUDA ones. HTTP only carries the names,
@@ -70,6 +72,8 @@ class ServerRollout:
         self.version = None      # (instance, weights_version) the server holds after our last sync
         self.last_sync: dict = {}
         self.info = self._request("GET", "/health", timeout=min(self.timeout, 10.0))
+        # the sampling distribution's log-probs (a server from before they were asked for returns raw ones)
+        self.sampling_logprobs = self.info.get("logprobs_mode") == SAMPLING_LOGPROBS
         if int(self.info.get("max_model_len", 0)) < cfg.max_model_len:
             raise RolloutServerError(
                 f"the rollout server at {self.url} was started with --max-model-len {self.info.get('max_model_len')}, "

@@ -2,8 +2,9 @@
 
 fp32 on CPU with an explicit KV cache, bf16 on a GPU (see :mod:`medix_r1.rollout.vllm_engine`).
 After each optimizer step :meth:`VllmRollout.sync` loads the policy's weights without touching the
-disk. The sampled tokens' raw log-probs (log_softmax of the unscaled logits, before temperature)
-come back with ``logprobs=0``.
+disk. The sampled tokens' log-probs come back with ``logprobs=0``, under the distribution they
+were drawn from (vLLM's processed log-probs: logit bias, temperature and top-p applied), so the loss
+can compare them with its own at the same temperature (``sampling_logprobs``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 import torch
 
 from medix_r1.rollout.types import OOM_HINT, RolloutOutOfMemory, Rollouts, is_oom, sample_seed
-from medix_r1.rollout.vllm_engine import build_llm, engine_kwargs, load_weights, sampled_logprobs
+from medix_r1.rollout.vllm_engine import SAMPLING_LOGPROBS, build_llm, engine_kwargs, load_weights, sampled_logprobs
 
 log = logging.getLogger("medix_r1.rollout")
 
@@ -21,13 +22,14 @@ class VllmRollout:
     """vLLM engine colocated with the trainer, weights synced in place."""
 
     logit_bias: dict | None = None  # token id -> bias (suppress_tokens)
+    sampling_logprobs = True  # Rollouts.sample_logp are the sampling distribution's log-probs
 
     def __init__(self, model_dir, cfg, seed: int, extra_engine_kwargs: dict | None = None):
         self.cfg = cfg
         self.on_gpu = torch.cuda.is_available()
         kwargs = engine_kwargs(model_dir, max_model_len=cfg.max_model_len, seed=seed, kv_cache_gb=cfg.kv_cache_gb,
                                gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=True,
-                               on_gpu=self.on_gpu, sleep_mode=True)
+                               on_gpu=self.on_gpu, sleep_mode=True, logprobs_mode=SAMPLING_LOGPROBS)
         if not self.on_gpu:
             log.info("vLLM sleep/wake is not supported on CPU: the KV cache (%.2f GiB) stays "
                      "allocated during training", cfg.kv_cache_gb)
@@ -64,7 +66,8 @@ class VllmRollout:
 
     def suppress_tokens(self, token_ids) -> None:
         """Never sample these ids (VL policies: image placeholder / vision markers, which a training
-        forward would take for image slots). The returned log-probs stay raw (bias not applied)."""
+        forward would take for image slots). The bias of -100 is part of the sampling distribution whose
+        log-probs come back (it takes those ids' probability, ~e^-100 of it, out of the normaliser)."""
         self.logit_bias = {int(t): -100.0 for t in token_ids} or None
 
     def sleep(self) -> None:

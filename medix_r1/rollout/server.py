@@ -10,12 +10,14 @@ state, 507 out of memory, 500 anything else):
 
 - ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``instance`` (a random id per
   server start), ``weights_version`` (0 = the checkpoint's weights, +1 per update), ``weight_sync``
-  (whether a sync group is open) and ``last_update`` (timings of the last weight update).
+  (whether a sync group is open), ``last_update`` (timings of the last weight update) and
+  ``logprobs_mode`` (vLLM's: ``processed_logprobs`` unless ``--engine-arg logprobs_mode=...`` says
+  otherwise).
 - ``POST /generate``: ``prompt_token_ids`` (one list of ids per prompt), ``n``, ``max_tokens``,
   ``temperature``, ``top_p``, ``seeds`` (one per prompt, optional), ``logit_bias`` (optional
   ``{token id: bias}``). Returns ``outputs``: per prompt ``prompt_len`` and ``samples``, each with
-  ``token_ids``, ``logprobs`` (the sampled tokens' raw log-probs, before temperature and bias:
-  what vLLM returns with ``logprobs=0``), ``text`` and ``finish_reason``; plus ``instance`` and
+  ``token_ids``, ``logprobs`` (the sampled tokens' log-probs under the distribution they were drawn
+  from: logit bias, temperature and top-p applied), ``text`` and ``finish_reason``; plus ``instance`` and
   ``weights_version`` so a client can tell which weights sampled.
 - ``POST /init_weight_sync``: ``host``, ``port`` (the trainer's store), ``world_size``, ``rank`` (this
   server's rank; the trainer is rank 0), ``backend`` (``gloo`` or ``nccl``), ``timeout_s``. The
@@ -60,7 +62,7 @@ import torch
 
 from medix_r1.rollout.server_engine import LIMITS, EngineThread, RequestError, RolloutEngine, check_limits
 from medix_r1.rollout.types import is_oom
-from medix_r1.rollout.vllm_engine import engine_kwargs
+from medix_r1.rollout.vllm_engine import SAMPLING_LOGPROBS, engine_kwargs
 from medix_r1.rollout.weight_sync import TOKEN_ENV
 from medix_r1.utils.cli import command_name
 
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
         return 2
     kwargs = engine_kwargs(model, max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb, dtype=args.dtype,
                            seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
-                           enforce_eager=args.enforce_eager, on_gpu=torch.cuda.is_available())
+                           enforce_eager=args.enforce_eager, on_gpu=torch.cuda.is_available(),
+                           logprobs_mode=SAMPLING_LOGPROBS)
     for text in args.engine_arg:
         key, sep, value = text.partition("=")
         if not sep or not key:

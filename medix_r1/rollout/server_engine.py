@@ -75,6 +75,7 @@ class RolloutEngine:
         t = time.perf_counter()
         self.llm = build_llm(kwargs)
         self.model, self.dtype, self.max_model_len = model, str(kwargs["dtype"]), int(kwargs["max_model_len"])
+        self.logprobs_mode = str(kwargs.get("logprobs_mode", "raw_logprobs"))
         self.instance = uuid.uuid4().hex[:12]
         self.weights_version = 0
         self.weights_broken = None  # the error of a failed update (generation refused until a full one)
@@ -88,7 +89,7 @@ class RolloutEngine:
         return {"status": "ok" if self.weights_broken is None else "weights_broken", "model": self.model,
                 "dtype": self.dtype, "max_model_len": self.max_model_len, "instance": self.instance,
                 "weights_version": self.weights_version, "weight_sync": self.group is not None,
-                "last_update": self.last_update, "error": self.weights_broken}
+                "last_update": self.last_update, "error": self.weights_broken, "logprobs_mode": self.logprobs_mode}
 
     def generate(self, req: dict) -> dict:
         from vllm import SamplingParams

@@ -26,7 +26,9 @@ class Rollouts:
     """Flat lists, one entry per sample, laid out group by group (prompt 0's n samples first)."""
     prompt_ids: list[list[int]] = field(default_factory=list)
     response_ids: list[list[int]] = field(default_factory=list)
-    sample_logp: list[list[float]] = field(default_factory=list)   # raw log-probs (before temperature)
+    # the sampled tokens' log-probs: under the distribution they were drawn from (temperature, top-p and logit
+    # bias applied) when the engine's ``sampling_logprobs`` is True, as every engine here returns them
+    sample_logp: list[list[float]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     group: list[int] = field(default_factory=list)      # index of the prompt in the step's list
     truncated: list[bool] = field(default_factory=list)  # hit max_tokens without EOS

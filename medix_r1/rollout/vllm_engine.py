@@ -2,7 +2,10 @@
 
 Used by the colocated rollout engine, the rollout server and the evaluation's generator alike:
 
-- :func:`engine_kwargs`: the ``vllm.LLM`` arguments. On CPU: fp32 (bf16 sampling log-probs differ
+- :func:`engine_kwargs`: the ``vllm.LLM`` arguments. Rollout engines ask for
+  ``logprobs_mode="processed_logprobs"``: the sampled tokens' log-probs under the distribution they
+  were drawn from (after logit bias, temperature and top-p), what the loss's rollout correction
+  compares with the trainer's log-probs at the same temperature. On CPU: fp32 (bf16 sampling log-probs differ
   from the fp32 trainer's by up to 0.36), an explicit KV-cache size (skips vLLM's profiling warm-up
   and leaves the rest of the RAM to the trainer), eager mode, and no chunked prefill (when a prompt
   is prefilled in parts vLLM rewinds that request's seeded generator, which a CPU generator refuses
@@ -36,11 +39,13 @@ log = logging.getLogger("medix_r1.rollout")
 
 def engine_kwargs(model, *, max_model_len: int, seed: int = 0, dtype: str = "auto", kv_cache_gb: float = 1.0,
                   gpu_memory_utilization: float = 0.9, enforce_eager: bool | None = None,
-                  on_gpu: bool | None = None, sleep_mode: bool = False) -> dict:
+                  on_gpu: bool | None = None, sleep_mode: bool = False, logprobs_mode: str | None = None) -> dict:
     """``vllm.LLM(...)`` arguments (see the module docstring for each choice)."""
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     kw = {"model": str(model), "max_model_len": int(max_model_len), "seed": int(seed),
               "enforce_eager": (not on_gpu) if enforce_eager is None else bool(enforce_eager)}
+    if logprobs_mode is not None:
+        kw["logprobs_mode"] = logprobs_mode
     if on_gpu:
         kw.update(dtype="bfloat16" if dtype == "auto" else dtype, gpu_memory_utilization=gpu_memory_utilization)
         if sleep_mode:
@@ -64,8 +69,13 @@ def build_llm(kwargs: dict):
         raise
 
 
+#: The engines' log-probs: those of the distribution each token was drawn from (vLLM's --logprobs-mode).
+SAMPLING_LOGPROBS = "processed_logprobs"
+
+
 def sampled_logprobs(completion) -> list[float]:
-    """The raw log-prob of each sampled token of a vLLM completion (requested with ``logprobs=0``)."""
+    """The log-prob of each sampled token of a vLLM completion (requested with ``logprobs=0``): under the
+    sampling distribution for an engine built with ``logprobs_mode=SAMPLING_LOGPROBS``, else raw."""
     return [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)]
 
 

@@ -7,7 +7,9 @@ The server is started with the weight-transfer API on, e.g.
 exact form in your version); its routes (``vllm/entrypoints/rl/online/api_router.py``):
 
 - rollouts: ``POST /v1/completions`` with the prompt's token ids, ``n``, a per-prompt ``seed``,
-  ``logprobs: 0`` and ``return_token_ids: true`` (the sampled ids and their raw log-probs);
+  ``logprobs: 0`` and ``return_token_ids: true`` (the sampled ids and their log-probs: those of the
+  sampling distribution when the server runs with ``--logprobs-mode processed_logprobs``, which
+  the trainer cannot check: ``rollout.vllm_server_logprobs_mode`` says so, ``sampling_logprobs``);
 - the first ``sync``: ``GET /get_world_size`` (the server's workers), then
   ``POST /init_weight_transfer_engine`` ``{"init_info": {master_address, master_port, rank_offset: 1,
   world_size, packed: false}}`` while this process opens the NCCL group as rank 0 (vLLM's
@@ -57,6 +59,7 @@ class VllmServerRollout:
         self.url = cfg.server_url.rstrip("/")
         self.timeout = float(cfg.server_timeout_s)
         self.logit_bias: dict[str, float] = {}
+        self.sampling_logprobs = getattr(cfg, "vllm_server_logprobs_mode", "") == "processed_logprobs"
         self.broadcast = None
         self.version = 0
         models = self._request("GET", "/v1/models").get("data") or []

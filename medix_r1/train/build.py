@@ -30,7 +30,7 @@ from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
 from medix_r1.train.optim import make_optimizer
 from medix_r1.train.output_dir import prepare_output_dir
 from medix_r1.train.policy import load_model, loss_config
-from medix_r1.train.step import sync_weights
+from medix_r1.train.step import check_engine_logprobs, sync_weights
 from medix_r1.train.validate import Validation, load_validation_records
 from medix_r1.vision.prompts import setup_vision
 
@@ -165,6 +165,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
         extra["distributed_executor_backend"] = "external_launcher"
     run.engine = make_engine(cfg.rollout, model_dir=model_dir, policy=policy, tokenizer=tokenizer,
                              seed=cfg.train.seed, extra_engine_kwargs=extra)
+    check_engine_logprobs(run.engine, cfg)
     # the vLLM engine loaded the step-0 weights from disk; a running server may hold another run's
     if (cfg.rollout.engine == "vllm" and run.start_step > 0) or cfg.rollout.engine in ("server", "vllm-server"):
         sync_weights(run.engine, policy)

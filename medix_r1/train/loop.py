@@ -27,7 +27,7 @@ from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.policy import sequence_logp
-from medix_r1.train.step import advantages, collect, sync_weights, update
+from medix_r1.train.step import advantages, collect, sync_weights, update, with_rollout_logp
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
 
@@ -92,8 +92,8 @@ def run_steps(run: Run) -> int:
                 break
             continue
         r = got.rollouts
-        batch = layout.to_device(make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images) if len(r)
-                                 else placeholder_batch(run.pad_id))
+        batch = layout.to_device(with_rollout_logp(make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images)
+                                                   if len(r) else placeholder_batch(run.pad_id), r, run.engine))
         # 2. log-probs the loss needs, while the worker scores (off-policy updates need the old ones)
         with timed(times, "logp"):
             ref_logp = sequence_logp(run.ref, batch, cfg.rollout.temperature, o.micro_batch_size) \
@@ -110,7 +110,7 @@ def run_steps(run: Run) -> int:
         peak_before_update = dist.peak_memory_gb(reset=True)
         run.engine.sleep()
         with timed(times, "update"):
-            stats, raw_logp, nan_skipped = update(run.policy, run.optimizer, batch, adv, ref_logp, old_logp, cfg,
+            stats, nan_skipped = update(run.policy, run.optimizer, batch, adv, ref_logp, old_logp, cfg,
                                                   run.lcfg, step, rows)
         peak_update = dist.peak_memory_gb(reset=True)
         run.scheduler.step()
@@ -119,7 +119,7 @@ def run_steps(run: Run) -> int:
         with timed(times, "sync"):
             if not nan_skipped:
                 sync_weights(run.engine, run.policy)
-        m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped,
+        m = step_metrics(r, results, batch, stats, got.info, nan_skipped,
                          [function_name(f) for f in cfg.reward.functions])
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")

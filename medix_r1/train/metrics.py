@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medix_r1.parallel import collectives as dist
 from medix_r1.train.trackers import make_trackers
@@ -106,7 +105,14 @@ def plot_history(history: list[dict], path) -> Path:
     return path
 
 
-def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function_names=()) -> dict:
+#: the loss's rollout stats (step.RolloutStats) -> the metric names (docs/rollout_correction.md)
+ROLLOUT_METRICS = {"rollout_logp_mismatch": "rollout/logp_mismatch", "rollout_weight_mean": "rollout/is_weight_mean",
+                   "rollout_weight_max": "rollout/is_weight_max", "rollout_flagged_frac": "rollout/is_flagged_frac",
+                   "rollout_kl_k3": "rollout/kl_k3", "rollout_chi2": "rollout/chi2",
+                   "rollout_ppl_ratio": "rollout/ppl_ratio"}
+
+
+def step_metrics(r, results, batch, stats, info, nan_skipped, function_names=()) -> dict:
     """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
     ranks (a single process's means); ``stats`` and ``info`` are global already. ``function_names``:
     the plug-in reward functions (``reward/fn/NAME``)."""
@@ -124,23 +130,16 @@ def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function
     pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
     pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
     pairs["rollout/groups_kept"] = (len(set(r.group)), 1)
-    mismatch = (0.0, 0.0)
-    if raw_logp is not None and rows:
-        mask = batch["mask"][:rows]
-        sample = torch.zeros_like(mask)
-        for b, lp in enumerate(r.sample_logp):
-            sample[b, :len(lp)] = torch.tensor(lp)
-        # verl-style rollout/trainer mismatch: mean |logp_engine - logp_trainer| over response tokens
-        mismatch = (float(((sample - raw_logp[:rows]).abs() * mask).sum()), float(mask.sum()))
-    pairs["rollout/logp_mismatch"] = mismatch
     totals = dist.sum_floats([v for pair in pairs.values() for v in pair])
     m = {}
     for i, key in enumerate(pairs):
         total, n = totals[2 * i], totals[2 * i + 1]
         if key == "rollout/groups_kept":
             m[key] = int(total)
-        elif key != "rollout/logp_mismatch" or n > 0:
+        else:
             m[key] = total / n if n else float("nan")
+    # the engine/trainer mismatch and the rollout correction, from the loss (engines with sampling log-probs)
+    m.update({name: stats[k] for k, name in ROLLOUT_METRICS.items() if k in stats})
     m["rollout/dropped_groups"] = info["dropped_groups"]
     m["rollout/refills"] = info["refills"]
     m["loss/loss"] = stats["loss"]

@@ -60,7 +60,8 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
     return LossConfig(loss_type=section.loss_type, clip_low=section.clip_low, clip_high=section.clip_high,
                       dual_clip=section.dual_clip if section.dual_clip > 0 else None, kl=section.kl,
                       beta=section.beta, aggregation=aggregation, max_len=cfg.rollout.max_tokens,
-                      temperature=cfg.rollout.temperature)
+                      temperature=cfg.rollout.temperature, rollout_correction=section.rollout_correction,
+                      rollout_is_cap=section.rollout_is_cap, rollout_is_lower=section.rollout_is_lower)
 
 
 def autocast(model, device: torch.device):
@@ -126,20 +127,21 @@ def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.T
 
 
 def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
-    """Loss and stats for one micro-batch; also the raw (temperature 1) log-probs for the mismatch metric."""
+    """Loss and stats for one micro-batch. With the engine's sampling log-probs in the batch
+    (``rollout_logp``) the loss applies loss.rollout_correction and reports the rollout/trainer
+    mismatch in its stats (no second pass over the logits)."""
     hidden, weight, bias = head_inputs(model, policy_hidden(model, mb))
+    rollout_logp = mb.get("rollout_logp")
     if impl == "fused":
         extra = {"lm_head_bias": bias} if bias is not None else {}
         loss, stats = fused_linear_grpo_loss(hidden, weight, mb["ids"], mb["mask"], advantages,
-                                             old_logp=old_logp, ref_logp=ref_logp, config=lcfg,
-                                             chunk_size=chunk or None, **extra)
+                                             old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp,
+                                             config=lcfg, chunk_size=chunk or None, **extra)
     else:
         logits = torch.nn.functional.linear(hidden, weight, bias)
         loss, stats = grpo_loss(logits, mb["ids"], mb["mask"], advantages, old_logp=old_logp, ref_logp=ref_logp,
-                                config=lcfg)
-    raw = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
-                                             bias=None if bias is None else bias.detach(), temperature=1.0)
+                                rollout_logp=rollout_logp, config=lcfg)
     zero_vision_grads = lockstep.vision_gradient_term(model, mb)
     if zero_vision_grads is not None:
         loss = loss + zero_vision_grads
-    return loss, stats, raw
+    return loss, stats

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medix_kernels import group_advantages, group_stats
+from medix_kernels.loss_config import ROLLOUT_STATS
 from medix_r1.config import TrainConfig
 from medix_r1.data.prompts import problem_text
 from medix_r1.parallel import collectives as dist
@@ -60,6 +61,28 @@ def rollout(run, prompts, step: int, attempt: int = 0, offset: int = 0) -> Rollo
     with gather:
         return run.engine.generate(prompts, step, run.cfg.train.seed, attempt, offset=offset) if prompts \
             else Rollouts()
+
+
+def check_engine_logprobs(engine, cfg: TrainConfig) -> None:
+    """loss.rollout_correction needs the engine's log-probs of the sampling distribution (after temperature);
+    an engine that returns raw ones is a config error, raised once the engine is built, before any step."""
+    if cfg.loss.rollout_correction != "none" and not getattr(engine, "sampling_logprobs", False):
+        raise ValueError(f"loss.rollout_correction={cfg.loss.rollout_correction} needs the sampling log-probs at "
+                         f"rollout.temperature, which this rollout.engine={cfg.rollout.engine} does not return "
+                         "(a rollout server started before they were supported, or `vllm serve` without "
+                         "--logprobs-mode processed_logprobs): restart it, or set loss.rollout_correction=none")
+
+
+def with_rollout_logp(batch: dict, r: Rollouts, engine) -> dict:
+    """The batch plus ``rollout_logp`` [B, R] (the engine's log-probs of the sampled tokens, 0 past each
+    response; a placeholder batch gets zeros) when the engine returns the sampling distribution's: the
+    loss's rollout correction and mismatch stats read them."""
+    if getattr(engine, "sampling_logprobs", False):
+        logp = torch.zeros_like(batch["mask"])
+        for b, lp in enumerate(r.sample_logp):
+            logp[b, :len(lp)] = torch.tensor(lp, dtype=logp.dtype)
+        batch["rollout_logp"] = logp
+    return batch
 
 
 def sync_weights(engine, policy) -> None:
@@ -147,8 +170,9 @@ def advantages(rows: layout.Layout, cfg: TrainConfig) -> torch.Tensor:
 
 def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int,
            rows: layout.Layout):
-    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] or None,
-    nan_skipped).
+    """Mini-batch updates over the step's samples. Returns (stats, nan_skipped); the stats include the
+    rollout correction's diagnostics (``rollout_*``, token-weighted means and the max) when the batch has
+    the engine's log-probs.
 
     Mini-batches and loss weights come from the global batch (``rows``, a single process's rows and
     order): each rank runs its own rows of a mini-batch, weighted by their share of the mini-batch's
@@ -159,9 +183,10 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     per_token = lcfg.aggregation == "token-mean"
     sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
             "grad_norm": 0.0}
-    count, raw_logp, nan_skipped = 0, None, False
+    rollout = RolloutStats() if "rollout_logp" in batch else None
+    count, nan_skipped = 0, False
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-    for epoch in range(o.updates_per_step):
+    for _ in range(o.updates_per_step):
         order = torch.randperm(B, generator=gen) if (o.updates_per_step > 1 or mini < B) else torch.arange(B)
         for ms in range(0, B, mini):
             mini_rows = order[ms:ms + mini].tolist()
@@ -175,7 +200,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 saw_image |= local is not None and "pixel_values" in mb
                 w = 0.0 if local is None else \
                     (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9)
-                loss, stats, raw = fsdp.run(
+                loss, stats = fsdp.run(
                     model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
                     None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
                 if not lockstep.all_finite(None if local is None else loss):
@@ -188,10 +213,8 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean"):
                     if k in stats:
                         acc[k] += float(stats[k]) * w
-                if epoch == 0:
-                    if raw_logp is None:
-                        raw_logp = torch.zeros_like(batch["mask"])
-                    raw_logp[r] = raw * mb["mask"]
+                if rollout is not None:
+                    rollout.add(stats, mb["mask"])
             if finite:
                 lockstep.drop_unused_vision_gradients(model, saw_image)
                 params = [p for p in model.parameters() if p.grad is not None]
@@ -213,4 +236,31 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     keys = [k for k in sums if k != "grad_norm"]  # weighted shares of each rank: their sum is the global value
     sums.update(zip(keys, dist.sum_floats([sums[k] for k in keys])))
     stats = {k: v / count for k, v in sums.items()} if count else {k: float("nan") for k in sums}
-    return stats, raw_logp, nan_skipped
+    if rollout is not None:
+        stats.update(rollout.result())
+    return stats, nan_skipped
+
+
+class RolloutStats:
+    """The loss's rollout_* stats over every micro-batch the step ran (all ranks): means weighted by the
+    micro-batch's response tokens (its sequences for the perplexity ratio), the largest weight."""
+
+    def __init__(self):  # the same keys on every rank, whether it ran rows or not (one all-reduce)
+        self.sums = {key: 0.0 for k in ROLLOUT_STATS if k != "rollout_weight_max" for key in (k, k + "/n")}
+        self.largest = 0.0
+
+    def add(self, stats: dict, mask: torch.Tensor) -> None:
+        tokens, seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
+        for k in ROLLOUT_STATS:
+            if k != "rollout_weight_max":
+                n = seqs if k == "rollout_ppl_ratio" else tokens
+                self.sums[k] += float(stats[k]) * n
+                self.sums[k + "/n"] += n
+        self.largest = max(self.largest, float(stats["rollout_weight_max"]))
+
+    def result(self) -> dict:
+        names = sorted(self.sums)
+        total = dict(zip(names, dist.sum_floats([self.sums[k] for k in names])))
+        out = {k: total[k] / total[k + "/n"] for k in names if not k.endswith("/n") and total[k + "/n"] > 0}
+        out["rollout_weight_max"] = max(dist.all_gather(self.largest))
+        return out
