@@ -20,8 +20,9 @@ then counts as failed (judge reward 0 and
 and never wait. Plug-in functions run on threads of their own (:mod:`.plugins`), never on this
 loop or its thread pool. The Future ``submit`` returns is bounded by itself: if the loop is blocked
 (a judge object whose coroutine runs blocking code), it is completed ``LATE_S`` after the guard
-with every sample failed, so the trainer's wait ends. The batch never fails as a whole: an unexpected error inside a component fails
-that component for the affected samples, and the error text is kept in ``judge_error``.
+with every sample failed, so the trainer's wait ends. The batch never fails as a whole: an
+unexpected error inside a component fails that component for the affected samples, and the error
+text is kept in ``judge_error``.
 """
 from __future__ import annotations
 
