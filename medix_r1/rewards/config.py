@@ -159,6 +159,7 @@ class RewardResult:
     truncated: bool = False          # the response was longer than max_response_chars
     judge_reply: str | None = None
     judge_error: str | None = None
+    judge_answer_cut: int = 0        # characters of the answer's end the judge did not see (its prompt budget)
     answer: str = ""
     functions: dict = field(default_factory=dict)  # reward.functions: name -> value (0 where it failed)
     function_failed: bool = False    # a plug-in function failed on this sample (also counted in judge_failed)

@@ -148,6 +148,7 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
         r = results[i]
         r.judge = 1.0 if v.correct else 0.0
         r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
+        r.judge_answer_cut = getattr(v, "answer_cut", 0)
 
     async def topic_gate(rows: list[int]) -> set[int]:
         """The rows the topic gate answers NO (rewards.decision.off_topic), counted with the judge's gated
