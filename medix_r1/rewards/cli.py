@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local judge: YES when log P(YES) - log P(NO) is above X (default %(default)s)")
     j.add_argument("--decision-gate", choices=("on", "off"), default="on" if _DEFAULTS.judge_decision_gate else "off",
                    help="strict parity: NO without a judge call when the reference opens with yes/no/maybe and "
-                        "the answer does not open with the same decision (default %(default)s)")
+                        "the answer does not open with the same decision, or when the answer is the reference's "
+                        "words with a negation changed or out of order (default %(default)s)")
 
     j.add_argument("--judge-min-similarity", type=float, default=_DEFAULTS.judge_min_similarity, metavar="X",
                    help="strict parity: NO without a judge call when answer and reference (decisions removed) have "

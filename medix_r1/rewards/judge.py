@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
-from .decision import decision_mismatch
+from .decision import decision_mismatch, restatement_mismatch
 from .judge_prompts import PROMPTS, STRICT_PROMPT, answer_cut
 
 PROMPT_VERSION = PROMPTS["strict"][1]
@@ -164,8 +164,9 @@ class JudgeBase:
         return list(await asyncio.gather(*(one(q, r, a) for q, r, a in items)))
 
     def _gated(self, reference: str, answer: str) -> bool:
-        """True when the decision gate answers NO for this pair (counted; see rewards.decision)."""
-        if self.decision_gate and decision_mismatch(answer, reference):
+        """True when the decision gate (with its restatement checks) answers NO for this pair (counted;
+        see rewards.decision)."""
+        if self.decision_gate and (decision_mismatch(answer, reference) or restatement_mismatch(answer, reference)):
             self.count_gated()
             return True
         return False
