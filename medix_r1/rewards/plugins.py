@@ -286,3 +286,19 @@ def report_failures(scores: FunctionScores, ids: list) -> None:
     more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
     log.warning("reward function %r failed on %d of %d samples (scored 0, counted as failed): %s%s",
                 scores.name, len(bad), len(scores.errors), shown, more)
+
+
+def add_functions(r, weighted: list) -> None:
+    """Add the plug-in values of a RewardResult (``r.functions``, name -> value), weighted, to ``r.total``.
+    Each value is within float32's range, but their sum may not be (two of 3e38): then every plug-in
+    value of the sample scores 0 and is flagged, as a NaN would be, and the total is the MediX part
+    alone (the trainer's rewards are float32)."""
+    extra = sum(weight * r.functions[name] for name, weight in weighted)
+    if abs(r.total + extra) <= FLOAT32_MAX:
+        r.total += extra
+        return
+    for name, _ in weighted:
+        r.functions[name] = 0.0
+    r.function_failed, r.judge_failed = True, True
+    r.judge_error = (f"reward functions {[n for n, _ in weighted]}: their weighted sum {r.total + extra:g} is "
+                     f"outside float32's range; scored 0")

@@ -39,7 +39,7 @@ from .config import RewardConfig, RewardResult
 from .decision import off_topic
 from .judge import JudgeBase
 from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
-from .plugins import FLOAT32_MAX, load_function, report_failures, score_function
+from .plugins import add_functions, load_function, report_failures, score_function
 
 log = logging.getLogger(__name__)
 GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
@@ -208,21 +208,6 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
     for r in results:
         add_functions(r, [(got.name, weight) for (_, _, weight), got in zip(functions, scores)])
     return results
-
-
-def add_functions(r: RewardResult, weighted: list) -> None:
-    """Add the weighted plug-in values to ``r.total``. Each value is within float32's range, but their
-    sum may not be (two of 3e38): then every plug-in value of the sample scores 0 and is flagged, as a
-    NaN would be, and the total is the MediX part alone (the trainer's rewards are float32)."""
-    extra = sum(weight * r.functions[name] for name, weight in weighted)
-    if abs(r.total + extra) <= FLOAT32_MAX:
-        r.total += extra
-        return
-    for name, _ in weighted:
-        r.functions[name] = 0.0
-    r.function_failed, r.judge_failed = True, True
-    r.judge_error = (f"reward functions {[n for n, _ in weighted]}: their weighted sum {r.total + extra:g} is "
-                     f"outside float32's range; scored 0")
 
 
 def make_judge(cfg: RewardConfig):
