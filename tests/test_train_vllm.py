@@ -36,7 +36,7 @@ def prompts(tokenizer, cfg, k=2):
     return [prompt_token_ids(tokenizer, r, cfg.data) for r in records]
 
 
-def mismatch(model, rollouts, pad_id, temperature=1.0):
+def mismatch(model, rollouts, pad_id, temperature=0.7):
     batch = make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
     trainer = sequence_logp(model, batch, temperature, 4)
     sample = torch.zeros_like(batch["mask"])
@@ -45,17 +45,34 @@ def mismatch(model, rollouts, pad_id, temperature=1.0):
     return float(((sample - trainer).abs() * batch["mask"]).sum() / batch["mask"].sum())
 
 
-def test_vllm_and_hf_report_the_same_raw_logprob_semantics(smollm2, engine):
-    """Both engines sample at T=0.7 and report raw log-probs (log_softmax of unscaled logits):
-    they match the trainer's T=1 log-probs, not its T=0.7 ones."""
+def test_engines_report_the_sampling_distributions_logprobs(smollm2, engine):
+    """Both engines sample at T=0.7 and report the log-probs of that distribution (vLLM's processed
+    log-probs; the HF engine's own): they match the trainer's T=0.7 log-probs, not its T=1 ones, and
+    the rollout correction's weights are 1 within 1e-4 (fp32 on the CPU), through the loss itself."""
+    import medix_kernels as mk
+    from medix_r1.train.policy import policy_loss
+    from medix_r1.train.step import with_rollout_logp
     d, tok = smollm2
     eng, cfg = engine
     model = load_model(d, cfg, trainable=False)
     ps = prompts(tok, cfg)
-    for rollouts in (eng.generate(ps, 1, 0), HfRollout(model, tok, cfg.rollout).generate(ps, 1, 0)):
+    hf = HfRollout(model, tok, cfg.rollout)
+    for engine_, rollouts in ((eng, eng.generate(ps, 1, 0)), (hf, hf.generate(ps, 1, 0))):
+        assert engine_.sampling_logprobs
         assert len(rollouts) == 4 and all(len(x) > 0 for x in rollouts.response_ids)
-        assert mismatch(model, rollouts, tok.eos_token_id, 1.0) < 2e-4
-        assert mismatch(model, rollouts, tok.eos_token_id, 0.7) > 1e-2
+        assert mismatch(model, rollouts, tok.eos_token_id, 0.7) < 2e-4
+        assert mismatch(model, rollouts, tok.eos_token_id, 1.0) > 1e-2
+        batch = with_rollout_logp(make_batch(rollouts.prompt_ids, rollouts.response_ids, tok.eos_token_id),
+                                  rollouts, engine_)
+        # every weight inside [1 - 1e-4, 1 + 1e-4]: nothing flagged, the correction changes nothing
+        lcfg = mk.LossConfig(temperature=0.7, rollout_correction="token_mask", rollout_is_cap=1 + 1e-4,
+                             rollout_is_lower=1 - 1e-4)
+        adv = torch.randn(len(rollouts), generator=torch.Generator().manual_seed(0))
+        loss, stats = policy_loss(model, batch, adv, None, None, lcfg, "fused", 0)
+        assert float(stats["rollout_flagged_frac"]) == 0.0, stats
+        assert abs(float(stats["rollout_weight_mean"]) - 1) < 1e-4 and float(stats["rollout_weight_max"]) < 1 + 1e-4
+        plain, _ = policy_loss(model, batch, adv, None, None, lcfg.replace(rollout_correction="none"), "fused", 0)
+        assert abs(float(loss) - float(plain)) < 1e-4 * max(1.0, abs(float(plain)))
 
 
 def test_weight_sync_makes_vllm_match_the_updated_model(smollm2, engine):
@@ -67,7 +84,7 @@ def test_weight_sync_makes_vllm_match_the_updated_model(smollm2, engine):
         gen = torch.Generator().manual_seed(0)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02 * p.std())
-    stale = mismatch(model, eng.generate(ps, 1, 0), tok.eos_token_id)
+    stale = mismatch(model, eng.generate(ps, 1, 0), tok.eos_token_id)  # the engine samples at T = 0.7
     eng.sync(model)
     synced = mismatch(model, eng.generate(ps, 2, 0), tok.eos_token_id)
     assert stale > 1e-2 and synced < 2e-4, (stale, synced)

@@ -7,7 +7,10 @@ from medix_r1.rollout.types import OOM_HINT, RolloutOutOfMemory, Rollouts, is_oo
 
 
 class HfRollout:
-    """n samples per prompt from the policy, with the sampled tokens' raw log-probs."""
+    """n samples per prompt from the policy, with the sampled tokens' log-probs under the distribution they
+    were drawn from (``generate``'s processed scores: suppressed ids, temperature, top-p)."""
+
+    sampling_logprobs = True
 
     def __init__(self, model, tokenizer, cfg):
         from transformers import GenerationConfig
@@ -17,7 +20,7 @@ class HfRollout:
         self.eos = tokenizer.eos_token_id
         self.tokenizer = tokenizer
         self.gen = GenerationConfig(do_sample=True, top_k=0, pad_token_id=pad, eos_token_id=self.eos,
-                                    output_logits=True, return_dict_in_generate=True)
+                                    output_scores=True, return_dict_in_generate=True)
 
     def _sampling(self):
         """The generation config with the sampling settings of ``self.cfg`` as it is now (validation
@@ -48,8 +51,8 @@ class HfRollout:
                     out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
                                               generation_config=gen, **extra)
                 new = out.sequences[:, len(p):]
-                logits = torch.stack(out.logits, dim=1).float()          # raw logits [n, T, V]
-                logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+                scores = torch.stack(out.scores, dim=1).float()  # what each token was drawn from [n, T, V]
+                logp = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
                 for j in range(new.shape[0]):
                     ids = new[j].tolist()
                     end = ids.index(self.eos) + 1 if self.eos in ids else len(ids)
@@ -65,7 +68,7 @@ class HfRollout:
         return r
 
     def suppress_tokens(self, token_ids) -> None:
-        """Never sample these ids (see VllmRollout.suppress_tokens); ``out.logits`` stay unprocessed."""
+        """Never sample these ids (see VllmRollout.suppress_tokens): -inf in the sampling distribution."""
         self.gen.suppress_tokens = [int(t) for t in token_ids] or None
 
     def sleep(self) -> None:
