@@ -295,10 +295,11 @@ def prompts(tokenizer, cfg, k=2):
     return [prompt_token_ids(tokenizer, r, cfg.data) for r in records]
 
 
-def mismatch(model, rollouts, pad_id):
-    """(mean, max) |server log-prob - transformers log-prob| over the response tokens (T = 1: raw)."""
+def mismatch(model, rollouts, pad_id, temperature=0.7):
+    """(mean, max) |server log-prob - transformers log-prob| over the response tokens, both at the sampling
+    temperature (the server returns the log-probs of the distribution it drew from)."""
     batch = make_batch(rollouts.prompt_ids, rollouts.response_ids, pad_id)
-    trainer = sequence_logp(model, batch, 1.0, 4)
+    trainer = sequence_logp(model, batch, temperature, 4)
     sample = torch.zeros_like(batch["mask"])
     for i, lp in enumerate(rollouts.sample_logp):
         sample[i, :len(lp)] = torch.tensor(lp)
@@ -311,6 +312,7 @@ def test_seeded_generation_is_reproducible_and_logprobs_match_transformers(serve
     _, tok = smollm2
     model, cfg = policy
     eng = ServerRollout(cfg.rollout, 0)
+    assert eng.sampling_logprobs and server.health()["logprobs_mode"] == "processed_logprobs"
     ps = prompts(tok, cfg)
     a, b = eng.generate(ps, 1, 0), eng.generate(ps, 1, 0)
     assert len(a) == 4 and all(len(x) > 0 for x in a.response_ids)

@@ -79,8 +79,8 @@ def test_nan_loss_skips_the_step_then_stops(tiny, tmp_path, monkeypatch):
     real = policy_loss
 
     def nan_loss(*args, **kwargs):
-        loss, stats, raw = real(*args, **kwargs)
-        return loss * float("nan"), stats, raw
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
 
     monkeypatch.setattr(train_step, "policy_loss", nan_loss)
     out = tmp_path / "run"
