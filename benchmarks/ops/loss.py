@@ -3,6 +3,9 @@ hidden states and the LM head) and fused_linear_selective_log_softmax (forward, 
 
 Config everywhere: MediX-R1's GRPO (``LossConfig.preset("grpo")``: PPO clip 0.2, k3 KL to the
 reference with beta 1e-2, token-mean), old and reference log-probs close to the current policy.
+``medix-<backend>-tis`` rows: the same call with the rollout engine's log-probs and the project's
+GPU recipes' correction (``rollout_correction="token_truncate"``, cap 2), weights and stats
+included: what the correction costs, side by side with the row without it.
 Gradients are taken with ``torch.autograd.grad`` (logits, or hidden states and LM head).
 
 grpo_loss implementations: medix backends (and ``-inplace``: the backward writes d logits over
@@ -45,7 +48,15 @@ def _policy_inputs(b, l, logp0, g, device, x):
     x["adv"] = torch.randn(b, generator=g, device=device)
     x["old"] = logp0 + 0.05 * torch.randn(b, l, generator=g, device=device)
     x["ref"] = logp0 + 0.05 * torch.randn(b, l, generator=g, device=device)
+    x["roll"] = logp0 + 0.05 * torch.randn(b, l, generator=g, device=device)  # the rollout engine's
     return x
+
+
+TIS_NOTE = "rollout_correction=token_truncate (cap 2) with rollout_logp: the correction's weights and stats on"
+
+
+def tis_config():
+    return config().replace(rollout_correction="token_truncate", rollout_is_cap=2.0)
 
 
 # ----------------------------------------------------------------------------- grpo_loss
@@ -104,6 +115,13 @@ def _grpo_impls(device):
             return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(
                 t, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], config=cfg, backend=b))
         out.append(Impl(f"medix-{b}", "medix", b, build, auto_candidate=True))
+
+        def build_tis(x, b=b):
+            leaf, tis = logits_leaf(x), tis_config()
+            return lambda: _grad_step(leaf(), lambda t: mk.grpo_loss(
+                t, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], rollout_logp=x["roll"],
+                config=tis, backend=b))
+        out.append(Impl(f"medix-{b}-tis", "medix", b, build_tis, note=TIS_NOTE))
         if b != "torch":
             def build_inplace(x, b=b):
                 leaf = logits_leaf(x, private=True)  # the backward writes d logits over it
@@ -210,6 +228,14 @@ def _fused_impls(device):
             return lambda: _grad_hw(h, w, lambda h, w: mk.fused_linear_grpo_loss(
                 h, w, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], config=cfg, backend=b))
         out.append(Impl(f"medix-{b}", "medix", b, build, auto_candidate=True))
+
+        def build_tis(x, b=b):
+            h, w = leaves(x)
+            tis = tis_config()
+            return lambda: _grad_hw(h, w, lambda h, w: mk.fused_linear_grpo_loss(
+                h, w, x["ids"], x["mask"], x["adv"], old_logp=x["old"], ref_logp=x["ref"], rollout_logp=x["roll"],
+                config=tis, backend=b))
+        out.append(Impl(f"medix-{b}-tis", "medix", b, build_tis, note=TIS_NOTE))
         if b != "torch":
             def build_unfused(x, b=b):
                 h, w = leaves(x)

@@ -243,24 +243,29 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
 
 class RolloutStats:
     """The loss's rollout_* stats over every micro-batch the step ran (all ranks): means weighted by the
-    micro-batch's response tokens (its sequences for the perplexity ratio), the largest weight."""
+    micro-batch's response tokens (its sequences for the perplexity ratio), the largest weight. Summed on
+    the device and read once per step (no host sync per micro-batch)."""
 
-    def __init__(self):  # the same keys on every rank, whether it ran rows or not (one all-reduce)
-        self.sums = {key: 0.0 for k in ROLLOUT_STATS if k != "rollout_weight_max" for key in (k, k + "/n")}
-        self.largest = 0.0
+    MEANS = tuple(k for k in ROLLOUT_STATS if k != "rollout_weight_max")
+
+    def __init__(self):
+        self.acc = None      # [the weighted sums of MEANS..., tokens, sequences]
+        self.largest = None
 
     def add(self, stats: dict, mask: torch.Tensor) -> None:
-        tokens, seqs = float(mask.sum()), float((mask.sum(-1) > 0).sum())
-        for k in ROLLOUT_STATS:
-            if k != "rollout_weight_max":
-                n = seqs if k == "rollout_ppl_ratio" else tokens
-                self.sums[k] += float(stats[k]) * n
-                self.sums[k + "/n"] += n
-        self.largest = max(self.largest, float(stats["rollout_weight_max"]))
+        m = mask.float()
+        tokens, seqs = m.sum(), (m.sum(-1) > 0).float().sum()
+        parts = [stats[k].float() * (seqs if k == "rollout_ppl_ratio" else tokens) for k in self.MEANS]
+        row = torch.stack(parts + [tokens, seqs])
+        self.acc = row if self.acc is None else self.acc + row
+        top = stats["rollout_weight_max"].float()
+        self.largest = top if self.largest is None else torch.maximum(self.largest, top)
 
     def result(self) -> dict:
-        names = sorted(self.sums)
-        total = dict(zip(names, dist.sum_floats([self.sums[k] for k in names])))
-        out = {k: total[k] / total[k + "/n"] for k in names if not k.endswith("/n") and total[k + "/n"] > 0}
-        out["rollout_weight_max"] = max(dist.all_gather(self.largest))
+        local = [0.0] * (len(self.MEANS) + 2) if self.acc is None else self.acc.tolist()
+        total = dist.sum_floats(local)  # the same length on every rank, whether it ran rows or not
+        tokens, seqs = total[-2], total[-1]
+        out = {k: v / (seqs if k == "rollout_ppl_ratio" else tokens) for k, v in zip(self.MEANS, total)
+               if (seqs if k == "rollout_ppl_ratio" else tokens) > 0}
+        out["rollout_weight_max"] = max(dist.all_gather(0.0 if self.largest is None else float(self.largest)))
         return out
