@@ -124,7 +124,7 @@ def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
     return {"rollout_weight_mean": applied.sum() / n,
             "rollout_weight_max": applied.amax() if applied.numel() else n.new_zeros(()),
             "rollout_flagged_frac": (m * ~inside).sum() / n,
-            "rollout_kl_k3": ((rho - log_rho - 1.0) * m).sum() / n,
+            "rollout_kl_k3": ((torch.expm1(log_rho) - log_rho) * m).sum() / n,  # rho - 1 - log rho
             "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
             "rollout_ppl_ratio": ppl.sum() / seq.sum().clamp_min(1),
             "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}

@@ -254,6 +254,11 @@ def test_stats_by_hand():
     for k in want:
         torch.testing.assert_close(s_cpu[k], s_ref[k], **tol("loss", torch.float32))
     assert lp.shape == (1, 3)
+    # engine and trainer agreeing to 1e-6 nat (fp32 vLLM on the CPU): k3 stays >= 0, no cancellation
+    near = lp + 1e-6 * torch.randn(1, 3, generator=torch.Generator().manual_seed(0))
+    for backend in ("torch", "cpu"):
+        _, s = mk.grpo_loss(logits, ids, mask, torch.ones(1), rollout_logp=near, backend=backend)
+        assert 0 <= float(s["rollout_kl_k3"]) < 1e-11, backend
 
 
 # --- fused linear: the same loss from hidden states ----------------------------------------------------
@@ -407,6 +412,10 @@ TRITON = """
             assert "'rollout_logp' must not be NaN where the mask is 1" in str(exc)
         assert torch.isnan(mk.grpo_loss(logits, ids, mask, adv, rollout_logp=bad, config=cfg, validate=False,
                                         backend="triton")[0])
+        near = ref.selective_log_softmax(logits.float(), ids) + 1e-6  # engine and trainer within 1e-6 nat
+        _, s = G.TRITON_PATHS["lean"](logits, ids, mask, adv, None, None, mk.LossConfig(), False, False, "triton",
+                                      near)
+        assert 0 <= float(s["rollout_kl_k3"]) < 1e-11, s["rollout_kl_k3"]  # no cancellation in rho - 1 - log rho
     # fused linear on the triton backend (its log-prob kernels), corrected, equals the plain reference
     g = torch.Generator().manual_seed(3)
     h = torch.randn(3, 5, 16, generator=g).requires_grad_(True)

@@ -100,7 +100,7 @@ def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
     return {"rollout_weight_mean": applied.sum() / n,
             "rollout_weight_max": applied.max() if applied.numel() else log_rho.new_zeros(()),
             "rollout_flagged_frac": ((~inside).to(m.dtype) * m).sum() / n,
-            "rollout_kl_k3": ((rho - log_rho - 1.0) * m).sum() / n,
+            "rollout_kl_k3": ((torch.expm1(log_rho) - log_rho) * m).sum() / n,  # rho - 1 - log rho, >= 0
             "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
             "rollout_ppl_ratio": ppl_ratio.sum() / seq.sum().clamp_min(1),
             "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}

@@ -135,6 +135,14 @@ def _log_rho(lp, od, rl, keep, HAS_OLD: tl.constexpr):
 
 
 @triton.jit
+def _k3(lr, rho):
+    """rho - 1 - log rho (rho = exp(lr)) without the cancellation of exp(lr) - 1 near lr = 0 (where the
+    engine and the trainer agree): its series there, lr^2/2 + lr^3/6 + lr^4/24 (the next term < 1e-12)."""
+    small = lr * lr * (0.5 + lr * (1.0 / 6.0 + lr * (1.0 / 24.0)))
+    return tl.where(tl.abs(lr) < 1e-2, small, rho - 1.0 - lr)
+
+
+@triton.jit
 def _sequence_log_ratios(logp_ptr, old_ptr, roll_ptr, mask_ptr, base, L, offs, GSPO: tl.constexpr,
                          SEQ_ROLLOUT: tl.constexpr, GEOMETRIC: tl.constexpr, HAS_OLD: tl.constexpr,
                          BLOCK_L: tl.constexpr):
@@ -215,7 +223,7 @@ def policy_seq_kernel(logp_ptr, old_ptr, ref_ptr, roll_ptr, adv_ptr, mask_ptr, e
             r_w += tl.sum(tl.where(keep, me * w, 0.0), axis=0)
             r_max = tl.maximum(r_max, tl.max(tl.where(keep, kp * w, 0.0), axis=0))
             r_flag += tl.sum(tl.where(keep & (inside == 0), m, 0.0), axis=0)
-            r_k3 += tl.sum(tl.where(keep, m * (rho - lr - 1.0), 0.0), axis=0)
+            r_k3 += tl.sum(tl.where(keep, m * _k3(lr, rho), 0.0), axis=0)
             r_chi2 += tl.sum(tl.where(keep, m * (rho * rho - 1.0), 0.0), axis=0)
             r_abs += tl.sum(tl.where(keep, m * tl.abs(lr), 0.0), axis=0)
             r_sum += tl.sum(tl.where(keep, m * lr, 0.0), axis=0)
