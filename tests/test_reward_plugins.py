@@ -180,5 +180,6 @@ def test_without_columns_a_plugin_gets_the_records_solution_back():
     samples = [Sample("q", "<OTHER> <thinking>t</thinking><answer>a</answer>", "<OTHER>", "Yes, it does.", False),
                Sample("q", "r", "<OTHER>", None, False)]
     cfg = RewardConfig(judge="none")
-    asyncio.run(score_samples(samples, cfg, None, None, deadline=time.monotonic() + 30, functions=[("tests:grab", grab, 1.0)]))
+    asyncio.run(score_samples(samples, cfg, None, None, deadline=time.monotonic() + 30,
+                              functions=[("tests:grab", grab, 1.0)]))
     assert seen["solution"] == ["<OTHER> Yes, it does.", "<OTHER>"]
