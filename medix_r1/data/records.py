@@ -9,6 +9,7 @@ malformed record is reported as ``file:line``; JSON arrays, Parquet and hub data
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,18 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
             for n, obj, problem in input_lines(path)]
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The named logger silenced for the block (the caller reports the failure itself)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_with_datasets(path: Path | str, split: str, subset: str = "", image_column: str = "",
                         columns: dict | None = None) -> list[tuple[str, object]]:
     import datasets
@@ -102,7 +115,8 @@ def _read_with_datasets(path: Path | str, split: str, subset: str = "", image_co
     if isinstance(path, Path):
         if path.suffix == ".parquet":
             try:  # a 0-byte file, a file with no rows, a garbled one: one line naming it
-                ds = datasets.Dataset.from_parquet(str(path))
+                with _quiet_logger("datasets"):  # its own ERROR log of the same failure would come first
+                    ds = datasets.Dataset.from_parquet(str(path))
             except Exception as e:
                 raise MalformedRecord(f"{path}: cannot be read as Parquet records ({type(e).__name__}: {e})") from None
         elif path.suffix == ".json":

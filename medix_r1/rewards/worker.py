@@ -193,7 +193,8 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
             results[i].embedding, results[i].embedding_failed = (v if ok else 0.0), not ok
 
     prompts, completions = [s.problem for s in samples], [s.response for s in samples]
-    columns = columns if columns is not None else {"solution": [f"<{s.reference_tag}> {s.reference}" for s in samples]}
+    if columns is None:  # the record's solution again: its tag (already in <...>) and the reference text
+        columns = {"solution": [" ".join(p for p in (s.reference_tag, s.reference) if p) for s in samples]}
     plugin_runs = [score_function(spec, fn, prompts, completions, columns, deadline) for spec, fn, _ in functions]
     *scores, _, _ = await asyncio.gather(*plugin_runs, run_judge(), run_embedding())
     for r in results:
