@@ -96,6 +96,37 @@ def tiny(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
+def test_hf_engine_reports_the_distribution_it_drew_from(tiny):
+    """The HF engine's log-probs: log_softmax((logits with the suppressed ids at -inf) / T) of the sampled
+    tokens, as the trainer's forward computes them; the trainer's own log-probs (T only) differ by the
+    suppressed mass exactly."""
+    from transformers import AutoTokenizer
+
+    from medix_r1.rollout import HfRollout
+    from medix_r1.train.policy import load_model
+    cfg = load_config("cpu_smollm2", [f"model.policy={tiny}", "rollout.engine=hf", "rollout.max_tokens=5",
+                                      "rollout.n=3", "rollout.temperature=0.7"])
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = load_model(tiny, cfg, trainable=False)
+    engine = HfRollout(model, tok, cfg.rollout)
+    with torch.no_grad():
+        probe = model(torch.tensor([[1, 2, 3]])).logits[0, -1]
+    banned = probe.topk(5000).indices.tolist()  # the likeliest ids: ~10% of this near-uniform model's mass
+    engine.suppress_tokens(banned)
+    r = engine.generate([[1, 2, 3], [4, 5]], step=1, seed=0)
+    for prompt, ids, logp in zip(r.prompt_ids, r.response_ids, r.sample_logp):
+        assert not set(ids) & set(banned)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].float()
+        drawn_from = logits.index_fill(-1, torch.tensor(banned), float("-inf")) / 0.7
+        want = drawn_from.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(logp), want, rtol=0, atol=1e-4)
+        trainer = (logits / 0.7).log_softmax(-1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
+        kept = (logits / 0.7).softmax(-1).index_fill(-1, torch.tensor(banned), 0.0).sum(-1)
+        torch.testing.assert_close(torch.tensor(logp) - trainer, -kept.log(), rtol=0, atol=1e-4)
+        assert (torch.tensor(logp) - trainer).min() > 5e-2  # a visible gap: the test would see raw log-probs
+
+
 def test_a_run_with_the_correction_reports_it_and_changes_nothing_on_the_cpu(tiny, tmp_path):
     """hf rollouts on the policy itself (fp32): the engine's and the trainer's log-probs agree, every weight is 1
     within 1e-4, and two steps with token_truncate give the losses of two steps without it."""

@@ -92,8 +92,10 @@ def test_mixed_two_step_run_trains_language_and_vision_and_checkpoints(tiny, dat
     assert [x["step"] for x in lines] == [1, 2]
     for key in ("reward/total", "loss/loss", "optim/grad_norm", "rollout/logp_mismatch", "time/update"):
         assert key in lines[-1]
-    # hf rollouts run on the policy with the same images: sampling and trainer log-probs agree
-    assert lines[0]["rollout/logp_mismatch"] < 1e-4
+    # hf rollouts run on the policy with the same images; the engine's log-probs are those of the distribution it
+    # drew from, without the suppressed image-placeholder ids (about 1% of this random tiny model's mass at T=0.7:
+    # the exact semantics are tested in test_rollout_correction_train.py), so they agree to about 1e-2 nat
+    assert lines[0]["rollout/logp_mismatch"] < 5e-2
     final = out / "step_000002"
     for name in ("COMPLETE", "trainer_state.json", "optim_rng.pt", "model/model.safetensors", "model/config.json",
                  "model/tokenizer.json"):
