@@ -1,0 +1,76 @@
+"""Count the calls that make the host wait for the device, on any device (the CPU included).
+
+On a GPU these block the host until the queue drains: reading a value (``.item()``, ``float()``,
+``bool()``, ``.tolist()``, ``.numpy()``), a copy to the host, and ops whose output shape depends on
+the data (``nonzero``, ``unique``, boolean-mask indexing, ``masked_select``). A CPU run calls the same
+ops, so counting them here tells what a GPU run would wait for, without a GPU. The ops are seen
+through a TorchDispatchMode (the dispatcher sees every op, whatever its caller); ``tolist`` and
+``numpy`` read memory without an op, so they are counted by wrapping the methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import traceback
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+# value reads and data-dependent shapes: each waits for the device
+SYNC_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten._unique2.default,
+            aten.unique_dim.default, aten.unique_consecutive.default, aten.masked_select.default,
+            aten.repeat_interleave.Tensor}
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
+class HostReads(TorchDispatchMode):
+    """``with HostReads() as reads: ...``; ``reads.count`` and ``reads.where`` (one short stack per read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.where: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.where)
+
+    def record(self, what: str) -> None:
+        frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename
+                  and "host_reads.py" not in f.filename]
+        self.where.append(what + " at " + " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}"
+                                                     for f in reversed(frames[-4:])))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in SYNC_OPS or (func is aten.index.Tensor and _bool_index(args)):
+            self.record(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._saved = torch.Tensor.tolist, torch.Tensor.numpy
+        mode, (tolist, numpy) = self, self._saved
+
+        def counted_tolist(t, *a, **k):
+            mode.record("tolist")
+            return tolist(t, *a, **k)
+
+        def counted_numpy(t, *a, **k):
+            mode.record("numpy")
+            return numpy(t, *a, **k)
+        torch.Tensor.tolist, torch.Tensor.numpy = counted_tolist, counted_numpy
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist, torch.Tensor.numpy = self._saved
+        return super().__exit__(*exc)
+
+
+@contextlib.contextmanager
+def no_counting(mode: HostReads):
+    """Reads inside the block are not counted (a test's own set-up)."""
+    saved = list(mode.where)
+    yield
+    mode.where[:] = saved
