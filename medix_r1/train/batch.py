@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from medix_r1.train.shared_prompt import prompt_groups
+
+def prompt_groups(prompts: list[list[int]]) -> list[int]:
+    """For each row, the index of its prompt among the distinct prompts (first-seen order): which rows
+    the shared-prompt forward (shared_prompt.py) runs on one prompt pass."""
+    seen: dict[tuple, int] = {}
+    return [seen.setdefault(tuple(p), len(seen)) for p in prompts]
+
 
 
 def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, images=None) -> dict:
@@ -28,7 +34,7 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         pred_pos[b] = torch.clamp(torch.arange(R) + len(p) - 1, max=L - 1)
     batch = {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos,
              # per-row facts the host decides with (shared-prompt forward, loss weights) without reading the device
-             "host": {"prompt_len": [len(p) for p in prompts], "prompt_group": prompt_groups(prompts).tolist(),
+             "host": {"prompt_len": [len(p) for p in prompts], "prompt_group": prompt_groups(prompts),
                       "response_len": [len(r) for r in responses]}}
     if images and any(x is not None for x in images):
         batch["images"] = list(images)

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import torch
 
-
-def prompt_groups(prompts: list[list[int]]) -> torch.Tensor:
-    """For each row, the index of its prompt among the distinct prompts (first-seen order)."""
-    seen: dict[tuple, int] = {}
-    return torch.tensor([seen.setdefault(tuple(p), len(seen)) for p in prompts], dtype=torch.long)
+from medix_r1.train.batch import index_tensor
 
 
 def worth_sharing(batch: dict) -> bool:
@@ -44,8 +40,6 @@ def shared_prompt_hidden(base_model, batch: dict, response_pass: bool | None = N
     forwards: the trainer agrees on it across ranks); None = when some response needs it. The
     shapes come from the batch's host facts, so nothing here waits for the device."""
     from transformers.cache_utils import DynamicCache
-
-    from medix_r1.train.batch import index_tensor
 
     host, dev = batch["host"], batch["ids"].device
     ids, mask = batch["ids"], batch["mask"]
