@@ -28,21 +28,25 @@ def _bool_index(args) -> bool:
 
 
 class HostReads(TorchDispatchMode):
-    """``with HostReads() as reads: ...``; ``reads.count`` and ``reads.where`` (one short stack per read)."""
+    """``with HostReads() as reads: ...``; ``reads.where``: per read, (what, the file and line of the
+    innermost caller outside torch, a short stack); ``reads.by(folder)`` the reads made from a folder."""
 
     def __init__(self):
         super().__init__()
-        self.where: list[str] = []
+        self.where: list[tuple[str, str, str]] = []
 
     @property
     def count(self) -> int:
         return len(self.where)
 
+    def by(self, folder: str) -> list[tuple[str, str, str]]:
+        return [w for w in self.where if f"/{folder}/" in w[1]]
+
     def record(self, what: str) -> None:
         frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename
                   and "host_reads.py" not in f.filename]
-        self.where.append(what + " at " + " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}"
-                                                     for f in reversed(frames[-4:])))
+        stack = " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in reversed(frames[-4:]))
+        self.where.append((what, f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?", stack))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in SYNC_OPS or (func is aten.index.Tensor and _bool_index(args)):
