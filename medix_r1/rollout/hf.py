@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from medix_r1.rollout.sampling import Sampling, TokenSampler, uniforms
+from medix_r1.rollout.sampling import Sampling, TokenSampler, row_generators
 from medix_r1.rollout.types import OOM_HINT, RolloutOutOfMemory, Rollouts, is_oom
 
 HF_OOM_HINT = "; with rollout.engine=hf also rollout.hf_batch_size (sequences generated at once)"
@@ -39,7 +39,8 @@ class HfRollout:
         c = self.cfg
         prompts = [split_prompt(p) for p in prompt_ids]  # (ids, image inputs or None); a VL item brings images
         rows = [(i, j) for i in range(len(prompts)) for j in range(c.n)]
-        u = uniforms(seed, step, len(prompts), c.n, c.max_tokens, attempt, offset)
+        device = next(self.model.parameters()).device
+        gens = row_generators(seed, step, len(prompts), c.n, device, attempt, offset)
         # Longest prompts first: chunks of similar lengths pad less (the draws do not depend on the order).
         order = sorted(range(len(rows)), key=lambda k: -len(prompts[rows[k][0]][0]))
         chunk = c.hf_batch_size
@@ -49,7 +50,7 @@ class HfRollout:
         try:
             for start in range(0, len(order), chunk):
                 part = order[start:start + chunk]
-                got = self._generate_rows([prompts[rows[k][0]] for k in part], u[part])
+                got = self._generate_rows([prompts[rows[k][0]] for k in part], [gens[k] for k in part], device)
                 out.update(zip(part, got))
         except Exception as e:
             if is_oom(e):
@@ -67,11 +68,12 @@ class HfRollout:
                   truncated=self.eos not in ids)
         return r
 
-    def _generate_rows(self, prompts: list[tuple], u: torch.Tensor) -> list[tuple[list[int], list[float]]]:
-        """One ``generate`` call over left-padded rows; per row (new token ids, their raw log-probs)."""
+    def _generate_rows(self, prompts: list[tuple], gens: list, device) -> list[tuple[list[int], list[float]]]:
+        """One ``generate`` call over left-padded rows (each with its sample's generator); per row (new
+        token ids, their raw log-probs)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        device = next(self.model.parameters()).device
+        max_tokens = self.cfg.max_tokens
         width = max(len(p) for p, _ in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -80,9 +82,9 @@ class HfRollout:
             mask[b, width - len(p):] = 1
         images = [x for _, x in prompts if x]
         extra = {k: torch.cat([x[k] for x in images]).to(device) for k in images[0]} if images else {}
-        sampler = TokenSampler(self.sampling(), u.to(device))
+        sampler = TokenSampler(self.sampling(), gens, max_tokens, device)
         # Greedy on the sampler's forced choice: transformers' own sampling and processors stay out of it.
-        gen = GenerationConfig(do_sample=False, max_new_tokens=u.shape[1], pad_token_id=self.pad,
+        gen = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, pad_token_id=self.pad,
                                eos_token_id=self.eos)
         with only_this_generation_config(self.model):
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,

@@ -6,15 +6,15 @@ Each step takes the model's raw next-token logits [B, V] and:
    order (suppressed ids, temperature, top-p): each is a plain function of (logits, settings)
    that returns new logits with ``-inf`` outside what it keeps; a new knob is one function and one
    entry there;
-2. draws one token per row by the inverse CDF at a uniform drawn before generation started
-   (:func:`draw`), or takes the arg-max at temperature 0;
+2. draws one token per row with the exponential race (:func:`draw`) on noise from the row's own
+   generator, or takes the arg-max at temperature 0;
 3. records the token's raw log-prob (log-softmax of the unprocessed logits: what every engine
    reports in ``Rollouts.sample_logp``) and its log-prob under the distribution it was drawn from.
 
-The uniforms come from one CPU generator per prompt, seeded like every engine's per-prompt seed
-(``rollout.types.sample_seed``), one row of ``max_tokens`` values per sample: what a sample draws
-depends only on (run seed, step, prompt, attempt, sample), not on which other prompts share its
-batch, how the rows are split into ``rollout.hf_batch_size`` chunks, or how many ranks there are.
+Every sample has its own generator, seeded from the engines' per-prompt seed
+(``rollout.types.sample_seed``) and the sample's index (:func:`row_generators`): what a sample draws
+depends on (run seed, step, prompt, attempt, sample), not on which other prompts share its batch,
+how the rows are split into ``rollout.hf_batch_size`` chunks, or how many ranks there are.
 """
 from __future__ import annotations
 
@@ -74,43 +74,50 @@ def sampling_logits(raw: torch.Tensor, s: Sampling) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """One token per row of ``logits`` [B, V] at the uniforms ``u`` [B] in [0, 1): the first token
-    whose cumulative probability exceeds ``u``. The CDF is summed in float64 so that a token's share
-    of it is its probability to well below float32's resolution; a token of probability 0 is never
-    drawn (its CDF step is empty)."""
-    cdf = logits.double().softmax(-1).cumsum(-1)
-    x = (u.double() * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+def draw(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``logits`` [B, V]: the arg-max of ``logits - log(noise)`` with ``noise``
+    [B, V] standard exponentials, which picks token k with probability softmax(logits)[k] (the
+    exponential race, i.e. the Gumbel-max trick). A token of probability 0 is never drawn. Unlike
+    an inverse CDF, a choice moves only when two tokens' perturbed scores are within the logits'
+    rounding of each other: left padding or another batch changes no draw in practice."""
+    noise = noise.clamp(min=torch.finfo(noise.dtype).tiny)  # an exact 0 would make -inf - log(0) NaN
+    return (logits.to(noise.dtype) - noise.log()).argmax(-1)
 
 
-def uniforms(seed: int, step: int, prompts: int, n: int, steps: int, attempt: int = 0, offset: int = 0):
-    """[prompts * n, steps] float64 uniforms, rows group by group: prompt i's generator is seeded with
-    ``sample_seed(seed, step, offset + i, attempt)`` and draws its n samples' rows."""
-    rows = []
+def row_generators(seed: int, step: int, prompts: int, n: int, device, attempt: int = 0,
+                   offset: int = 0) -> list[torch.Generator]:
+    """One generator per sample, rows group by group, on ``device``: sample j of prompt i is seeded
+    from ``sample_seed(seed, step, offset + i, attempt)`` and j. Each step draws one exponential per
+    token of the vocabulary from it, so a sample's draws do not depend on the other rows."""
+    gens = []
     for i in range(prompts):
-        g = torch.Generator().manual_seed(sample_seed(seed, step, offset + i, attempt))
-        rows.append(torch.rand(n, steps, generator=g, dtype=torch.float64))
-    return torch.cat(rows) if rows else torch.zeros(0, steps, dtype=torch.float64)
+        base = sample_seed(seed, step, offset + i, attempt)
+        gens += [torch.Generator(device=device).manual_seed(base * 65_536 + j) for j in range(n)]
+    return gens
 
 
 class TokenSampler:
     """A transformers logits processor that samples the next token itself and forces ``generate``'s
     greedy step to take it (0 at the token, ``-inf`` elsewhere). ``raw_logp`` / ``sampled_logp``
-    [B, steps] hold, per step, the chosen token's raw log-prob and its log-prob under the
+    [B, max_tokens] hold, per step, the chosen token's raw log-prob and its log-prob under the
     distribution it was drawn from (0 when greedy); they stay on the device until read."""
 
-    def __init__(self, s: Sampling, u: torch.Tensor):
-        self.s, self.u, self.t = s, u, 0
+    def __init__(self, s: Sampling, generators: list[torch.Generator], max_tokens: int, device):
+        self.s, self.generators, self.t = s, generators, 0
         # one spare column: a decode loop that checks for its end a step late calls once more
-        self.raw_logp = torch.zeros(u.shape[0], u.shape[1] + 1, device=u.device)
+        self.raw_logp = torch.zeros(len(generators), max_tokens + 1, device=device)
         self.sampled_logp = torch.zeros_like(self.raw_logp)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         raw = scores.float()
         logits = sampling_logits(raw, self.s)
-        t = min(self.t, self.u.shape[1] - 1)
-        token = logits.argmax(-1) if self.s.greedy else draw(logits, self.u[:, t])
+        if self.s.greedy:
+            token = logits.argmax(-1)
+        else:
+            noise = torch.empty(logits.shape, dtype=torch.float64, device=logits.device)
+            for row, g in zip(noise, self.generators):
+                row.exponential_(generator=g)
+            token = draw(logits, noise)
         pick = token.unsqueeze(-1)
         col = min(self.t, self.raw_logp.shape[1] - 1)
         self.raw_logp[:, col] = raw.log_softmax(-1).gather(-1, pick).squeeze(-1)
