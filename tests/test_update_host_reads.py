@@ -2,7 +2,7 @@
 read every micro-batch's loss and statistics as Python floats computed: the same stats, bit for bit,
 and the same weights.
 
-Reads are counted with tests/host_reads.py on the CPU (the ops that would make a GPU's host wait).
+Reads are counted with medix_r1/testing/host_reads.py on the CPU (the ops that would make a GPU's host wait).
 What the trainer's own code (medix_r1/) may read per update: the shuffled mini-batch order once per
 epoch (a CPU generator's tensor: host memory, no device involved) and one small tensor per optimizer
 step (finite or not, the gradient norm, the statistics). The optimizer's step is not counted:
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from medix_r1.parallel import layout
+from medix_r1.testing.host_reads import HostReads, no_counting
 from medix_r1.train import step as train_step
 from medix_r1.train.batch import make_batch, slice_batch
 from medix_r1.train.optim import make_optimizer
 from medix_r1.train.policy import load_model, loss_config, policy_loss, sequence_logp
-from tests.host_reads import HostReads, no_counting
 from tests.train_helpers import make_tiny_model, tiny_run_config
 
 # Per micro-batch, outside medix_r1 (seen with torch 2.13 / transformers 5.19): the loss kernels'

@@ -78,3 +78,39 @@ def no_counting(mode: HostReads):
     saved = list(mode.where)
     yield
     mode.where[:] = saved
+
+
+class CudaSyncs:
+    """The synchronising CUDA calls inside ``with CudaSyncs() as syncs:`` as PyTorch's own sync debug
+    mode reports them (``torch.cuda.set_sync_debug_mode("warn")``: one warning per call that waits for
+    the device, copies to the host included); ``syncs.where`` as :class:`HostReads` has it."""
+
+    def __init__(self):
+        self.where: list[tuple[str, str, str]] = []
+
+    def by(self, folder: str) -> list[tuple[str, str, str]]:
+        return [w for w in self.where if f"/{folder}/" in w[1]]
+
+    def __enter__(self):
+        import warnings
+        self._catch = warnings.catch_warnings(record=True)
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(*exc)
+        for w in self._records:
+            text = str(w.message)
+            if "synchroniz" in text:
+                self.where.append((text.split("\n")[0][:80], f"{w.filename}:{w.lineno}", ""))
+        return False
+
+
+def device_waits(device):
+    """What waits for ``device`` inside a block: PyTorch's sync debug mode on a GPU, else the ops that
+    would wait there (:class:`HostReads`)."""
+    return CudaSyncs() if torch.device(device).type == "cuda" else HostReads()
