@@ -60,7 +60,7 @@ class HfRollout:
             self.model.train(was_training)
         r = Rollouts()
         for k, (i, _) in enumerate(rows):  # group by group, as every engine returns them
-            ids, logp = out[k]
+            ids, logp, _at_temperature = out[k]  # the latter: log-probs under the distribution drawn from
             end = ids.index(self.eos) + 1 if self.eos in ids else len(ids)
             p, images = prompts[i]
             r.add(prompt_ids=p, images=images, response_ids=ids[:end], sample_logp=logp[:end],
@@ -68,9 +68,9 @@ class HfRollout:
                   truncated=self.eos not in ids)
         return r
 
-    def _generate_rows(self, prompts: list[tuple], gens: list, device) -> list[tuple[list[int], list[float]]]:
+    def _generate_rows(self, prompts: list[tuple], gens: list, device) -> list[tuple[list, list, list]]:
         """One ``generate`` call over left-padded rows (each with its sample's generator); per row (new
-        token ids, their raw log-probs)."""
+        token ids, their raw log-probs, their log-probs under the distribution they were drawn from)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
         max_tokens = self.cfg.max_tokens
@@ -90,7 +90,8 @@ class HfRollout:
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
                                        logits_processor=LogitsProcessorList([sampler]), **extra)
         new = seqs[:, width:]
-        return list(zip(new.tolist(), sampler.raw_logp[:, :new.shape[1]].tolist()))
+        logps = torch.stack([sampler.raw_logp, sampler.sampled_logp])[:, :, :new.shape[1]].tolist()  # one read
+        return list(zip(new.tolist(), *logps))
 
     def suppress_tokens(self, token_ids) -> None:
         """Never sample these ids (see VllmRollout.suppress_tokens); the returned log-probs stay raw."""
