@@ -40,7 +40,7 @@ class Sampling:
 def suppress_ids(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     if not s.suppress:
         return logits
-    ids = torch.tensor(s.suppress, device=logits.device)
+    ids = torch.tensor(s.suppress).to(logits.device, non_blocking=True)  # no wait for the device's queue
     return logits.index_fill(-1, ids, float("-inf"))
 
 

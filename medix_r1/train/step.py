@@ -198,8 +198,8 @@ def backward_mini_batch(model, batch: dict, mini_rows: list[int], advantages, ol
 
 def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int,
            rows: layout.Layout):
-    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] or None,
-    nan_skipped).
+    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] of the first
+    epoch, nan_skipped).
 
     Mini-batches and loss weights come from the global batch (``rows``, a single process's rows and
     order): each rank runs its own rows of a mini-batch, weighted by their share of the mini-batch's
@@ -222,7 +222,8 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
         lockstep.drop_unused_vision_gradients(model, saw_image)
         params = [p for p in model.parameters() if p.grad is not None]
         gnorm = fsdp.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
-        read = torch.cat([finite.double().view(1), gnorm.detach().double().view(1), sums]).tolist()  # the one read
+        gnorm = gnorm.detach().to(sums.device, torch.float64).view(1)
+        read = torch.cat([finite.double().view(1), gnorm, sums]).tolist()  # the step's one read of the device
         if not lockstep.all_finite(bool(read[0])):
             log.warning("step %d: non-finite loss, skipping this optimizer step", step)
         elif not math.isfinite(read[1]):
