@@ -72,6 +72,7 @@ def one_update(model, optimizer, batch, adv, cfg, lcfg, step: int, rows, old_log
 
     dev = dist.device()
     cuda = dev.type == "cuda"
+    optimizer.zero_grad(set_to_none=True)  # the previous update's gradients are not resident
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
