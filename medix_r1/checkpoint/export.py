@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from medix_r1.checkpoint.store import MARKER, save_hf_folder
+from medix_r1.checkpoint.store import MARKER, save_hf_folder, verify_checkpoint
+from medix_r1.utils.cli import command_name
 
 # ----------------------------------------------------------------------------- export to a Hugging Face folder
 
@@ -50,9 +51,16 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
         raise ValueError(f"{step} is not a complete checkpoint (no {MARKER} marker)")
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise ValueError(f"--dtype must be one of {list(EXPORT_DTYPES)}, got {dtype!r}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT_DIR {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty")
-    policy = json.loads((step / "trainer_state.json").read_text())["config"]["model"]["policy"]
+    if push_to_hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ValueError("--push-to-hub needs the network, but HF_HUB_OFFLINE is set")
+    problem = verify_checkpoint(step)  # the manifest in COMPLETE: sizes and sha256 of every file
+    if problem is not None:
+        raise ValueError(f"{step}: {problem}; the checkpoint is damaged and was not exported (use an earlier one)")
+    policy = checkpoint_policy(step)
     source = step / "model" if (step / "model" / "config.json").is_file() else \
         Path(resolve_model_dir(policy, "the checkpoint's model.policy"))
     config = transformers.AutoConfig.from_pretrained(str(source))
@@ -68,7 +76,10 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
         from safetensors.torch import load_file
         weights = {}
         for f in sorted((step / "model").glob("*.safetensors")):
-            weights.update(load_file(str(f)))
+            try:
+                weights.update(load_file(str(f)))
+            except Exception as e:  # SafetensorError: a truncated or garbled file (one without a manifest)
+                raise ValueError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         model = None  # the files already hold the checkpoint's key names
     if dtype is not None:
         weights = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
@@ -93,9 +104,36 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
     if push_to_hub:
         from huggingface_hub import HfApi
         api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
+        try:
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
+        except Exception as e:  # offline, no token, no rights: the folder is written and stays
+            raise PushError(f"wrote {out}, but pushing it to {push_to_hub} failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:300] if str(e) else ''}); push it later with "
+                            f"`huggingface-cli upload {push_to_hub} {out}`") from e
     return out
+
+
+class PushError(RuntimeError):
+    """The folder was exported but not uploaded (one line; the folder stays)."""
+
+
+def checkpoint_policy(step: Path) -> str:
+    """The run's ``model.policy`` from the checkpoint's trainer_state.json; ValueError naming the file."""
+    path = step / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+    try:
+        policy = state["config"]["model"]["policy"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path} has no config.model.policy (the run's model; written by the trainer)") from None
+    if not isinstance(policy, str) or not policy:
+        raise ValueError(f"{path}: config.model.policy must be a model folder or name, got {policy!r}")
+    return policy
 
 
 def _save_plain(folder: Path, config, weights: dict) -> None:
@@ -112,7 +150,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m medix_r1.checkpoint",
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.checkpoint"),
                                 description="Trainer checkpoints: export one as a Hugging Face model folder.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write a Hugging Face folder (safetensors, config, tokenizer, processor) "
@@ -127,6 +165,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

@@ -26,6 +26,7 @@ from medix_r1.rewards.plugins import function_name
 from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
+from medix_r1.train.output_dir import release_output_dir
 from medix_r1.train.policy import sequence_logp
 from medix_r1.train.step import advantages, collect, sync_weights, update
 from medix_r1.train.trackers import check_report_to, completions_table
@@ -59,6 +60,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ev
             close_run(run)
         return summarize(run.metrics.history, time.perf_counter() - t_start, last)
     finally:
+        release_output_dir(cfg.train.output_dir)  # the run's lock on its folder (train/output_dir.py)
         if own_group:
             dist.close()
 

@@ -167,7 +167,7 @@ def backward_mini_batch(model, batch: dict, mini_rows: list[int], advantages, ol
     micro-batch had an image), the first two on the device: nothing here waits for it. The loss
     weights come from the layout's token counts, on the host. ``raw_logp`` [B, R], when given, gets
     the micro-batches' raw log-probs."""
-    per_token = cfg.loss.aggregation == "token-mean"
+    per_token = lcfg.aggregation == "token-mean"  # the loss type's own when loss.aggregation is auto
     own_tokens = [rows.tokens[g] for g in rows.own_rows()]       # this rank's rows, in local order
     weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else float(len(mini_rows))
     dev = advantages.device
