@@ -5,6 +5,7 @@ code; what torchrun adds is a call into :mod:`medix_r1.parallel` with the rule i
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -69,6 +70,27 @@ def sync_weights(engine, policy) -> None:
     engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
 
 
+# How much longer than the reward batch deadline the trainer waits for the worker's results. The
+# worker's Future is done by the deadline plus a few seconds whatever its event loop does
+# (RewardWorker._bounded); this bounds the trainer's wait even if that safeguard itself failed.
+REWARD_WAIT_MARGIN_S = 60.0
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
+
+
+def reward_results(future, cfg: TrainConfig) -> list:
+    """The reward worker's results for a batch, waited for at most reward.deadline_s plus a margin."""
+    limit = cfg.reward.deadline_s + REWARD_WAIT_MARGIN_S
+    try:
+        return future.result(timeout=limit)
+    except concurrent.futures.TimeoutError:
+        raise TrainingStopped(f"the reward worker returned no results within {limit:.0f} s (reward.deadline_s "
+                              f"{cfg.reward.deadline_s:g} s + {REWARD_WAIT_MARGIN_S:g} s): it is stuck; the last "
+                              "checkpoint is intact, restart with --resume") from None
+
+
 @dataclass
 class Collected:
     """A step's scored rollouts (this rank's rows) and the owner rank of each kept group, in order."""
@@ -79,10 +101,10 @@ class Collected:
     times: dict = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0})
     info: dict = field(default_factory=lambda: {"refills": 0, "dropped_groups": 0, "prompts": 0})
 
-    def wait_rewards(self) -> list:
+    def wait_rewards(self, cfg: TrainConfig) -> list:
         if self.results is None:
             t = time.perf_counter()
-            self.results = self.pending.result()
+            self.results = reward_results(self.pending, cfg)
             self.times["reward"] += time.perf_counter() - t
         return self.results
 
@@ -115,7 +137,7 @@ def collect(run, step: int) -> Collected:
             return Collected(r, layout.owners(len(idx)), pending=score(run.reward_worker, r, records, cfg),
                              times=out.times, info=out.info)
         t = time.perf_counter()
-        results = score(run.reward_worker, r, records, cfg).result() if len(r) else []
+        results = reward_results(score(run.reward_worker, r, records, cfg), cfg) if len(r) else []
         out.times["reward"] += time.perf_counter() - t
         mine = keep_groups(torch.tensor([x.total for x in results], dtype=torch.float32), n, cfg) if results else []
         keep = [g for part in dist.all_gather([lo + g for g in mine]) for g in part]  # global, ascending
