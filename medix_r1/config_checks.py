@@ -67,6 +67,7 @@ RANGES = {
     "rollout.temperature": (0.0, None, True),
     "rollout.top_p": (0.0, 1.0, True),
     "rollout.kv_cache_gb": (0.0, None, True),
+    "rollout.hf_batch_size": (1, None),
     "algorithm.advantage_eps": (0.0, None),
     "algorithm.dynamic_sampling_low": (0.0, 1.0),
     "algorithm.dynamic_sampling_high": (0.0, 1.0),

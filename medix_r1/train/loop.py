@@ -28,15 +28,11 @@ from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.output_dir import release_output_dir
 from medix_r1.train.policy import sequence_logp
-from medix_r1.train.step import advantages, collect, sync_weights, update, with_rollout_logp
+from medix_r1.train.step import TrainingStopped, advantages, collect, sync_weights, update, with_rollout_logp
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
 
 log = logging.getLogger("medix_r1.train")
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, eval_hook=None,
@@ -104,7 +100,7 @@ def run_steps(run: Run) -> int:
             old_logp = sequence_logp(run.policy, batch, cfg.rollout.temperature, o.micro_batch_size) \
                 if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < rows_global)) else None
         # 3. advantages over the global batch, once the rewards are in
-        results = got.wait_rewards()
+        results = got.wait_rewards(cfg)
         rows = layout.row_layout(got.group_owner, cfg.rollout.n, [len(x) for x in r.response_ids],
                                  [x.total for x in results])
         adv = advantages(rows, cfg)
