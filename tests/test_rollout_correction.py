@@ -398,6 +398,21 @@ TRITON = """
                     torch.testing.assert_close(x1.grad.float(), x2.grad.float(), **tol("logprob_grad", dtype),
                                                msg=what)
                     assert (x1.grad[~mask] == 0).all()
+        # GSPO's sequence ratio and a sequence-level correction in the same first loop of policy_seq_kernel
+        for cfg in (mk.LossConfig(loss_type="gspo", rollout_correction="sequence_mask", rollout_mask="reject",
+                                  rollout_is_cap=1.3, rollout_is_lower=0.8),
+                    mk.LossConfig(loss_type="gspo_token", rollout_correction="sequence_truncate", rollout_is_cap=1.2,
+                                  rollout_is_sequence="product")):
+            x1 = logits.clone().requires_grad_(True)
+            x2 = logits.clone().requires_grad_(True)
+            l1, s1 = G.TRITON_PATHS["single_pass"](x1, ids, mask, adv, old, None, cfg, False, False, "triton", roll)
+            l2, s2 = ref.grpo_loss(x2, ids, mask, adv, old_logp=old, rollout_logp=roll, config=cfg)
+            torch.testing.assert_close(l1, l2.float(), **tol("loss", torch.float32))
+            for k in s2:
+                torch.testing.assert_close(s1[k], s2[k].float(), **tol("loss", torch.float32), msg=k)
+            l1.backward()
+            l2.backward()
+            torch.testing.assert_close(x1.grad.float(), x2.grad.float(), **tol("logprob_grad", dtype))
         # the public op (the defaults table's path), with its checks
         cfg = mk.LossConfig(rollout_correction="token_mask", rollout_is_cap=1.5)
         l1, _ = mk.grpo_loss(logits, ids, mask, adv, rollout_logp=roll, config=cfg, backend="triton")
