@@ -143,6 +143,18 @@ def _k3(lr, rho):
 
 
 @triton.jit
+def _rollout_sums(lr, w, kp, inside, m, keep):
+    """One chunk's share of the rollout diagnostics: the weight applied (sum, max), the tokens outside the
+    bounds, k3, chi^2, |log rho| and log rho (sums over the response tokens)."""
+    rho = tl.exp(lr)
+    return (tl.sum(tl.where(keep, m * kp * w, 0.0), axis=0), tl.max(tl.where(keep, kp * w, 0.0), axis=0),
+            tl.sum(tl.where(keep & (inside == 0), m, 0.0), axis=0),
+            tl.sum(tl.where(keep, m * _k3(lr, rho), 0.0), axis=0),
+            tl.sum(tl.where(keep, m * (rho * rho - 1.0), 0.0), axis=0),
+            tl.sum(tl.where(keep, m * tl.abs(lr), 0.0), axis=0), tl.sum(tl.where(keep, m * lr, 0.0), axis=0))
+
+
+@triton.jit
 def _sequence_log_ratios(logp_ptr, old_ptr, roll_ptr, mask_ptr, base, L, offs, GSPO: tl.constexpr,
                          SEQ_ROLLOUT: tl.constexpr, GEOMETRIC: tl.constexpr, HAS_OLD: tl.constexpr,
                          BLOCK_L: tl.constexpr):
@@ -219,14 +231,9 @@ def policy_seq_kernel(logp_ptr, old_ptr, ref_ptr, roll_ptr, adv_ptr, mask_ptr, e
             lr = _log_rho(lp, od, rl, keep, HAS_OLD)
             w, kp, inside = rollout_weight(lr, log_rho_seq, r_lower, r_cap, ROLLOUT, REJECT)
             me = m * kp
-            rho = tl.exp(lr)
-            r_w += tl.sum(tl.where(keep, me * w, 0.0), axis=0)
-            r_max = tl.maximum(r_max, tl.max(tl.where(keep, kp * w, 0.0), axis=0))
-            r_flag += tl.sum(tl.where(keep & (inside == 0), m, 0.0), axis=0)
-            r_k3 += tl.sum(tl.where(keep, m * _k3(lr, rho), 0.0), axis=0)
-            r_chi2 += tl.sum(tl.where(keep, m * (rho * rho - 1.0), 0.0), axis=0)
-            r_abs += tl.sum(tl.where(keep, m * tl.abs(lr), 0.0), axis=0)
-            r_sum += tl.sum(tl.where(keep, m * lr, 0.0), axis=0)
+            d_w, d_max, d_flag, d_k3, d_chi2, d_abs, d_sum = _rollout_sums(lr, w, kp, inside, m, keep)
+            r_w, r_max, r_flag, r_k3 = r_w + d_w, tl.maximum(r_max, d_max), r_flag + d_flag, r_k3 + d_k3
+            r_chi2, r_abs, r_sum = r_chi2 + d_chi2, r_abs + d_abs, r_sum + d_sum
         a = tl.load(adv_ptr + b * adv_stride_b + c * adv_stride_l, mask=ok, other=0.0).to(tl.float32)
         loss, dl, r, kl = token_terms(lp, od, rf, a, log_s, clip_low, clip_high, dual_clip, beta, RATIO, CISPO,
                                       DUAL_CLIP, KL, w)
