@@ -169,13 +169,18 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                     None if seq_log_ratio is None else seq_log_ratio[s:e])
                 chunk_loss = (per_tok * w_tok[s:e]).sum()
                 (g_lp,) = torch.autograd.grad(chunk_loss, lp)
+            g_en = None
+            if config.entropy_coef > 0:  # the bonus -coef * sum_t w_t H_t: d/dH_t = -coef * w_t, and the
+                g_en = -config.entropy_coef * w_tok[s:e]  # kernel's backward takes d entropy with d logp
+                chunk_loss = chunk_loss + (g_en * en).sum()
             loss += chunk_loss.detach()
             ratio_all[s:e] = ratio
             if kl_all is not None:
                 kl_all[s:e] = kl
             if ent_all is not None:
                 ent_all[s:e] = en
-            bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None, None, config.temperature)  # logits := d logits
+            bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None if g_en is None else en, g_en,
+                        config.temperature)  # logits := d logits
             grad_h_parts.append(_linear(logits, w_t))  # d hidden = dZ W
             _addmm_f32_(grad_w, logits.t(), h[s:e], first=s == 0)  # d W (+)= dZ^T h, in place
             if grad_b is not None:
@@ -230,13 +235,14 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     if backend == "torch" or hidden.dtype == torch.float64:
         loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
                                                        bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
-                                                       config=config)
+                                                       config=config, return_entropy=return_entropy)
         return loss, stats
     chunk = chunk_size or default_chunk_size(lm_head_weight.shape[0], hidden.dtype, hidden.device)
+    with_entropy = bool(return_entropy) or config.entropy_coef > 0  # the entropy bonus needs it
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
-                                     ref_logp, config, chunk, backend, bool(return_entropy))
+                                     ref_logp, config, chunk, backend, with_entropy)
     names = sorted(["clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"]
-                   + (["entropy_mean"] if return_entropy else []))
+                   + (["entropy_mean"] if with_entropy else []))
     return out[0], dict(zip(names, out[1:]))
 
 

@@ -78,7 +78,7 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
         config: LossConfig (loss type, clip range, dual clip, KL estimator, aggregation, temperature).
         inplace_backward: the backward writes d logits over the logits (no extra [B, L, V] buffer);
             logits whose elements share memory (an expanded view) are refused.
-        return_entropy: also report the mean entropy in the stats.
+        return_entropy: also report the mean entropy in the stats (reported too when config.entropy_coef > 0).
         check_finite: raise on non-finite logits before computing (debug mode).
         backend: "auto", "torch", "cpu", "triton", "cuda".
 
@@ -95,9 +95,10 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
     if backend == "torch":
         return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
                                    config=config, return_entropy=return_entropy)
-    out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=return_entropy,
+    with_entropy = return_entropy or config.entropy_coef > 0  # the bonus needs it, with its gradient
+    out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=with_entropy,
                                 inplace_backward=inplace_backward, backend=backend)
-    logp, entropy = out if return_entropy else (out, None)
+    logp, entropy = out if with_entropy else (out, None)
     return policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy)
 
 
@@ -109,5 +110,7 @@ def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, en
     sequence_ratio = config.loss_type in SEQUENCE_RATIO_TYPES and old is not None
     seq = gspo_seq_log_ratio(logp, old, mask) if sequence_ratio else None
     per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq)
+    if config.entropy_coef > 0:  # the entropy bonus (its gradient: selective_log_softmax's entropy backward)
+        per_token = per_token - config.entropy_coef * entropy
     loss = (per_token * token_weights(mask, config)).sum()
     return loss, token_stats(ratio, kl, adv, mask, config, entropy)

@@ -19,6 +19,8 @@ import logging
 import time
 from contextlib import contextmanager
 
+import torch
+
 from medix_r1.config import TrainConfig
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import layout, lockstep
@@ -26,7 +28,7 @@ from medix_r1.rewards.plugins import function_name
 from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
-from medix_r1.train.policy import sequence_logp
+from medix_r1.train.policy import reference_logp, sequence_logp
 from medix_r1.train.step import advantages, collect, sync_weights, update
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
@@ -92,18 +94,23 @@ def run_steps(run: Run) -> int:
                 break
             continue
         r = got.rollouts
-        batch = layout.to_device(make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images) if len(r)
-                                 else placeholder_batch(run.pad_id))
+        batch = make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images) if len(r) \
+            else placeholder_batch(run.pad_id)
+        trained = [not (cfg.loss.mask_truncated and t) for t in r.truncated]  # loss.mask_truncated: no loss
+        if not all(trained):
+            batch["mask"] *= torch.tensor(trained, dtype=batch["mask"].dtype)[:, None]
+        batch = layout.to_device(batch)
         # 2. log-probs the loss needs, while the worker scores (off-policy updates need the old ones)
         with timed(times, "logp"):
-            ref_logp = sequence_logp(run.ref, batch, cfg.rollout.temperature, o.micro_batch_size) \
-                if run.ref is not None else None
+            ref_logp = reference_logp(run.ref, run.policy, batch, cfg.rollout.temperature, o.micro_batch_size,
+                                      run.ref_is_base)
             rows_global = len(got.group_owner) * cfg.rollout.n
             old_logp = sequence_logp(run.policy, batch, cfg.rollout.temperature, o.micro_batch_size) \
                 if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < rows_global)) else None
         # 3. advantages over the global batch, once the rewards are in
-        results = got.wait_rewards()
-        rows = layout.row_layout(got.group_owner, cfg.rollout.n, [len(x) for x in r.response_ids],
+        results = got.wait_rewards(cfg)
+        rows = layout.row_layout(got.group_owner, cfg.rollout.n,
+                                 [len(x) if keep else 0 for x, keep in zip(r.response_ids, trained)],
                                  [x.total for x in results])
         adv = advantages(rows, cfg)
         # 4. update

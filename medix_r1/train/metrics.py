@@ -149,6 +149,7 @@ def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function
     m["loss/clip_frac_high"] = stats["clip_frac_high"]
     m["loss/clip_frac"] = stats["clip_frac_low"] + stats["clip_frac_high"]
     m["loss/ratio_mean"] = stats["ratio_mean"]
+    m["loss/entropy"] = stats["entropy_mean"]  # mean per-token entropy of softmax(logits / temperature)
     m["optim/grad_norm"] = stats["grad_norm"]
     m["nan_skipped"] = int(nan_skipped)
     return m

@@ -20,6 +20,7 @@ from medix_r1.parallel import fsdp, layout, lockstep
 from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
 from medix_r1.train.batch import slice_batch
 from medix_r1.train.policy import policy_loss
+from medix_r1.utils.lora import MergedWeights, is_lora
 
 log = logging.getLogger("medix_r1.train")
 
@@ -64,8 +65,15 @@ def rollout(run, prompts, step: int, attempt: int = 0, offset: int = 0) -> Rollo
 
 def sync_weights(engine, policy) -> None:
     """The policy's new weights into the engine; a sharded policy reaches the vLLM engine one gathered
-    parameter at a time (the server engine gathers DTensors itself; hf has nothing to do)."""
-    engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
+    parameter at a time (the server engine gathers DTensors itself; hf has nothing to do). A LoRA
+    policy's engines get the merged weights under the base model's names (utils.lora.MergedWeights)."""
+    if isinstance(engine, HfRollout):
+        engine.sync(policy)  # generates on the policy itself, adapters included
+    elif is_lora(policy):
+        fsdp.reshard(policy)
+        engine.sync(MergedWeights(policy))
+    else:
+        engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
 
 
 @dataclass
@@ -78,12 +86,34 @@ class Collected:
     times: dict = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0})
     info: dict = field(default_factory=lambda: {"refills": 0, "dropped_groups": 0, "prompts": 0})
 
-    def wait_rewards(self) -> list:
+    def wait_rewards(self, cfg: TrainConfig | None = None) -> list:
+        """The rewards (with ``cfg``: DAPO's overlong shaping applied, see :func:`shape_overlong`)."""
         if self.results is None:
             t = time.perf_counter()
             self.results = self.pending.result()
             self.times["reward"] += time.perf_counter() - t
+            if cfg is not None:
+                shape_overlong(self.results, self.rollouts.response_ids, cfg)
         return self.results
+
+
+def overlong_penalty(length: int, max_tokens: int, buffer: int, penalty: float) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_tokens - buffer`` tokens, then falling linearly
+    to ``-penalty`` at ``max_tokens`` (0 when ``buffer`` is 0)."""
+    if buffer <= 0:
+        return 0.0
+    return min(0.0, -(length - (max_tokens - buffer)) / buffer * penalty)
+
+
+def shape_overlong(results: list, response_ids: list, cfg: TrainConfig) -> None:
+    """Add each response's overlong penalty to its reward total, in place (``reward.overlong_buffer``;
+    off: nothing changes)."""
+    rw = cfg.reward
+    if rw.overlong_buffer <= 0:
+        return
+    for x, ids in zip(results, response_ids):
+        x.total = x.total + overlong_penalty(len(ids), cfg.rollout.max_tokens, rw.overlong_buffer,
+                                             rw.overlong_penalty)
 
 
 def collect(run, step: int) -> Collected:
@@ -116,6 +146,7 @@ def collect(run, step: int) -> Collected:
         t = time.perf_counter()
         results = score(run.reward_worker, r, records, cfg).result() if len(r) else []
         out.times["reward"] += time.perf_counter() - t
+        shape_overlong(results, r.response_ids, cfg)  # before the filter: DAPO filters the shaped rewards
         mine = keep_groups(torch.tensor([x.total for x in results], dtype=torch.float32), n, cfg) if results else []
         keep = [g for part in dist.all_gather([lo + g for g in mine]) for g in part]  # global, ascending
         out.info["dropped_groups"] += len(idx) - len(keep)
@@ -158,14 +189,18 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     mini = o.mini_batch_size or B
     per_token = cfg.loss.aggregation == "token-mean"
     sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
-            "grad_norm": 0.0}
+            "entropy_mean": 0.0, "grad_norm": 0.0}
     count, raw_logp, nan_skipped = 0, None, False
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    rows_tokens = {rows.local[g]: rows.tokens[g] for g in rows.own_rows()}  # this rank's rows: local -> tokens
+
     for epoch in range(o.updates_per_step):
         order = torch.randperm(B, generator=gen) if (o.updates_per_step > 1 or mini < B) else torch.arange(B)
         for ms in range(0, B, mini):
             mini_rows = order[ms:ms + mini].tolist()
-            weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else float(len(mini_rows))
+            # sequence aggregations count the rows with tokens (loss.mask_truncated leaves some with none)
+            weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else \
+                float(sum(rows.tokens[g] > 0 for g in mini_rows))
             optimizer.zero_grad(set_to_none=True)
             acc = {k: 0.0 for k in sums if k != "grad_norm"}
             finite, saw_image = True, False
@@ -174,7 +209,8 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 mb = slice_batch(batch, r)
                 saw_image |= local is not None and "pixel_values" in mb
                 w = 0.0 if local is None else \
-                    (float(mb["mask"].sum()) if per_token else float(len(r))) / max(weight_total, 1e-9)
+                    (float(mb["mask"].sum()) if per_token else float(sum(rows_tokens[j] > 0 for j in local))) \
+                    / max(weight_total, 1e-9)
                 loss, stats, raw = fsdp.run(
                     model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
                     None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
@@ -185,7 +221,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 if local is None:
                     continue
                 acc["loss"] += float(loss.detach()) * w
-                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean"):
+                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean"):
                     if k in stats:
                         acc[k] += float(stats[k]) * w
                 if epoch == 0:
