@@ -29,7 +29,7 @@ from medix_r1.train.batch import make_batch, placeholder_batch
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.policy import reference_logp, sequence_logp
-from medix_r1.train.step import advantages, collect, sync_weights, update
+from medix_r1.train.step import advantages, collect, overlong_penalties, sync_weights, update
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
 
@@ -127,7 +127,7 @@ def run_steps(run: Run) -> int:
             if not nan_skipped:
                 sync_weights(run.engine, run.policy)
         m = step_metrics(r, results, batch, raw_logp, stats, got.info, nan_skipped,
-                         [function_name(f) for f in cfg.reward.functions])
+                         [function_name(f) for f in cfg.reward.functions], overlong_penalties(r, cfg))
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")
         if peak_update is not None:  # GiB allocated by PyTorch on this rank's GPU

@@ -106,10 +106,12 @@ def plot_history(history: list[dict], path) -> Path:
     return path
 
 
-def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function_names=()) -> dict:
+def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function_names=(),
+                 overlong=None) -> dict:
     """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
     ranks (a single process's means); ``stats`` and ``info`` are global already. ``function_names``:
-    the plug-in reward functions (``reward/fn/NAME``)."""
+    the plug-in reward functions (``reward/fn/NAME``); ``overlong``: each sample's overlong penalty
+    (already in its total) when reward.overlong_buffer is on."""
     rows = len(results)
     pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
              for k in ("total", "format", "modality", "judge", "embedding")}
@@ -121,6 +123,8 @@ def step_metrics(r, results, batch, raw_logp, stats, info, nan_skipped, function
     if function_names:
         pairs["reward/function_failed_rate"] = (sum(float(getattr(x, "function_failed", False)) for x in results),
                                                 rows)
+    if overlong is not None:
+        pairs["reward/overlong_penalty"] = (float(sum(overlong)), rows)
     pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
     pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
     pairs["rollout/groups_kept"] = (len(set(r.group)), 1)

@@ -105,6 +105,15 @@ def overlong_penalty(length: int, max_tokens: int, buffer: int, penalty: float) 
     return min(0.0, -(length - (max_tokens - buffer)) / buffer * penalty)
 
 
+def overlong_penalties(r: Rollouts, cfg: TrainConfig) -> list[float] | None:
+    """Each sample's overlong penalty, or None when reward.overlong_buffer is off."""
+    rw = cfg.reward
+    if rw.overlong_buffer <= 0:
+        return None
+    return [overlong_penalty(len(ids), cfg.rollout.max_tokens, rw.overlong_buffer, rw.overlong_penalty)
+            for ids in r.response_ids]
+
+
 def shape_overlong(results: list, response_ids: list, cfg: TrainConfig) -> None:
     """Add each response's overlong penalty to its reward total, in place (``reward.overlong_buffer``;
     off: nothing changes)."""
