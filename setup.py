@@ -9,6 +9,7 @@ pip never pulls another one (`bash .ci/setup` does this).
 """
 import glob
 import os
+import re
 
 import torch
 from setuptools import find_packages, setup
@@ -43,8 +44,23 @@ def extension():
                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
 
 
-# name, version, dependencies, extras and console commands: pyproject.toml ([project])
+def long_description() -> str:
+    """README.md for the package index, where relative links have no target: a link to a file of the
+    repository becomes its text and the path, a link to a heading its text."""
+    def plain(m):
+        text, target = m.group(1), m.group(2)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http(s): kept
+            return m.group(0)
+        return text if target.startswith("#") or text.strip("`") == target else f"{text} (`{target}` in the repository)"
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", plain, f.read())
+
+
+# name, version, dependencies, extras and console commands: pyproject.toml ([project]); the long
+# description is README.md with its relative links made readable off the repository (above)
 setup(
+    long_description=long_description(),
+    long_description_content_type="text/markdown",
     packages=find_packages(include=["medix_kernels*", "medix_r1*"]),
     package_data={"medix_r1": ["recipes/*.yaml", "data/pubmedqa/*"]},
     ext_modules=[extension()],

@@ -7,8 +7,11 @@ available for the tensor's device: cuda > triton > torch on a GPU, cpu > torch o
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import re
+import warnings
 
 import torch
 
@@ -18,11 +21,30 @@ _NAMES = BACKENDS + ("auto",)
 
 # Probed once at import (not per call): torch.compile traces the ops' Python wrappers, and
 # import machinery inside a traced function would break the graph.
+def _built_with_torch() -> str | None:
+    """The torch version a present but unloadable _C was compiled against (a marker in the file)."""
+    for path in glob.glob(os.path.join(os.path.dirname(__file__), "_C*.so")) + \
+            glob.glob(os.path.join(os.path.dirname(__file__), "_C*.pyd")):
+        with open(path, "rb") as f:
+            found = re.search(rb"medix-built-with-torch ([0-9A-Za-z.+_-]+)", f.read())
+        if found:
+            return found.group(1).decode()
+    return None
+
+
 try:
     from . import _C as _EXT
     _EXT_ERROR = ""
 except ImportError as exc:  # shown in errors so a broken build is not silent
     _EXT, _EXT_ERROR = None, str(exc)
+    _BUILT_WITH = _built_with_torch()
+    if _BUILT_WITH is not None:  # a build exists but does not load: say why once, not only when 'cpu' is asked for
+        if _BUILT_WITH.split("+")[0] != torch.__version__.split("+")[0]:
+            _EXT_ERROR = (f"medix_kernels._C was built against torch {_BUILT_WITH} but torch {torch.__version__} "
+                          f"is installed ({exc})")
+        warnings.warn(f"{_EXT_ERROR or exc}; the 'cpu' (and 'cuda') backends are off and ops run on 'torch' or "
+                      "'triton'. Rebuild the extension against this torch: `pip install --no-build-isolation "
+                      "--no-deps -e .` in the source tree (or `bash .ci/setup`)", RuntimeWarning, stacklevel=2)
 _CUDA_COMPILED = _EXT is not None and _EXT.cuda_compiled()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 

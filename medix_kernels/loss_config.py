@@ -9,6 +9,11 @@ LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo")
 SEQUENCE_RATIO_TYPES = ("gspo", "gspo_token")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+#: The aggregation each loss type's paper defines, used when ``aggregation`` is left unset (None), as TRL's
+#: ``loss_type`` selects its normaliser: Dr. GRPO divides by a constant (sequences x max length), GSPO averages
+#: each sequence's tokens first; GRPO, DAPO and CISPO use the token mean (verl's default ``loss_agg_mode``).
+LOSS_TYPE_AGGREGATION = {"grpo": "token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
+                         "gspo": "seq-mean-token-mean", "gspo_token": "seq-mean-token-mean", "cispo": "token-mean"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,11 @@ class LossConfig:
     aggregation: "token-mean" (sum / tokens in the batch), "seq-mean-token-mean" (mean per
         sequence, then over sequences), "seq-mean-token-sum", "seq-mean-token-sum-norm"
         (sum / (sequences * max_len): Dr. GRPO's constant normaliser). Sequences with no unmasked
-        token are ignored by every aggregation (they count in no denominator).
+        token are ignored by every aggregation (they count in no denominator). None (the default):
+        the loss type's own (LOSS_TYPE_AGGREGATION: "dr_grpo" -> "seq-mean-token-sum-norm",
+        "gspo"/"gspo_token" -> "seq-mean-token-mean", the others "token-mean"); the resolved name is
+        what the field holds afterwards. "dr_grpo" with any other aggregation is a ValueError (it
+        would be GRPO under another name).
     max_len: the constant of "seq-mean-token-sum-norm" (None: the padded length L).
     temperature: logits are divided by it before the log-softmax (> 0).
     entropy_coef: an entropy bonus, >= 0: the per-token loss minus entropy_coef * H_t, with H_t the
@@ -43,7 +52,7 @@ class LossConfig:
     dual_clip: float | None = None
     kl: str = "k3"
     beta: float = 0.0
-    aggregation: str = "token-mean"
+    aggregation: str | None = None
     max_len: int | None = None
     temperature: float = 1.0
     entropy_coef: float = 0.0
@@ -56,8 +65,14 @@ class LossConfig:
             bad("loss_type", f"one of {LOSS_TYPES}")
         if self.kl not in KL_ESTIMATORS:
             bad("kl", f"one of {KL_ESTIMATORS}")
+        if self.aggregation is None:
+            object.__setattr__(self, "aggregation", LOSS_TYPE_AGGREGATION[self.loss_type])
         if self.aggregation not in AGGREGATIONS:
-            bad("aggregation", f"one of {AGGREGATIONS}")
+            bad("aggregation", f"one of {AGGREGATIONS} or None (the loss type's own)")
+        if self.loss_type == "dr_grpo" and self.aggregation != LOSS_TYPE_AGGREGATION["dr_grpo"]:
+            bad("aggregation", "'seq-mean-token-sum-norm' (or None) with loss_type 'dr_grpo', whose constant "
+                               "normaliser is what sets it apart from 'grpo' (for GRPO with another aggregation "
+                               "use loss_type 'grpo')")
         if not (isinstance(self.clip_low, (int, float)) and 0 <= self.clip_low < 1):
             bad("clip_low", "a float in [0, 1)")
         if not (isinstance(self.clip_high, (int, float)) and self.clip_high >= 0):

@@ -54,7 +54,9 @@ class ModelSection:
     policy: str = _f("smollm2", "policy model: 'smollm2' (bundled SmolLM2-135M-Instruct) or a HF model folder")
     reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
                         "loaded only when loss.beta > 0")
-    dtype: str = _f("float32", "training dtype: float32 or bfloat16 (float32 on CPU)")
+    dtype: str = _f("float32", "training dtype: float32, or bfloat16: bf16 compute over fp32 master weights and "
+                    "fp32 AdamW states (FSDP's mixed precision under torchrun on a GPU, torch.autocast in one "
+                    "process); with optim.optimizer=adamw_bf16 the weights and states themselves are bf16")
     autocast: str = _f("", "'bfloat16': the policy's forward and backward (and the LM head in the loss) run "
                        "under torch.autocast in bfloat16, while weights, gradients, optimizer states and the "
                        "loss's sums stay in model.dtype; '' = off. About 2x per matrix product on CPUs with "
@@ -80,7 +82,9 @@ class DataSection:
                                  "with field one of problem, solution, images, id; e.g. {question: problem, "
                                  "answer: solution}")
     default_modality: str = _f("<OTHER>", "modality tag put before a solution that has none ('' = such a "
-                               "record is malformed)")
+                               "record is malformed); not applied under reward.parity=official, which keeps "
+                               "every solution as it is (the official reward scores an untagged one 0 on "
+                               "accuracy and modality)")
     val: str = _f("", "validation records (same forms as data.train, e.g. hub:MBZUAI/medix-rl-data); needed by "
                   "train.eval_every / train.eval_before_train ('' = no validation)")
     val_split: str = _f("test", "split name of data.val for hub datasets")
@@ -91,6 +95,12 @@ class DataSection:
     overlong: str = _f("cut", "a prompt over data.max_prompt_tokens: 'cut' (text prompts lose their middle) or "
                        "'filter' (the record is skipped and counted in data/filtered_overlong, as the official "
                        "filter_overlong_prompts)")
+    overlong_measure: str = _f("tokens", "what data.overlong=filter compares with data.max_prompt_tokens: 'tokens' "
+                               "(the prompt's tokens, each image's tokens included: what the model is given) or "
+                               "'chars' (the characters of the chat-templated prompt string, one placeholder per "
+                               "image slot: the official filter_overlong_prompts measure with the transformers "
+                               "versions the official code pins; the medix_r1_* recipes). With 'chars' a prompt "
+                               "that passes but whose tokens exceed the budget is skipped too, never cut")
     on_malformed: str = _f("fail", "a malformed record: 'fail' (error naming file:line) or 'skip' (count and go on)")
     context_chars: int = _f(600, "keep the first N characters of a record's context (records with "
                             "'question' and 'contexts' fields); 0 keeps the whole problem")
@@ -163,8 +173,9 @@ class LossSection:
     dual_clip: float = _f(3.0, "dual-clip constant c for negative advantages (0 = off)")
     kl: str = _f("k3", "KL estimator: k1, k2 or k3")
     beta: float = _f(0.0, "KL coefficient (0 = no KL, the reference model is not loaded)")
-    aggregation: str = _f("token-mean", "token-mean, seq-mean-token-mean, seq-mean-token-sum or "
-                          "seq-mean-token-sum-norm")
+    aggregation: str = _f("auto", "token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, "
+                          "or 'auto': the loss type's own (dr_grpo: seq-mean-token-sum-norm; gspo, gspo_token: "
+                          "seq-mean-token-mean; the others token-mean)")
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
     mask_truncated: bool = _f(False, "responses cut at rollout.max_tokens (no EOS) get no loss and count in no "
                               "denominator (TRL's mask_truncated_completions)")
@@ -226,6 +237,10 @@ class VisionSection:
     min_pixels: int = _f(0, "min pixels of an image after resizing to the patch grid (0 = model default)")
     max_pixels: int = _f(0, "max pixels of an image after resizing (0 = model default, 1280 merged tokens)")
     max_decode_pixels: int = _f(4096 * 4096, "larger images are downscaled right after decoding")
+    rgb_conversion: str = _f("project", "how an image becomes 8-bit RGB: 'project' (alpha composited on white, "
+                             "palette transparency honoured, 16-bit greyscale stretched to 0..255) or 'official' "
+                             "(PIL's convert(\"RGB\") as the official process_image: alpha dropped, 16-bit values "
+                             "clipped at 255; the medix_r1_* recipes)")
 
 
 @dataclass
@@ -294,9 +309,10 @@ def load_config(recipe: str | None = DEFAULT_RECIPE, overrides: list[str] | tupl
     return cfg
 
 
-def describe_fields() -> list[str]:
-    """One line per field of the trainer's config, 'section.name (type, default X): help', for --help."""
-    return typed_config.describe_fields(TrainConfig())
+def describe_fields(cfg: TrainConfig | None = None) -> list[str]:
+    """One entry per field, 'section.name (type) = VALUE: help', with ``cfg``'s values (default: the
+    built-in defaults) and the built-in default named where it differs; for --help."""
+    return typed_config.describe_fields(cfg or TrainConfig(), defaults=TrainConfig())
 
 
 def to_dict(cfg) -> dict:

@@ -11,12 +11,13 @@ import math
 
 from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
 from medix_kernels.group_advantages import SCALES as ADVANTAGE_SCALES
-from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
+from medix_kernels.loss_config import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPE_AGGREGATION, LOSS_TYPES
 from medix_r1.data.records import FIELDS as RECORD_FIELDS
 from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
 from medix_r1.rewards import MODALITY_TAGS
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
 from medix_r1.rollout import SAMPLING_KNOBS
+from medix_r1.vision.images import RGB_CONVERSIONS
 
 LOSS_IMPLS = ("fused", "plain")
 OPTIMIZERS = ("adamw", "adamw_bf16")
@@ -33,13 +34,15 @@ CHOICES = {
     "loss.impl": LOSS_IMPLS,
     "loss.loss_type": LOSS_TYPES,
     "loss.kl": KL_ESTIMATORS,
-    "loss.aggregation": AGGREGATIONS,
+    "loss.aggregation": ("auto",) + AGGREGATIONS,
     "optim.schedule": ("constant", "linear", "cosine"),
     "optim.optimizer": OPTIMIZERS,
     "data.prompt_template": tuple(PROMPT_TEMPLATES),
     "data.overlong": ("cut", "filter"),
+    "data.overlong_measure": ("tokens", "chars"),
     "vision.on_bad_image": ("skip", "fail"),
     "vision.processor": ("auto", "transformers", "project"),
+    "vision.rgb_conversion": tuple(RGB_CONVERSIONS),
 }
 RANGES = {
     "data.context_chars": (0, None),
@@ -169,6 +172,9 @@ def validate(cfg) -> None:
     if (cfg.train.eval_every or cfg.train.eval_before_train) and not d.val:
         raise ValueError("train.eval_every / train.eval_before_train validate on data.val, which is not set: "
                          "--set data.val=hub:NAME (or a local file), or turn validation off")
+    if d.overlong_measure == "chars" and d.overlong != "filter":
+        raise ValueError("data.overlong_measure=chars is the official filter's measure: set data.overlong=filter "
+                         "(a prompt is never cut by characters)")
     if cfg.optim.optimizer == "adamw_bf16" and cfg.model.dtype != "bfloat16":
         raise ValueError("optim.optimizer=adamw_bf16 trains bfloat16 weights: set model.dtype=bfloat16")
     if r.max_model_len < d.max_prompt_tokens + r.max_tokens:
@@ -176,6 +182,10 @@ def validate(cfg) -> None:
                          f"({d.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens})")
     if a.dynamic_sampling_low >= a.dynamic_sampling_high:
         raise ValueError("algorithm.dynamic_sampling_low must be < algorithm.dynamic_sampling_high")
+    if l.loss_type == "dr_grpo" and l.aggregation not in ("auto", LOSS_TYPE_AGGREGATION["dr_grpo"]):
+        raise ValueError(f"loss.aggregation={l.aggregation} with loss.loss_type=dr_grpo: Dr. GRPO is defined by its "
+                         "constant normaliser (seq-mean-token-sum-norm; 'auto' selects it); for that aggregation "
+                         "with GRPO's name use loss.loss_type=grpo")
     if l.dual_clip != 0 and l.dual_clip <= 1:
         raise ValueError(f"loss.dual_clip must be 0 (off) or > 1, got {l.dual_clip}")
     if v.min_pixels and v.max_pixels and v.min_pixels > v.max_pixels:

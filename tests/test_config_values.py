@@ -72,3 +72,12 @@ def test_lr_nan_is_one_line_before_any_model_loads(capsys, monkeypatch):
     assert main(["--set", "optim.lr=.nan", "-q"]) == 2
     err = capsys.readouterr().err
     assert err == "config error: optim.lr must be a finite number, got nan\n"
+
+
+def test_loss_aggregation_auto_is_the_loss_types_own_and_dr_grpo_pairs_are_checked():
+    from medix_r1.train.policy import loss_config
+    cfg = load_config("cpu_smollm2", ["loss.loss_type=dr_grpo", "loss.aggregation=auto"])
+    assert loss_config(cfg).aggregation == "seq-mean-token-sum-norm"
+    assert load_config("cpu_smollm2").loss.aggregation == "token-mean"  # the recipes name theirs
+    with pytest.raises(ValueError, match="loss.aggregation=token-mean with loss.loss_type=dr_grpo"):
+        load_config("cpu_smollm2", ["loss.loss_type=dr_grpo"])  # the recipe's token-mean conflicts

@@ -86,7 +86,7 @@ EXPECTED = {  # question (as the model and judge see it), reference
     "medqa": ("A 30-year-old man has fever. What is next?\n\nChoices:\nA. Blood culture\nB. CT\nC. MRI\n"
               "D. Discharge", "Blood culture"),
     "usmle_sa": ("Most likely diagnosis?\n\nChoices:\nA. Gout\nB. Sepsis", "Sepsis"),
-    "pubmedqa": ("Contexts:\nCtx one.\n\nQuestion:\nDoes X help?\n\nChoices:\nA. yes\nB. no\nC. maybe",
+    "pubmedqa": ("Contexts:\nCtx one.\n\nQuestion:\nDoes X help?\n\nChoices:\nA. True\nB. False\nC. maybe",
                  "yes\nX helped."),
     "mimic_cxr_report_summarization": ("Write a short summary of the following report.\n\nReport:\n"
                                        "FINDINGS: clear lungs.:", "Normal chest."),
@@ -101,7 +101,7 @@ WITH_IMAGES = {"slake_vqa", "rad_vqa", "path_vqa", "pmc_vqa", "pmc_vqa_hard", "m
 
 
 def test_the_registry_is_the_official_tasks_yaml():
-    assert set(TASKS) == set(EXPECTED) and len(TASKS) == 17
+    assert set(TASKS) == set(EXPECTED) | {"mmmu_medical"} and len(TASKS) == 18
     assert (TASKS["medqa"].path, TASKS["medqa"].split) == ("GBaker/MedQA-USMLE-4-options-hf", "test")
     assert (TASKS["mmlu_anatomy"].path, TASKS["mmlu_anatomy"].config) == ("hails/mmlu_no_train", "anatomy")
     assert (TASKS["usmle_sa"].path, TASKS["usmle_sa"].split) == ("HuggingSara/usmle_self_assessment", "train")
@@ -197,7 +197,8 @@ def test_run_official_end_to_end_with_the_unweighted_overall(files, tmp_path, ca
     asked = []
 
     def make_generate():
-        def generate(batch):
+        def generate(batch, sampling):
+            assert sampling["max_tokens"] == 2048 and sampling["temperature"] == 0.0
             asked.extend(batch)
             return ["<think>x</think>" + ("A. Radial" if "deltoid" in m[-1]["content"] else "right")
                     if isinstance(m[-1]["content"], str) else "yes" for m in batch]

@@ -78,6 +78,7 @@ def test_every_console_command_runs_its_help_outside_the_tree(installed):
     for name, phrase in COMMANDS.items():
         out = run([str(python.parent / name), "--help"], cwd=tmp, env=clean_env()).stdout
         assert phrase in out and "usage:" in out, (name, out[:500])
+        assert f"usage: {name} " in out, f"{name} --help calls itself {out.split(chr(10))[0]!r}"
 
 
 def test_the_sdist_carries_the_extension_sources(tmp_path):

@@ -15,7 +15,8 @@ SHARED = {
     "model.dtype": "bfloat16", "model.gradient_checkpointing": True,
     "data.train": "hub:MBZUAI/medix-rl-data", "data.split": "train", "data.val": "hub:MBZUAI/medix-rl-data",
     "data.val_split": "test", "data.image_column": "image", "data.prompt_template": "official",
-    "data.context_chars": 0, "data.max_prompt_tokens": 4352, "data.overlong": "filter", "data.prompts_per_step": 512,
+    "data.context_chars": 0, "data.max_prompt_tokens": 4352, "data.overlong": "filter",
+    "data.overlong_measure": "chars", "data.prompts_per_step": 512,
     "rollout.engine": "vllm", "rollout.n": 5, "rollout.max_tokens": 4096, "rollout.temperature": 1.0,
     "rollout.top_p": 1.0, "rollout.max_model_len": 8448, "rollout.gpu_memory_utilization": 0.6,
     "rollout.val_n": 1, "rollout.val_temperature": 0.6, "rollout.val_top_p": 0.95,
@@ -30,7 +31,7 @@ SHARED = {
     "train.max_steps": 200, "train.seed": 1, "train.save_every": 5, "train.keep_last": 3, "train.eval_every": 5,
     "train.eval_before_train": True,
     "vision.freeze_tower": False, "vision.min_pixels": 262144, "vision.max_pixels": 4194304,
-    "vision.on_bad_image": "skip",
+    "vision.on_bad_image": "skip", "vision.rgb_conversion": "official",
 }
 DAPO = {"algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_low": 0.01,
         "algorithm.dynamic_sampling_high": 0.99, "algorithm.drop_equal_groups": False, "algorithm.refill_chunk": 128,

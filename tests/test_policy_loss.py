@@ -151,8 +151,12 @@ def test_inplace_backward_refuses_logits_that_share_memory():
 
 
 # --- grpo_loss -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+# every loss type with every aggregation it accepts (dr_grpo is defined by its own)
+VALID_PAIRS = [(lt, agg) for lt in LOSS_TYPES for agg in AGGREGATIONS
+               if lt != "dr_grpo" or agg == "seq-mean-token-sum-norm"]
+
+
+@pytest.mark.parametrize("loss_type,aggregation", VALID_PAIRS)
 @pytest.mark.parametrize("kl", ["k1", "k2", "k3"])
 def test_grpo_loss_matches_reference(loss_type, aggregation, kl):
     logits, ids, mask, adv, old, ref_lp = make_batch(3, 6, 333, seed=7)
@@ -403,3 +407,24 @@ def test_empty_sequences_count_in_no_denominator():
         full, _ = mk.grpo_loss(logits, ids, mask, adv, old_logp=old, config=cfg, backend="cpu")
         dropped, _ = mk.grpo_loss(logits[:2], ids[:2], mask[:2], adv[:2], old_logp=old[:2], config=cfg, backend="cpu")
         torch.testing.assert_close(full, dropped)
+
+
+def test_aggregation_defaults_to_the_loss_types_own():
+    """aggregation=None selects the paper's normaliser (as TRL's loss_type does); the resolved name is stored."""
+    assert mk.LossConfig(loss_type="dr_grpo").aggregation == "seq-mean-token-sum-norm"
+    assert mk.LossConfig(loss_type="gspo").aggregation == "seq-mean-token-mean"
+    assert mk.LossConfig(loss_type="gspo_token").aggregation == "seq-mean-token-mean"
+    for lt in ("grpo", "dapo", "cispo"):
+        assert mk.LossConfig(loss_type=lt).aggregation == "token-mean"
+    assert mk.LossConfig(loss_type="gspo", aggregation="token-mean").aggregation == "token-mean"  # explicit wins
+    # Dr. GRPO's loss differs from GRPO's: the constant normaliser, not the per-token mean
+    logits, ids, mask, adv, old, _ = make_batch(3, 6, 33, seed=3)
+    mask[0, 3:] = 0
+    dr, _ = ref.grpo_loss(logits, ids, mask, adv, old_logp=old, config=mk.LossConfig(loss_type="dr_grpo", max_len=6))
+    gr, _ = ref.grpo_loss(logits, ids, mask, adv, old_logp=old, config=mk.LossConfig(loss_type="grpo"))
+    assert not torch.allclose(dr, gr)
+
+
+def test_dr_grpo_with_another_aggregation_is_refused():
+    with pytest.raises(ValueError, match="'aggregation'.*dr_grpo"):
+        mk.LossConfig(loss_type="dr_grpo", aggregation="token-mean")

@@ -125,3 +125,55 @@ def test_lr_schedules():
     cfg = load_config(overrides=["optim.schedule=cosine", "train.max_steps=10", "optim.min_lr_ratio=0.1"])
     f = lr_lambda(cfg)
     assert f(0) == pytest.approx(1.0) and f(5) == pytest.approx(0.55) and f(10) == pytest.approx(0.1)
+
+
+def _help_entries(text: str) -> dict[str, tuple[str, str]]:
+    """field -> (value shown, the [section] it is listed under), from --help's config-field list."""
+    import re
+    entries, section = {}, None
+    for line in text.splitlines():
+        if re.fullmatch(r"\[[\w.]+\]", line):
+            section = line[1:-1]
+        m = re.match(r"  ([\w.]+) \([^)]*\) = (.*?)(?::(?:\s|$)|$)", line)
+        if m:
+            entries[m.group(1)] = (m.group(2), section)
+    return entries
+
+
+def _leaves(obj, prefix=""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+@pytest.mark.parametrize("recipe", ["cpu_smollm2", "grpo", "medix_r1_8b_dapo"])
+def test_help_shows_the_values_of_the_recipe_it_would_run_under_the_right_headers(recipe, monkeypatch, capsys):
+    from medix_r1.train.cli import main
+    monkeypatch.setenv("COLUMNS", "100")
+    argv = ["--help"] if recipe == "cpu_smollm2" else ["--recipe", recipe, "--help"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    text = capsys.readouterr().out
+    assert f"the values of recipe {recipe}" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    entries = _help_entries(text)
+    cfg = load_config(recipe)
+    for key, value in _leaves(cfg):
+        shown, section = entries[key]
+        if len(repr(value)) < 60:
+            assert shown == repr(value), f"{key}: --help shows {shown}, the recipe runs {value!r}"
+        assert section == key.rsplit(".", 1)[0], f"{key} is listed under [{section}]"
+
+
+def test_help_names_the_overrides_and_survives_a_broken_recipe(capsys):
+    from medix_r1.train.cli import main
+    with pytest.raises(SystemExit):
+        main(["--set", "rollout.temperature=0.3", "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    assert entries["rollout.temperature"][0] == "0.3"
+    with pytest.raises(SystemExit):
+        main(["--recipe", "no_such_recipe", "--help"])
+    assert "the built-in defaults (recipe no_such_recipe does not load" in capsys.readouterr().out

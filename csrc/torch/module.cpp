@@ -1,5 +1,10 @@
 // The Python module medix_kernels._C: importing it registers the ops in torch.ops.medix.
 #include <pybind11/pybind11.h>
+#include <torch/version.h>
+
+// Read from the file (not through the module) when the module fails to load: an extension built
+// against another torch usually fails on an undefined symbol, and medix_kernels names both versions.
+extern "C" __attribute__((used)) const char medix_built_with_torch[] = "medix-built-with-torch " TORCH_VERSION;
 
 namespace {
 bool cuda_compiled() {
@@ -22,4 +27,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "medix_kernels compiled ops (registered in torch.ops.medix)";
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled in");
   m.def("openmp_compiled", &openmp_compiled, "whether the CPU kernels were compiled with OpenMP");
+  m.attr("built_with_torch") = TORCH_VERSION;
 }

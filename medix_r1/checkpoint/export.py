@@ -15,6 +15,7 @@ import torch
 
 from medix_r1.checkpoint.lora_export import LORA_EXPORTS, export_lora
 from medix_r1.checkpoint.store import ADAPTER_DIR, MARKER, save_hf_folder
+from medix_r1.utils.cli import command_name
 
 # ----------------------------------------------------------------------------- export to a Hugging Face folder
 
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m medix_r1.checkpoint",
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.checkpoint"),
                                 description="Trainer checkpoints: export one as a Hugging Face model folder.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write a Hugging Face folder (safetensors, config, tokenizer, processor) "

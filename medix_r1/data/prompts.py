@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from medix_r1.data.templates import TEMPLATES, project_messages
+from medix_r1.data.templates import TEMPLATES, official_filter_messages, project_messages
 
 
 def problem_text(record: dict, context_chars: int) -> str:
@@ -71,6 +71,32 @@ def fit_prompt(ids: list[int], data, record_id="?") -> list[int]:
     return cut_middle(ids, data.max_prompt_tokens)
 
 
+def templated_chars(tokenizer, record: dict, data) -> int:
+    """The official overlong filter's measure: the length in characters of the chat-templated prompt
+    string. The official filter takes ``len(processor.apply_chat_template(messages,
+    add_generation_prompt=True))``, and with the transformers versions the official code pins
+    (4.54-4.57) a processor's ``apply_chat_template`` returns the string (``tokenize`` defaults to
+    False): one image placeholder per image slot, never the image's tokens. Under the official
+    template the messages are those the official filter builds (:func:`official_filter_messages`)."""
+    messages = official_filter_messages(problem_text(record, data.context_chars)) \
+        if data.prompt_template == "official" else record_messages(record, data)
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+
+def check_prompt_chars(tokenizer, record: dict, data) -> None:
+    """With ``data.overlong=filter`` and ``data.overlong_measure=chars``: an :class:`OverlongPrompt`
+    naming the record when its templated prompt has more characters than ``data.max_prompt_tokens``
+    (the official filter compares characters with its token budget, data.max_prompt_length)."""
+    if data.overlong != "filter" or data.overlong_measure != "chars":
+        return
+    n = templated_chars(tokenizer, record, data)
+    if n > data.max_prompt_tokens:
+        raise OverlongPrompt(f"record {record.get('id', '?')!r}: the templated prompt is {n} characters, over "
+                             f"data.max_prompt_tokens ({data.max_prompt_tokens}); filtered (data.overlong=filter, "
+                             f"data.overlong_measure=chars: the official filter's measure)")
+
+
 def prompt_token_ids(tokenizer, record: dict, data) -> list[int]:
-    """A text record's prompt ids under the config's data section (template, token budget)."""
+    """A text record's prompt ids under the config's data section (template, length filter, token budget)."""
+    check_prompt_chars(tokenizer, record, data)
     return fit_prompt(chat_token_ids(tokenizer, record_messages(record, data)), data, record.get("id", "?"))

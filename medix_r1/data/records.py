@@ -60,11 +60,12 @@ def record_images(raw: dict, where: str, image_column: str = "") -> list:
     return images
 
 
-def check_record(raw, where: str, image_column: str = "") -> dict:
+def check_record(raw, where: str, image_column: str = "", any_solution: bool = False) -> dict:
     """Return the normalised record or raise MalformedRecord naming ``where`` (file:line).
 
     The images end up in ``images`` whichever column held them (``image_column``, else 'images'
-    or 'image'); they are not decoded here."""
+    or 'image'); they are not decoded here. The solution must start with a known modality tag
+    unless ``any_solution`` (reward.parity=official: the official reward takes any string)."""
     if not isinstance(raw, dict):
         raise MalformedRecord(f"{where}: expected a JSON object, got {type(raw).__name__}")
     missing = [k for k in REQUIRED if raw.get(k) in (None, "")]
@@ -78,7 +79,8 @@ def check_record(raw, where: str, image_column: str = "") -> dict:
     record["id"] = str(raw["id"])
     record["images"] = images
     try:
-        validate_solution(record["solution"], record["id"])
+        if not any_solution:
+            validate_solution(record["solution"], record["id"])
     except (ValueError, TypeError) as e:
         raise MalformedRecord(f"{where}: {e}") from None
     return record
@@ -198,11 +200,13 @@ def keep_images_encoded(ds, image_column: str = ""):
 
 def load_records(source: str, *, split: str = "train", on_malformed: str = "fail", max_records: int = 0,
                  columns: dict | None = None, subset: str = "", default_modality: str = "",
-                 image_column: str = "") -> tuple[list[dict], int]:
+                 image_column: str = "", any_solution: bool = False) -> tuple[list[dict], int]:
     """Records from a bundled name, a local file/folder or ``hub:NAME`` (``subset``: the hub
     configuration name). ``columns`` renames the data's columns to the record's fields and
     ``default_modality`` tags solutions that have no modality tag (:func:`to_record_fields`);
     ``image_column`` names the column holding the images ('' = 'images', else 'image').
+    ``any_solution`` (reward.parity=official) keeps every string solution as it is: no tag is
+    added and none is required, as the official reward scores an untagged one 0 on accuracy.
 
     Returns (records, number skipped). With ``on_malformed="fail"`` the first malformed record
     raises :class:`MalformedRecord` naming its file and line.
@@ -233,7 +237,8 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
             try:
                 if isinstance(raw, Exception):
                     raise raw
-                records.append(check_record(to_record_fields(raw, columns, default_modality), where, image_column))
+                fields = to_record_fields(raw, columns, "" if any_solution else default_modality)
+                records.append(check_record(fields, where, image_column, any_solution))
             except MalformedRecord as e:
                 if on_malformed == "fail":
                     raise

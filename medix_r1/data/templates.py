@@ -3,7 +3,7 @@
 - ``project``: the system turn ``data.system_prompt``, the optional demonstration exchange
   (``data.example_question`` / ``example_answer``), then a user turn with the images and the problem.
 - ``official``: what MediX-R1's official trainer sends: no system turn, one user turn rendered from
-  its ``medical_format.jinja`` (https://github.com/mbzuai-oryx/MediX-R1/blob/main/training/examples/format_prompt/medical_format.jinja),
+  its ``medical_format.jinja`` (https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/training/examples/format_prompt/medical_format.jinja),
   the instructions, ``Question:``, a newline, the image slot, then the problem with surrounding
   whitespace trimmed. The official loader strips the template file before rendering, so the
   rendered text ends with the problem.
@@ -80,6 +80,20 @@ def official_messages(problem: str, n_images: int, data, record_id="?") -> list[
     else:  # every image of the record in the template's slot
         text = OFFICIAL_INSTRUCTIONS + IMAGE_MARKER * n_images + problem
     return [{"role": "user", "content": content_with_images(text, n_images, record_id)}]
+
+
+def official_filter_messages(problem: str) -> list[dict]:
+    """The user turn the official dataset measures in its overlong filter (``_build_messages`` in
+    training/verl/utils/dataset.py): the rendered template split at every ``<image>`` (its own slot
+    and any in the problem) into image and text parts, whatever images the record has: the image
+    column exists in every row of the official data, so even a text-only record gets the slot."""
+    content = []
+    for k, piece in enumerate(_MARKER_RE.split(OFFICIAL_INSTRUCTIONS + IMAGE_MARKER + problem.strip())):
+        if k:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
 
 
 # name -> messages(problem, n_images, data_section, record_id)

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from medix_r1.utils.cli import command_name
+
 from .benchmarks import PAPER_BENCHMARKS, REGISTRY, load_benchmark
 from .generation import GENERATORS, PROMPT_STYLES, GenerationConfig, make_generator
 
@@ -15,64 +17,73 @@ DEFAULT_BENCHMARK = "pubmedqa_bundled"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m medix_r1.eval",
-        description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks. "
-                    "`python -m medix_r1.eval compare RUN_DIR ...` compares finished runs.")
-    p.add_argument("--protocol", choices=("project", "official"), default="project",
-                   help="official: MediX-R1's own evaluation (its 17 tasks and sources, no system prompt, greedy, "
-                        "2048 new tokens, its judge prompts, 3 rounds in one conversation; see "
-                        "medix_r1/eval/official/); the generation and judge settings below are then fixed")
-    p.add_argument("--image-dir", action="append", default=[], metavar="TASK=DIR",
-                   help="--protocol official: folder with the images a task's rows only name (slake_vqa: imgs/, "
-                        "mimic_cxr_report_generation: the PhysioNet files)")
-    p.add_argument("--model", help="HF model folder, trainer checkpoint folder, hub id (owner/name: needs the "
-                   "network or the hub cache), or (with --generator openai) a served model name; default: "
-                   "embedded SmolLM2-135M")
-    p.add_argument("--generator", choices=GENERATORS, default="vllm")
-    p.add_argument("--base-url", help="OpenAI-compatible /v1 URL for --generator openai")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                   help="environment variable holding the API key for --generator openai (default "
-                        "%(default)s; keys are never flags: flags show in ps and shell histories)")
-    p.add_argument("--benchmarks", default=None,
-                   help=f"comma-separated names, or 'paper' for the 17 paper benchmarks (default "
-                        f"{DEFAULT_BENCHMARK}; with --protocol official: paper, or llm / vlm, or official task names); "
-                        f"known: {', '.join(REGISTRY)}")
-    p.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH",
-                   help="local files for a benchmark (repeatable; comma-separate several files)")
-    p.add_argument("--limit", type=int, help="first N items of each benchmark")
-    p.add_argument("--output-dir", help="run folder (default eval_runs/<model>-<generator>)")
-    p.add_argument("--label", help="name of this run in tables and charts")
-    p.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default="medix")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--kv-cache-bytes", type=int, default=1 << 30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--judge", choices=("local", "http"),
-                   help="local: SmolLM2 judge in this process; http: --judge-url endpoint "
-                        "(default: http when --judge-url is given, else local)")
-    p.add_argument("--judge-url", help="OpenAI-compatible /v1 URL of the judge")
-    p.add_argument("--judge-model", help="judge model name at --judge-url")
-    p.add_argument("--judge-api-key-env", default="MEDIX_JUDGE_API_KEY", metavar="VAR",
-                   help="environment variable holding the judge server's API key (default %(default)s; "
-                        "unset: 'EMPTY', which a local vLLM server accepts)")
-    p.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
-    p.add_argument("--judge-concurrency", type=int, default=8,
-                   help="judge requests in flight (http judge; the local judge runs one at a time)")
-    p.add_argument("--judge-timeout", type=float, default=60.0,
-                   help="seconds per judge request; also the longest wait a 429's Retry-After gets")
-    p.add_argument("--judge-deadline", type=float, default=600.0,
-                   help="seconds one judge call may take in all, retries and waits included (http judge)")
-    p.add_argument("--judge-max-retries", type=int, default=3,
-                   help="transport retries per judge call (timeouts, 5xx)")
-    p.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
-    p.add_argument("--judge-retries", type=int, default=2,
-                   help="extra attempts per round after an invalid (non-JSON) reply")
-    p.add_argument("--judge-max-tokens", type=int, default=16)
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--list-benchmarks", action="store_true")
+        prog=command_name("medix_r1.eval"),
+        description="Reference-based LLM-as-judge evaluation of a model on medical benchmarks.",
+        epilog=f"commands:\n  {command_name('medix_r1.eval')} compare RUN_DIR [RUN_DIR ...] [--output-dir DIR] "
+               "[--overwrite]\n      compare finished runs side by side (its own --help lists the options)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g_what = p.add_argument_group("what to evaluate")
+    g_what.add_argument("--protocol", choices=("project", "official"), default="project",
+                        help="official: MediX-R1's own evaluation (the 17 tasks and sources of its eval.py, no system "
+                             "prompt, greedy, 2048 new tokens with the checkpoint's generation_config.json defaults as "
+                             "vllm serve applies them, its judge prompts, 3 rounds in one conversation; and MMMU's "
+                             "medical subsets as MedEvalKit runs them; the engine sized from the prompts, nothing cut; "
+                             "see medix_r1/eval/official/); the generation and judge settings below are then fixed")
+    g_what.add_argument("--model", help="HF model folder, trainer checkpoint folder, hub id (owner/name: needs the "
+                        "network or the hub cache), or (with --generator openai) a served model name; default: "
+                        "embedded SmolLM2-135M")
+    g_what.add_argument("--benchmarks", default=None,
+                        help=f"comma-separated names, or 'paper' for the 17 paper benchmarks (default "
+                             f"{DEFAULT_BENCHMARK}; with --protocol official: paper (the 18 official tasks), "
+                             f"or llm / vlm / mmmu, or official task names); "
+                             f"known: {', '.join(REGISTRY)}")
+    g_what.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH",
+                        help="local files for a benchmark (repeatable; comma-separate several files)")
+    g_what.add_argument("--image-dir", action="append", default=[], metavar="TASK=DIR",
+                        help="--protocol official: folder with the images a task's rows only name (slake_vqa: imgs/, "
+                             "mimic_cxr_report_generation: the PhysioNet files)")
+    g_what.add_argument("--limit", type=int, help="first N items of each benchmark")
+    g_what.add_argument("--list-benchmarks", action="store_true")
+    g_gen = p.add_argument_group("generation (the model under test; fixed under --protocol official)")
+    g_gen.add_argument("--generator", choices=GENERATORS, default="vllm")
+    g_gen.add_argument("--base-url", help="OpenAI-compatible /v1 URL for --generator openai")
+    g_gen.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                       help="environment variable holding the API key for --generator openai (default "
+                            "%(default)s; keys are never flags: flags show in ps and shell histories)")
+    g_gen.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default="medix")
+    g_gen.add_argument("--max-new-tokens", type=int, default=256)
+    g_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g_gen.add_argument("--batch-size", type=int, default=16)
+    g_gen.add_argument("--max-model-len", type=int, default=2048)
+    g_gen.add_argument("--kv-cache-bytes", type=int, default=1 << 30)
+    g_gen.add_argument("--seed", type=int, default=0)
+    g_judge = p.add_argument_group("the judge (fixed under --protocol official)")
+    g_judge.add_argument("--judge", choices=("local", "http"),
+                         help="local: SmolLM2 judge in this process; http: --judge-url endpoint "
+                              "(default: http when --judge-url is given, else local)")
+    g_judge.add_argument("--judge-url", help="OpenAI-compatible /v1 URL of the judge")
+    g_judge.add_argument("--judge-model", help="judge model name at --judge-url")
+    g_judge.add_argument("--judge-api-key-env", default="MEDIX_JUDGE_API_KEY", metavar="VAR",
+                         help="environment variable holding the judge server's API key (default %(default)s; "
+                              "unset: 'EMPTY', which a local vLLM server accepts)")
+    g_judge.add_argument("--judge-model-dir", help="model folder for --judge local (default SmolLM2)")
+    g_judge.add_argument("--judge-concurrency", type=int, default=8,
+                         help="judge requests in flight (http judge; the local judge runs one at a time)")
+    g_judge.add_argument("--judge-timeout", type=float, default=60.0,
+                         help="seconds per judge request; also the longest wait a 429's Retry-After gets")
+    g_judge.add_argument("--judge-deadline", type=float, default=600.0,
+                         help="seconds one judge call may take in all, retries and waits included (http judge)")
+    g_judge.add_argument("--judge-max-retries", type=int, default=3,
+                         help="transport retries per judge call (timeouts, 5xx)")
+    g_judge.add_argument("--rounds", type=int, default=3, help="judge rounds per item (majority vote)")
+    g_judge.add_argument("--judge-retries", type=int, default=2,
+                         help="extra attempts per round after an invalid (non-JSON) reply")
+    g_judge.add_argument("--judge-max-tokens", type=int, default=16)
+    g_out = p.add_argument_group("output and statistics")
+    g_out.add_argument("--output-dir", help="run folder (default eval_runs/<model>-<generator>)")
+    g_out.add_argument("--label", help="name of this run in tables and charts")
+    g_out.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    g_out.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["compare"]:
             from .compare import compare
-            p = argparse.ArgumentParser(prog="python -m medix_r1.eval compare")
+            p = argparse.ArgumentParser(prog=command_name("medix_r1.eval") + " compare")
             p.add_argument("runs", nargs="+", help="run folders (each with summary.csv)")
             p.add_argument("--output-dir", help="also write compare.md, compare.csv, compare.png")
             args = p.parse_args(argv[1:])

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from medix_r1.utils.cli import command_name
 from medix_r1.utils.jsonl import input_lines
 
 from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardResult, RewardWeights
@@ -56,7 +57,7 @@ class InputError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m medix_r1.rewards",
+        prog=command_name("medix_r1.rewards"),
         description="MediX-R1 composite rewards (format, modality, LLM judge, embedding) for JSONL files.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser(

@@ -12,7 +12,7 @@ rewarded for a YES and will find any text that makes the judge say it:
   instructions, and names the usual tricks (verdicts, role-play, claimed references).
 
 ``official`` is the MediX-R1 reward code's prompt, byte for byte (one user message; see
-https://github.com/mbzuai-oryx/MediX-R1/blob/main/training/examples/reward_function/medical.py,
+https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/training/examples/reward_function/medical.py,
 ``create_prompt``). It pastes the answer raw, before the reference, and is therefore injectable:
 use it only to reproduce the paper's numbers (docs/reliability.md).
 """

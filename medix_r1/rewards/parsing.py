@@ -128,13 +128,20 @@ def parse_response(response: str, parity: str = "strict") -> ParsedResponse:
         format_ok=fmt)
 
 
-def parse_solution(solution: str, parity: str = "strict") -> tuple[str, str]:
+def parse_solution(solution: str, parity: str = "strict") -> tuple[str, str | None]:
     """``"<TAG> answer"`` -> (tag, cleaned answer). The tag keeps its brackets, e.g. ``"<OTHER>"``.
 
-    Raises ValueError when the solution has no leading tag or an unknown one.
+    Strict parity raises ValueError when the solution has no leading tag or an unknown one.
+    ``parity="official"`` takes any string as the official reward does: the tag is the text up to
+    the first ``>`` (unstripped), the answer what follows it; a solution without ``>`` gives the
+    answer ``None`` (the official accuracy functions fail on it and score 0) and the tag
+    ``solution + ">"``, which the official modality rule compares against.
     """
     if not isinstance(solution, str):
         raise TypeError(f"solution must be a str, got {type(solution).__name__}")
+    if parity == "official":
+        tag, sep, answer = solution.partition(">")
+        return tag + ">", clean_answer(answer, parity) if sep else None
     text = solution.strip()
     end = text.find(">")
     if not text.startswith("<") or end < 0:

@@ -47,7 +47,7 @@ class Sample:
     problem: str
     response: str
     reference_tag: str
-    reference: str
+    reference: str | None         # None: reward.parity=official and a solution without a tag (accuracy 0)
     truncated: bool
 
 
@@ -106,7 +106,9 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
         parsed = parse_response(s.response, cfg.parity)
         r = RewardResult(format=format_reward(parsed), modality=modality_reward(parsed, s.reference_tag),
                          answer=parsed.answer, truncated=s.truncated)
-        if is_invalid_answer(parsed.answer):
+        if s.reference is None:  # the official reward's accuracy raises on an untagged solution and scores 0
+            pass
+        elif is_invalid_answer(parsed.answer):
             r.invalid_answer = True
         elif parsed.answer == s.reference:
             r.exact_match, r.judge, r.embedding = True, 1.0, 1.0

@@ -64,6 +64,7 @@ from medix_r1.rollout.server_engine import LIMITS, EngineThread, RequestError, R
 from medix_r1.rollout.types import is_oom
 from medix_r1.rollout.vllm_engine import engine_kwargs
 from medix_r1.rollout.weight_sync import TOKEN_ENV
+from medix_r1.utils.cli import command_name
 
 log = logging.getLogger("medix_r1.rollout.server")
 
@@ -178,7 +179,7 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medix_r1.rollout.server",
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.rollout.server"),
                                 description="Serve rollouts (generate with raw log-probs) from an in-process vLLM "
                                             "engine whose weights a trainer updates over torch.distributed "
                                             "(rollout.engine=server).")

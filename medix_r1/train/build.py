@@ -132,7 +132,7 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     try:
         records, skipped = load_records(d.train, split=d.split, on_malformed=d.on_malformed, max_records=d.max_records,
                                         columns=d.columns, subset=d.subset, default_modality=d.default_modality,
-                                        image_column=d.image_column)
+                                        image_column=d.image_column, any_solution=cfg.reward.parity == "official")
         sampler = make_sampler(records, d.balance_by, cfg.train.seed)  # a record without the field fails here
         val_records = load_validation_records(cfg) if d.val else None
     except (ValueError, OSError) as e:  # missing, empty, unreadable, malformed: one line for the CLI

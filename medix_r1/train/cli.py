@@ -17,11 +17,24 @@ from medix_r1.rollout import ENGINES, RolloutOutOfMemory, RolloutServerError
 from medix_r1.train.loop import TrainingStopped, train
 from medix_r1.train.output_dir import OutputDirError
 from medix_r1.train.trackers import check_report_to
+from medix_r1.utils.cli import command_name, wrap_entries
 
 
-def build_parser() -> argparse.ArgumentParser:
-    epilog = "config fields (set with --set section.field=value):\n" + "\n".join(describe_fields())
-    p = argparse.ArgumentParser(prog="python -m medix_r1.train",
+def fields_help(recipe: str, overrides: list[str]) -> str:
+    """The config fields with the values this command line would run: the recipe's, with its --set
+    overrides (the built-in default named where it differs); the built-in defaults if they do not load."""
+    try:
+        cfg, source = load_config(recipe, overrides), f"recipe {recipe}" + (" with the --set overrides" if overrides
+                                                                            else "")
+    except (ValueError, TypeError) as e:
+        cfg, source = None, f"the built-in defaults (recipe {recipe} does not load: {e})"
+    return (f"config fields, with the values of {source} (set with --set section.field=value):\n"
+            + wrap_entries(describe_fields(cfg)))
+
+
+def build_parser(recipe: str = DEFAULT_RECIPE, overrides: list[str] = ()) -> argparse.ArgumentParser:
+    epilog = fields_help(recipe, list(overrides))
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.train"),
                                 description="Train a (vision-)language model with GRPO / DAPO / GSPO on MediX-R1 "
                                             "rewards.",
                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)  # --help lists the values of the recipe asked for
+    pre.add_argument("--recipe", default=DEFAULT_RECIPE)
+    pre.add_argument("--set", dest="overrides", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    args = build_parser(known.recipe, known.overrides).parse_args(argv)
     # under torchrun the ranks other than 0 log warnings only
     logging.basicConfig(level=logging.WARNING if args.quiet or dist.env_rank() > 0 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,7 @@ most weights and would round away), so each weight keeps a bf16 *compensation* b
 summation): the update is added to the buffer, the buffer to the weight, and what the rounding
 lost goes back into the buffer, to be applied once it has grown large enough.
 
-The official optimizer is ``AnyPrecisionAdamW`` (https://github.com/mbzuai-oryx/MediX-R1/blob/main/training/verl/utils/torch_functional.py,
+The official optimizer is ``AnyPrecisionAdamW`` (https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/training/verl/utils/torch_functional.py,
 from Meta's llama-cookbook) with its defaults; this is the same update, written here: decoupled
 weight decay ``w *= 1 - lr * wd``, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
 ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` through the compensation buffer.

@@ -25,11 +25,15 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
     """The policy (``trainable``) or the frozen reference, sharded under torchrun."""
     from medix_r1.vision.model import auto_model_class  # AutoModelForImageTextToText for Qwen-VL
 
-    dtype = torch.float32 if cfg.model.dtype == "float32" else torch.bfloat16
-    if dist.enabled():  # fp32 master weights (bf16 compute through FSDP's mixed precision on a GPU)
-        dtype = torch.float32 if trainable else fsdp.mixed_precision(cfg).param_dtype or torch.float32
-        if trainable and cfg.optim.optimizer == "adamw_bf16":  # bf16 weights, no fp32 master copy
-            dtype = torch.bfloat16
+    bf16 = cfg.model.dtype == "bfloat16"
+    if trainable:
+        # fp32 master weights with or without torchrun, unless the optimizer is the bf16 one (bf16 weights and
+        # Kahan compensation): AdamW's lr-1e-6 update is below half a bf16 ulp of most weights and would round away
+        dtype = torch.bfloat16 if cfg.optim.optimizer == "adamw_bf16" else torch.float32
+    elif dist.enabled():
+        dtype = fsdp.mixed_precision(cfg).param_dtype or torch.float32
+    else:
+        dtype = torch.bfloat16 if bf16 else torch.float32
     model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype,
                                                         attn_implementation=cfg.model.attn_implementation)
     lora = trainable and cfg.model.lora.r > 0
@@ -49,7 +53,9 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
     # twice) and for vision-language models (their multimodal rotary positions come from the whole sequence).
     model.medix_share_prompts = (cfg.model.share_prompt_forward and getattr(model.config, "vision_config", None) is None
                                  and not (trainable and cfg.model.gradient_checkpointing))
-    model.medix_autocast = getattr(torch, cfg.model.autocast) if cfg.model.autocast else None  # read by autocast()
+    # bf16 compute over fp32 master weights: FSDP's mixed precision under torchrun (on a GPU), autocast in one process
+    compute = cfg.model.autocast or ("bfloat16" if bf16 and dtype == torch.float32 and not dist.enabled() else "")
+    model.medix_autocast = getattr(torch, compute) if compute else None  # read by autocast()
     return fsdp.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
 
 
@@ -68,9 +74,10 @@ def check_lora_targets(model_dir, cfg: TrainConfig) -> None:
 def loss_config(cfg: TrainConfig) -> LossConfig:
     """The kernel's LossConfig from the config's loss section (temperature from the rollouts)."""
     section = cfg.loss
+    aggregation = None if section.aggregation == "auto" else section.aggregation  # None: the loss type's own
     return LossConfig(loss_type=section.loss_type, clip_low=section.clip_low, clip_high=section.clip_high,
                       dual_clip=section.dual_clip if section.dual_clip > 0 else None, kl=section.kl,
-                      beta=section.beta, aggregation=section.aggregation, max_len=cfg.rollout.max_tokens,
+                      beta=section.beta, aggregation=aggregation, max_len=cfg.rollout.max_tokens,
                       temperature=cfg.rollout.temperature, entropy_coef=section.entropy_coef)
 
 

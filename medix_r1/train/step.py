@@ -196,7 +196,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     o = cfg.optim
     B = len(rows.tokens)  # rows of the global batch (every rank's)
     mini = o.mini_batch_size or B
-    per_token = cfg.loss.aggregation == "token-mean"
+    per_token = lcfg.aggregation == "token-mean"
     sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
             "entropy_mean": 0.0, "grad_norm": 0.0}
     count, raw_logp, nan_skipped = 0, None, False

@@ -1,8 +1,8 @@
 """Validation during training: the policy's responses to ``data.val``, scored by the training reward.
 
 What MediX-R1's official trainer does (``_validate`` in
-https://github.com/mbzuai-oryx/MediX-R1/blob/main/training/verl/trainer/ray_trainer.py): every record
-of the validation split, the same prompt as in training, sampled with the validation settings
+https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/training/verl/trainer/ray_trainer.py
+): every record of the validation split, the same prompt as in training, sampled with the validation settings
 (``rollout.val_temperature`` / ``val_top_p`` / ``val_n``; officially 0.6 / 0.95 / 1), the reward
 function as the metric; every ``train.eval_every`` steps, before the first step with
 ``train.eval_before_train`` (logged as step 0) and after the last step when it was not a validation
@@ -49,7 +49,8 @@ class Validation:
 def load_validation_records(cfg) -> list[dict]:
     """``data.val`` (split ``data.val_split``), checked as training records are."""
     records, _ = load_records(cfg.data.val, split=cfg.data.val_split, on_malformed=cfg.data.on_malformed,
-                              max_records=cfg.data.val_max_records, image_column=cfg.data.image_column)
+                              max_records=cfg.data.val_max_records, image_column=cfg.data.image_column,
+                              any_solution=cfg.reward.parity == "official")
     return records
 
 

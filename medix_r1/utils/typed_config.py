@@ -164,19 +164,31 @@ def apply_override(cfg, text: str) -> None:
             raise as_yaml from None
 
 
-def describe_fields(cfg, prefix: str = "") -> list[str]:
-    """One line per field: 'section.name (type, default X): help' for --help."""
-    lines = []
+def describe_fields(cfg, prefix: str = "", defaults=None) -> list[str]:
+    """One entry per field, 'section.name (type) = VALUE: help', each under its own [section] header:
+    a section's own fields first, then its nested sections (so no field is listed under a nested
+    header). The values are ``cfg``'s; where ``defaults`` (the same tree with the built-in defaults)
+    differs, the built-in value is named too."""
+    lines, nested = [], []
     hints = _hints(cfg)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        base = getattr(defaults, f.name, value) if defaults is not None else value
         if dataclasses.is_dataclass(value):
-            lines.append(f"[{prefix}{f.name}]")
-            lines.extend(describe_fields(value, prefix + f.name + "."))
+            nested.append((f.name, value, base if dataclasses.is_dataclass(base) else None))
             continue
         tp = hints.get(f.name, f.type)
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "...'"
         help_text = f.metadata.get("help") or f.metadata.get("doc") or ""
-        lines.append(f"  {prefix}{f.name} ({tname}, default {shown})" + (f": {help_text}" if help_text else ""))
+        built_in = f"; built-in default {_shown(base)}" if base != value else ""
+        entry = f"{prefix}{f.name} ({tname}{built_in}) = {_shown(value)}"
+        lines.append(entry + (f": {help_text}" if help_text else ""))
+    for name, value, base in nested:
+        lines.append(f"[{prefix}{name}]")
+        lines.extend(describe_fields(value, f"{prefix}{name}.", base))
     return lines
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:56] + "..." + text[-1]

@@ -8,9 +8,12 @@ A record's ``images`` list holds, per image, one of:
 For Parquet / hub data the list is a :class:`~medix_r1.data.records.LazyImages`: the encoded images
 stay in the memory-mapped dataset until a record is sampled.
 
-Images are opened only when asked for (records stay small in memory) and normalised to RGB:
-greyscale, palette, RGBA/LA (composited on white), CMYK and 16-bit greyscale ("I;16", "I")
-are converted; images above a pixel budget are downscaled keeping their aspect ratio.
+Images are opened only when asked for (records stay small in memory) and made 8-bit RGB by one of
+:data:`RGB_CONVERSIONS` (``vision.rgb_conversion``): ``project`` (:func:`to_rgb`: alpha composited
+on white, palettes through their transparency, 16-bit greyscale stretched to 0..255) or
+``official`` (:func:`pil_rgb`: PIL's ``convert("RGB")``, what the official ``process_image`` calls:
+alpha dropped, 16-bit values above 255 clipped); images above a pixel budget are downscaled
+keeping their aspect ratio.
 Every failure is an ``ImageError`` that names the record id, the image and the fix.
 """
 
@@ -102,6 +105,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def pil_rgb(img: Image.Image) -> Image.Image:
+    """PIL's own conversion, as the official ``process_image`` (training/verl/utils/dataset.py,
+    ``image.convert("RGB")`` for any other mode): the colour under a transparent pixel is kept,
+    a palette's transparency is ignored, 16-bit and 32-bit greyscale clip at 255."""
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+# vision.rgb_conversion -> the function making an image 8-bit RGB
+RGB_CONVERSIONS = {"project": to_rgb, "official": pil_rgb}
+
+
 def downscale_to_budget(img: Image.Image, max_pixels: int) -> Image.Image:
     """Shrink ``img`` (aspect kept, bicubic) so that width * height <= max_pixels."""
     w, h = img.size
@@ -113,14 +127,18 @@ def downscale_to_budget(img: Image.Image, max_pixels: int) -> Image.Image:
 
 
 def load_image(ref, *, record_id="?", index=0, base_dir=None,
-               max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Image.Image:
-    """Open one image entry of a record and return it as RGB under ``max_pixels``."""
+               max_pixels: int = DEFAULT_MAX_DECODE_PIXELS, conversion: str = "project") -> Image.Image:
+    """Open one image entry of a record and return it as RGB (``conversion``, a name in
+    :data:`RGB_CONVERSIONS`) under ``max_pixels``."""
     if not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if conversion not in RGB_CONVERSIONS:
+        raise ValueError(f"vision.rgb_conversion must be one of {list(RGB_CONVERSIONS)}, got {conversion!r}")
+    convert = RGB_CONVERSIONS[conversion]
     if isinstance(ref, Image.Image):  # already decoded (datasets' Image feature)
         if ref.width < 1 or ref.height < 1:
             raise ImageError(f"{_where(record_id, index, ref)}: image has zero size {ref.size}")
-        return downscale_to_budget(to_rgb(ref), max_pixels)
+        return downscale_to_budget(convert(ref), max_pixels)
     kind, value = _image_bytes_or_path(ref, record_id, index, base_dir)
     source = io.BytesIO(value) if kind == "bytes" else value
     try:
@@ -137,11 +155,11 @@ def load_image(ref, *, record_id="?", index=0, base_dir=None,
         ) from None
     if out.width < 1 or out.height < 1:
         raise ImageError(f"{_where(record_id, index, ref)}: image has zero size {out.size}")
-    return downscale_to_budget(to_rgb(out), max_pixels)
+    return downscale_to_budget(convert(out), max_pixels)
 
 
-def load_record_images(record: dict, base_dir=None,
-                       max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> list[Image.Image]:
+def load_record_images(record: dict, base_dir=None, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
+                       conversion: str = "project") -> list[Image.Image]:
     """All images of a record as RGB PIL images ([] for a text-only record)."""
     if not isinstance(record, dict):
         raise TypeError(f"record must be a dict, got {type(record).__name__}")
@@ -149,5 +167,5 @@ def load_record_images(record: dict, base_dir=None,
     images = record.get("images") or []
     if not isinstance(images, (list, tuple, LazyImages)):
         raise ImageError(f"record {record_id!r}: 'images' must be a list, got {type(images).__name__}")
-    return [load_image(ref, record_id=record_id, index=i, base_dir=base_dir, max_pixels=max_pixels)
-            for i, ref in enumerate(images)]
+    return [load_image(ref, record_id=record_id, index=i, base_dir=base_dir, max_pixels=max_pixels,
+                       conversion=conversion) for i, ref in enumerate(images)]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from medix_r1.data.prompts import OverlongPrompt, chat_token_ids, fit_prompt, record_messages
+from medix_r1.data.prompts import OverlongPrompt, chat_token_ids, check_prompt_chars, fit_prompt, record_messages
 from medix_r1.data.templates import content_with_images
 from medix_r1.vision.images import ImageError, _image_bytes_or_path, load_record_images
 from medix_r1.vision.model import (
@@ -204,8 +204,10 @@ class VisionPrompts:
         """One prompt item; raises ValueError (ImageError for image problems) naming the record."""
         record, c = self.records[index], self.cfg
         rid = record.get("id", "?")
+        check_prompt_chars(self.tokenizer, record, c.data)  # data.overlong_measure=chars: before any image decodes
         images = [resize_to_grid(img, self.grid_cfg)
-                  for img in load_record_images(record, self.base_dir, self.vcfg.max_decode_pixels)]
+                  for img in load_record_images(record, self.base_dir, self.vcfg.max_decode_pixels,
+                                                self.vcfg.rgb_conversion)]
         ids = chat_token_ids(self.tokenizer, record_messages(record, c.data, len(images)))
         budget = c.data.max_prompt_tokens
         item = {"record_index": index, "pixel_values": None, "image_grid_thw": None}

@@ -1,4 +1,4 @@
-"""MediX-R1's official evaluation judge (``evaluate`` in https://github.com/mbzuai-oryx/MediX-R1/blob/main/eval/utils.py).
+"""MediX-R1's official evaluation judge (``evaluate`` in https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/eval/utils.py).
 
 - The judge sees the model's text after its last ``</think>`` (else ``</thinking>``), never the
   reasoning.

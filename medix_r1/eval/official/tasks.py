@@ -1,11 +1,13 @@
-"""The 17 tasks of MediX-R1's official evaluation, read in each dataset's own schema.
+"""The 18 tasks of MediX-R1's official evaluation, read in each dataset's own schema.
 
-Sources, splits and columns are those of the official ``eval/tasks.yaml``, and each row becomes the
-text the official ``load_dataset_with_params`` (``eval/utils.py``) builds
-(https://github.com/mbzuai-oryx/MediX-R1/blob/main/eval/): the question, then for multiple choice
-``"\\n\\nChoices:"`` and one ``"\\nA. option"`` line per option; the reference is the correct
-option's text (or the answer column); ids are ``<task>_<n>`` with n counting the kept rows. The
-model sees exactly this question (no system prompt, no reformatting) and so does the judge.
+The 17 of ``eval/eval.py``: sources, splits and columns are those of the official ``eval/tasks.yaml``,
+and each row becomes the text the official ``load_dataset_with_params`` (``eval/utils.py``) builds
+(https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/eval/): the
+question, then for multiple choice ``"\\n\\nChoices:"`` and one ``"\\nA. option"`` line per option; the
+reference is the correct option's text (or the answer column); ids are ``<task>_<n>`` with n counting
+the kept rows. The model sees exactly this question (no system prompt, no reformatting) and so does
+the judge. The 18th, ``mmmu_medical``, is MMMU's medical subsets as MedEvalKit runs them for the
+official leaderboard (:mod:`medix_r1.eval.official.mmmu`: its own prompt, sampling and rule scoring).
 
 One loader per task in :data:`TASKS`; a loader maps one row to one item (or ``None`` to skip it,
 as SLAKE's non-English rows). Images that the hub rows only name (SLAKE's ``img_name`` inside its
@@ -22,6 +24,8 @@ from pathlib import Path
 
 from medix_r1.eval.items import make_record
 
+from .mmmu import COLUMNS, SUBJECTS, mmmu_item, score_item
+
 LETTERS = "ABCDEFGHIJ"
 BUNDLED_PUBMEDQA_TRAIN = Path(__file__).resolve().parents[2] / "data" / "pubmedqa" / "train.jsonl"
 
@@ -33,8 +37,10 @@ class OfficialTask:
     path: str                   # hub dataset
     config: str | None
     split: str
-    to_item: Callable           # (row, image_dir) -> dict(question, answer, images) or None
+    to_item: Callable           # (row, image_dir) -> dict(question, answer, images[, extra]) or None
     columns: tuple = ()         # the columns the loader reads (checked before any row is)
+    sampling: str = "eval_py"   # which official settings generate its answers (official/sampling.py)
+    scorer: Callable | None = None  # (record, response) -> {"score", ...} by rules; None: the official judge
 
 
 def with_choices(question: str, choices) -> str:
@@ -77,14 +83,21 @@ def choice_item(row, image_dir, *, question, choices, answer_index=None, answer=
     return {"question": text, "answer": str(reference), "images": [_image(row, image_dir)] if image else []}
 
 
-def pubmedqa_item(row, image_dir):
+# tasks.yaml lists PubMedQA's choices as the bare words yes, no, maybe; eval.py reads the file with
+# yaml.safe_load, whose YAML 1.1 rules turn yes / no into the booleans True / False, and the loader
+# writes each option with an f-string: the official model saw "A. True", "B. False", "C. maybe".
+PUBMEDQA_CHOICES = (True, False, "maybe")
+
+
+def pubmedqa_item(row, image_dir, choices=PUBMEDQA_CHOICES):
     """tasks.yaml's list form: "Contexts:\\n<first context>\\n\\nQuestion:\\n<question>\\n\\n", then the
-    yes / no / maybe choices; the answer is the decision and the long answer on two lines."""
+    choices as the official run rendered them (:data:`PUBMEDQA_CHOICES`); the answer is the decision
+    and the long answer on two lines."""
     text = ""
     for column in ("CONTEXTS", "QUESTION"):
         value = row[column]
         text += f"{column.lower().capitalize()}:\n{value[0] if isinstance(value, list) else value}\n\n"
-    text += "Choices:" + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(("yes", "no", "maybe")))
+    text += "Choices:" + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(choices) if o is not None)
     return {"question": text, "answer": f"{row['final_decision']}\n{row['LONG_ANSWER']}\n", "images": []}
 
 
@@ -143,8 +156,11 @@ TASKS: dict[str, OfficialTask] = {
     "mimic_cxr_report_generation": OfficialTask("mimic_cxr_report_generation", "vlm", "sahalshajim/medix-eval-sets",
                                                 "mimic_cxr", "test", mimic_report_item,
                                                 ("image", "report")),
+    "mmmu_medical": OfficialTask("mmmu_medical", "mmmu", "MMMU/MMMU", SUBJECTS, "validation", mmmu_item,
+                                 COLUMNS, sampling="mmmu", scorer=score_item),
 }
-assert len(TASKS) == 17
+assert len(TASKS) == 18
+EVAL_PY_TASKS = tuple(n for n, t in TASKS.items() if t.group in ("llm", "vlm"))  # eval.py's 17: the overall
 
 
 def _norm(text) -> str:
@@ -180,6 +196,9 @@ def read_rows(task: OfficialTask, data_files=None):
         if builder is None:
             raise ValueError(f"--data-files {task.name}: expected .jsonl/.json/.csv/.parquet, got {files[0]!r}")
         return datasets.load_dataset(builder, data_files=files, split="train")
+    if isinstance(task.config, tuple):  # several configurations (MMMU's subjects), one after another
+        return datasets.concatenate_datasets([datasets.load_dataset(task.path, c, split=task.split)
+                                              for c in task.config])
     return datasets.load_dataset(task.path, task.config, split=task.split)
 
 
@@ -191,7 +210,8 @@ def load_task(name: str, *, data_files=None, image_dir=None, limit: int | None =
         raise ValueError(f"unknown official task {name!r}; known: {', '.join(TASKS)}")
     task = TASKS[name]
     keys = pubmedqa_training_keys() if name == "pubmedqa" and exclude_training else None
-    items, notes = [], {"task": name, "source": f"{task.path}:{task.config or 'default'}:{task.split}",
+    config = "+".join(task.config) if isinstance(task.config, tuple) else task.config or "default"
+    items, notes = [], {"task": name, "source": f"{task.path}:{config}:{task.split}",
                         "rows": 0, "skipped_rows": 0, "excluded_training_overlap": []}
     rows = read_rows(task, data_files)
     missing = [c for c in task.columns if c not in rows.column_names]
@@ -211,9 +231,10 @@ def load_task(name: str, *, data_files=None, image_dir=None, limit: int | None =
         if item is None:
             notes["skipped_rows"] += 1
             continue
-        items.append(make_record(id=f"{name}_{len(items)}", benchmark=name, question=item["question"],
-                                 problem=item["question"], reference=item["answer"],
-                                 images=[im for im in item["images"] if im is not None]))
+        items.append({**make_record(id=f"{name}_{len(items)}", benchmark=name, question=item["question"],
+                                    problem=item["question"], reference=item["answer"],
+                                    images=[im for im in item["images"] if im is not None]),
+                      **item.get("extra", {})})
         if limit and len(items) >= limit:
             break
     return items, notes
