@@ -16,7 +16,7 @@ import medix_kernels as mk
 from medix_kernels import reference as ref
 from tests.test_fused_linear import batch as fused_batch
 from tests.test_fused_linear import cpu_and_reference
-from tests.test_policy_loss import AGGREGATIONS, LOSS_TYPES, make_batch
+from tests.test_policy_loss import AGGREGATIONS, VALID_PAIRS, make_batch
 from tests.tolerances import tol
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +53,7 @@ def test_the_bonus_raises_the_entropy_of_a_gradient_step():
     assert float((after * mask).sum()) > float((entropy_by_hand(logits, 1.0) * mask).sum())
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("loss_type,aggregation", VALID_PAIRS)
 def test_grpo_loss_on_the_cpu_kernels_matches_the_reference(loss_type, aggregation):
     logits, ids, mask, adv, old, ref_lp = make_batch(3, 7, 1001, seed=9)
     cfg = mk.LossConfig(loss_type=loss_type, aggregation=aggregation, beta=0.05, clip_high=0.28, temperature=0.7,
