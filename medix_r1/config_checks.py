@@ -223,6 +223,9 @@ def _check_lora(lora) -> None:
                              "module names, got ''")
     elif not targets or not all(isinstance(t, str) and t.strip() for t in targets):
         raise ValueError(f"model.lora.target_modules must be a non-empty list of module names, got {targets!r}")
+    if lora.r > 0 and importlib.util.find_spec("peft") is None:
+        raise ValueError("model.lora.r > 0 trains LoRA adapters through the peft package, which is not installed: "
+                         "pip install 'medix[lora]' (or pip install peft)")
     if lora.r == 0:
         default = type(lora)()
         changed = [f.name for f in dataclasses.fields(lora) if getattr(lora, f.name) != getattr(default, f.name)]

@@ -266,3 +266,14 @@ def test_the_vllm_engine_samples_from_the_merged_policy(smollm2):
     sync_weights(eng, model)
     synced = mismatch(model, eng.generate(ps, 2, 0), tok.eos_token_id)
     assert stale > 1e-2 and synced < 2e-4, (stale, synced)
+
+
+def test_lora_without_peft_is_one_config_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    load_config("cpu_smollm2")  # LoRA off: peft is not needed
+    with pytest.raises(ValueError, match=r"model\.lora\.r > 0 trains LoRA adapters through the peft package, which "
+                                         r"is not installed: pip install 'medix\[lora\]'"):
+        load_config("cpu_smollm2", ["model.lora.r=8"])
