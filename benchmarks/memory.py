@@ -79,6 +79,26 @@ def cuda_peak_extra(fn) -> int:
     return max(0, peak)
 
 
+def allocator_peak_extra(fn, device: str = "cpu") -> tuple[int, object]:
+    """(peak bytes of tensors allocated by ``fn()`` beyond what was alive when it started, its
+    result), in this process, exact to the byte: the profiler's allocator events (every tensor
+    allocation and free through the device's c10 allocator, temporaries inside C++ ops
+    included; not memory a library allocates behind torch's back, such as oneDNN's own scratch).
+    For the CPU, which keeps no allocation statistics; tests use it to check a peak-memory formula."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    kind = torch.device(device).type
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type().name.lower() == kind]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):  # a stable sort: same-time events keep their order
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak, out
+
+
 # ----------------------------------------------------------------------------- worker
 
 def _measure_case(req: dict) -> list[dict]:

@@ -2,8 +2,9 @@
 
 Backends: ``"torch"`` (the pure-PyTorch reference), ``"cpu"`` (the compiled C++ kernels in
 ``medix_kernels._C``), ``"triton"`` (Triton kernels: on CUDA tensors, or on CPU tensors under
-``TRITON_INTERPRET=1``), ``"cuda"`` (the compiled CUDA kernels). ``"auto"`` picks the fastest
-available for the tensor's device: cuda > triton > torch on a GPU, cpu > torch on the CPU.
+``TRITON_INTERPRET=1``), ``"cuda"`` (the compiled CUDA kernels). ``"auto"`` runs the first usable
+backend of the op's rule in ``medix_kernels._defaults.AUTO_BACKENDS`` (per device type, op and
+size: today cuda > triton > torch on a GPU, cpu > torch on the CPU).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import re
 import warnings
 
 import torch
+
+from . import _defaults
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 _NAMES = BACKENDS + ("auto",)
@@ -47,6 +50,7 @@ except ImportError as exc:  # shown in errors so a broken build is not silent
                       "--no-deps -e .` in the source tree (or `bash .ci/setup`)", RuntimeWarning, stacklevel=2)
 _CUDA_COMPILED = _EXT is not None and _EXT.cuda_compiled()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_CPU_FIRST = _defaults.cpu_always_first()
 
 
 def extension():
@@ -92,21 +96,37 @@ def backends() -> list[str]:
     return found
 
 
+def usable(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` can run on tensors of ``device`` here."""
+    if backend == "torch":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu" and has_cpu_extension()
+    if backend == "cuda":
+        return device.type == "cuda" and has_cuda_extension()
+    return backend == "triton" and triton_usable(device)
+
+
+def auto_backend(op: str, tensor: torch.Tensor) -> str:
+    """What ``backend="auto"`` runs for ``op`` on ``tensor`` (its device and size): the defaults table."""
+    n = tensor.numel()
+    for rule in _defaults.auto_rules(tensor.device.type, op):
+        if rule.max_numel is None or n <= rule.max_numel:
+            for b in rule.order:
+                if usable(b, tensor.device):
+                    return b
+    return "torch"
+
+
 def resolve_backend(backend: str, tensor: torch.Tensor, op: str) -> str:
     """Validate a backend name for ``tensor``'s device, resolving ``"auto"``."""
-    if backend == "auto" and _EXT is not None and tensor.device.type == "cpu":
+    if backend == "auto" and _CPU_FIRST and _EXT is not None and tensor.device.type == "cpu":
         return "cpu"  # the common case first (this runs on every call of every op)
     if backend not in _NAMES:
         raise ValueError(f"{op}: backend must be one of {_NAMES}, got {backend!r}")
     device = tensor.device
     if backend == "auto":
-        if device.type == "cuda":
-            if has_cuda_extension():
-                return "cuda"
-            return "triton" if triton_usable(device) else "torch"
-        if device.type == "cpu" and has_cpu_extension():
-            return "cpu"
-        return "torch"
+        return auto_backend(op, tensor)
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"{op}: backend 'cpu' needs CPU tensors, got a tensor on {device}")

@@ -1,7 +1,11 @@
-"""The per-token policy objective shared by every backend of grpo_loss and fused_linear_grpo_loss.
+"""The per-token policy objective of grpo_loss (torch-reference-free backends: cpu, cuda, the
+triton "composed" path) and fused_linear_grpo_loss.
 
-Only the [T, V] part (log-softmax and its gradient) is a kernel; what follows acts on per-token
-vectors and is plain differentiable PyTorch. Every aggregation is a weighted sum of per-token
+Here only the [T, V] part (log-softmax and its gradient) is a kernel; what follows acts on
+per-token vectors and is plain differentiable PyTorch. Its Triton twin, used by the lean
+grpo_loss on the triton backend, is triton_kernels/policy.py:token_terms (the same formulas with
+their derivative written out): a change to the objective goes into both, and the tests compare
+both with medix_kernels.reference. Every aggregation is a weighted sum of per-token
 losses with weights that depend only on the mask, so a loss computed chunk by chunk (the fused
 linear path) is exactly the sum of its chunks:
     loss = sum_t w_t * l_t

@@ -4,14 +4,25 @@
 Forward and backward happen in one pass over the chunks: each chunk's logits are computed, turned
 into log-probs by the fused kernel, the per-token loss gradient is taken on the chunk's vectors
 (every aggregation is a sum of per-token terms with mask-only weights, _policy_math), the kernel
-writes d logits over the chunk's logits, and two matmuls give d hidden and the chunk's share of
-d weight, accumulated in float32 whatever the input dtype (in place into the preallocated fp32
-d W). One chunk of logits is alive at a time, and no autograd graph spans the chunks. The
-autograd backward only hands the stored gradients over (scaled if grad_loss != 1). GSPO with an
-old policy first needs each sequence's mean log-ratio: one extra forward-only pass computes it.
+writes d logits over the chunk's logits, and two matmuls give the chunk's rows of d hidden
+(written into one preallocated [T, H] buffer) and its share of d W, accumulated in float32
+whatever the input dtype, into one preallocated fp32 [V, H] accumulator (on a GPU inside the
+GEMM itself: no [V, H] temporary per chunk). One chunk of logits is alive at a time, and no
+autograd graph spans the chunks. The autograd backward only hands the stored gradients over
+(cast to the weight's dtype; scaled if grad_loss != 1). GSPO with an old policy first needs each
+sequence's mean log-ratio: one extra forward-only pass computes it.
 
-Peak extra memory of one forward + backward (CPU, fp32): the returned d hidden [T, H] and d W
-[V, H] plus one chunk of logits (default ~12 MB) and per-token vectors.
+Chunk size and d W accumulation: _fused_linear_chunks (named configurations; ``chunk_size`` takes
+a token count or one of their names; docs/fused_linear.md). On a GPU a chunk holds as many bytes
+of logits as the weight (H tokens, at least 2,048); on the CPU 12 MB of logits.
+
+Peak extra memory of one forward + backward (``_fused_linear_chunks.peak_bytes`` has every term;
+s = bytes per element, c = tokens per chunk; measured on the CPU by
+tests/test_fused_linear_memory.py):
+    4 V H (fp32 d W) + T H s (d hidden) + max(c V s + [CPU, bf16: 4 c (V + H) of fp32 copies],
+                                              V H s: the bf16 d W handed back) + O(T)
+At T = 8,192, V = 152,064, H = 4,096, bf16, GPU (c = 4,096): 2,376 + 64 + max(1,188, 1,188) MiB
+= 3,628 MiB (the old 96-token chunks with a fp32 [V, H] temporary: 4,844 MiB, as measured).
 """
 from __future__ import annotations
 
@@ -19,41 +30,33 @@ import torch
 
 from . import reference
 from ._backend import resolve_backend
+from ._fused_linear_chunks import ACCUMULATE, CHUNK_CONFIGS, accumulate_mode, chunk_rows, default_config
 from ._policy_math import per_token_terms, token_stats, token_weights
 from .grpo_loss import check_loss_inputs
 from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import _ops
 
-# Default chunk: bytes of one chunk of logits in the hidden dtype. On the CPU the chunk's logits
-# (their gradient is written over them) are the only [chunk, V] memory of the whole call, so the
-# chunk is kept small (what else the call holds is what it returns: d hidden and the fp32 d W);
-# every chunk still reads W twice and updates d W once, which bounds how small it can be before
-# time is lost (the matmuls run on oneDNN, which keeps its speed at such chunks). On a GPU a
-# larger chunk keeps the matmuls wide.
-_CHUNK_BYTES = {"cpu": 12 << 20, "other": 32 << 20}
+
+def default_chunk_size(vocab: int, hidden: int, dtype: torch.dtype, device: torch.device | str | None = None,
+                       tokens: int = 0) -> int:
+    """Tokens per chunk of the device's default configuration (_fused_linear_chunks.DEFAULT_CONFIG):
+    64 at V = 49,152 in fp32 on the CPU; H tokens, at least 2,048, balanced over ``tokens``, on a GPU."""
+    return chunk_rows(default_config(device), tokens, vocab, hidden, dtype)
 
 
-def default_chunk_size(vocab: int, dtype: torch.dtype, device: torch.device | str | None = None) -> int:
-    """Tokens per chunk: the chunk budget in rows of logits, a multiple of 16 (GEMM-friendly), >= 16.
-    (12 MB on the CPU: 64 tokens of SmolLM2's 49,152-word vocabulary in fp32.)"""
-    kind = "cpu" if device is None or torch.device(device).type == "cpu" else "other"
-    rows = _CHUNK_BYTES[kind] // (vocab * torch.finfo(dtype).bits // 8)
-    return max(16, rows - rows % 16)
+def _resolve_chunk(chunk_size, tokens, weight, dtype, device) -> tuple[int, str]:
+    """(tokens per chunk, requested d W accumulation) from an int, a configuration name or None."""
+    if isinstance(chunk_size, int):
+        return chunk_size, "auto"
+    name = chunk_size or default_config(device)
+    return chunk_rows(name, tokens, weight.shape[0], weight.shape[1], dtype), CHUNK_CONFIGS[name].accumulate
 
 
-def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool = False) -> None:
-    """acc += a @ b (acc = a @ b when ``first``) with acc in float32: in place for float32 inputs
-    (no [V, H] temporary per chunk); for bf16/fp16 the chunk's product is formed in float32, never
-    summed in bf16 (on the CPU, where mm has no out_dtype, from float32 copies of the chunk)."""
-    if a.dtype == torch.float32:
-        torch.mm(a, b, out=acc) if first else acc.addmm_(a, b)
-        return
-    try:
-        prod = torch.mm(a, b, out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError):
-        torch.mm(a.float(), b.float(), out=acc) if first else acc.addmm_(a.float(), b.float())
-        return
-    acc.copy_(prod) if first else acc.add_(prod)
+def _check_chunk_size(chunk_size, op):
+    ok = chunk_size is None or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1)
+    if not (ok or (isinstance(chunk_size, str) and chunk_size in CHUNK_CONFIGS)):
+        raise ValueError(f"{op}: 'chunk_size' must be None, an int >= 1 or one of {sorted(CHUNK_CONFIGS)}, "
+                         f"got {chunk_size!r}")
 
 
 def _onednn_linear():
@@ -125,31 +128,59 @@ def _chunked_logp(h, weight, bias, ids, temperature, backend, chunk, with_entrop
     return logp, ent
 
 
+def _d_hidden_(dz, weight, out):
+    """out := dZ W (the chunk's rows of the preallocated d hidden). On the CPU the product comes
+    from oneDNN, like the logits (``mm(out=)`` would run MKL's sgemm: see _onednn_linear), and is
+    copied in (c H elements per chunk, ~1% of the chunk's logits at H / V = 576 / 49,152)."""
+    if _LINEAR is not None and dz.device.type == "cpu":
+        out.copy_(_linear(dz, weight.t()))
+    else:
+        torch.mm(dz, weight, out=out)
+
+
+def _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, config, backend, chunk):
+    """The flat per-token vectors of the loss: weights, advantages, old / reference log-probs, and
+    GSPO's per-sequence log-ratio (one forward-only pass, when it needs one)."""
+    b, l = ids.shape
+    t = b * l
+    adv_bl = adv.float() if adv.dim() == 2 else adv.float()[:, None]
+    tok = {"w": token_weights(mask, config).reshape(t), "adv": adv_bl.expand(b, l).reshape(t),
+           "old": None if old_logp is None else old_logp.float().reshape(t),
+           "ref": None if ref_logp is None else ref_logp.float().reshape(t), "seq": None}
+    if config.loss_type in SEQUENCE_RATIO_TYPES and tok["old"] is not None:
+        logp_all, _ = _chunked_logp(h, weight, bias, ids.reshape(t), config.temperature, backend, chunk)
+        m = mask.float()
+        seq = (((logp_all.view(b, l) - tok["old"].view(b, l)) * m).sum(-1, keepdim=True)
+               / m.sum(-1, keepdim=True).clamp_min(1))
+        tok["seq"] = seq.expand(b, l).reshape(t)
+    return tok
+
+
+def _chunk_loss(lp, tok, s, e, config):
+    """(loss, d loss / d logp, ratio, KL) of tokens s:e from their log-probs."""
+    def part(x):
+        return None if x is None else x[s:e]
+    with torch.enable_grad():
+        lp = lp.requires_grad_(True)
+        per_tok, ratio, kl = per_token_terms(lp, part(tok["old"]), part(tok["ref"]), tok["adv"][s:e], config,
+                                             part(tok["seq"]))
+        chunk_loss = (per_tok * tok["w"][s:e]).sum()
+        (g_lp,) = torch.autograd.grad(chunk_loss, lp)
+    return chunk_loss.detach(), g_lp, ratio, kl
+
+
 class _FusedLinearGRPOLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, mask, adv, old_logp, ref_logp, config, chunk, backend, with_entropy):
+    def forward(ctx, hidden, weight, bias, ids, mask, adv, old_logp, ref_logp, config, chunk, backend, with_entropy,
+                accumulate):
         b, l, hdim = hidden.shape
         t = b * l
         h = hidden.reshape(t, hdim)
         flat_ids = ids.reshape(t)
-        w_tok = token_weights(mask, config).reshape(t)
-        adv_bl = adv.float() if adv.dim() == 2 else adv.float()[:, None]
-        adv_tok = adv_bl.expand(b, l).reshape(t)
-        old = None if old_logp is None else old_logp.float().reshape(t)
-        ref = None if ref_logp is None else ref_logp.float().reshape(t)
-        seq_log_ratio = None
-        if config.loss_type in SEQUENCE_RATIO_TYPES and old is not None:
-            logp_all, _ = _chunked_logp(h, weight, bias, flat_ids, config.temperature, backend, chunk)
-            m = mask.float()
-            seq = (((logp_all.view(b, l) - old.view(b, l)) * m).sum(-1, keepdim=True)
-                   / m.sum(-1, keepdim=True).clamp_min(1))
-            seq_log_ratio = seq.expand(b, l).reshape(t)
-
+        tok = _token_inputs(h, weight, bias, ids, mask, adv, old_logp, ref_logp, config, backend, chunk)
         fwd, _, bwd_inplace = _ops(backend)
-        # d hidden chunk by chunk, joined once at the end (no per-chunk copy into a [T, H] buffer:
-        # on a loaded machine each small threaded copy can wait a scheduler slice for its team);
-        # the join happens after the last chunk's logits are freed, so it adds nothing to the peak.
-        grad_h_parts = []
+        add_dw = ACCUMULATE[accumulate_mode(accumulate, weight.device, weight.dtype)]
+        grad_h = torch.empty_like(h, memory_format=torch.contiguous_format)
         # The first chunk's product is written into d W directly (no [V, H] zero-fill first).
         grad_w = (torch.empty if t > 0 else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
@@ -157,23 +188,16 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         kl_all = torch.empty(t, dtype=torch.float32, device=h.device) if config.beta > 0 else None
         ent_all = torch.empty(t, dtype=torch.float32, device=h.device) if with_entropy else None
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        w_t = weight.t()
         for s in range(0, t, chunk):
             e = min(t, s + chunk)
             logits = _chunk_logits(h[s:e], weight, bias)
             lp, lse, en = fwd(logits, flat_ids[s:e], config.temperature, with_entropy)
-            with torch.enable_grad():
-                lp = lp.requires_grad_(True)
-                per_tok, ratio, kl = per_token_terms(
-                    lp, None if old is None else old[s:e], None if ref is None else ref[s:e], adv_tok[s:e], config,
-                    None if seq_log_ratio is None else seq_log_ratio[s:e])
-                chunk_loss = (per_tok * w_tok[s:e]).sum()
-                (g_lp,) = torch.autograd.grad(chunk_loss, lp)
+            chunk_loss, g_lp, ratio, kl = _chunk_loss(lp, tok, s, e, config)
             g_en = None
             if config.entropy_coef > 0:  # the bonus -coef * sum_t w_t H_t: d/dH_t = -coef * w_t, and the
-                g_en = -config.entropy_coef * w_tok[s:e]  # kernel's backward takes d entropy with d logp
+                g_en = -config.entropy_coef * tok["w"][s:e]  # kernel's backward takes d entropy with d logp
                 chunk_loss = chunk_loss + (g_en * en).sum()
-            loss += chunk_loss.detach()
+            loss += chunk_loss
             ratio_all[s:e] = ratio
             if kl_all is not None:
                 kl_all[s:e] = kl
@@ -181,17 +205,15 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                 ent_all[s:e] = en
             bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None if g_en is None else en, g_en,
                         config.temperature)  # logits := d logits
-            grad_h_parts.append(_linear(logits, w_t))  # d hidden = dZ W
-            _addmm_f32_(grad_w, logits.t(), h[s:e], first=s == 0)  # d W (+)= dZ^T h, in place
+            _d_hidden_(logits, weight, grad_h[s:e])  # d hidden = dZ W, into its rows of the buffer
+            add_dw(grad_w, logits.t(), h[s:e], s == 0)  # d W (+)= dZ^T h, in float32
             if grad_b is not None:
                 grad_b += logits.sum(0, dtype=torch.float32)
             del logits  # free this chunk before the next one is computed (one chunk alive, not two)
-        grad_h = torch.cat(grad_h_parts) if grad_h_parts else torch.empty_like(h)
-        del grad_h_parts
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         stats = token_stats(ratio_all.view(b, l), None if kl_all is None else kl_all.view(b, l),
-                            adv_tok.view(b, l), mask, config, None if ent_all is None else ent_all.view(b, l))
+                            tok["adv"].view(b, l), mask, config, None if ent_all is None else ent_all.view(b, l))
         names = sorted(stats)
         ctx.mark_non_differentiable(*[stats[k] for k in names])
         ctx.stat_names = names
@@ -210,37 +232,38 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             gh = (grad_h * grad_loss.to(grad_h.dtype)).view(hidden_shape)
             gw = (grad_w * grad_loss).to(w_dtype)
             gb = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
-        return gh, gw, gb, None, None, None, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                            advantages: torch.Tensor, *, lm_head_bias: torch.Tensor | None = None,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           config: LossConfig = LossConfig(), chunk_size: int | None = None,
+                           config: LossConfig = LossConfig(), chunk_size: int | str | None = None,
                            return_entropy: bool = False, backend: str = "auto"):
     """grpo_loss from the last hidden states [B, L, H] and the LM head [V, H] (+ bias [V]).
 
     Gradients flow to hidden, lm_head_weight (accumulated in float32, returned in its dtype) and
-    lm_head_bias. chunk_size: tokens per chunk (default: ~12 MB of logits per chunk on the CPU,
-    a multiple of 16 tokens: 64 at V = 49,152 in fp32; ~32 MB on a GPU). Smaller chunks hold less
-    memory but re-read W and re-write the fp32 d W once per chunk.
+    lm_head_bias. chunk_size: tokens per chunk, or the name of a chunk configuration
+    (_fused_linear_chunks.CHUNK_CONFIGS: its token budget and d W accumulation); None: the
+    device's default (CPU: 12 MB of logits, 64 tokens at V = 49,152 in fp32; GPU: ``weight-x1``,
+    a chunk of logits as large as the weight, H tokens, at least 2,048). Smaller chunks hold less
+    memory but re-read W and read + write the fp32 d W once per chunk.
     Returns (loss, stats) like grpo_loss.
     """
     op = "fused_linear_grpo_loss"
     _check(hidden, lm_head_weight, ids, lm_head_bias, op)
     check_loss_inputs(tuple(ids.shape), hidden.device, mask, advantages, old_logp, ref_logp, config, op)
-    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"{op}: 'chunk_size' must be None or an int >= 1, got {chunk_size!r}")
+    _check_chunk_size(chunk_size, op)
     backend = resolve_backend(backend, hidden, op)
     if backend == "torch" or hidden.dtype == torch.float64:
         loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
                                                        bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
                                                        config=config, return_entropy=return_entropy)
         return loss, stats
-    chunk = chunk_size or default_chunk_size(lm_head_weight.shape[0], hidden.dtype, hidden.device)
+    chunk, accumulate = _resolve_chunk(chunk_size, ids.numel(), lm_head_weight, hidden.dtype, hidden.device)
     with_entropy = bool(return_entropy) or config.entropy_coef > 0  # the entropy bonus needs it
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
-                                     ref_logp, config, chunk, backend, with_entropy)
+                                     ref_logp, config, chunk, backend, with_entropy, accumulate)
     names = sorted(["clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"]
                    + (["entropy_mean"] if with_entropy else []))
     return out[0], dict(zip(names, out[1:]))
@@ -249,12 +272,14 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
 @torch.no_grad()
 def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, *,
                                        bias: torch.Tensor | None = None, temperature: float = 1.0,
-                                       chunk_size: int | None = None, return_entropy: bool = False,
+                                       chunk_size: int | str | None = None, return_entropy: bool = False,
                                        backend: str = "auto"):
     """Per-token log-probs [B, L] (float32) of ids from hidden states and the LM head, chunked, no
-    gradient: the reference / old-policy log-probs of a GRPO step without full logits."""
+    gradient: the reference / old-policy log-probs of a GRPO step without full logits. chunk_size:
+    as in fused_linear_grpo_loss."""
     op = "fused_linear_selective_log_softmax"
     _check(hidden, weight, ids, bias, op)
+    _check_chunk_size(chunk_size, op)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"{op}: 'temperature' must be a float > 0, got {temperature!r}")
     backend = resolve_backend(backend, hidden, op)
@@ -262,7 +287,7 @@ def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tenso
     if backend == "torch" or hidden.dtype == torch.float64:
         logits = _chunk_logits(hidden.float(), weight.float(), None if bias is None else bias.float())
         return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
-    chunk = chunk_size or default_chunk_size(weight.shape[0], hidden.dtype, hidden.device)
+    chunk, _ = _resolve_chunk(chunk_size, b * l, weight, hidden.dtype, hidden.device)
     logp, ent = _chunked_logp(hidden.reshape(b * l, hdim), weight, bias, ids.reshape(b * l), float(temperature),
                               backend, chunk, with_entropy=return_entropy)
     return (logp.view(b, l), ent.view(b, l)) if return_entropy else logp.view(b, l)

@@ -1,9 +1,22 @@
 """The clipped-ratio policy loss with KL (GRPO, DAPO, Dr. GRPO, GSPO / GSPO-token, CISPO) from logits.
 
-logits -> fused per-token log-probs (selective_log_softmax: one pass forward, one backward
-writing d logits, in place if allowed) -> the per-token objective on [B, L] vectors
-(_policy_math) -> the weighted sum that is the aggregation. Reference:
-medix_kernels.reference.grpo_loss.
+Two ways to compute it (``TRITON_PATHS``; the triton backend takes the one
+medix_kernels._defaults names, the other backends the composed one):
+- "composed": logits -> fused per-token log-probs (selective_log_softmax: one pass forward, one
+  backward writing d logits, in place if allowed) -> the per-token objective on [B, L] vectors
+  (_policy_math, PyTorch) -> the weighted sum that is the aggregation.
+- "lean" (triton): the same maths in Triton kernels (triton_kernels/grpo.py): 3 launches forward,
+  1 backward, masked tokens skipped in both passes.
+- "single_pass" (triton): forward, loss derivative and backward of each row in one program
+  (triton_kernels/single_pass.py): the logits are read once from HBM; GSPO with old log-probs
+  takes "lean".
+Reference: medix_kernels.reference.grpo_loss.
+
+Host synchronisation: the value checks (ids in [0, V), a 0/1 mask, finite advantages) need the
+data on the host, two syncs per call. ``validate=False`` skips them (a training loop whose inputs
+come from its own pipeline); the kernels still never read outside a row: an out-of-range id
+gives a NaN log-prob, hence a NaN loss, and a non-finite advantage a NaN loss, which a loop
+checking its loss (medix_r1 does) sees one step later without any sync here.
 """
 from __future__ import annotations
 
@@ -11,13 +24,16 @@ import torch
 
 from . import reference
 from ._backend import resolve_backend
+from ._defaults import kernel_config
 from ._policy_math import gspo_seq_log_ratio, per_token_terms, token_stats, token_weights
 from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
-from .selective_log_softmax import check_logits_ids, selective_log_softmax
+from .selective_log_softmax import check_inplace_logits, check_logits_ids, selective_log_softmax
 
 
-def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, config, op: str) -> None:
-    """Checks of everything but the logits/hidden states: shapes [B, L], devices, dtypes, config."""
+def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, config, op: str, *,
+                      validate: bool = True) -> None:
+    """Checks of everything but the logits/hidden states: shapes [B, L], devices, dtypes, config;
+    with ``validate`` also the values of mask and advantages (a host sync)."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"{op}: 'config' must be a medix_kernels.LossConfig, got {type(config).__name__}")
     b, l = shape
@@ -41,7 +57,7 @@ def check_loss_inputs(shape, device, mask, advantages, old_logp, ref_logp, confi
     if config.beta > 0 and ref_logp is None:
         raise ValueError(f"{op}: 'ref_logp' [B, L] is required when config.beta > 0 (beta={config.beta}); "
                          "pass the reference model's log-probs or set beta=0")
-    if not torch.compiler.is_compiling():  # data-dependent: eager only (a compiled graph skips it)
+    if validate and not torch.compiler.is_compiling():  # data-dependent: eager only (a compiled graph skips it)
         check_mask_and_advantage_values(mask, advantages, op)
 
 
@@ -65,7 +81,7 @@ def check_mask_and_advantage_values(mask, advantages, op: str) -> None:
 def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *,
               old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
               config: LossConfig = LossConfig(), inplace_backward: bool = False, return_entropy: bool = False,
-              check_finite: bool = False, backend: str = "auto"):
+              check_finite: bool = False, validate: bool = True, backend: str = "auto"):
     """Policy loss of a batch of sampled responses.
 
     Args:
@@ -80,26 +96,56 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
             logits whose elements share memory (an expanded view) are refused.
         return_entropy: also report the mean entropy in the stats (reported too when config.entropy_coef > 0).
         check_finite: raise on non-finite logits before computing (debug mode).
+        validate: check the values of ids, mask and advantages (the default; two host syncs per
+            call). False is the fast path: shapes, dtypes and devices are still checked, values
+            are not (an out-of-range id or a non-finite advantage then shows as a NaN loss).
         backend: "auto", "torch", "cpu", "triton", "cuda".
 
     Returns:
         (loss: 0-d tensor, stats: dict of 0-d tensors: clip_frac_low, clip_frac_high, ratio_mean,
-        kl_mean and entropy_mean when asked). No host synchronisation happens inside.
+        kl_mean and entropy_mean when asked). Without ``validate`` no host synchronisation happens.
     """
     op = "grpo_loss"
     backend = resolve_backend(backend, logits, op)
-    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite)
+    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite, validate=validate)
     if logits.dim() != 3:
         raise ValueError(f"{op}: 'logits' must be [B, L, V], got shape {tuple(logits.shape)}")
-    check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op)
+    check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op,
+                      validate=validate)
     if backend == "torch":
         return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
                                    config=config, return_entropy=return_entropy)
+    if inplace_backward:
+        check_inplace_logits(logits, op)
+    # the entropy bonus needs the entropy's gradient: the composed path's log-prob kernels have it
+    fused = backend == "triton" and ids.numel() and config.entropy_coef == 0
+    path = kernel_config("grpo_loss_triton") if fused else "composed"
+    return TRITON_PATHS[path](logits, ids, mask, advantages, old_logp, ref_logp, config, inplace_backward,
+                              return_entropy, backend)
+
+
+def _composed(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
     with_entropy = return_entropy or config.entropy_coef > 0  # the bonus needs it, with its gradient
     out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=with_entropy,
-                                inplace_backward=inplace_backward, backend=backend)
+                                inplace_backward=inplace, validate=False, backend=backend)
     logp, entropy = out if with_entropy else (out, None)
     return policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy)
+
+
+def _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
+    from .triton_kernels.grpo import lean_grpo_loss
+    return lean_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
+
+
+def _single_pass(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend):
+    if config.loss_type in SEQUENCE_RATIO_TYPES and old_logp is not None:  # needs the whole sequence first
+        return _lean(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend)
+    from .triton_kernels.single_pass import single_pass_grpo_loss
+    return single_pass_grpo_loss(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy)
+
+
+#: How grpo_loss computes on the triton backend, by name (the defaults table picks one; the GPU sweep times all).
+TRITON_PATHS = {"composed": _composed, "lean": _lean, "single_pass": _single_pass}
 
 
 def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy=None):

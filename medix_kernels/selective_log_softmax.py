@@ -51,7 +51,9 @@ class _FusedLogprob(torch.autograd.Function):
         return bwd(logits, ids, lse, grad_logp, entropy, grad_entropy, ctx.temperature), None, None, None, None, None
 
 
-def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool = False) -> None:
+def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool = False, validate: bool = True) -> None:
+    """Types, shapes and devices; with ``validate`` also that ids lie in [0, V) (a host sync, except
+    on the cpu backend, whose kernels check the range themselves)."""
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
         raise TypeError(f"{op}: 'logits' must be a float tensor [B, L, V] or [T, V], got "
                         f"{getattr(logits, 'dtype', type(logits).__name__)}")
@@ -67,7 +69,7 @@ def check_logits_ids(logits, ids, op: str, *, backend: str, check_finite: bool =
         raise ValueError(f"{op}: 'ids' is on {ids.device} but 'logits' is on {logits.device}")
     if torch.compiler.is_compiling():
         return
-    if backend != "cpu" and ids.numel():  # the C++ CPU kernels check the range themselves, sync-free
+    if validate and backend != "cpu" and ids.numel():  # the C++ CPU kernels check the range themselves, sync-free
         v = logits.shape[-1]
         bad = (ids < 0) | (ids >= v)
         if bool(bad.any()):
@@ -101,7 +103,7 @@ def check_inplace_logits(logits, op: str) -> None:
 
 def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperature: float = 1.0,
                           return_entropy: bool = False, inplace_backward: bool = False, check_finite: bool = False,
-                          backend: str = "auto"):
+                          validate: bool = True, backend: str = "auto"):
     """log softmax(logits / temperature) at ``ids``, without materialising the log-softmax.
 
     Args:
@@ -114,6 +116,8 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperatur
             elements share memory (an expanded view), or that are not viewable as [T, V] rows,
             are a ValueError.
         check_finite: raise on NaN/inf logits (a debugging aid: one extra pass).
+        validate: check that ids lie in [0, V) (the default: a host sync on GPU backends). False
+            skips it; the kernels still never read outside a row (an out-of-range id gives NaN).
         backend: "auto", "torch", "cpu", "triton", "cuda".
 
     Returns:
@@ -122,7 +126,7 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperatur
     """
     op = "selective_log_softmax"
     backend = resolve_backend(backend, logits, op)
-    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite)
+    check_logits_ids(logits, ids, op, backend=backend, check_finite=check_finite, validate=validate)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"{op}: 'temperature' must be a float > 0, got {temperature!r}")
     if inplace_backward:

@@ -6,6 +6,7 @@ import torch
 
 import medix_kernels as mk
 from medix_kernels import reference as ref
+from medix_kernels._fused_linear_chunks import ACCUMULATE, CHUNK_CONFIGS, _works, accumulate_mode
 from tests.tolerances import tol
 
 
@@ -166,11 +167,69 @@ def test_chunk_edges_and_buffer_reuse(chunk):
                                **tol("fused_linear", torch.float32))
 
 
-def test_default_chunk_is_small_on_cpu():
+def test_default_chunk_sizes():
     from medix_kernels.fused_linear import default_chunk_size
-    # ~12 MB of logits per chunk on the CPU (SmolLM2's vocabulary in fp32: 64 tokens), ~32 MB
-    # elsewhere; a multiple of 16 tokens, never below 16
-    assert default_chunk_size(49152, torch.float32, "cpu") == 64
-    assert default_chunk_size(49152, torch.bfloat16, "cpu") == 128
-    assert default_chunk_size(49152, torch.float32, "cuda") == 160
-    assert default_chunk_size(10**7, torch.float32, "cpu") == 16
+    # CPU: ~12 MB of logits per chunk (SmolLM2's vocabulary in fp32: 64 tokens), a multiple of 16, >= 16
+    assert default_chunk_size(49152, 576, torch.float32, "cpu") == 64
+    assert default_chunk_size(49152, 576, torch.bfloat16, "cpu") == 128
+    assert default_chunk_size(10**7, 576, torch.float32, "cpu") == 16
+    # GPU: a chunk of logits as large as the weight (H tokens), >= 2,048, a multiple of 128, spread
+    # evenly over the tokens
+    assert default_chunk_size(152064, 4096, torch.bfloat16, "cuda", tokens=8192) == 4096
+    assert default_chunk_size(152064, 4096, torch.float32, "cuda", tokens=8192) == 4096
+    assert default_chunk_size(152064, 4096, torch.bfloat16, "cuda", tokens=5000) == 2512  # 2 x 2,500, not 4,096 + 904
+    assert default_chunk_size(152064, 3584, torch.bfloat16, "cuda", tokens=32768) == 3280  # 10 chunks of <= 3,584
+    assert default_chunk_size(49152, 576, torch.bfloat16, "cuda", tokens=8192) == 2048
+    assert default_chunk_size(49152, 576, torch.bfloat16, "cuda", tokens=100) == 112
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_CONFIGS))
+def test_named_chunk_configs(name):
+    """Every named configuration runs (its d W accumulation resolved to what works here) and gives
+    the reference's loss and gradients, with bias; the fused log-probs take the names too."""
+    hidden, weight, bias, ids, mask, adv, old, ref_lp = batch(seed=11)
+    (loss, _, ins), (want, _, outs) = cpu_and_reference((hidden, weight, bias, ids, mask, adv, old, ref_lp),
+                                                        mk.LossConfig.preset("grpo"), name, True)
+    t = tol("fused_linear", torch.float32)
+    torch.testing.assert_close(loss, want, **t)
+    for a, b in zip(ins, outs):
+        torch.testing.assert_close(a.grad, b.grad, **t)
+    got = mk.fused_linear_selective_log_softmax(hidden, weight, ids, bias=bias, chunk_size=name)
+    torch.testing.assert_close(got, ref.selective_log_softmax(hidden @ weight.t() + bias, ids), **t)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", sorted(ACCUMULATE))
+def test_weight_gradient_accumulation_modes(device, dtype, mode):
+    """Each d W accumulation that works on this device sums 5 chunks' dZ^T h in float32 (the first
+    chunk written, not added: d W starts uninitialised); one that does not is never picked."""
+    if not _works(mode, torch.device(device), dtype):
+        assert accumulate_mode(mode, device, dtype) != mode
+        pytest.skip(f"{mode} does not run on {device} in {dtype} with this torch")
+    gen = torch.Generator().manual_seed(3)
+    dz = torch.randn(5, 40, 300, generator=gen).to(dtype)
+    h = torch.randn(5, 40, 24, generator=gen).to(dtype)
+    acc = torch.full((300, 24), float("nan"), device=device)
+    for i in range(5):
+        ACCUMULATE[mode](acc, dz[i].to(device).t(), h[i].to(device), i == 0)
+    want = torch.einsum("ktv,kth->vh", dz.double(), h.double())
+    torch.testing.assert_close(acc.cpu().double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_accumulation_on_the_cpu_is_upcast():
+    for mode in ("auto", *ACCUMULATE):
+        assert accumulate_mode(mode, "cpu", torch.bfloat16) == "upcast"
+        assert accumulate_mode(mode, "cpu", torch.float32) == "upcast"
+
+
+def test_bad_chunk_size_name():
+    with pytest.raises(ValueError, match="'chunk_size' must be None, an int >= 1 or one of"):
+        b = batch()
+        mk.fused_linear_grpo_loss(b[0], b[1], b[3], b[4], b[5], chunk_size="weight-x3")
+    with pytest.raises(ValueError, match="'chunk_size' must be"):
+        b = batch()
+        mk.fused_linear_selective_log_softmax(b[0], b[1], b[3], chunk_size=True)

@@ -20,7 +20,7 @@ def _run(cmd, tmp_path, timeout):
 
 
 def test_scripts_refuse_a_missing_out_folder():
-    for script in ("check.sh", "train_check.sh", "device_run.sh"):
+    for script in ("check.sh", "train_check.sh", "device_run.sh", "sweep_run.sh"):
         res = subprocess.run(["bash", f"benchmarks/gpu/{script}"], cwd=ROOT, capture_output=True, text=True)
         assert res.returncode == 2 and "usage" in res.stderr, script
 

@@ -1,18 +1,11 @@
-"""Triton kernels for fused per-token log-probabilities and entropy, forward and backward.
+"""Launchers and torch ops of the Triton log-prob / entropy kernels (the kernels: logprob_kernels.py).
 
 Semantics (the same as csrc/cuda/logprob.cu and the C++ CPU kernels), per row of logits x:
     z = x / temperature,  lse = logsumexp(z),  logp = z[id] - lse,  H = lse - sum(softmax(z) * z)
     d logits = (1 / temperature) * (g_lp * (onehot(id) - p) - g_H * p * (z - lse + H)),  p = softmax(z)
 
-Forward: one program per row walks V in BLOCK_V chunks with an online log-sum-exp: one block-wide
-max per chunk (so one exp per element, not two), per-lane sums of exp(z - m) and exp(z - m) * z
-rescaled when the running max grows, fp32 throughout, merged once at the end. Any V works (the
-last chunk is masked). Backward: one program per row, one pass, each element read and then
-written by the same program, so the gradient may overwrite the logits in place.
-
-Grid: a 1-D grid over rows. Grid dimension 0 may hold up to 2**31 - 1 programs (dimensions 1
-and 2 only 65,535), so T = B * L up to 2**31 - 1 rows works; Liger-Kernel's GRPO loss puts L on
-a 65,535-limited grid dimension and fails for L >= 65,536.
+How a kernel is launched (warps, rows per program, chunk width, pipelining, ...) is a named
+configuration (configs.py); ``config=None`` takes the one medix_kernels._defaults names.
 
 Ops: ``medix::logprob_fwd_triton``, ``medix::logprob_bwd_triton`` and the in-place
 ``medix::logprob_bwd_triton_``. Normally they are ``torch.library.triton_op``s (torch.compile
@@ -23,87 +16,77 @@ data pointer of Tensor"), checked with torch 2.13 / triton 3.9.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import triton
-import triton.language as tl
 
-# Tuning for H100 bf16 at V = 152,064: a 4096-wide chunk over 8 warps is 16 elements per thread,
-# i.e. two 16-byte loads in flight per thread per iteration, and 37 chunks per row. The backward
-# also writes, so it uses the same chunk with more warps to keep more loads outstanding.
-FWD_BLOCK_V = 4096
-FWD_NUM_WARPS = 8
-BWD_BLOCK_V = 4096
-BWD_NUM_WARPS = 16
+from .._defaults import kernel_config
+from . import configs
+from .logprob_kernels import logprob_bwd_kernel, logprob_fwd_kernel
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_LOG2E = 1.0 / math.log(2.0)
 
 
-@triton.jit
-def _logprob_fwd_kernel(logits_ptr, ids_ptr, logp_ptr, lse_ptr, ent_ptr, V, stride_row, inv_temp,
-                        WITH_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # 1-D grid: up to 2**31 - 1 rows; int64 offsets below
-    base = logits_ptr + row * stride_row
-    offs = tl.arange(0, BLOCK_V)
-    m = tl.full([], float("-inf"), tl.float32)   # running max of z
-    s = tl.zeros([BLOCK_V], dtype=tl.float32)    # per lane: sum exp(z - m)
-    t = tl.zeros([BLOCK_V], dtype=tl.float32)    # per lane: sum exp(z - m) * z
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + offs
-        z = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        # While every z seen is -inf, shift by 0 instead (exp(-inf - -inf) would be NaN).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        e = tl.exp(z - m_safe)
-        s = s * alpha + e
-        if WITH_ENTROPY:
-            # e == 0 for masked lanes and z = -inf logits: their p * z term is 0, not 0 * -inf.
-            t = t * alpha + e * tl.where(e > 0.0, z, 0.0)
-        m = m_new
-    total = tl.sum(s, axis=0)
-    lse = m + tl.log(total)
-    tok = tl.load(ids_ptr + row)
-    valid = (tok >= 0) & (tok < V)  # the callers validate ids; never read outside the row anyway
-    z_tok = tl.load(base + tok, mask=valid, other=float("nan")).to(tl.float32) * inv_temp
-    tl.store(logp_ptr + row, z_tok - lse)
-    tl.store(lse_ptr + row, lse)
-    if WITH_ENTROPY:
-        tl.store(ent_ptr + row, lse - tl.sum(t, axis=0) / total)
+def fwd_config(config=None) -> configs.LogprobFwdConfig:
+    """A LogprobFwdConfig from None (the default entry), a registered name or a config."""
+    if config is None:
+        config = kernel_config("logprob_fwd")
+    return configs.lookup("logprob_fwd", config) if isinstance(config, str) else config
 
 
-@triton.jit
-def _logprob_bwd_kernel(logits_ptr, out_ptr, ids_ptr, lse_ptr, glp_ptr, ent_ptr, gent_ptr, V, stride_row,
-                        out_stride_row, inv_temp, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = logits_ptr + row * stride_row
-    out_base = out_ptr + row * out_stride_row
-    offs = tl.arange(0, BLOCK_V)
-    lse = tl.load(lse_ptr + row)
-    g_lp = tl.load(glp_ptr + row)
-    tok = tl.load(ids_ptr + row)
-    if HAS_GRAD_ENTROPY:
-        ent = tl.load(ent_ptr + row)
-        g_ent = tl.load(gent_ptr + row)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + offs
-        mask = cols < V
-        # Read before write: when out is the logits, this program owns these elements alone.
-        z = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32) * inv_temp
-        p = tl.exp(z - lse)
-        g = tl.where(cols == tok, g_lp, 0.0) - g_lp * p
-        if HAS_GRAD_ENTROPY:
-            # p * log p -> 0 as p -> 0: keep z = -inf logits at 0 instead of 0 * -inf.
-            g -= g_ent * p * tl.where(p > 0.0, z - lse + ent, 0.0)
-        tl.store(out_base + cols, (g * inv_temp).to(out_ptr.dtype.element_ty), mask=mask)
+def bwd_config(config=None) -> configs.LogprobBwdConfig:
+    if config is None:
+        config = kernel_config("logprob_bwd")
+    return configs.lookup("logprob_bwd", config) if isinstance(config, str) else config
 
 
-def _chunk(v: int, block_v: int, num_warps: int) -> tuple[int, int]:
-    """Chunk width and warps for a row of v elements: the tuned values, shrunk for small v."""
-    block = min(block_v, triton.next_power_of_2(max(v, 1)))
-    warps = max(1, min(num_warps, block // 256))  # at least 8 elements per thread
-    return block, warps
+def _warps(cfg_warps: int, elements: int) -> int:
+    """The config's warps, fewer for small rows (at least 8 elements per thread)."""
+    return max(1, min(cfg_warps, elements // 256))
+
+
+def launch_fwd(x, tok, logp, lse, ent, temperature: float, with_entropy: bool, cfg, row_mask=None):
+    """The forward kernel over rows x [T, V] (unit column stride) into fp32 logp / lse / ent [T].
+    Returns Triton's compiled-kernel handle (registers, spills) when launched eagerly on a GPU."""
+    t, v = x.shape
+    block = min(cfg.block_v, triton.next_power_of_2(max(v, 1)))
+    rows = min(cfg.rows, triton.next_power_of_2(max(t, 1)))
+    inv_temp = 1.0 / float(temperature)
+    return _wrap(logprob_fwd_kernel)[(triton.cdiv(t, rows),)](
+        x, tok, logp if row_mask is None else row_mask, logp, lse, ent if with_entropy else logp, t, v, x.stride(0),
+        inv_temp * _LOG2E if cfg.exp2 else inv_temp, WITH_ENTROPY=bool(with_entropy),
+        HAS_ROW_MASK=row_mask is not None, ROWS=rows, BLOCK_V=block, ACC=cfg.acc, NUM_STAGES=cfg.num_stages,
+        EXP2=cfg.exp2, PEEL_TAIL=cfg.peel_tail, num_warps=_warps(cfg.num_warps, rows * block))
+
+
+def _segments(cfg, t: int, v: int, block: int, device: torch.device) -> int:
+    chunks = triton.cdiv(v, block)
+    if cfg.segments > 0:
+        return min(cfg.segments, chunks)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(chunks, triton.cdiv(8 * sms, max(t, 1))))  # ~8 programs per SM
+
+
+def launch_bwd(x, y, tok, lse, glp, ent, gent, temperature: float, cfg, scaled=None):
+    """The backward kernel: d logits of rows x [T, V] into y [T, V] (y may be x). ``scaled``:
+    (g_scale [1], seq_coef [B], L) for the lean grpo_loss (g_lp[row] * g_scale * seq_coef[row // L])."""
+    t, v = x.shape
+    block = min(cfg.block_v, triton.next_power_of_2(max(v, 1)))
+    segs = _segments(cfg, t, v, block, x.device)
+    seg_len = triton.cdiv(triton.cdiv(v, segs), block) * block
+    segs = triton.cdiv(v, seg_len)
+    gscale, coef, seq_len = scaled if scaled is not None else (glp, glp, 1)
+    has_ge = ent is not None and gent is not None
+    ent, gent = (ent, gent) if has_ge else (glp, glp)  # unused by the kernel without HAS_GRAD_ENTROPY
+    inv_temp = 1.0 / float(temperature)
+    return _wrap(logprob_bwd_kernel)[(t, segs)](
+        x, y, tok, lse, glp, ent, gent, gscale, coef, v, seq_len, seg_len, x.stride(0), y.stride(0), inv_temp,
+        inv_temp * _LOG2E if cfg.exp2 else inv_temp, HAS_GRAD_ENTROPY=has_ge,
+        SCALED=scaled is not None, BLOCK_V=block, NUM_STAGES=cfg.num_stages, EXP2=cfg.exp2,
+        EVICT="evict_first" if cfg.evict_first else "", num_warps=_warps(cfg.num_warps, block))
 
 
 def _check_common(logits: torch.Tensor, ids: torch.Tensor, temperature: float, op: str) -> int:
@@ -149,34 +132,39 @@ def _row_vector(x: torch.Tensor, t: int, name: str, op: str, device: torch.devic
     return x.reshape(t).to(torch.float32).contiguous()
 
 
-def logprob_fwd(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False):
+def logprob_fwd(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False, *,
+                config=None, row_mask: torch.Tensor | None = None):
     """Per-token log-probs of ``ids`` under softmax(logits / temperature), with the row lse and
     (if ``with_entropy``) the entropy. ``logits`` [..., V]; returns fp32 tensors shaped like ``ids``
-    (entropy is an empty [0] tensor when not asked for)."""
+    (entropy is an empty [0] tensor when not asked for). ``row_mask`` (shaped like ``ids``): rows
+    where it is 0 read no logits and get 0 for every output. ``config``: a configs.LOGPROB_FWD_CONFIGS
+    name or a LogprobFwdConfig (None: the default entry)."""
     v = _check_common(logits, ids, temperature, "logprob_fwd")
     lead = tuple(ids.shape)
     x, _ = _rows(logits, v)
     t = x.shape[0]
     tok = ids.reshape(t).to(torch.int64).contiguous()
+    if row_mask is not None:
+        if not isinstance(row_mask, torch.Tensor) or row_mask.numel() != t or row_mask.device != logits.device:
+            raise ValueError(f"logprob_fwd: 'row_mask' must hold one value per token ({t}) on {logits.device}")
+        row_mask = row_mask.reshape(t).contiguous()
     f32 = dict(dtype=torch.float32, device=logits.device)
     logp, lse = torch.empty(t, **f32), torch.empty(t, **f32)
     ent = torch.empty(t if with_entropy else 0, **f32)
     if t > 0:
-        block, warps = _chunk(v, FWD_BLOCK_V, FWD_NUM_WARPS)
-        _wrap(_logprob_fwd_kernel)[(t,)](
-            x, tok, logp, lse, ent if with_entropy else logp, v, x.stride(0), 1.0 / float(temperature),
-            WITH_ENTROPY=bool(with_entropy), BLOCK_V=block, num_warps=warps)
+        launch_fwd(x, tok, logp, lse, ent, temperature, with_entropy, fwd_config(config), row_mask)
     return logp.view(lead), lse.view(lead), ent.view(lead) if with_entropy else ent
 
 
 def logprob_bwd(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad_logp: torch.Tensor,
                 entropy: torch.Tensor | None = None, grad_entropy: torch.Tensor | None = None,
-                temperature: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+                temperature: float = 1.0, out: torch.Tensor | None = None, *, config=None) -> torch.Tensor:
     """Gradient of (sum g_lp * logp + sum g_H * H) with respect to ``logits``, in the logits dtype.
 
     ``out`` (same shape and dtype as logits) receives it; ``out=logits`` overwrites the logits in
     place, which is safe: each element is read before it is written, by the same program.
-    ``grad_entropy`` needs ``entropy`` (the forward's); None means no entropy term."""
+    ``grad_entropy`` needs ``entropy`` (the forward's); None means no entropy term. ``config``: a
+    configs.LOGPROB_BWD_CONFIGS name or a LogprobBwdConfig (None: the default entry)."""
     op = "logprob_bwd"
     v = _check_common(logits, ids, temperature, op)
     t = ids.numel()
@@ -190,7 +178,7 @@ def logprob_bwd(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad
         ent = _row_vector(entropy, t, "entropy", op, dev)
         gent = _row_vector(grad_entropy, t, "grad_entropy", op, dev)
     else:
-        ent = gent = glp  # unused by the kernel (HAS_GRAD_ENTROPY=False)
+        ent = gent = None
     if out is None:
         out = torch.empty(logits.shape, dtype=logits.dtype, device=dev)
     elif (not isinstance(out, torch.Tensor) or out.shape != logits.shape or out.dtype != logits.dtype
@@ -206,11 +194,8 @@ def logprob_bwd(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, grad
     y, y_is_view = (x, True) if inplace else _rows(out, v)
     copy_back = not y_is_view  # out is not viewable as [T, V]: the kernel writes a copy
     if t > 0:
-        block, warps = _chunk(v, BWD_BLOCK_V, BWD_NUM_WARPS)
         tok = ids.reshape(t).to(torch.int64).contiguous()
-        _wrap(_logprob_bwd_kernel)[(t,)](
-            x, y, tok, lse32, glp, ent, gent, v, x.stride(0), y.stride(0), 1.0 / float(temperature),
-            HAS_GRAD_ENTROPY=has_ge, BLOCK_V=block, num_warps=warps)
+        launch_bwd(x, y, tok, lse32, glp, ent, gent, temperature, bwd_config(config))
     if copy_back:
         out.copy_(y.view(out.shape))
     return out
