@@ -5,8 +5,9 @@
 Each measurement is a fresh process (``--worker full|lora``) that loads the bundled SmolLM2-135M the
 way the trainer does (``cpu_smollm2``; LoRA: ``model.lora.r/alpha``, all-linear), builds one step of
 the recipe at its largest (4 prompts of the bundled records x n=4, 112 response tokens each) and runs
-``medix_r1.train.step.update`` ``--steps`` times. Time: seconds per update, the first (AdamW's
-states are allocated there) reported apart. Memory: the process's peak resident set during the
+``medix_r1.train.step.update`` ``--steps`` times. Time: seconds per update, wall and the CPU time of
+all the process's threads (on a shared machine the second moves less with the load), the first
+(AdamW's states are allocated there) reported apart. Memory: the process's peak resident set during the
 updates above its resident set right before them (Linux ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), i.e. what the update adds on top of the loaded model: activations,
 gradients, optimizer states. Rounds alternate the two modes (full, lora, full, lora, ...) so a
@@ -33,8 +34,11 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-def worker(mode: str, steps: int, r: int, alpha: float) -> dict:
+def worker(mode: str, steps: int, r: int, alpha: float, threads: int) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from transformers import AutoTokenizer
 
     from medix_r1.config import load_config
@@ -67,14 +71,15 @@ def worker(mode: str, steps: int, r: int, alpha: float) -> dict:
     lcfg = loss_config(cfg)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
     before_kb = _status_kb("VmRSS")
-    times = []
+    times, cpu_times = [], []
     for s in range(1, steps + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         update(model, opt, batch, adv, None, None, cfg, lcfg, s, rows)
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
     state_bytes = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                       if isinstance(v, torch.Tensor))
-    return {"mode": mode, "update_s": times, "rss_before_mb": before_kb / 1024,
+    return {"mode": mode, "update_s": times, "update_cpu_s": cpu_times, "rss_before_mb": before_kb / 1024,
             "update_peak_extra_mb": (_status_kb("VmHWM") - before_kb) / 1024,
             "trainable_params": sum(p.numel() for p in params),
             "all_params": sum(p.numel() for p in model.parameters()), "optimizer_state_mb": state_bytes / 2**20,
@@ -98,13 +103,14 @@ def report(runs: list[dict], load: list[tuple], args) -> str:
     by = {m: [x for x in runs if x["mode"] == m] for m in ("full", "lora")}
     med = {m: {"first": statistics.median(x["update_s"][0] for x in xs),
                "rest": statistics.median(statistics.mean(x["update_s"][1:]) for x in xs),
+               "cpu": statistics.median(statistics.mean(x["update_cpu_s"][1:]) for x in xs),
                "peak": statistics.median(x["update_peak_extra_mb"] for x in xs)} for m, xs in by.items()}
     f, lo = by["full"][0], by["lora"][0]
     lines = [
         "# LoRA vs full fine-tuning: the trainer's update on the CPU recipe's step",
         "",
         f"`python -m benchmarks.lora_vs_full --steps {args.steps} --rounds {args.rounds} --r {args.r} "
-        f"--alpha {args.alpha}` (benchmarks/lora_vs_full.py says what is measured and how).",
+        f"--alpha {args.alpha} --threads {args.threads}` (benchmarks/lora_vs_full.py says what is measured and how).",
         "",
         f"- CPU: {cpu_flags()}; torch threads {f['threads']}",
         f"- load average (1, 5, 15 min) at the start {load[0]}, at the end {load[1]}: "
@@ -121,6 +127,8 @@ def report(runs: list[dict], load: list[tuple], args) -> str:
         f"{med['lora']['first'] / med['full']['first']:.2f} |",
         f"| later updates (s, median of the rounds' means) | {med['full']['rest']:.2f} | {med['lora']['rest']:.2f} | "
         f"{med['lora']['rest'] / med['full']['rest']:.2f} |",
+        f"| later updates, CPU time of all threads (s; what the load changes least) | {med['full']['cpu']:.1f} | "
+        f"{med['lora']['cpu']:.1f} | {med['lora']['cpu'] / med['full']['cpu']:.2f} |",
         f"| peak RSS added by the updates (MiB) | {med['full']['peak']:.0f} | {med['lora']['peak']:.0f} | "
         f"{med['lora']['peak'] / med['full']['peak']:.2f} |",
         f"| AdamW states (MiB) | {f['optimizer_state_mb']:.0f} | {lo['optimizer_state_mb']:.1f} | "
@@ -128,14 +136,14 @@ def report(runs: list[dict], load: list[tuple], args) -> str:
         f"| RSS before the updates (MiB: model, batch, libraries) | {f['rss_before_mb']:.0f} | "
         f"{lo['rss_before_mb']:.0f} | |",
         "",
-        "Every round (seconds per update, in order; peak RSS added in MiB):",
+        "Every round (wall and CPU seconds per update, in order; peak RSS added in MiB):",
         "",
-        "| round | mode | updates (s) | peak added (MiB) |",
-        "|---|---|---|---|",
+        "| round | mode | updates, wall (s) | updates, CPU (s) | peak added (MiB) |",
+        "|---|---|---|---|---|",
     ]
     for i, x in enumerate(runs):
-        lines.append(f"| {i // 2 + 1} | {x['mode']} | {', '.join(f'{t:.2f}' for t in x['update_s'])} | "
-                     f"{x['update_peak_extra_mb']:.0f} |")
+        lines.append(f"| {i // 2 + 1} | {x['mode']} | {', '.join(f'{t:.1f}' for t in x['update_s'])} | "
+                     f"{', '.join(f'{t:.1f}' for t in x['update_cpu_s'])} | {x['update_peak_extra_mb']:.0f} |")
     lines += ["", "What it means: the frozen base is held in fp32 in both modes (docs/lora.md); LoRA saves the "
               "base weights' gradients and AdamW's two moments, and the weight-gradient matmuls of the base "
               "layers (the backward still goes through every layer for the activations' gradients, and the "
@@ -150,20 +158,21 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the workers (0: torch's default)")
     p.add_argument("--out", default=str(RESULTS / "lora_vs_full_cpu.md"))
     p.add_argument("--worker", choices=("full", "lora"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 2 or args.rounds < 1:
         p.error("--steps must be >= 2 (the first update is reported apart) and --rounds >= 1")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.r, args.alpha)))
+        print(json.dumps(worker(args.worker, args.steps, args.r, args.alpha, args.threads)))
         return 0
     load = [os.getloadavg()]
     runs = []
     for _ in range(args.rounds):
         for mode in ("full", "lora"):
             cmd = [sys.executable, "-m", "benchmarks.lora_vs_full", "--worker", mode, "--steps", str(args.steps),
-                   "--r", str(args.r), "--alpha", str(args.alpha)]
+                   "--r", str(args.r), "--alpha", str(args.alpha), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[1]).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))

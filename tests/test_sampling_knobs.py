@@ -139,3 +139,26 @@ def test_top_k_1_makes_the_vllm_engines_samples_of_a_prompt_identical():
         rows = [ids for ids, grp in zip(greedy.response_ids, greedy.group) if grp == g]
         assert all(r == rows[0] for r in rows)
     assert len({tuple(ids) for ids in free.response_ids}) > len(ps)  # without it, the samples differ
+
+
+def test_the_hf_engine_samples_with_them(tmp_path):
+    """The generation config carries the knobs (none when neutral) and generate honours them: with
+    top_k=1 the n samples of a prompt are the greedy one, without it they differ."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.train_helpers import make_tiny_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=R.types.torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny)
+    plain = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5"]).rollout)
+    gen = plain._sampling()
+    assert (gen.top_k, gen.min_p, gen.repetition_penalty) == (0, None, None)
+    eng = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5", *KNOBS]).rollout)
+    gen = eng._sampling()
+    assert (gen.top_k, gen.min_p, gen.repetition_penalty) == (5, 0.05, 1.3)
+    greedy = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5",
+                                                                 "rollout.top_k=1"]).rollout)
+    prompt = [tok.encode("Does aspirin prevent heart attacks?")]
+    assert len({tuple(x) for x in greedy.generate(prompt, 1, 0).response_ids}) == 1
+    assert len({tuple(x) for x in plain.generate(prompt, 1, 0).response_ids}) > 1

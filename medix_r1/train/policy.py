@@ -154,6 +154,17 @@ def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.T
     return torch.cat(parts) * batch["mask"]
 
 
+@torch.no_grad()
+def approx_kl(hidden, weight, bias, mb: dict, old_logp, temperature: float) -> torch.Tensor:
+    """KL(old || new) over the micro-batch's response tokens, k3 estimate from the sampled tokens: the
+    mean of r - 1 - log r with r = p_new / p_old (one more no-grad pass over the LM head, off-policy only)."""
+    new = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
+                                             bias=None if bias is None else bias.detach(), temperature=temperature)
+    x = (new - old_logp).clamp(-20.0, 20.0)
+    mask = mb["mask"]
+    return ((x.exp() - 1.0 - x) * mask).sum() / mask.sum().clamp_min(1)
+
+
 def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
     """Loss and stats (the mean entropy among them, logged every step) for one micro-batch; also the raw
     (temperature 1) log-probs for the mismatch metric."""
@@ -169,6 +180,8 @@ def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfi
                                 config=lcfg, return_entropy=True)
     raw = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
                                              bias=None if bias is None else bias.detach(), temperature=1.0)
+    if old_logp is not None:  # off-policy: how far the policy has moved from the one that sampled (k3)
+        stats["approx_kl_old"] = approx_kl(hidden, weight, bias, mb, old_logp, lcfg.temperature)
     zero_vision_grads = lockstep.vision_gradient_term(model, mb)
     if zero_vision_grads is not None:
         loss = loss + zero_vision_grads

@@ -198,7 +198,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     mini = o.mini_batch_size or B
     per_token = lcfg.aggregation == "token-mean"
     sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
-            "entropy_mean": 0.0, "grad_norm": 0.0}
+            "entropy_mean": 0.0, "approx_kl_old": 0.0, "grad_norm": 0.0}
     count, raw_logp, nan_skipped = 0, None, False
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     rows_tokens = {rows.local[g]: rows.tokens[g] for g in rows.own_rows()}  # this rank's rows: local -> tokens
@@ -230,7 +230,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
                 if local is None:
                     continue
                 acc["loss"] += float(loss.detach()) * w
-                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean"):
+                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean", "approx_kl_old"):
                     if k in stats:
                         acc[k] += float(stats[k]) * w
                 if epoch == 0:
