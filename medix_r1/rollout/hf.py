@@ -23,8 +23,10 @@ class HfRollout:
         """The generation config with the sampling settings of ``self.cfg`` as it is now (validation
         swaps in its own rollout section)."""
         c = self.cfg
+        # top_k 0, min_p 0 and a penalty of 1 are off: no logits processor for them, as before the knobs
         self.gen.update(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens,
-                        num_return_sequences=c.n)
+                        num_return_sequences=c.n, top_k=c.top_k, min_p=c.min_p or None,
+                        repetition_penalty=None if c.repetition_penalty == 1.0 else c.repetition_penalty)
         return self.gen
 
     @torch.no_grad()
