@@ -49,10 +49,20 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
         raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got float64")
     if backend == "torch":
         return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)
-    pred = pred if pred.stride(-1) == 1 else pred.contiguous()
-    ref = ref if ref.stride(-1) == 1 else ref.contiguous()
+    pred, ref = _unit_columns(pred), _unit_columns(ref)
     thr = None if threshold is None else float(threshold)
     if backend == "triton":
         from .triton_kernels.cosine import cosine_rewards_triton
         return cosine_rewards_triton(pred, ref, float(eps), thr)
     return torch.ops.medix.cosine_rewards(pred, ref, float(eps), thr)
+
+
+def _unit_columns(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with column stride 1, which the kernels need (a copy when its columns are strided). With
+    D = 1 the column stride is never used but torch calls such a tensor contiguous whatever it is, so
+    ``.contiguous()`` would hand it over unchanged: only the stride is relabelled."""
+    if t.stride(-1) == 1:
+        return t
+    if t.shape[-1] == 1:
+        return t.as_strided(t.shape, (t.stride(0), 1))
+    return t.contiguous()

@@ -81,6 +81,12 @@ def _linear(x, w, bias=None):
     return x @ w.t() if bias is None else torch.addmm(bias, x, w.t())
 
 
+def _dense(bias):
+    """The bias as a dense [V] vector: oneDNN's linear reads it as one (a strided or expanded view
+    would be read past its elements); a copy only when it is not already (V values, differentiable)."""
+    return None if bias is None else bias.contiguous()
+
+
 def _chunk_logits(h, weight, bias):
     """The logits h @ weight^T (+ bias) of one chunk of tokens (a new [rows, V] tensor)."""
     return _linear(h, weight, bias)
@@ -252,6 +258,7 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     """
     op = "fused_linear_grpo_loss"
     _check(hidden, lm_head_weight, ids, lm_head_bias, op)
+    lm_head_bias = _dense(lm_head_bias)
     check_loss_inputs(tuple(ids.shape), hidden.device, mask, advantages, old_logp, ref_logp, config, op)
     _check_chunk_size(chunk_size, op)
     backend = resolve_backend(backend, hidden, op)
@@ -280,6 +287,7 @@ def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tenso
     op = "fused_linear_selective_log_softmax"
     _check(hidden, weight, ids, bias, op)
     _check_chunk_size(chunk_size, op)
+    bias = _dense(bias)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"{op}: 'temperature' must be a float > 0, got {temperature!r}")
     backend = resolve_backend(backend, hidden, op)

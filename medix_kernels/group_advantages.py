@@ -210,7 +210,8 @@ def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Seque
         raise ValueError(f"{op}: 'weights' must be 1-D [K={components.shape[1]}], got shape {tuple(weights.shape)}")
     if weights.device != components.device:
         raise ValueError(f"{op}: 'weights' is on {weights.device} but 'components' is on {components.device}")
-    weights = weights.detach().float()
+    # every backend reads the K weights as one dense vector: a strided or expanded view is copied
+    weights = weights.detach().float().contiguous()
     # K weights: one small host sync in eager mode (a NaN weight would silently make every total NaN)
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(weights).all()):
         bad = (~torch.isfinite(weights)).nonzero().flatten().tolist()

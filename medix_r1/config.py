@@ -132,6 +132,9 @@ class RolloutSection:
     kv_cache_gb: float = _f(1.0, "vLLM KV-cache size in GiB")
     max_model_len: int = _f(640, "vLLM max sequence length (prompt + response)")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only; ignored on CPU)")
+    hf_batch_size: int = _f(64, "engine=hf: at most this many sequences (prompts x n) generate at once, "
+                            "left-padded in one transformers generate call; lower it when rollouts run out of "
+                            "memory (the samples do not depend on it)")
     val_n: int = _f(1, "validation: responses per prompt")
     val_temperature: float = _f(0.6, "validation: sampling temperature")
     val_top_p: float = _f(0.95, "validation: nucleus sampling top-p")

@@ -71,6 +71,7 @@ RANGES = {
     "reward.overlong_buffer": (0, None),
     "reward.overlong_penalty": (0.0, None),
     "rollout.kv_cache_gb": (0.0, None, True),
+    "rollout.hf_batch_size": (1, None),
     "algorithm.advantage_eps": (0.0, None),
     "algorithm.dynamic_sampling_low": (0.0, 1.0),
     "algorithm.dynamic_sampling_high": (0.0, 1.0),

@@ -3,6 +3,8 @@ timeout, and an eval judge call has an overall deadline, retries and waits inclu
 import asyncio
 import time
 
+import pytest
+
 from medix_r1.eval.cli import build_parser, make_judge_factory
 from medix_r1.eval.judging import judge_round
 from medix_r1.rewards import JudgeClient
@@ -61,3 +63,22 @@ def test_the_deadline_counts_from_the_slot_not_from_the_queue():
                                           for i in range(4)))
         replies, elapsed = timed(many())
     assert [r.text for r in replies] == ["YES"] * 4 and elapsed >= 1.6
+
+
+def test_the_trainers_wait_for_rewards_is_bounded(monkeypatch):
+    """A reward Future that never completes (the worker's own deadline timer failed) stops the run with a
+    message after reward.deadline_s plus the margin, instead of waiting for ever."""
+    from concurrent.futures import Future
+
+    from medix_r1.config import load_config
+    from medix_r1.train import TrainingStopped, step
+
+    monkeypatch.setattr(step, "REWARD_WAIT_MARGIN_S", 0.2)
+    cfg = load_config("cpu_smollm2", ["reward.deadline_s=0.1"])
+    t = time.monotonic()
+    with pytest.raises(TrainingStopped, match=r"reward worker returned no results within 0 s.*--resume"):
+        step.reward_results(Future(), cfg)
+    assert time.monotonic() - t < 5
+    done = Future()
+    done.set_result([1, 2])
+    assert step.reward_results(done, cfg) == [1, 2]

@@ -79,3 +79,61 @@ def test_subset_is_passed_to_the_hub_loader(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     records, _ = load_records("hub:org/medqa", split="test", subset="en", columns=MAP, default_modality="<OTHER>")
     assert seen == {"path": "org/medqa", "name": "en", "split": "test"} and len(records) == 2
+
+
+# --- the image column: mapped, missing, a text field, all null; empty Parquet (issue 30, item 11) ------
+IMG_ROWS = [{"id": "a", "problem": "What is shown?", "solution": "<X_RAY> A fracture.", "pic": "a.png"},
+            {"id": "b", "problem": "What is shown?", "solution": "<X_RAY> Nothing.", "pic": ["b.png", "c.png"]}]
+
+
+def test_an_image_column_renamed_by_columns_keeps_its_images(tmp_path):
+    path = write_jsonl(tmp_path / "img.jsonl", IMG_ROWS)
+    for kw in ({"columns": {"pic": "images"}, "image_column": "pic"}, {"image_column": "pic"},
+               {"columns": {"pic": "images"}}):
+        records, _ = load_records(path, **kw)
+        assert [list(r["images"]) for r in records] == [["a.png"], ["b.png", "c.png"]], kw
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"image_column": "scan"}, ["img.jsonl", "data.image_column 'scan' is not a column", "'pic'"]),
+    ({"image_column": "solution"}, ["data.image_column 'solution'", "name the column that holds the images"]),
+    ({"image_column": "question", "columns": {"question": "problem"}}, ["data.image_column 'question'"]),
+])
+def test_a_wrong_image_column_is_one_error_naming_it(tmp_path, kw, words):
+    path = write_jsonl(tmp_path / "img.jsonl", IMG_ROWS)
+    with pytest.raises(ValueError) as e:
+        load_records(path, **kw)
+    assert not isinstance(e.value, KeyError)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_an_all_null_image_column_means_no_images(tmp_path):
+    import datasets
+    rows = [{k: v for k, v in r.items() if k != "pic"} | {"image": None} for r in IMG_ROWS]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "null.parquet"))
+    for kw in ({}, {"image_column": "image"}):
+        records, _ = load_records(str(tmp_path / "null.parquet"), **kw)
+        assert [list(r["images"]) for r in records] == [[], []]
+
+
+def test_an_empty_parquet_file_is_one_error_naming_it(tmp_path, capsys):
+    import datasets
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    datasets.Dataset.from_list(IMG_ROWS[:1]).select([]).to_parquet(str(tmp_path / "zero.parquet"))
+    for name in ("empty.parquet", "zero.parquet"):
+        with pytest.raises(ValueError, match=f"{name}: cannot be read as Parquet records"):
+            load_records(str(tmp_path / name))
+    from medix_r1.train.cli import main
+    assert main(["--set", f"data.train={tmp_path / 'empty.parquet'}", "--output-dir", str(tmp_path / "run")]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "empty.parquet" in err[0] and "Traceback" not in err[0]
+    assert main(["--set", f"data.train={write_jsonl(tmp_path / 'img.jsonl', IMG_ROWS)}", "--set",
+                 "data.image_column=solution", "--output-dir", str(tmp_path / "run2")]) == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "data.image_column 'solution'" in err[0]
+
+
+def error_lines(capsys) -> list[str]:
+    """stderr without the datasets library's progress bars."""
+    return [x for x in capsys.readouterr().err.replace("\r", "\n").splitlines() if x.strip() and "[00:" not in x]

@@ -68,6 +68,7 @@ def test_push_to_hub_uploads_the_written_folder(step_dir, tmp_path, monkeypatch)
                           repo_id))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # set for the tests (conftest); a push needs the network
     ckpt.export_hf(step_dir[0], tmp_path / "hf", push_to_hub="me/medix-tiny")
     assert calls[0] == ("create_repo", "me/medix-tiny", True)
     assert calls[1][0] == "upload_folder" and calls[1][2] == "me/medix-tiny"
@@ -84,3 +85,80 @@ def test_bad_arguments_fail_before_any_work(step_dir, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ckpt.main(["export", str(step), str(tmp_path / "y"), "--dtype", "int8"])
+
+
+# --- damaged checkpoints and bad arguments: one line each, nothing exported (issue 30, items 4 and 13) --
+def damaged_copy(step, tmp_path, damage):
+    import shutil
+    copy = tmp_path / "step_000001"
+    shutil.copytree(step, copy)
+    damage(copy)
+    return copy
+
+
+def flip_64_bytes(copy):
+    f = copy / "model" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    f.write_bytes(bytes(data))
+
+
+def truncate(copy):
+    f = copy / "model" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+
+
+def no_manifest(copy):  # a checkpoint written before checksums: the loader reports the bad file
+    (copy / "COMPLETE").write_text("1")
+    truncate(copy)
+
+
+def no_config(copy):
+    state = json.loads((copy / "trainer_state.json").read_text())
+    del state["config"]
+    (copy / "trainer_state.json").write_text(json.dumps(state))
+    import hashlib
+    marker = json.loads((copy / "COMPLETE").read_text())  # keep the manifest true to the edited file
+    data = (copy / "trainer_state.json").read_bytes()
+    marker["files"]["trainer_state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (copy / "COMPLETE").write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (flip_64_bytes, "model/model.safetensors does not match its recorded sha256"),
+    (truncate, "model/model.safetensors has 1000 bytes"),
+    (no_manifest, "not a readable safetensors file"),
+    (no_config, "trainer_state.json has no config.model.policy"),
+])
+def test_a_damaged_checkpoint_is_refused_in_one_line(step_dir, tmp_path, capsys, damage, message):
+    copy = damaged_copy(step_dir[0], tmp_path, damage)
+    assert ckpt.main(["export", str(copy), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(step_dir, tmp_path, capsys):
+    (tmp_path / "hf").write_text("mine")
+    assert ckpt.main(["export", str(step_dir[0]), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err and (tmp_path / "hf").read_text() == "mine"
+
+
+def test_a_failed_push_is_one_line_and_keeps_the_folder(step_dir, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    class OfflineApi:
+        def create_repo(self, repo_id, exist_ok=False):
+            raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert ckpt.main(["export", str(step_dir[0]), str(tmp_path / "hf"), "--push-to-hub", "me/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "but pushing it to me/x failed (ConnectionError" in err and "Traceback" not in err
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # known offline: refused before any work
+    assert ckpt.main(["export", str(step_dir[0]), str(tmp_path / "hf2"), "--push-to-hub", "me/x"]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err and not (tmp_path / "hf2").exists()

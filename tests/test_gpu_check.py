@@ -33,20 +33,37 @@ def test_train_check_rejects_unknown_phase(tmp_path):
 
 @pytest.mark.slow
 def test_train_check_dry_run(tmp_path):
+    from benchmarks.gpu.train_check import DEFAULT_PHASES
+
     out = tmp_path / "out"
-    res = _run(["bash", "benchmarks/gpu/train_check.sh", str(out), "--dry-run", "--budget-s", "600"], tmp_path, 700)
+    res = _run(["bash", "benchmarks/gpu/train_check.sh", str(out), "--dry-run", "--budget-s", "900"], tmp_path, 1000)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads((out / "train_check.json").read_text())
-    assert {n: p["status"] for n, p in result["phases"].items()} == dict.fromkeys(
-        ("model", "fused", "plain", "torchrun", "breakdown"), "ok")
-    for name in ("fused", "plain", "torchrun"):
+    assert {n: p["status"] for n, p in result["phases"].items()} == dict.fromkeys(DEFAULT_PHASES, "ok")
+    r = result["rollout"]  # the same draws batched and per prompt: the same responses
+    assert r["same_responses"] == 1.0 and r["per_prompt"]["generate_calls"] == 2 and r["batched"]["generate_calls"] == 1
+    assert r["per_prompt"]["generated_tokens"] == r["batched"]["generated_tokens"] > 0
+    configs = result["update"]["configs"]
+    assert len(configs) == 8 and all(c["s"] > 0 and abs(c["loss"]) < 1e6 and not c["skipped"] for c in configs)
+    for length in (16, 32):  # the two loss paths compute the same update
+        fused, plain = (next(c for c in configs if (c["response"], c["gradient_checkpointing"], c["impl"])
+                             == (length, False, impl)) for impl in ("fused", "plain"))
+        assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-3, abs=1e-4)
+    b = result["breakdown"]["impls"]
+    assert set(b) == {"fused", "plain"} and all(0 < v["loss_share"] < 1 and 0 < v["kernels_share"] < 1
+                                                 for v in b.values())
+    targets = {t["target"]: t for t in result["targets"]}
+    assert targets["torchrun step-1 loss vs one process"]["met"] is True
+    assert targets["torchrun trainer run (NCCL, FSDP2)"]["met"] is True
+    assert targets["device waits in the update from medix_r1 (per optimizer step)"]["met"] is True
+    for name in ("fused", "torchrun"):
         run = result["runs"][name]
         assert run["steps"] >= 2 and run["params_changed"] is True, (name, run)
         assert all(abs(x) < 1e6 for x in run["summary"]["losses"])
-    b = result["breakdown"]["impls"]
-    assert set(b) == {"fused", "plain"} and all(0 < v["loss_share"] < 1 for v in b.values())
     summary = (out / "train_summary.md").read_text()
-    assert "| fused |" in summary and "One micro-batch of the update" in summary
+    assert "## Targets" in summary and "| fused |" in summary and "One micro-batch" in summary
+    rows = list(csv.DictReader(open(out / "train_check.csv")))
+    assert {r["phase"] for r in rows} >= {"rollout", "update", "breakdown", "parity", "trainer_fused"}
     assert (out / "train_logs.tar.gz").stat().st_size > 0
 
 

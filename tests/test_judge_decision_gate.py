@@ -83,3 +83,43 @@ def test_local_judge_threshold_and_gate():
     high = LocalJudge(smollm2_hf_dir(), threshold=100.0)
     assert [v.correct for v in asyncio.run(high.judge_many(items))] == [False] * 3
     assert high.model_id != judge.model_id  # the reply cache keeps thresholds apart
+
+
+# --- the restatement checks: the reference's words negated or shuffled (issue 30, item 2) -------------
+REF = "Yes. Daily aspirin was associated with fewer heart attacks in adults over 50, and bleeding was rare."
+
+
+@pytest.mark.parametrize("answer, wrong", [
+    (REF, False),                                                                      # the reference itself
+    ("Yes. Daily aspirin was not associated with fewer heart attacks in adults over 50, and bleeding was rare.",
+     True),                                                                            # one word negated
+    ("Yes. It is not true that daily aspirin was associated with fewer heart attacks in adults over 50, and "
+     "bleeding was rare.", True),                                                      # the sentence negated
+    ("Yes. attacks over was aspirin Daily heart fewer 50, in bleeding with and adults rare. associated was",
+     True),                                                                            # word salad
+    ("Yes. Daily aspirin was associated with fewer heart attacks in adults over 50, and bleeding was rare. "
+     "No patient stopped the drug.", False),                                           # a negation of its own
+    ("Yes. In people over fifty, taking aspirin every day cut heart attacks, with little bleeding.", False),
+    ("Yes.", False), ("Yes. Not associated.", False),                                 # too short to judge here
+])
+def test_restatement_mismatch(answer, wrong):
+    from medix_r1.rewards.decision import restatement_mismatch
+    assert restatement_mismatch(answer, REF) is wrong
+
+
+def test_removing_a_negation_of_the_reference_is_caught():
+    from medix_r1.rewards.decision import restatement_mismatch
+    ref = "No. Physical characteristics are not a predictor of tidal volume delivery, and a manual device is not one."
+    assert restatement_mismatch(ref.replace("are not a", "are a"), ref)
+    assert not restatement_mismatch(ref, ref)
+
+
+def test_the_decision_gate_says_no_to_negated_and_shuffled_restatements_without_a_request():
+    items = [("q", REF, REF.replace("was associated", "was not associated")),
+             ("q", REF, "Yes. " + " ".join(reversed(REF[5:].split()))), ("q", REF, REF + " Well tolerated.")]
+    with FaultServer(responder=lambda messages: "YES") as server:
+        gated = JudgeClient(server.url, "m", max_retries=0, decision_gate=True)
+        assert [v.correct for v in asyncio.run(gated.judge_many(items))] == [False, False, True]
+        assert len(server.prompts()) == 1 and gated.stats()["gated"] == 2
+        plain = JudgeClient(server.url, "m", max_retries=0, decision_gate=False)  # without the gate: a YES each
+        assert [v.correct for v in asyncio.run(plain.judge_many(items))] == [True, True, True]

@@ -80,3 +80,34 @@ def test_topic_gate_on_saved_margins(records, tmp_path):
     assert "topic gate 0.35" in (tmp_path / "on.md").read_text()
     with pytest.raises(ValueError, match="--min-similarity"):
         judge_pairs.main(argv + ["bad", "--min-similarity", "1.5"])
+
+
+def test_attacks_are_wrong_held_out_and_stopped_by_the_restatement_checks(records, tmp_path):
+    """A judge that says YES to every pair it sees: the negated and shuffled answers get YES without
+    the restatement checks and NO with them, no right answer is lost, and the attacks change neither
+    the base pairs nor the accuracy or a fitted threshold."""
+    pairs = judge_pairs.build_pairs(records, 8, attacks=True)
+    assert pairs[:32] == judge_pairs.build_pairs(records, 8)  # the base pairs are the same
+    attacks = pairs[32:]
+    assert [p["kind"] for p in attacks] == ["negated", "shuffled"] * 8 and not any(p["label"] for p in attacks)
+    by_id = {r["id"]: r for r in records}
+    for p in attacks[1::2]:  # the record's decision, then its conclusion's words in another order
+        assert sorted(p["answer"].split()[1:]) == sorted(by_id[p["id"]]["long_answer"].split())
+    judge_pairs.write_margins(tmp_path / "m.csv", pairs, [1.0] * len(pairs))
+    argv = ["--records", "8", "--attacks", "--margins", str(tmp_path / "m.csv"), "--decision-gate", "off",
+            "--min-similarity", "0", "--threshold", "0", "--calibrate", "--out-dir", str(tmp_path), "--name"]
+    assert judge_pairs.main(argv + ["off", "--restatement-gate", "off"]) == 0
+    assert judge_pairs.main(argv + ["on", "--restatement-gate", "on"]) == 0
+    off, on = (list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("off", "on"))
+    assert float(off[0]["yes_rate_negated"]) == 1.0 and float(off[0]["yes_rate_shuffled"]) == 1.0
+    assert float(on[0]["yes_rate_negated"]) == 0.0 and float(on[0]["yes_rate_shuffled"]) == 0.0
+    assert float(on[0]["yes_rate_own"]) == 1.0 and float(on[0]["yes_rate_paraphrase"]) == 1.0
+    assert on[0]["pairs"] == off[0]["pairs"] == "32" and on[0]["accuracy"] == off[0]["accuracy"]  # base kinds only
+    assert "YES negated" in (tmp_path / "on.md").read_text()
+
+
+def test_negate_toggles_one_negation():
+    assert judge_pairs.negate("The drug is safe.") == "The drug is not safe."
+    assert judge_pairs.negate("The drug did not work.") == "The drug did work."
+    assert judge_pairs.negate("Surgery doesn't help.") == "Surgery does help."
+    assert judge_pairs.negate("Early surgery helps.") == "It is not true that early surgery helps."

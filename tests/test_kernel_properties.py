@@ -2,10 +2,11 @@
 under Triton's interpreter, against the torch reference, values and gradients.
 
 Hypothesis draws the structure of each case (shapes from length 1 up, odd sizes, ragged groups,
-dtype fp32 / bf16, strided and non-contiguous views, magnitudes from 1e-30 to 3e38, -inf logit
-entries, all-zero masks, NaN rewards with nan_policy="zero", every loss type / aggregation / KL
-option) and a seed from which the bulk values are generated with torch: data stays small and
-fast to make, and a failure shrinks to a small structure.
+dtype fp32 / bf16, every argument of every op (weights and bias included) contiguous, strided,
+transposed or expanded (LAYOUTS), magnitudes from 1e-30 to 3e38, -inf logit entries, all-zero
+masks, NaN rewards with nan_policy="zero", every loss type / aggregation / KL option) and a seed
+from which the bulk values are generated with torch: data stays small and fast to make, and a
+failure shrinks to a small structure.
 
 Bounds: the tolerance table (tests/tolerances.py) plus, where the maths is ill-conditioned, the
 forward-error bound of fp32 arithmetic (unit roundoff u = 2**-24): a group's advantage can be no
@@ -77,6 +78,36 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Every argument of every op is drawn in one of these memory layouts (issue 30: strided weights and
+# biases were read as if contiguous). "expanded" changes the values (the first slice along dim 0
+# repeated with stride 0): kernel and reference get the same expanded tensor.
+LAYOUTS = ("contiguous", "strided", "transposed", "expanded")
+
+
+def relayout(t, how: str):
+    """``t``'s values (for "expanded": its first slice, broadcast) in another memory layout, by
+    differentiable ops, so a gradient reaches the tensor it was made from:
+    "strided": every other element of a buffer twice as long in the last dim;
+    "transposed": stored with the first and last dims swapped (1-D: a column of an [n, 3] buffer);
+    "expanded": ``t[:1].expand_as(t)`` (stride 0 along dim 0)."""
+    if t is None or how == "contiguous" or t.dim() == 0:
+        return t
+    if how == "strided":
+        return torch.stack([t, torch.zeros_like(t)], -1).flatten(-2)[..., ::2]
+    if how == "transposed":
+        if t.dim() == 1:
+            return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)], -1)[:, 0]
+        return t.transpose(0, -1).contiguous().transpose(0, -1)
+    if how == "expanded":
+        return t[:1].expand_as(t)
+    raise ValueError(how)
+
+
+def layouts(draw, *names):
+    """One drawn layout per argument name."""
+    return {n: draw(st.sampled_from(LAYOUTS)) for n in names}
+
+
 # --- rewards: group_advantages, group_stats, composite_advantages -----------------------------
 MAGNITUDES = [1.0, 1e-30, 1e-6, 3.0, 1e6, 1e19, 1e37, BIG]
 
@@ -97,7 +128,8 @@ def reward_cases(draw, composite=False):
         mode=draw(st.sampled_from(["grpo", "dr_grpo", "rloo"])),
         scale=draw(st.sampled_from(["group", "batch", "none"])),
         singleton=draw(st.sampled_from(["zero", "verl"])), eps=draw(st.sampled_from([1e-6, 1e-4])),
-        stride=draw(st.sampled_from([1, 1, 2, 3])), nan=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+        stride=draw(st.sampled_from([1, 1, 2, 3])), nan=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)),
+        layout=layouts(draw, "values", "weights", "group_index"))
 
 
 def make_rewards(c):
@@ -117,11 +149,21 @@ def make_rewards(c):
         buf = torch.zeros(n * c["stride"], k, dtype=c["dtype"])
         buf[:: c["stride"]] = x
         x = buf[:: c["stride"]]
-    values = x if c["composite"] else x[:, 0]
-    weights = (torch.rand(k, generator=gen) * 4 - 2) / k if c["composite"] else None
-    kw = (dict(group_index=torch.repeat_interleave(torch.arange(len(c["sizes"])) * 2, torch.tensor(c["sizes"])))
+    lay = c["layout"]
+    values = relayout(x if c["composite"] else x[:, 0], lay["values"])
+    weights = relayout((torch.rand(k, generator=gen) * 4 - 2) / k, lay["weights"]) if c["composite"] else None
+    kw = (dict(group_index=relayout(torch.repeat_interleave(torch.arange(len(c["sizes"])) * 2,
+                                                            torch.tensor(c["sizes"])), lay["group_index"]))
           if c["ragged"] else dict(group_size=c["sizes"][0]))
     return values, weights, kw
+
+
+def effective_case(c):
+    """The case with the groups the drawn group_index really has: an expanded index repeats its
+    first id, so the batch is one group."""
+    if c["ragged"] and c["layout"]["group_index"] == "expanded":
+        return {**c, "sizes": [sum(c["sizes"])]}
+    return c
 
 
 def group_bound(c, values, weights, want, mean, std, kw):
@@ -148,6 +190,7 @@ def group_bound(c, values, weights, want, mean, std, kw):
 
 def check_advantages(c, backend):
     values, weights, kw = make_rewards(c)
+    c = effective_case(c)
     opts = dict(mode=c["mode"], scale=c["scale"], singleton=c["singleton"], eps=c["eps"], nan_policy="zero", **kw)
     if weights is None:
         got = mk.group_advantages(values, backend=backend, **opts)
@@ -180,7 +223,7 @@ def cosine_cases(draw):
                 dtype=draw(st.sampled_from([torch.float32, torch.bfloat16])),
                 magnitudes=draw(st.lists(st.sampled_from([1.0, 1e-20, 1e-8, 1e10, 1e20, 1e30, 3e38]),
                                          min_size=b, max_size=b)),
-                zero_row=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "wide", "transposed"])),
+                zero_row=draw(st.booleans()), wide=draw(st.booleans()), layout=layouts(draw, "pred", "ref"),
                 threshold=draw(st.sampled_from([None, 0.0, 0.8])), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
@@ -193,10 +236,10 @@ def check_cosine(c, backend):
     if c["zero_row"]:
         x[0] = 0.0
     x, y = x.to(c["dtype"]), y.to(c["dtype"])
-    if c["layout"] == "wide":  # rows with a stride larger than D
+    if c["wide"]:  # rows with a stride larger than D
         x = torch.cat([x, torch.ones(b, 3, dtype=c["dtype"])], 1)[:, :d]
-    elif c["layout"] == "transposed":  # column stride != 1: the wrapper makes rows contiguous
-        x = x.t().contiguous().t()
+    # strided / transposed: column stride != 1, the wrapper makes rows contiguous
+    x, y = relayout(x, c["layout"]["pred"]), relayout(y, c["layout"]["ref"])
     want = ref.cosine_rewards(x, y)
     bound = table("cosine", c["dtype"], want) + 8 * U32 * d
     assert_within(mk.cosine_rewards(x, y, backend=backend), want, bound, "cosine")
@@ -213,28 +256,32 @@ def logprob_cases(draw):
                 v=draw(st.sampled_from([1, 2, 3, 31, 64, 257])),
                 dtype=draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16])),
                 scale=draw(st.sampled_from([1e-3, 1.0, 8.0, 30.0])), temperature=draw(st.sampled_from([0.5, 1.0, 1.7])),
-                minus_inf=draw(st.booleans()), layout=draw(st.sampled_from(["contiguous", "wide", "permuted"])),
+                minus_inf=draw(st.booleans()),
+                layout=draw(st.sampled_from(["contiguous", "wide", "permuted", "strided", "transposed", "expanded"])),
+                ids_layout=draw(st.sampled_from(LAYOUTS)),
                 entropy=draw(st.booleans()), inplace=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
 def make_logits(c, gen):
     shape, v = c["shape"], c["v"]
     logits = torch.randn(*shape, v, generator=gen) * c["scale"]
-    ids = torch.randint(0, v, shape, generator=gen)
+    ids = relayout(torch.randint(0, v, shape, generator=gen), c["ids_layout"])
     if c["minus_inf"] and v > 1:  # masked-out words: -inf except the sampled id and a few others
         drop = torch.rand(*shape, v, generator=gen) < 0.6
         drop.scatter_(-1, ids.unsqueeze(-1), False)
+        if c["layout"] == "expanded":  # every row reads the first row's logits: keep every row's id there
+            drop[..., ids.flatten()] = False
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.to(c["dtype"]), ids
 
 
 def layout(logits, how):
-    """The same values as a non-contiguous tensor."""
+    """The same values as a non-contiguous tensor (see relayout for the other layouts)."""
     if how == "wide":  # rows with a stride larger than V
         return torch.cat([logits, torch.zeros(*logits.shape[:-1], 5, dtype=logits.dtype)], -1)[..., : logits.shape[-1]]
-    if how == "permuted" and logits.dim() == 3:  # [B, L, V] stored as [L, B, V]
-        return logits.transpose(0, 1).contiguous().transpose(0, 1)
-    return logits
+    if how == "permuted":  # [B, L, V] stored as [L, B, V]
+        return logits.transpose(0, 1).contiguous().transpose(0, 1) if logits.dim() == 3 else logits
+    return relayout(logits, how)
 
 
 def rows_viewable(t):
@@ -243,6 +290,13 @@ def rows_viewable(t):
     except RuntimeError:
         return False
     return t.shape[-1] == 1 or rows.stride(1) == 1
+
+
+def inplace_refusal(t):
+    """The error an in-place backward over ``t`` gets (None when it takes it)."""
+    if any(st_ == 0 and n > 1 for st_, n in zip(t.stride(), t.shape)):
+        return "do not share memory"
+    return None if rows_viewable(t) else "viewable as"
 
 
 def logprob_slack(logits, temperature, g_lp=None, g_h=None):
@@ -259,19 +313,25 @@ def check_logprob(c, backend):
     gen = seeded(c["seed"])
     logits, ids = make_logits(c, gen)
     temp = c["temperature"]
+    how = c["layout"]
     xg = logits.clone().requires_grad_(True)
     # in place: a fresh (non-leaf) buffer the backward may overwrite, laid out as drawn
-    inp = layout(xg * 1.0 if c["inplace"] else xg, c["layout"])
-    if c["inplace"] and not rows_viewable(inp):  # the in-place backward walks [T, V] rows
-        with pytest.raises(ValueError, match="viewable as"):
+    inp = layout(xg * 1.0 if c["inplace"] else xg, how)
+    refusal = inplace_refusal(inp) if c["inplace"] else None
+    if refusal:  # the in-place backward walks [T, V] rows that own their memory
+        with pytest.raises(ValueError, match=refusal):
             mk.selective_log_softmax(inp, ids, inplace_backward=True, backend=backend)
-        inp = layout(xg * 1.0, "contiguous")
+        how = "contiguous"
+        inp = layout(xg * 1.0, how)
     out = mk.selective_log_softmax(inp, ids, temperature=temp, return_entropy=c["entropy"],
                                    inplace_backward=c["inplace"], backend=backend)
     lp, ent = out if c["entropy"] else (out, None)
     xr = logits.float().requires_grad_(True)
-    want = ref.selective_log_softmax(xr, ids, temperature=temp, return_entropy=c["entropy"])
+    xr_laid = layout(xr, how)
+    xr_laid.retain_grad()  # d logits per element as laid out: the bounds are per element, then summed
+    want = ref.selective_log_softmax(xr_laid, ids, temperature=temp, return_entropy=c["entropy"])
     lp_r, ent_r = want if c["entropy"] else (want, None)
+    logits = layout(logits, how)  # the values the op saw (an expanded layout repeats the first slice)
     slack = logprob_slack(logits, temp)
     assert_within(lp, lp_r, table("logprob", c["dtype"], lp_r) + slack, "logp")
     if ent is not None:
@@ -281,9 +341,17 @@ def check_logprob(c, backend):
     ((lp * g1).sum() + ((ent * g2).sum() if ent is not None else 0)).backward()
     ((lp_r * g1).sum() + ((ent_r * g2).sum() if ent is not None else 0)).backward()
     assert xg.grad.dtype == c["dtype"]
-    want_grad = xr.grad.to(c["dtype"]).float()
-    bound = table("logprob_grad", c["dtype"], want_grad) + logprob_slack(logits, temp, g1, g2)[..., None]
-    assert_within(xg.grad.float(), want_grad, bound, "d logits")
+    laid = xr_laid.grad.to(c["dtype"]).float()
+    bound = table("logprob_grad", c["dtype"], laid) + logprob_slack(logits, temp, g1, g2)[..., None]
+    assert_within(xg.grad.float(), xr.grad.to(c["dtype"]).float(), pulled_back(bound, layout, how), "d logits")
+
+
+def pulled_back(bound, layout_fn, how):
+    """A per-element bound of the gradient of a laid-out tensor carried to the tensor it was made
+    from: an expanded layout's copies share one source element, whose bound is their sum."""
+    z = torch.zeros(bound.shape, dtype=torch.float64, requires_grad=True)
+    (layout_fn(z, how) * bound).sum().backward()
+    return z.grad
 
 
 # --- grpo_loss and fused_linear_grpo_loss -----------------------------------------------------
@@ -304,7 +372,9 @@ def loss_cases(draw):
         mask=draw(st.sampled_from(["random", "all_zero", "empty_row", "all_one"])),
         per_token_adv=draw(st.booleans()), adv_scale=draw(st.sampled_from([0.0, 1.0, 1e3])),
         old=draw(st.sampled_from(["none", "near", "far"])), minus_inf=draw(st.booleans()),
-        inplace=draw(st.booleans()), entropy=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+        inplace=draw(st.booleans()), entropy=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)),
+        layout=layouts(draw, "logits", "hidden", "weight", "bias", "ids", "mask", "advantages", "old_logp",
+                       "ref_logp"))
 
 
 def loss_inputs(c, gen, logp):
@@ -318,7 +388,9 @@ def loss_inputs(c, gen, logp):
     offset = {"none": None, "near": 0.3, "far": 30.0}[c["old"]]
     old = None if offset is None else logp + offset * torch.randn(b, l, generator=gen)
     ref_lp = logp + 0.5 * torch.randn(b, l, generator=gen)
-    return mask, adv, old, ref_lp
+    lay = c["layout"]
+    return (relayout(mask, lay["mask"]), relayout(adv, lay["advantages"]), relayout(old, lay["old_logp"]),
+            relayout(ref_lp, lay["ref_logp"]))
 
 
 def check_loss(c, backend):
@@ -329,15 +401,26 @@ def check_loss(c, backend):
     if c["minus_inf"] and v > 2:
         logits[..., 0] = float("-inf")
         ids = ids.clamp_min(1)
+    ids = relayout(ids, c["layout"]["ids"])
     logits = logits.to(c["dtype"])
     cfg = c["config"]
-    logp = ref.selective_log_softmax(logits.float(), ids, temperature=cfg.temperature)
-    mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
     x = logits.clone().requires_grad_(True)
-    loss, stats = mk.grpo_loss(x * 1.0 if c["inplace"] else x, ids, mask, adv, old_logp=old, ref_logp=ref_lp,
+    how = c["layout"]["logits"]
+    inp = relayout(x * 1.0 if c["inplace"] else x, how)
+    refusal = inplace_refusal(inp) if c["inplace"] else None
+    if refusal:  # the in-place backward writes over [T, V] rows that own their memory
+        with pytest.raises(ValueError, match=refusal):
+            mk.grpo_loss(inp, ids, torch.ones(b, l), torch.zeros(b), inplace_backward=True, backend=backend)
+        how = "contiguous"
+        inp = x * 1.0
+    logp = ref.selective_log_softmax(relayout(logits, how).float(), ids, temperature=cfg.temperature)
+    mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
+    loss, stats = mk.grpo_loss(inp, ids, mask, adv, old_logp=old, ref_logp=ref_lp,
                                config=cfg, inplace_backward=c["inplace"], return_entropy=c["entropy"], backend=backend)
     xr = logits.float().requires_grad_(True)
-    want, want_stats = ref.grpo_loss(xr, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
+    xr_laid = relayout(xr, how)
+    xr_laid.retain_grad()
+    want, want_stats = ref.grpo_loss(xr_laid, ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg,
                                      return_entropy=c["entropy"])
     scale = 1 + c["adv_scale"]
     assert_within(loss, want, table("loss", c["dtype"], want) * scale, "loss")
@@ -345,8 +428,9 @@ def check_loss(c, backend):
         assert_within(stats[k], want_stats[k], table("loss", c["dtype"], want_stats[k]), k)
     loss.backward()
     want.backward()
-    want_grad = xr.grad.to(c["dtype"]).float()
-    assert_within(x.grad.float(), want_grad, table("logprob_grad", c["dtype"], want_grad) * scale, "d logits")
+    laid = xr_laid.grad.to(c["dtype"]).float()
+    bound = pulled_back(table("logprob_grad", c["dtype"], laid) * scale, relayout, how)
+    assert_within(x.grad.float(), xr.grad.to(c["dtype"]).float(), bound, "d logits")
     if c["mask"] == "all_zero":
         assert loss.item() == 0.0 and (x.grad == 0).all()
 
@@ -357,34 +441,62 @@ def check_fused_linear(c, backend):
     hidden = torch.randn(b, l, h, generator=gen).to(c["dtype"])
     weight = (torch.randn(v, h, generator=gen) * 0.5).to(c["dtype"])
     bias = (torch.randn(v, generator=gen) * 0.1).to(c["dtype"]) if c["bias"] else None
-    ids = torch.randint(0, v, (b, l), generator=gen)
+    ids = relayout(torch.randint(0, v, (b, l), generator=gen), c["layout"]["ids"])
     cfg = c["config"]
-    logits = hidden.float() @ weight.float().t() + (bias.float() if bias is not None else 0.0)
+    lay = [c["layout"][k] for k in ("hidden", "weight", "bias")]
+    laid = [relayout(t, how) for t, how in zip((hidden, weight, bias), lay)]
+    logits = laid[0].float() @ laid[1].float().t() + (laid[2].float() if bias is not None else 0.0)
     logp = ref.selective_log_softmax(logits, ids, temperature=cfg.temperature)
     mask, adv, old, ref_lp = loss_inputs(c, gen, logp)
     leaves = [t.clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
-    loss, _ = mk.fused_linear_grpo_loss(leaves[0], leaves[1], ids, mask, adv, lm_head_bias=leaves[2], old_logp=old,
+    args = [relayout(t, how) for t, how in zip(leaves, lay)]
+    loss, _ = mk.fused_linear_grpo_loss(args[0], args[1], ids, mask, adv, lm_head_bias=args[2], old_logp=old,
                                         ref_logp=ref_lp, config=cfg, chunk_size=c["chunk"], backend=backend)
     refs = [t.float().clone().requires_grad_(True) if t is not None else None for t in (hidden, weight, bias)]
+    ref_laid = [relayout(t, how) for t, how in zip(refs, lay)]
+    for t in ref_laid:
+        if t is not None:
+            t.retain_grad()
     if c["dtype"] == torch.float32:
-        want, _ = ref.fused_linear_grpo_loss(refs[0], refs[1], ids, mask, adv, bias=refs[2], old_logp=old,
+        want, _ = ref.fused_linear_grpo_loss(ref_laid[0], ref_laid[1], ids, mask, adv, bias=ref_laid[2], old_logp=old,
                                              ref_logp=ref_lp, config=cfg)
     else:
         # The fused path's matmuls run in the input dtype: its logits are rounded to bf16. With clip
         # ranges as small as 3e-4 that rounding (~0.4%) can move a ratio across a clip boundary,
         # which switches the gradient off: the oracle rounds its logits the same way.
-        z = refs[0] @ refs[1].t() + (refs[2] if refs[2] is not None else 0.0)
+        z = ref_laid[0] @ ref_laid[1].t() + (ref_laid[2] if ref_laid[2] is not None else 0.0)
         want, _ = ref.grpo_loss(z.to(c["dtype"]), ids, mask, adv, old_logp=old, ref_logp=ref_lp, config=cfg)
     scale = 1 + c["adv_scale"]
     assert_within(loss, want, table("fused_linear", c["dtype"], want) * scale, "loss")
     loss.backward()
     want.backward()
-    for name, got_t, want_t in zip(("d hidden", "d weight", "d bias"), leaves, refs):
+    for name, got_t, want_t, laid_t, how in zip(("d hidden", "d weight", "d bias"), leaves, refs, ref_laid, lay):
         if got_t is None:
             continue
         assert got_t.grad.dtype == c["dtype"]
-        wg = want_t.grad.to(c["dtype"]).float()
-        assert_within(got_t.grad.float(), wg, table("fused_linear", c["dtype"], wg) * scale, name)
+        per_element = table("fused_linear", c["dtype"], laid_t.grad.to(c["dtype"]).float()) * scale
+        assert_within(got_t.grad.float(), want_t.grad.to(c["dtype"]).float(), pulled_back(per_element, relayout, how),
+                      name)
+
+
+def check_fused_logprob(c, backend):
+    """fused_linear_selective_log_softmax (no gradient) against log-softmax of the reference logits."""
+    gen = seeded(c["seed"])
+    b, l, v, h = c["b"], c["l"], c["v"], c["h"]
+    lay = c["layout"]
+    hidden = relayout(torch.randn(b, l, h, generator=gen).to(c["dtype"]), lay["hidden"])
+    weight = relayout((torch.randn(v, h, generator=gen) * 0.5).to(c["dtype"]), lay["weight"])
+    bias = relayout((torch.randn(v, generator=gen) * 0.1).to(c["dtype"]), lay["bias"]) if c["bias"] else None
+    ids = relayout(torch.randint(0, v, (b, l), generator=gen), lay["ids"])
+    temp = c["config"].temperature
+    got, ent = mk.fused_linear_selective_log_softmax(hidden, weight, ids, bias=bias, temperature=temp,
+                                                     chunk_size=c["chunk"], return_entropy=True, backend=backend)
+    z = hidden.float() @ weight.float().t() + (bias.float() if bias is not None else 0.0)
+    if c["dtype"] != torch.float32:  # the fused matmuls run in the input dtype (see check_fused_linear)
+        z = z.to(c["dtype"]).float()
+    want, want_ent = ref.selective_log_softmax(z, ids, temperature=temp, return_entropy=True)
+    assert_within(got, want, table("fused_linear", c["dtype"], want), "logp")
+    assert_within(ent, want_ent, table("fused_linear", c["dtype"], want_ent), "entropy")
 
 
 # --- the properties, on the compiled CPU backend --------------------------------------------
@@ -412,8 +524,13 @@ def test_fused_linear_grpo_loss_cpu():
     run(check_fused_linear, loss_cases(), "cpu", 150)
 
 
+def test_fused_linear_selective_log_softmax_cpu():
+    run(check_fused_logprob, loss_cases(), "cpu", 150)
+
+
 # --- and on Triton, under the interpreter (in a subprocess) ----------------------------------
-TRITON_BUDGET = {"advantages": 100, "composite": 30, "cosine": 80, "logprob": 40, "loss": 50, "fused_linear": 20}
+TRITON_BUDGET = {"advantages": 100, "composite": 30, "cosine": 80, "logprob": 40, "loss": 50, "fused_linear": 20,
+                 "fused_logprob": 20}
 
 
 def triton_main() -> None:
@@ -424,6 +541,7 @@ def triton_main() -> None:
     run(check_logprob, logprob_cases(), "triton", TRITON_BUDGET["logprob"])
     run(check_loss, loss_cases(), "triton", TRITON_BUDGET["loss"])
     run(check_fused_linear, loss_cases(), "triton", TRITON_BUDGET["fused_linear"])
+    run(check_fused_logprob, loss_cases(), "triton", TRITON_BUDGET["fused_logprob"])
     print("TRITON-PROPERTIES-OK")
 
 

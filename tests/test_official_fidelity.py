@@ -53,7 +53,8 @@ def test_official_parity_loads_solutions_as_they_are(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tagged, _ = load_records(str(data), default_modality="<OTHER>")
     assert [r["solution"] for r in tagged] == ["<OTHER> yes", "<OTHER> <XRAY> Pneumonia"]  # the project's rule
-    cfg = load_config("medix_r1_2b_dapo", [f"data.val={data}", "data.val_split=train"])
+    # (the file names its images 'images'; the official recipes read the official data's 'image' column)
+    cfg = load_config("medix_r1_2b_dapo", [f"data.val={data}", "data.val_split=train", "data.image_column=images"])
     assert cfg.reward.parity == "official"
     assert [r["solution"] for r in load_validation_records(cfg)] == ["yes", "<XRAY> Pneumonia"]
     as_is, skipped = load_records(str(data), default_modality="<OTHER>", any_solution=True)

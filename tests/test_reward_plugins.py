@@ -164,3 +164,22 @@ def test_a_training_run_with_plugin_rewards_only(plugin, tmp_path):
         assert x["reward/fn/seen_columns"] == 0.0 and x["reward/function_failed_rate"] == 0.0
     seen = load_function(f"{plugin}:seen_columns").calls[-1]
     assert {"id", "solution", "images"} <= set(seen) and len(seen["id"]) == 6  # 2 prompts x 3 samples
+
+
+def test_without_columns_a_plugin_gets_the_records_solution_back():
+    import asyncio
+    import time
+
+    from medix_r1.rewards.worker import Sample, score_samples
+    seen = {}
+
+    def grab(prompts, completions, solution, **columns):
+        seen["solution"] = solution
+        return [0.0] * len(completions)
+
+    samples = [Sample("q", "<OTHER> <thinking>t</thinking><answer>a</answer>", "<OTHER>", "Yes, it does.", False),
+               Sample("q", "r", "<OTHER>", None, False)]
+    cfg = RewardConfig(judge="none")
+    asyncio.run(score_samples(samples, cfg, None, None, deadline=time.monotonic() + 30,
+                              functions=[("tests:grab", grab, 1.0)]))
+    assert seen["solution"] == ["<OTHER> Yes, it does.", "<OTHER>"]

@@ -264,3 +264,31 @@ def test_module_entry_point_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["lines"] == 5 and len(read_jsonl(out)) == 5
     assert "5 lines (0 kept, 5 scored now)" in proc.stderr
+
+
+def test_retry_failed_scores_only_the_failed_lines_again(tmp_path, capsys):
+    """Issue 30, item 14: failed lines are named in the summary with the way to retry them, and
+    --retry-failed scores those lines only, rewriting the output in place (order and other lines kept)."""
+    flaky = [" mode-flaky" if i % 2 else "" for i in range(6)]
+    rows = [{"id": str(i), "problem": f"Question {i}?", "solution": "<OTHER> yes",
+             "response": f"<OTHER> <thinking>t</thinking> <answer>Yes, case {i}{flaky[i]}</answer>"} for i in range(6)]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the first reply to a flaky line is not YES/NO (judge_failed), the next one is YES
+    with FaultServer(scripts={"flaky": ["Perhaps, hard to say", "YES"]}) as server:
+        rc, summary, err = run_main(http_args(inp, out, server), capsys)
+        assert rc == 0 and summary["judge_failures"] == 3 and len(server.log) == 6
+        assert "3 lines failed" in err and "--retry-failed" in err
+        first = read_jsonl(out)
+        rc, summary, err = run_main(http_args(inp, out, server, "--retry-failed"), capsys)
+        assert rc == 0, err
+        assert len(server.log) == 9 and sorted(server.prompts()[6:]) == sorted(
+            p for p in server.prompts()[:6] if "mode-flaky" in p)  # the three failed lines only
+    again = read_jsonl(out)
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+    assert [r["rewards"]["judge_failed"] for r in again] == [False] * 6
+    assert [a for a, f in zip(again, first) if not f["rewards"]["judge_failed"]] == \
+        [f for f in first if not f["rewards"]["judge_failed"]]  # the good lines are untouched
+    assert summary["retried"] == 3 and summary["judge_failures"] == 0 and summary["scored_now"] == 0
+    assert "lines failed" not in err
+    assert not list(tmp_path.glob(".out.jsonl.retry-*"))

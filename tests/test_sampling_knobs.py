@@ -142,8 +142,8 @@ def test_top_k_1_makes_the_vllm_engines_samples_of_a_prompt_identical():
 
 
 def test_the_hf_engine_samples_with_them(tmp_path):
-    """The generation config carries the knobs (none when neutral) and generate honours them: with
-    top_k=1 the n samples of a prompt are the greedy one, without it they differ."""
+    """The hf engine's own sampler takes the knobs (none changes anything when neutral), and generate
+    honours them: with top_k=1 the n samples of a prompt are the greedy one, without it they differ."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.train_helpers import make_tiny_model
@@ -151,14 +151,41 @@ def test_the_hf_engine_samples_with_them(tmp_path):
     tiny = make_tiny_model(tmp_path / "tiny")
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=R.types.torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny)
-    plain = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5"]).rollout)
-    gen = plain._sampling()
-    assert (gen.top_k, gen.min_p, gen.repetition_penalty) == (0, None, None)
-    eng = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5", *KNOBS]).rollout)
-    gen = eng._sampling()
-    assert (gen.top_k, gen.min_p, gen.repetition_penalty) == (5, 0.05, 1.3)
-    greedy = R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5",
-                                                                 "rollout.top_k=1"]).rollout)
+
+    def engine(*more):
+        return R.HfRollout(model, tok, load_config("cpu_smollm2", ["rollout.n=4", "rollout.max_tokens=5",
+                                                                   *more]).rollout)
+    s = engine().sampling()
+    assert (s.top_k, s.min_p, s.repetition_penalty) == (0, 0.0, 1.0)
+    s = engine(*KNOBS).sampling()
+    assert (s.top_k, s.min_p, s.repetition_penalty) == (5, 0.05, 1.3)
     prompt = [tok.encode("Does aspirin prevent heart attacks?")]
-    assert len({tuple(x) for x in greedy.generate(prompt, 1, 0).response_ids}) == 1
-    assert len({tuple(x) for x in plain.generate(prompt, 1, 0).response_ids}) > 1
+    assert len({tuple(x) for x in engine("rollout.top_k=1").generate(prompt, 1, 0).response_ids}) == 1
+    assert len({tuple(x) for x in engine().generate(prompt, 1, 0).response_ids}) > 1
+
+
+def test_the_hf_samplers_transforms():
+    import torch
+
+    from medix_r1.rollout.sampling import Sampling, TokenSampler, penalize_repeats, sampling_logits
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    kept = torch.isfinite(sampling_logits(logits, Sampling(temperature=1.0, top_k=2)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    # min_p 0.3: keep p >= 0.3 * p_max, i.e. logits >= 2 + log(0.3) = 0.796
+    kept = torch.isfinite(sampling_logits(logits, Sampling(temperature=1.0, min_p=0.3)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    kept = torch.isfinite(sampling_logits(logits, Sampling(temperature=0.5, min_p=0.3)))  # after temperature
+    assert kept.tolist() == [[True, False, False, False, False]]
+    assert torch.equal(sampling_logits(logits, Sampling(temperature=1.0)), logits)  # neutral: untouched
+    seen = torch.tensor([[True, False, False, True, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, 1.0, 0.5, -2.0, -3.0]]
+    # the sampler's seen ids: each row's prompt (no left padding) and then every token it draws
+    sampler = TokenSampler(Sampling(temperature=0.0, repetition_penalty=2.0), [None, None], 3, "cpu",
+                           prompts=[[0], [3, 4]])
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0], [3.0, 2.0, 1.0, 0.0, -1.0]])
+    first = sampler(torch.zeros(2, 2, dtype=torch.long), scores.clone()).argmax(-1).tolist()
+    assert first == [1, 0]  # row 0's prompt holds token 0: 3 / 2 = 1.5 < 2
+    second = sampler(torch.zeros(2, 3, dtype=torch.long), scores.clone()).argmax(-1).tolist()
+    assert second == [0, 1]  # token 1 (row 0) and token 0 (row 1) were drawn: 1.5 vs 1.0 and 1.5 vs 2.0
+    assert sampler.raw_logp[0, 0] == scores.log_softmax(-1)[0, 1]  # the raw log-prob stays unpenalized

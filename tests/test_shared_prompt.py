@@ -6,9 +6,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from medix_r1.models import resolve_model_dir
-from medix_r1.train.batch import make_batch, slice_batch
+from medix_r1.train.batch import make_batch, prompt_groups, slice_batch
 from medix_r1.train.policy import load_model, policy_hidden, policy_loss
-from medix_r1.train.shared_prompt import prompt_groups, worth_sharing
+from medix_r1.train.shared_prompt import worth_sharing
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def hidden_and_grads(model, batch, share: bool):
 
 
 def test_prompt_groups_follow_first_seen_order():
-    assert prompt_groups([[1, 2], [3], [1, 2], [3], [4]]).tolist() == [0, 1, 0, 1, 2]
+    assert prompt_groups([[1, 2], [3], [1, 2], [3], [4]]) == [0, 1, 0, 1, 2]
     batch = make_batch([[1, 2], [3, 4]], [[5], [6]], 0)
     assert not worth_sharing(batch)  # nothing shared: the padded forward runs
     assert worth_sharing(make_batch([[1, 2], [1, 2]], [[5], [6]], 0))

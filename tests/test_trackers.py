@@ -66,3 +66,83 @@ def test_a_run_reports_config_metrics_and_completions_to_mlflow_and_tensorboard(
     assert [e.step for e in events.Scalars("reward/total")] == [1, 2]
     tags = events.Tags()["tensors"]
     assert any("config" in t for t in tags) and any("completions" in t for t in tags)
+
+
+# --- a tracker that hangs or fails never stops the run (issue 30, item 9) ------------------------------
+class HangsAtStart:
+    """Like mlflow with an unreachable server: start-up blocks (here until the test releases it)."""
+    module = "json"
+    release = __import__("threading").Event()
+
+    def __init__(self, out_dir, run_name):
+        pass
+
+    def start(self, config):
+        self.release.wait()
+
+    def log(self, step, metrics):
+        raise AssertionError("a disabled tracker is not called")
+
+    def log_table(self, step, columns, rows):
+        raise AssertionError("a disabled tracker is not called")
+
+    def close(self):
+        raise AssertionError("a disabled tracker is not called")
+
+
+class FailsAtStep2:
+    module = "json"
+    logged: list = []
+
+    def __init__(self, out_dir, run_name):
+        pass
+
+    def start(self, config):
+        pass
+
+    def log(self, step, metrics):
+        if step == 2:
+            raise ConnectionError("tracking server went away")
+        self.logged.append(step)
+
+    def log_table(self, step, columns, rows):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_tracker_that_hangs_at_start_up_is_disabled_within_the_timeout(tmp_path, monkeypatch, caplog):
+    import time
+
+    from medix_r1.train.metrics import MetricsLog
+    monkeypatch.setitem(tr.TRACKERS, "hangs", HangsAtStart)
+    monkeypatch.setattr(tr, "TRACKER_TIMEOUT_S", 0.5)
+    try:
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="medix_r1.train"):
+            metrics = MetricsLog(tmp_path, tensorboard=False, report_to=["hangs"], config={"a": 1})
+        assert time.monotonic() - t0 < 5
+        assert "tracker hangs: start-up did not finish within 0.5 s" in caplog.text and "disabled" in caplog.text
+        metrics.log(1, {"reward/total": 0.5})
+        metrics.log_table(1, ["step"], [[1]])
+        metrics.close()
+        assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "reward/total": 0.5}
+    finally:
+        HangsAtStart.release.set()
+
+
+def test_a_tracker_failing_mid_run_is_disabled_and_training_goes_on(tiny, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(tr.TRACKERS, "flaky", FailsAtStep2)
+    FailsAtStep2.logged.clear()
+    out = tmp_path / "run"
+    cfg = load_config("cpu_smollm2", [
+        f"model.policy={tiny}", "rollout.engine=hf", "rollout.max_tokens=6", "rollout.n=3",
+        "data.prompts_per_step=2", "data.max_records=10", "train.max_steps=3", f"train.output_dir={out}",
+        "train.progress=false", "train.plot=false", "train.save_every=3", "train.report_to=[flaky]"])
+    with caplog.at_level("WARNING", logger="medix_r1.train"):
+        train(cfg, reward_worker=CharRewardWorker())
+    assert FailsAtStep2.logged == [1]  # disabled at step 2: not called at step 3
+    assert caplog.text.count("tracker flaky: logging step 2 failed: ConnectionError") == 1
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (out / "step_000003" / "COMPLETE").is_file()

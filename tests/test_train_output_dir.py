@@ -92,3 +92,69 @@ def test_bad_data_files_are_one_line_naming_file_and_line(tiny, tmp_path, capsys
     assert main(argv(tiny, tmp_path / "run", "--set", f"data.train={data}")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(data) in err and message in err and "Traceback" not in err
+
+
+# --- one run per output dir (issue 30, item 3) --------------------------------------------------------
+def start_holder(tiny, out):
+    """A training run in ``out`` that goes on until killed (in its own process), once it has logged a step."""
+    import os
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "medix_r1.train", *argv(tiny, out, steps=100000)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() - t0 < 120, "the first run logged no step in 120 s"
+        time.sleep(0.2)
+    return proc
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused_naming_the_holder(tiny, tmp_path, capsys, caplog):
+    import signal
+    import socket
+    out = tmp_path / "run"
+    holder = start_holder(tiny, out)
+    try:
+        for flags in ((), ("--resume",), ("--overwrite",)):
+            assert main(argv(tiny, out, *flags, steps=2)) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "in use by another run" in err, err
+            assert f"pid {holder.pid} on host {socket.gethostname()!r}" in err and "Traceback" not in err
+        assert holder.poll() is None  # the first run goes on, its files untouched by the refused ones
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # killed: the kernel freed its lock; the next run takes the lock over, naming the dead holder
+    with caplog.at_level("WARNING", logger="medix_r1.train"):
+        assert main(argv(tiny, out, "--resume", steps=1)) == 0
+    assert f"taking over the lock left by pid {holder.pid}" in caplog.text
+    assert not (out / ".medix-train.lock").exists()  # released at the end of the run
+
+
+def test_the_lock_rules(tmp_path):
+    import json
+    import os
+    import socket
+
+    from medix_r1.train import output_dir as od
+    assert od.lock_output_dir(tmp_path) is None
+    assert od.lock_output_dir(tmp_path) is None  # this process already holds it
+    held = json.loads((tmp_path / od.LOCK_NAME).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    od.release_output_dir(tmp_path)
+    assert not (tmp_path / od.LOCK_NAME).exists()
+    od.release_output_dir(tmp_path)  # idempotent
+    # a lock file naming a live process of this host whose flock is free: flock is not honoured here
+    (tmp_path / od.LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    problem = od.lock_output_dir(tmp_path)
+    assert problem is not None and f"pid {os.getppid()}" in problem and "ignore flock" in problem
+    # a dead process, or a file that is not JSON: stale, taken over
+    (tmp_path / od.LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname()}))
+    assert od.lock_output_dir(tmp_path) is None
+    od.release_output_dir(tmp_path)
+    (tmp_path / od.LOCK_NAME).write_text("garbage")
+    assert od.lock_output_dir(tmp_path) is None
+    od.release_output_dir(tmp_path)

@@ -1,29 +1,32 @@
 """The trainer on a GPU, measured (``bash benchmarks/gpu/train_check.sh OUT [--dry-run]`` calls it).
 
-    python -m benchmarks.gpu.train_check OUT [--dry-run] [--steps N] [--budget-s S]
+    python -m benchmarks.gpu.train_check OUT [--dry-run] [--steps N] [--budget-s S] [--phases a,b]
 
 Phases, each a subprocess with its own time limit inside one budget (a failed phase is recorded,
-the next still runs; OUT is rewritten after each):
+the next still runs; OUT is rewritten after each), in this order:
 
 - model: a Qwen2.5-1.5B-shaped causal LM built from its config (random bf16 weights: nothing can
   be downloaded on the GPU machine, and speed and memory do not depend on the values), saved as a
-  Hugging Face folder with the bundled SmolLM2 tokenizer. Dry run: a 2-layer model of the same
-  family.
-- fused / plain: the trainer (``python -m medix_r1.train``'s command line, through
+  Hugging Face folder with the bundled SmolLM2 tokenizer. Dry run: a 2-layer model of the same family.
+- rollout: the ``hf`` engine batched (every row in one ``generate``) vs per prompt
+  (``rollout.hf_batch_size = n``), side by side at 4 prompts x 8 samples x 256 tokens
+  (benchmarks/gpu/train_rollout.py).
+- update: the trainer's update at 1,024 and 2,048 response tokens, ``loss.impl`` fused vs plain, gradient
+  checkpointing off and on, the same batch: time and peak memory (benchmarks/gpu/train_update.py matrix).
+- breakdown: one micro-batch at 1,024 tokens split into the model's forward + backward and the loss's, the
+  LM head's matmuls, the optimizer step and the advantages kernel: the kernels' share of the update.
+- parity: three updates on one batch in a single process and under ``torchrun --nproc-per-node 1``
+  (NCCL, FSDP2 mixed precision): step 1's loss compared, and what waited for the device in the update
+  (PyTorch's sync debug mode).
+- torchrun / fused: the trainer (``python -m medix_r1.train``'s command line, through
   ``benchmarks.gpu.train_parts train``) with ``--rollout hf``, bf16, the bundled PubMedQA prompts and
-  rule rewards: the MediX format, modality and exact-match rules (``reward.judge=none``,
-  ``reward.embedding_model=none``) plus the share of letters in the response (random weights
-  never earn the MediX rules, and all-zero rewards would train nothing), once with
-  ``loss.impl=fused`` (hidden states + lm_head) and once with ``loss.impl=plain`` (full logits),
-  same seed and batch.
-- torchrun: ``torchrun --nproc-per-node 1 -m medix_r1.train`` (NCCL on a GPU, FSDP2 mixed
-  precision), fused, fewer steps.
-- breakdown: one micro-batch of the update, timed in parts with device events: the model forward +
-  backward to the last hidden state, and the loss (fused: the fused linear GRPO kernel; plain: the
-  lm_head matmul + grpo_loss), forward + backward; the advantages kernel on the step's rewards.
+  rule rewards (the MediX format, modality and exact-match rules plus the share of letters in the
+  response: random weights never earn the MediX rules, and all-zero rewards would train nothing), 3 steps
+  under torchrun and in one process; ``plain`` (on request) the same with ``loss.impl=plain``.
 
-Writes OUT/train_summary.md (the tables) and OUT/train_check.json (every number), plus each run's
-metrics.jsonl and logs as OUT/train_logs.tar.gz.
+Writes OUT/train_summary.md (the environment, the targets met or not with their figures, the tables),
+OUT/train_check.json (every number), OUT/train_check.csv (one measurement a row), plus each run's logs
+and metrics.jsonl as OUT/train_logs.tar.gz.
 """
 from __future__ import annotations
 
@@ -41,8 +44,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from .train_report import environment, summary_markdown, targets, write_csv
+
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("model", "fused", "plain", "breakdown", "torchrun")
+PHASES = ("model", "rollout", "update", "breakdown", "parity", "torchrun", "fused", "plain")
+DEFAULT_PHASES = PHASES[:-1]  # the plain trainer run only on request: the update phase compares the loss paths
+# per phase: its time cap on a GPU (seconds; doubled in a dry run), in the order the phases run
+CAPS = {"model": 60, "rollout": 100, "update": 110, "breakdown": 45, "parity": 100, "torchrun": 80, "fused": 70,
+        "plain": 70}
+# the shapes: on a GPU (the issue's) and in a dry run (this CPU machine, seconds)
+SHAPES = {
+    "rollout": {"gpu": dict(prompts=4, n=8, tokens=256), "dry": dict(prompts=2, n=2, tokens=8)},
+    "update": {"gpu": dict(rows=32, samples=8, prompt=256, responses="1024,2048", micro=2, repeats=1),
+               "dry": dict(rows=4, samples=2, prompt=16, responses="16,32", micro=2, repeats=1)},
+    "breakdown": {"gpu": dict(rows=2, prompt=256, response=1024, repeats=3, micro_batches=16),
+                  "dry": dict(rows=2, prompt=16, response=16, repeats=1, micro_batches=2)},
+    "parity": {"gpu": dict(rows=16, samples=8, prompt=128, response=256, micro=4, steps=3),
+               "dry": dict(rows=4, samples=2, prompt=16, response=16, micro=2, steps=3)},
+}
 TIME_KEYS = ("rollout", "reward_wait", "logp", "update", "sync", "step")
 
 # Qwen2.5-1.5B-Instruct's config.json (public: huggingface.co/Qwen/Qwen2.5-1.5B-Instruct), the fields that
@@ -88,7 +107,8 @@ class TrainCheck:
         self.t0 = time.monotonic()
         self.budget = args.budget_s
         self.steps = args.steps or (2 if self.dry else 3)
-        self.result = {"started": now(), "dry_run": self.dry, "steps": self.steps, "phases": {}, "runs": {}}
+        self.result = {"started": now(), "dry_run": self.dry, "steps": self.steps, "env": environment(), "phases": {},
+                       "runs": {}}
 
     def say(self, msg: str) -> None:
         print(f"[train-check {time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
@@ -126,15 +146,82 @@ class TrainCheck:
             return ""
 
     # ------------------------------------------------------------------ phases
-    def phase_model(self, limit: float) -> tuple[str, str]:
-        log = self.work / "model.log"
-        res = self.sh([self.py, "-m", "benchmarks.gpu.train_parts", "make-model", str(self.work / "model"),
-                       "--size", "tiny" if self.dry else "1.5b", "--tokenizer", self.args.tokenizer], log, limit)
+    def shape(self, phase: str) -> dict:
+        return SHAPES[phase]["dry" if self.dry else "gpu"]
+
+    def part(self, name: str, args: list[str], limit: float, launcher=None) -> tuple[dict | None, str]:
+        """Run ``python -m benchmarks.gpu.ARGS``; (its last JSON line, '') or (None, why not)."""
+        log = self.work / f"{name}.log"
+        res = self.sh([*(launcher or [self.py]), "-m", *args], log, limit)
         if res["rc"] != 0:
-            return "failed", f"exit {res['rc']}:\n{self.tail(log)}"
-        info = json.loads(log.read_text().strip().splitlines()[-1])
+            return None, f"{'timeout' if res['timed_out'] else 'exit ' + str(res['rc'])}:\n{self.tail(log)}"
+        try:
+            return json.loads(log.read_text().strip().splitlines()[-1]), ""
+        except (json.JSONDecodeError, IndexError):
+            return None, f"no result line:\n{self.tail(log)}"
+
+    def phase_model(self, limit: float) -> tuple[str, str]:
+        info, why = self.part("model", ["benchmarks.gpu.train_parts", "make-model", str(self.work / "model"),
+                                        "--size", "tiny" if self.dry else "1.5b", "--tokenizer", self.args.tokenizer],
+                              limit)
+        if info is None:
+            return "failed", why
         self.result["model"] = info
-        return "ok", f"{info['params'] / 1e9:.3f} B parameters, vocab {info['vocab']}, in {res['wall_s']} s"
+        return "ok", f"{info['params'] / 1e9:.3f} B parameters, vocab {info['vocab']}, in {info['build_s']} s"
+
+    def phase_rollout(self, limit: float) -> tuple[str, str]:
+        sh = self.shape("rollout")
+        res, why = self.part("rollout", ["benchmarks.gpu.train_rollout", str(self.work / "model"), "--prompts",
+                                         str(sh["prompts"]), "--n", str(sh["n"]), "--tokens", str(sh["tokens"])], limit)
+        if res is None:
+            return "failed", why
+        self.result["rollout"] = res
+        return "ok", (f"{sh['prompts']} prompts x {sh['n']} x {sh['tokens']} tokens: per-prompt "
+                      f"{res['per_prompt']['s']:.2f} s, batched {res['batched']['s']:.2f} s (x{res['speedup']:.2f})")
+
+    def phase_update(self, limit: float) -> tuple[str, str]:
+        sh = self.shape("update")
+        args = ["benchmarks.gpu.train_update", "matrix", str(self.work / "model")]
+        for k in ("rows", "samples", "prompt", "responses", "micro", "repeats"):
+            args += [f"--{k}", str(sh[k])]
+        res, why = self.part("update", args, limit)
+        if res is None:
+            return "failed", why
+        self.result["update"] = res
+        ran = [c for c in res["configs"] if "s" in c]
+        oom = len(res["configs"]) - len(ran)
+        return ("ok" if ran else "failed"), f"{len(ran)} settings ran" + (f", {oom} out of memory" if oom else "")
+
+    def phase_breakdown(self, limit: float) -> tuple[str, str]:
+        sh = self.shape("breakdown")
+        args = ["benchmarks.gpu.train_parts", "breakdown", str(self.work / "model")]
+        for k in ("rows", "prompt", "response", "repeats", "micro_batches"):
+            args += [f"--{k.replace('_', '-')}", str(sh[k])]
+        res, why = self.part("breakdown", args, limit)
+        if res is None:
+            return "failed", why
+        self.result["breakdown"] = res
+        return "ok", f"fused loss + advantages: {res['impls']['fused']['kernels_share']:.1%} of an optimizer step"
+
+    def phase_parity(self, limit: float) -> tuple[str, str]:
+        sh = self.shape("parity")
+        args = ["benchmarks.gpu.train_update", "parity", str(self.work / "model")]
+        for k in ("rows", "samples", "prompt", "response", "micro", "steps"):
+            args += [f"--{k}", str(sh[k])]
+        single, why = self.part("parity_single", args, limit / 2)
+        if single is None:
+            return "failed", "single process " + why
+        self.result["parity"] = {"single": single}
+        launcher = [self.py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+        ranked, why = self.part("parity_torchrun", args, self.remaining_for(limit), launcher)
+        if ranked is None:
+            return "failed", "torchrun " + why
+        self.result["parity"]["torchrun"] = ranked
+        a, b = single["steps"][0]["loss"], ranked["steps"][0]["loss"]
+        return "ok", f"step-1 loss {a:.6g} (one process) vs {b:.6g} (torchrun)"
+
+    def remaining_for(self, limit: float) -> float:
+        return max(1.0, min(limit, self.remaining()))
 
     def run_trainer(self, name: str, limit: float, impl: str, torchrun: bool, steps: int) -> tuple[str, str]:
         out_dir = self.work / f"run_{name}"
@@ -164,33 +251,22 @@ class TrainCheck:
         return ("ok" if ok else "failed"), (f"{len(recs)} steps, losses finite: {finite}, parameters changed: "
                                             f"{run['params_changed']}, mean step {step_s:.2f} s")
 
+    def phase_torchrun(self, limit):
+        return self.run_trainer("torchrun", limit, "fused", True, self.steps)
+
     def phase_fused(self, limit):
         return self.run_trainer("fused", limit, "fused", False, self.steps)
 
     def phase_plain(self, limit):
         return self.run_trainer("plain", limit, "plain", False, self.steps)
 
-    def phase_torchrun(self, limit):
-        return self.run_trainer("torchrun", limit, "fused", True, max(2, self.steps - 2))
-
-    def phase_breakdown(self, limit):
-        log = self.work / "breakdown.log"
-        res = self.sh([self.py, "-m", "benchmarks.gpu.train_parts", "breakdown", str(self.work / "model"),
-                       "--rows", "2" if self.dry else "8", "--prompt", "64" if self.dry else "384",
-                       "--response", "8" if self.dry else "64", "--repeats", "1" if self.dry else "5"], log, limit)
-        if res["rc"] != 0:
-            return "failed", f"exit {res['rc']}:\n{self.tail(log)}"
-        self.result["breakdown"] = json.loads(log.read_text().strip().splitlines()[-1])
-        return "ok", "timed"
-
     # ------------------------------------------------------------------ driver
     def run(self) -> int:
-        caps = {"model": 90, "fused": 150, "plain": 150, "torchrun": 120, "breakdown": 90}
-        wanted = self.args.phases.split(",") if self.args.phases else PHASES
+        wanted = self.args.phases.split(",") if self.args.phases else DEFAULT_PHASES
         for name in PHASES:
             if name not in wanted:
                 continue
-            limit = min(caps[name] * (2 if self.dry else 1), self.remaining())
+            limit = min(CAPS[name] * (2 if self.dry else 1), self.remaining())
             if limit < 10:
                 self.result["phases"][name] = {"status": "skipped", "note": "out of time budget"}
                 continue
@@ -212,8 +288,10 @@ class TrainCheck:
 
     def write(self) -> None:
         self.result["finished"] = now()
+        self.result["targets"] = targets(self.result)
         (self.out / "train_check.json").write_text(json.dumps(self.result, indent=1, default=str))
         (self.out / "train_summary.md").write_text(summary_markdown(self.result))
+        write_csv(self.out / "train_check.csv", self.result)
         with tarfile.open(self.out / "train_logs.tar.gz", "w:gz") as tar:
             for p in sorted(self.work.glob("*.log")):
                 tar.add(p, arcname=f"train_logs/{p.name}")
@@ -270,56 +348,15 @@ def params_changed(model_dir: Path, out_dir: Path):
         return any(not a.get_tensor(n).float().equal(b.get_tensor(n).float()) for n in names)
 
 
-def summary_markdown(res: dict) -> str:
-    lines = [f"# Trainer on {'the CPU (dry run)' if res['dry_run'] else 'the GPU'}: {res['started']}", ""]
-    if "model" in res:
-        m = res["model"]
-        lines += [f"Model: {m.get('name')} ({m['params'] / 1e9:.3f} B parameters, vocab {m['vocab']}); "
-                  f"device {m.get('device')}; torch {m.get('torch')}; transformers {m.get('transformers')}", ""]
-    lines += ["| phase | status | s | note |", "| --- | --- | --- | --- |"]
-    for name, p in res["phases"].items():
-        note = (p.get("note") or "").splitlines()[0] if p.get("note") else ""
-        lines.append(f"| {name} | {p['status']} | {p.get('wall_s', '')} | {note} |")
-    if res["runs"]:
-        lines += ["", "Mean per step (steps after the first):", "",
-                  "| run | kernels | steps | step s | rollout s | logp s | update s | sync s | tokens/s | "
-                  "update peak GiB | losses |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, r in res["runs"].items():
-            s = r["summary"]
-
-            def f(k, fmt="{:.2f}"):
-                return fmt.format(s[k]) if k in s else "-"
-            losses = ", ".join(f"{x:.4g}" for x in s.get("losses", []))
-            lines.append(f"| {name} | {r.get('backends', '')} | {r['steps']} | {f('time/step')} | "
-                         f"{f('time/rollout')} | {f('time/logp')} | {f('time/update')} | {f('time/sync', '{:.3f}')} | "
-                         f"{f('perf/tokens_per_s', '{:.0f}')} | "
-                         f"{f('max_update_peak_gb')} | {losses} |")
-        fu, pl = res["runs"].get("fused", {}).get("summary", {}), res["runs"].get("plain", {}).get("summary", {})
-        if "max_update_peak_gb" in fu and "max_update_peak_gb" in pl:
-            lines += ["", f"Fused-linear vs full logits in the trainer: update peak memory "
-                          f"{fu['max_update_peak_gb']:.2f} / {pl['max_update_peak_gb']:.2f} GiB = "
-                          f"{fu['max_update_peak_gb'] / pl['max_update_peak_gb']:.2f} (target <= 0.5); update time "
-                          f"{fu['time/update']:.2f} / {pl['time/update']:.2f} s = "
-                          f"{fu['time/update'] / pl['time/update']:.2f} (target <= 1.1)"]
-    if "breakdown" in res:
-        b = res["breakdown"]
-        lines += ["", f"One micro-batch of the update ({b['rows']} rows x {b['tokens_per_row']} tokens), median of "
-                      f"{b['repeats']}, ms:", "", "| impl | model fwd+bwd | loss fwd+bwd | loss share | peak GiB |",
-                  "| --- | --- | --- | --- | --- |"]
-        for impl, v in b["impls"].items():
-            lines.append(f"| {impl} | {v['model_ms']:.1f} | {v['loss_ms']:.1f} | {v['loss_share']:.1%} | "
-                         f"{v.get('peak_gb', float('nan')):.2f} |")
-        lines.append(f"\ngroup_advantages on the step's {b['adv_rows']} rewards: {b['adv_ms']:.3f} ms")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.train_check")
     p.add_argument("out")
     p.add_argument("--dry-run", action="store_true", help="a tiny model on this CPU machine (the test suite)")
     p.add_argument("--steps", type=int, default=0, help="training steps per run (default 3; dry run 2)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="the whole check's time budget")
-    p.add_argument("--phases", default="", help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--budget-s", type=float, default=345.0, help="the whole check's time budget (6 minutes of "
+                                                                   "GPU time with the machine's start)")
+    p.add_argument("--phases", default="", help=f"comma-separated subset of {','.join(PHASES)} (default: all "
+                                                  f"but {PHASES[-1]})")
     p.add_argument("--tokenizer", default="", help="tokenizer folder ('' = the bundled SmolLM2's)")
     p.add_argument("--work", default="", help="scratch folder (default: a new temporary one)")
     p.add_argument("--python", default="", help="interpreter for the phases (default: this one)")

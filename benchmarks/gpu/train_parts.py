@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu.train_parts make-model DIR --size 1.5b|tiny [--tokenizer DIR]
     python -m benchmarks.gpu.train_parts breakdown MODEL_DIR --rows B --prompt P --response R [--repeats N]
+                                               [--micro-batches K]
     python -m benchmarks.gpu.train_parts train TRAINER_ARGS...   (python -m medix_r1.train + a rule reward)
 
 make-model and breakdown print one JSON line last.
@@ -76,7 +77,29 @@ def _timed_parts(base, weight, ids_in, ids, mask, adv, ref, loss_fn, P, R):
     return 1e3 * ((t1 - t0) + (t3 - t2)), 1e3 * (t2 - t1), float("nan")
 
 
-def breakdown(model_dir: str, rows: int, prompt: int, response: int, repeats: int) -> dict:
+def _timed(fn, repeats: int) -> float:
+    """Median ms of ``fn()`` over ``repeats`` calls after one warm-up (device events on a GPU)."""
+    dev = device()
+    times = []
+    for _ in range(repeats + 1):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times[1:] or times)
+
+
+def breakdown(model_dir: str, rows: int, prompt: int, response: int, repeats: int, micro_batches: int = 1) -> dict:
+    """One micro-batch of ``rows`` rows split into the model's forward + backward and the loss's (fused:
+    the fused linear GRPO kernel; plain: the LM head matmul + grpo_loss), the LM head's matmuls alone,
+    the optimizer step and the advantages kernel; ``micro_batches`` per optimizer step for the shares."""
     from transformers import AutoModelForCausalLM
 
     import medix_kernels as mk
@@ -111,18 +134,22 @@ def breakdown(model_dir: str, rows: int, prompt: int, response: int, repeats: in
         l_ms = statistics.median(r[1] for r in runs)
         impls[name] = {"model_ms": m_ms, "loss_ms": l_ms, "loss_share": l_ms / (m_ms + l_ms),
                        "peak_gb": max(r[2] for r in runs)}
+    # the LM head's two matmuls alone (forward, and the backward's input gradient + weight gradient)
+    h = torch.randn(rows, response, weight.shape[1], generator=g, dtype=dtype).to(dev).requires_grad_(True)
+    head_ms = _timed(lambda: torch.nn.functional.linear(h, weight).sum().backward(), repeats)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    opt_ms = _timed(optimizer.step, repeats)  # the first step (its state created) is the warm-up
     # the advantages kernel on a step's rewards (prompts x n rows)
     rewards = torch.rand(64, generator=g).to(dev)
-    mk.group_advantages(rewards, 8)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        mk.group_advantages(rewards, 8)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    adv_ms = 1e3 * (time.perf_counter() - t) / 20
-    return {"rows": rows, "tokens_per_row": prompt + response, "repeats": repeats, "impls": impls,
+    adv_ms = _timed(lambda: mk.group_advantages(rewards, 8), max(repeats, 20))
+    for v in impls.values():  # the loss and advantage kernels' share of one optimizer step's update
+        step_ms = micro_batches * (v["model_ms"] + v["loss_ms"]) + opt_ms + adv_ms
+        v["kernels_share"] = (micro_batches * v["loss_ms"] + adv_ms) / step_ms
+        v["kernels_share_without_head"] = (micro_batches * max(0.0, v["loss_ms"] - head_ms) + adv_ms) / step_ms
+    return {"rows": rows, "tokens_per_row": prompt + response, "response": response, "repeats": repeats,
+            "micro_batches": micro_batches, "impls": impls, "head_ms": head_ms, "opt_ms": opt_ms,
             "adv_rows": 64, "adv_ms": adv_ms, "backends": mk.backends(), "device": str(dev)}
 
 
@@ -186,13 +213,14 @@ def main(argv=None) -> int:
     m.add_argument("--tokenizer", default="")
     b = sub.add_parser("breakdown")
     b.add_argument("model_dir")
-    for name, default in (("--rows", 8), ("--prompt", 384), ("--response", 256), ("--repeats", 5)):
+    for name, default in (("--rows", 8), ("--prompt", 384), ("--response", 256), ("--repeats", 5),
+                          ("--micro-batches", 1)):
         b.add_argument(name, type=int, default=default)
     a = p.parse_args(argv)
     if a.verb == "make-model":
         res = make_model(a.out_dir, a.size, a.tokenizer)
     else:
-        res = breakdown(a.model_dir, a.rows, a.prompt, a.response, a.repeats)
+        res = breakdown(a.model_dir, a.rows, a.prompt, a.response, a.repeats, a.micro_batches)
     print(json.dumps(res), flush=True)
     return 0
 

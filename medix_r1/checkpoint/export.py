@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from medix_r1.checkpoint.lora_export import LORA_EXPORTS, export_lora
-from medix_r1.checkpoint.store import ADAPTER_DIR, MARKER, save_hf_folder
+from medix_r1.checkpoint.store import ADAPTER_DIR, MARKER, save_hf_folder, verify_checkpoint
 from medix_r1.utils.cli import command_name
 
 # ----------------------------------------------------------------------------- export to a Hugging Face folder
@@ -54,10 +54,17 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
         raise ValueError(f"{step} is not a complete checkpoint (no {MARKER} marker)")
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise ValueError(f"--dtype must be one of {list(EXPORT_DTYPES)}, got {dtype!r}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT_DIR {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty")
-    policy = json.loads((step / "trainer_state.json").read_text())["config"]["model"]["policy"]
-    if (step / ADAPTER_DIR).is_dir():
+    if push_to_hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ValueError("--push-to-hub needs the network, but HF_HUB_OFFLINE is set")
+    problem = verify_checkpoint(step)  # the manifest in COMPLETE: sizes and sha256 of every file
+    if problem is not None:
+        raise ValueError(f"{step}: {problem}; the checkpoint is damaged and was not exported (use an earlier one)")
+    policy = checkpoint_policy(step)
+    if (step / ADAPTER_DIR).is_dir():  # a LoRA run's checkpoint: merged into its base, or the adapter
         tmp = out.parent / f".tmp_{out.name}_{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         export_lora(step, tmp, lora, policy, None if dtype is None else EXPORT_DTYPES[dtype])
@@ -77,7 +84,10 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
         from safetensors.torch import load_file
         weights = {}
         for f in sorted((step / "model").glob("*.safetensors")):
-            weights.update(load_file(str(f)))
+            try:
+                weights.update(load_file(str(f)))
+            except Exception as e:  # SafetensorError: a truncated or garbled file (one without a manifest)
+                raise ValueError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         model = None  # the files already hold the checkpoint's key names
     if dtype is not None:
         weights = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
@@ -106,9 +116,36 @@ def _finish_export(tmp: Path, out: Path, push_to_hub: str | None) -> Path:
     if push_to_hub:
         from huggingface_hub import HfApi
         api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
+        try:
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
+        except Exception as e:  # offline, no token, no rights: the folder is written and stays
+            raise PushError(f"wrote {out}, but pushing it to {push_to_hub} failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:300] if str(e) else ''}); push it later with "
+                            f"`huggingface-cli upload {push_to_hub} {out}`") from e
     return out
+
+
+class PushError(RuntimeError):
+    """The folder was exported but not uploaded (one line; the folder stays)."""
+
+
+def checkpoint_policy(step: Path) -> str:
+    """The run's ``model.policy`` from the checkpoint's trainer_state.json; ValueError naming the file."""
+    path = step / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+    try:
+        policy = state["config"]["model"]["policy"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path} has no config.model.policy (the run's model; written by the trainer)") from None
+    if not isinstance(policy, str) or not policy:
+        raise ValueError(f"{path}: config.model.policy must be a model folder or name, got {policy!r}")
+    return policy
 
 
 def _save_plain(folder: Path, config, weights: dict) -> None:
@@ -143,6 +180,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

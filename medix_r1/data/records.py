@@ -9,6 +9,7 @@ malformed record is reported as ``file:line``; JSON arrays, Parquet and hub data
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,13 +96,29 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
             for n, obj, problem in input_lines(path)]
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The named logger silenced for the block (the caller reports the failure itself)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_with_datasets(path: Path | str, split: str, subset: str = "", image_column: str = "",
                         columns: dict | None = None) -> list[tuple[str, object]]:
     import datasets
 
     if isinstance(path, Path):
         if path.suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(path))
+            try:  # a 0-byte file, a file with no rows, a garbled one: one line naming it
+                with _quiet_logger("datasets"):  # its own ERROR log of the same failure would come first
+                    ds = datasets.Dataset.from_parquet(str(path))
+            except Exception as e:
+                raise MalformedRecord(f"{path}: cannot be read as Parquet records ({type(e).__name__}: {e})") from None
         elif path.suffix == ".json":
             try:
                 ds = datasets.Dataset.from_json(str(path))
@@ -152,7 +169,7 @@ def image_counts(ds, column: str, name: str) -> list[int]:
     if not image_like:
         raise ValueError(f"{name}: column {column!r} holds {array.type}, not images (paths, encoded bytes or "
                          f"{{'bytes', 'path'}} structs); name the image column with data.image_column")
-    if kind is array.type:  # one image (or null) per row
+    if not (t.is_list(array.type) or t.is_large_list(array.type)):  # one image (or null) per row
         return [0 if null else 1 for null in array.is_null().to_pylist()]
     return pc.fill_null(pc.list_value_length(array), 0).to_pylist()
 
@@ -213,6 +230,7 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
     """
     if on_malformed not in ("fail", "skip"):
         raise ValueError(f"on_malformed must be 'fail' or 'skip', got {on_malformed!r}")
+    check_image_column(image_column, columns)
     if source in BUNDLED:
         files = [BUNDLED[source]]
     elif source.startswith("hub:"):
@@ -232,13 +250,15 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
     for f in files:
         rows = _read_jsonl(f) if isinstance(f, Path) and f.suffix == ".jsonl" else \
             _read_with_datasets(f, split, subset, image_column, columns)
-        check_columns_exist(rows, columns)
+        check_columns_exist(rows, columns, image_column)
+        # the image column's name once data.columns has renamed the row (pic -> images: images)
+        mapped_image_column = (columns or {}).get(image_column, image_column)
         for where, raw in rows:
             try:
                 if isinstance(raw, Exception):
                     raise raw
                 fields = to_record_fields(raw, columns, "" if any_solution else default_modality)
-                records.append(check_record(fields, where, image_column, any_solution))
+                records.append(check_record(fields, where, mapped_image_column, any_solution))
             except MalformedRecord as e:
                 if on_malformed == "fail":
                     raise
@@ -258,14 +278,28 @@ def load_records(source: str, *, split: str = "train", on_malformed: str = "fail
 # ----------------------------------------------------------------------------- other datasets' shapes
 # Applied to a raw row before check_record: data.columns renames, data.default_modality tags.
 
-def check_columns_exist(rows: list[tuple[str, object]], columns: dict | None) -> None:
-    """On a file's first JSON object: every column ``columns`` maps from, and every field a record
-    needs after the mapping, exists; the error names the column and lists the file's columns."""
+def check_image_column(image_column: str, columns: dict | None) -> None:
+    """``data.image_column`` must name a column of images, not one a record field comes from."""
+    if not image_column:
+        return
+    target = (columns or {}).get(image_column, image_column)
+    if target in REQUIRED:
+        raise ValueError(f"data.image_column {image_column!r} is the record's {target!r} field (id, problem and "
+                         f"solution are text); name the column that holds the images")
+
+
+def check_columns_exist(rows: list[tuple[str, object]], columns: dict | None, image_column: str = "") -> None:
+    """On a file's first JSON object: every column ``columns`` maps from, the ``image_column`` when
+    named, and every field a record needs after the mapping, exist; the error names the column and
+    lists the file's columns."""
     first = next(((where, raw) for where, raw in rows if isinstance(raw, dict)), None)
     if first is None:
         return
     where, raw = first
     have = sorted(raw)
+    if image_column and image_column not in raw and not isinstance(raw.get("images"), LazyImages):
+        raise ValueError(f"{where.rsplit(':', 1)[0]}: data.image_column {image_column!r} is not a column of the "
+                         f"data; its columns: {have}")
     for src, dst in (columns or {}).items():
         if src not in raw:
             raise ValueError(f"data.columns maps {src!r} to {dst!r}, but {where.rsplit(':', 1)[0]} has no column "

@@ -103,6 +103,11 @@ def parse_data_files(items: list[str]) -> dict[str, list[str]]:
         if not sep or not paths or name not in REGISTRY:
             raise ValueError(f"--data-files expects NAME=PATH[,PATH] with a known NAME, got {item!r}")
         out[name] = paths.split(",")
+        if not all(path.strip() for path in out[name]):
+            raise ValueError(f"--data-files {item!r}: an empty path")
+        for path in out[name]:
+            if Path(path).is_file() and Path(path).stat().st_size == 0:
+                raise ValueError(f"data_files for {name}: {path} is empty (0 bytes)")
     return out
 
 
@@ -131,7 +136,13 @@ def make_judge_factory(args, output_dir: Path):
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.protocol == "official":
-        from .official.run import run_official
+        from .official.run import parse_named, parse_tasks, run_official
+        parse_tasks(args.benchmarks or "paper")  # the argument errors it names first, as it does
+        parse_named(args.data_files, "--data-files")
+        parse_named(args.image_dir, "--image-dir")
+        if args.model and args.generator != "openai":  # checked before run_official writes run.json
+            from medix_r1.models import resolve_model_dir
+            resolve_model_dir(args.model, "--model")
         return run_official(args)
     if args.list_benchmarks:
         for bench in REGISTRY.values():
@@ -159,7 +170,13 @@ def run(argv: list[str]) -> int:
     data_files = parse_data_files(args.data_files)
     records = []
     for name in benchmarks:
-        records += load_benchmark(name, limit=args.limit, data_files=data_files.get(name))
+        try:
+            records += load_benchmark(name, limit=args.limit, data_files=data_files.get(name))
+        except Exception as e:  # the datasets library on a file it cannot parse (no rows, a stray byte)
+            if isinstance(e, ValueError) and name in str(e):  # our own message, naming the benchmark
+                raise
+            raise ValueError(f"benchmark {name}: cannot read {data_files.get(name) or 'its data'} "
+                             f"({type(e).__name__}: {e or 'no records'})") from None
     judge_mode, judge_name, make_judge = make_judge_factory(args, output_dir)
     run_info = {"model": str(args.model), "generator": args.generator, "label": args.label,
                 "prompt_style": args.prompt_style, "max_new_tokens": args.max_new_tokens,
@@ -190,10 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             p = argparse.ArgumentParser(prog=command_name("medix_r1.eval") + " compare")
             p.add_argument("runs", nargs="+", help="run folders (each with summary.csv)")
             p.add_argument("--output-dir", help="also write compare.md, compare.csv, compare.png")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace compare.md, compare.csv and compare.png in --output-dir")
             args = p.parse_args(argv[1:])
-            print(compare(args.runs, args.output_dir))
+            print(compare(args.runs, args.output_dir, overwrite=args.overwrite))
             return 0
         return run(argv)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file that cannot be read or written: one line naming it
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2

@@ -15,6 +15,12 @@ failed. A transport failure (``ChatReply.failed``: timeouts, 5xx, dropped connec
 judge client's own ``max_retries``) ends the round as failed at once: the client has already
 retried it, and retrying again here would multiply the requests.
 
+Cuts: the judge always sees its instructions, the worked examples and the reference whole; only
+the model's answer is cut, at its end: past ``MAX_FIELD_CHARS`` characters, and by a judge that
+has a token budget (``fit_answer``: the local judge) to fit it. A round records the characters
+cut (``answer_cut``); a prompt that does not fit even without its answer fails the round (the
+item is then flagged ``judge_failed`` like any failed round), it is never cut elsewhere.
+
 Vote rule (:func:`majority_vote`): failed rounds do not vote. The item is correct (1) only when
 strictly more valid rounds say 1 than say 0; a tie (including 1-1 with one failed round, and no
 valid round at all) scores 0. Items whose every round failed are also flagged
@@ -64,7 +70,7 @@ JUDGE_EXAMPLES = [
 ]
 
 _FENCE_RE = re.compile(r"\A```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\Z", re.DOTALL)
-MAX_FIELD_CHARS = 4000  # keep judge prompts bounded: a runaway generation must not blow them up
+MAX_FIELD_CHARS = 4000  # keep judge prompts bounded: a runaway generation (the answer) must not blow them up
 
 
 def judge_messages(question: str, reference: str, prediction: str) -> list[dict]:
@@ -80,9 +86,21 @@ def judge_messages(question: str, reference: str, prediction: str) -> list[dict]
 
 
 def _fill(question: str, reference: str, prediction: str) -> str:
-    return JUDGE_TEMPLATE.format(question=escape_data(question, MAX_FIELD_CHARS),
-                                 reference=escape_data(reference, MAX_FIELD_CHARS),
+    # the question and the reference come from the benchmark: whole; the model's answer is bounded
+    return JUDGE_TEMPLATE.format(question=escape_data(question, None), reference=escape_data(reference, None),
                                  prediction=escape_data(prediction, MAX_FIELD_CHARS))
+
+
+def fitted_messages(judge, question: str, reference: str, prediction: str) -> tuple[list[dict], int]:
+    """The judge messages for one item with the answer cut to what the judge can take, and the number
+    of its characters cut: ``MAX_FIELD_CHARS``, then the judge's own token budget when it has one
+    (``judge.fit_answer``, the local judge; raises ValueError when the prompt does not fit at all)."""
+    cut = max(0, len(prediction) - MAX_FIELD_CHARS)
+    fit = getattr(judge, "fit_answer", None)
+    if fit is not None:
+        prediction, more = fit(lambda p: judge_messages(question, reference, p), prediction[:MAX_FIELD_CHARS])
+        cut += more
+    return judge_messages(question, reference, prediction), cut
 
 
 def parse_judge_reply(text) -> int | None:
@@ -130,7 +148,12 @@ async def judge_round(judge, record: dict, prediction: str, round_index: int, *,
     with every reply the judge gave (text, parsed score, transport failure and error, attempts
     the client made, whether it came from the cache).
     """
-    messages = judge_messages(record["question"], record["reference"], prediction)
+    try:
+        messages, cut = fitted_messages(judge, record["question"], record["reference"], prediction)
+    except ValueError as exc:  # too long even without the answer: not judged, never cut elsewhere
+        return {"round": round_index, "score": None, "failed": True, "answer_cut": 0,
+                "replies": [{"text": None, "score": None, "failed": True, "error": _short(exc), "attempts": 0,
+                             "cached": False}]}
     replies = []
     for attempt in range(retries + 1):
         key = round_cache_key(getattr(judge, "model_id", "judge"), messages, max_tokens,
@@ -144,10 +167,10 @@ async def judge_round(judge, record: dict, prediction: str, round_index: int, *,
                         "attempts": int(getattr(reply, "attempts", 0) or 0),
                         "cached": bool(getattr(reply, "cached", False))})
         if score is not None:
-            return {"round": round_index, "score": score, "failed": False, "replies": replies}
+            return {"round": round_index, "score": score, "failed": False, "answer_cut": cut, "replies": replies}
         if failed:  # the client already retried the transport; do not multiply its retries
             break
-    return {"round": round_index, "score": None, "failed": True, "replies": replies}
+    return {"round": round_index, "score": None, "failed": True, "answer_cut": cut, "replies": replies}
 
 
 def round_cache_key(model_id: str, messages: list[dict], max_tokens: int, round_index: int,

@@ -119,6 +119,7 @@ class _InFlightLimit:
 
     def __init__(self, judge, limit: int):
         self.judge, self.model_id = judge, getattr(judge, "model_id", "judge")
+        self.fit_answer = getattr(judge, "fit_answer", None)  # the judge's prompt budget (judging.fitted_messages)
         self._sem = asyncio.Semaphore(limit)
 
     async def chat(self, messages, **kwargs):

@@ -37,10 +37,11 @@ def forward_slices(rows: int, micro: int):
         yield slice(start, start + micro) if start < rows else None
 
 
-def all_finite(loss: torch.Tensor | None) -> bool:
-    """Whether every rank's loss is finite (``None``: a zero-weight pass, finite by definition). A NaN on
-    one rank skips the optimizer step on all of them: otherwise the ranks' weights would diverge."""
-    return dist.all_true(loss is None or bool(torch.isfinite(loss)))
+def all_finite(local: bool) -> bool:
+    """Whether every rank's losses of a mini-batch were finite (``local``: this rank's, read once per
+    optimizer step). A NaN on one rank skips the optimizer step on all of them: otherwise the ranks'
+    weights would diverge."""
+    return dist.all_true(local)
 
 
 def share_prompt_forward(wanted: bool) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from medix_r1.utils.cli import command_name
 from medix_r1.utils.jsonl import input_lines
 
-from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardResult, RewardWeights
+from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardWeights
 from .parsing import PARITIES, parse_solution
 
 REQUIRED = ("problem", "response", "solution")
@@ -46,6 +46,8 @@ kept and skipped (a line cut short by a kill is dropped and rewritten), so re-ru
 command after an interruption scores only the rest. An existing --output that is not this
 command's output for this input is never modified: the run is refused unless --overwrite. A
 summary (mean of each component, failure counts, judge counters) is printed as JSON at the end.
+Lines whose judge or embedding failed (a deadline, a judge server down) are kept as failed; rerun
+the same command with --retry-failed to score only those again.
 
 The judge's API key is read from the environment variable named by --judge-api-key-env
 (default MEDIX_JUDGE_API_KEY), never from a flag."""
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "that is not this command's output for --input is refused (see --overwrite)")
     io.add_argument("--overwrite", action="store_true",
                     help="replace an existing --output whatever it holds, and score every line again")
+    io.add_argument("--retry-failed", action="store_true",
+                    help="also score again the lines of --output flagged judge_failed or embedding_failed (e.g. "
+                         "cut off by --deadline-s); the file is rewritten in place atomically")
     io.add_argument("--summary-json", metavar="PATH", default=None,
                     help="also write the end-of-run summary (means, failures, judge counters) to this file")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local judge: YES when log P(YES) - log P(NO) is above X (default %(default)s)")
     j.add_argument("--decision-gate", choices=("on", "off"), default="on" if _DEFAULTS.judge_decision_gate else "off",
                    help="strict parity: NO without a judge call when the reference opens with yes/no/maybe and "
-                        "the answer does not open with the same decision (default %(default)s)")
+                        "the answer does not open with the same decision, or when the answer is the reference's "
+                        "words with a negation changed or out of order (default %(default)s)")
 
     j.add_argument("--judge-min-similarity", type=float, default=_DEFAULTS.judge_min_similarity, metavar="X",
                    help="strict parity: NO without a judge call when answer and reference (decisions removed) have "
@@ -291,42 +297,83 @@ def score_command(args) -> int:
     rows = list(done)
     t0 = time.monotonic()
     stats: dict = {}
+    retried = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if args.overwrite or not out_path.exists():
         out_path.write_bytes(b"")
-    if todo:
-        batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-        with RewardWorker(cfg) as worker, open(out_path, "ab") as out, \
-                tqdm(total=len(records), initial=len(done), desc="score", unit="line", file=sys.stderr,
-                     disable=args.no_progress) as bar:
-            def submit(batch):
-                objs = [obj for _, obj in batch]
-                return worker.submit([o["problem"] for o in objs], [o["response"] for o in objs],
-                                     [o["solution"] for o in objs])
-            pending = [submit(batches[0])]
-            for k, batch in enumerate(batches):
-                if k + 1 < len(batches):
-                    pending.append(submit(batches[k + 1]))  # the next batch scores while this one finishes
-                results: list[RewardResult] = pending.pop(0).result()
-                for (_, obj), res in zip(batch, results):
-                    row = dict(obj)
-                    row["rewards"] = res.to_dict()
-                    out.write(output_line(row))
-                    rows.append(row)
-                out.flush()
-                os.fsync(out.fileno())
-                bar.update(len(batch))
+    if todo or (args.retry_failed and any(map(failed, rows))):
+        with RewardWorker(cfg) as worker:
+            if todo:
+                with open(out_path, "ab") as out, \
+                        tqdm(total=len(records), initial=len(done), desc="score", unit="line", file=sys.stderr,
+                             disable=args.no_progress) as bar:
+                    def append(start, batch, results):
+                        for obj, res in zip(batch, results):
+                            rows.append({**obj, "rewards": res.to_dict()})
+                            out.write(output_line(rows[-1]))
+                        out.flush()
+                        os.fsync(out.fileno())
+                        bar.update(len(batch))
+                    score_batches(worker, [obj for _, obj in todo], args.batch_size, append)
+            if args.retry_failed:
+                retried = retry_failed(worker, rows, out_path, args.batch_size)
             stats = worker.stats()
     summary = summarize(rows, scored_now=len(todo), resumed=len(done), elapsed=time.monotonic() - t0,
                         worker_stats=stats)
+    summary["retried"] = retried
     text = json.dumps(summary, indent=2, default=str)
     if args.summary_json:
         Path(args.summary_json).write_text(text + "\n")
     print(text)
     mean = "n/a" if summary["mean_total"] is None else f"{summary['mean_total']:.4f}"
-    print(f"{out_path}: {len(rows)} lines ({len(done)} kept, {len(todo)} scored now); mean total {mean}, "
-          f"judge failures {summary['judge_failures']}", file=sys.stderr)
+    still = sum(map(failed, rows))
+    print(f"{out_path}: {len(rows)} lines ({len(done)} kept, {len(todo)} scored now"
+          + (f", {retried} failed lines scored again" if args.retry_failed else "") + f"); mean total {mean}, "
+          f"judge failures {summary['judge_failures']}"
+          + (f"; {still} lines failed (judge_failed or embedding_failed): rerun the same command with "
+             f"--retry-failed to score only them" if still else ""), file=sys.stderr)
     return 0
+
+
+def failed(row: dict) -> bool:
+    """A scored line whose judge or embedding gave no result (what --retry-failed scores again)."""
+    return bool(row["rewards"].get("judge_failed") or row["rewards"].get("embedding_failed"))
+
+
+def score_batches(worker, objs: list[dict], batch_size: int, on_batch) -> None:
+    """Score ``objs`` in batches, two in flight; ``on_batch(start, batch, results)`` in input order."""
+    batches = [objs[i:i + batch_size] for i in range(0, len(objs), batch_size)]
+
+    def submit(batch):
+        return worker.submit([o["problem"] for o in batch], [o["response"] for o in batch],
+                             [o["solution"] for o in batch])
+    pending = [submit(batches[0])] if batches else []
+    for k, batch in enumerate(batches):
+        if k + 1 < len(batches):
+            pending.append(submit(batches[k + 1]))  # the next batch scores while this one finishes
+        on_batch(k * batch_size, batch, pending.pop(0).result())
+
+
+def retry_failed(worker, rows: list[dict], out_path: Path, batch_size: int) -> int:
+    """Score the failed lines of ``rows`` again and rewrite ``out_path`` with them replaced: written to a
+    temporary file, fsynced, then renamed over the output (a kill leaves the old output whole)."""
+    again = [k for k, row in enumerate(rows) if failed(row)]
+    if not again:
+        return 0
+
+    def replace(start, batch, results):
+        for k, res in zip(again[start:start + len(batch)], results):
+            rows[k] = {**rows[k], "rewards": res.to_dict()}
+    score_batches(worker, [{key: v for key, v in rows[k].items() if key != "rewards"} for k in again], batch_size,
+                  replace)
+    tmp = out_path.with_name(f".{out_path.name}.retry-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        for row in rows:
+            fh.write(output_line(row))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_path)
+    return len(again)
 
 
 def main(argv=None) -> int:

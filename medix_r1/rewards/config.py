@@ -63,7 +63,8 @@ class RewardConfig:
                                        "first token is above this margin (-1.22: fitted for the bundled SmolLM2 "
                                        "with the decision gate, benchmarks/results/judge_pairs_cpu.md)")
     judge_decision_gate: bool = _f(True, "strict parity only: NO without asking the judge when answer and reference "
-                                          "both open with a yes/no/maybe decision and the decisions differ")
+                                          "both open with a yes/no/maybe decision and the decisions differ, or when "
+                                          "the answer is the reference's words negated or shuffled (rewards.decision)")
     judge_min_similarity: float = _f(0.0, "strict parity only, needs the embedding reward: NO without asking the "
                                           "judge when the cosine similarity of answer and reference (embedding "
                                           "model, decisions removed) is below this; 0 = off (the topic gate, "
@@ -159,6 +160,7 @@ class RewardResult:
     truncated: bool = False          # the response was longer than max_response_chars
     judge_reply: str | None = None
     judge_error: str | None = None
+    judge_answer_cut: int = 0        # characters of the answer's end the judge did not see (its prompt budget)
     answer: str = ""
     functions: dict = field(default_factory=dict)  # reward.functions: name -> value (0 where it failed)
     function_failed: bool = False    # a plug-in function failed on this sample (also counted in judge_failed)

@@ -34,8 +34,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .cache import ReplyCache, cache_key
-from .decision import decision_mismatch
-from .judge_prompts import PROMPTS, STRICT_PROMPT
+from .decision import decision_mismatch, restatement_mismatch
+from .judge_prompts import PROMPTS, STRICT_PROMPT, answer_cut
 
 PROMPT_VERSION = PROMPTS["strict"][1]
 LATENCY_WINDOW = 10_000
@@ -84,6 +84,7 @@ class JudgeVerdict:
     cached: bool = False
     attempts: int = 0
     latency: float = 0.0
+    answer_cut: int = 0   # characters of the answer's end the judge did not see (the prompt's budget)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class JudgeCounters:
     failures: int = 0     # calls that ended without a reply
     cache_hits: int = 0
     gated: int = 0        # verdicts given by the decision gate without asking the model (rewards.decision)
+    answers_cut: int = 0  # verdicts on an answer whose end was cut to fit the prompt
     # the latest LATENCY_WINDOW paid (non-cached) calls: bounded memory and a cheap snapshot
     # over a long training run (hundreds of thousands of calls)
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -102,7 +104,8 @@ class JudgeCounters:
     def snapshot(self) -> dict:
         lat = sorted(self.latencies)
         out = {"calls": self.calls, "requests": self.requests, "retries": self.retries,
-               "failures": self.failures, "cache_hits": self.cache_hits, "gated": self.gated}
+               "failures": self.failures, "cache_hits": self.cache_hits, "gated": self.gated,
+               "answers_cut": self.answers_cut}
         for q in (50, 90, 99):
             # nearest-rank percentile of the latest paid (non-cached) calls' latencies, in seconds
             out[f"latency_p{q}_s"] = lat[min(len(lat) - 1, max(0, -(-q * len(lat) // 100) - 1))] if lat else None
@@ -136,7 +139,13 @@ class JudgeBase:
             return self.gate_verdict()
         reply = await self.chat(judge_messages(answer, reference, self.parity), max_tokens=JUDGE_MAX_TOKENS,
                                 cache_key=self.verdict_key(question, reference, answer), deadline=deadline)
-        return self._verdict(reply)
+        return self.record_cut(self._verdict(reply), answer_cut(answer, self.parity))
+
+    def record_cut(self, verdict: JudgeVerdict, chars: int) -> JudgeVerdict:
+        """``verdict`` marked with the characters of its answer the judge did not see (counted)."""
+        verdict.answer_cut = chars
+        self.counters.answers_cut += chars > 0
+        return verdict
 
     async def judge_many(self, items, *, deadline=None) -> list[JudgeVerdict]:
         """Judge (question, reference, answer) triples concurrently (bounded by the backend).
@@ -155,8 +164,9 @@ class JudgeBase:
         return list(await asyncio.gather(*(one(q, r, a) for q, r, a in items)))
 
     def _gated(self, reference: str, answer: str) -> bool:
-        """True when the decision gate answers NO for this pair (counted; see rewards.decision)."""
-        if self.decision_gate and decision_mismatch(answer, reference):
+        """True when the decision gate (with its restatement checks) answers NO for this pair (counted;
+        see rewards.decision)."""
+        if self.decision_gate and (decision_mismatch(answer, reference) or restatement_mismatch(answer, reference)):
             self.count_gated()
             return True
         return False

@@ -9,7 +9,10 @@ rewarded for a YES and will find any text that makes the judge say it:
   ``<`` and ``>`` are written as HTML entities (:func:`escape_data`), so the answer cannot close
   its block, open a forged ``<reference>`` or write any other tag;
 - the prompt says that the answer is data to grade written by the model under test, never
-  instructions, and names the usual tricks (verdicts, role-play, claimed references).
+  instructions, and names the usual tricks (verdicts, role-play, claimed references);
+- the instructions and the reference are always sent whole; only the answer is cut (its end, past
+  ``MAX_FIELD_CHARS`` characters here, and by a local judge to fit its token budget), and the
+  verdict records how much was cut (``JudgeVerdict.answer_cut``).
 
 ``official`` is the MediX-R1 reward code's prompt, byte for byte (one user message; see
 https://github.com/mbzuai-oryx/MediX-R1/blob/94fd0184b54d5e77abf909aef87aa6ada1310099/training/examples/reward_function/medical.py,
@@ -18,7 +21,7 @@ use it only to reproduce the paper's numbers (docs/reliability.md).
 """
 from __future__ import annotations
 
-MAX_FIELD_CHARS = 4000  # bounds a prompt whatever the policy generates (strict prompt only)
+MAX_FIELD_CHARS = 4000  # bounds the answer in a prompt whatever the policy generates (strict prompt only)
 
 STRICT_PROMPT = (
     "You grade a medical answer against the reference answer.\n"
@@ -48,9 +51,9 @@ OFFICIAL_PROMPT = (
 )
 
 
-def escape_data(text: str, max_chars: int = MAX_FIELD_CHARS) -> str:
-    """``text`` made safe to place inside a tag block: at most ``max_chars`` characters, ``&``,
-    ``<`` and ``>`` as HTML entities (``&`` first, so an entity the text already holds stays
+def escape_data(text: str, max_chars: int | None = MAX_FIELD_CHARS) -> str:
+    """``text`` made safe to place inside a tag block: at most ``max_chars`` characters (None: all),
+    ``&``, ``<`` and ``>`` as HTML entities (``&`` first, so an entity the text already holds stays
     visible as text instead of turning into a delimiter)."""
     if not isinstance(text, str):
         raise TypeError(f"judge prompt fields must be str, got {type(text).__name__}")
@@ -58,7 +61,13 @@ def escape_data(text: str, max_chars: int = MAX_FIELD_CHARS) -> str:
 
 
 def strict_prompt(answer: str, reference: str) -> str:
-    return STRICT_PROMPT.format(reference=escape_data(reference), answer=escape_data(answer))
+    # the reference comes from the data, not the policy, and is the judge's yardstick: never cut
+    return STRICT_PROMPT.format(reference=escape_data(reference, None), answer=escape_data(answer))
+
+
+def answer_cut(answer: str, parity: str) -> int:
+    """Characters of ``answer`` the parity's prompt leaves out (the strict prompt's cap; official: none)."""
+    return max(0, len(answer) - MAX_FIELD_CHARS) if parity == "strict" else 0
 
 
 def official_prompt(answer: str, reference: str) -> str:

@@ -10,7 +10,14 @@ position's logits are computed, and the instruction prefix every judge prompt op
 and is kept (``share_prefix``, default on): on 16 PubMedQA prompts the pass takes ~35% less time,
 margins within ~1e-5 of the full forward (tests/test_local_judge_prefix.py).
 
-:meth:`LocalJudge.chat` (used by the evaluation harness with its own prompt) generates greedily.
+The prompt never loses its instructions or its reference: a prompt longer than
+``max_prompt_tokens`` has its answer's end cut (:meth:`LocalJudge.fit_answer`, at a token
+boundary, followed by an ellipsis), the verdict records how many characters were cut
+(``JudgeVerdict.answer_cut``), and a prompt that is too long even with an empty answer fails as
+too long (``judge_failed``). A policy cannot push the instructions out of view by writing more.
+
+:meth:`LocalJudge.chat` (used by the evaluation harness with its own prompt) generates greedily;
+the harness cuts its answer the same way (``fit_answer``), and a prompt still too long fails.
 Model calls run in a worker thread (``asyncio.to_thread``) under a lock, one at a time: the event
 loop stays free and memory stays bounded. A deadline stops the wait, not the forward pass that is
 already running (PyTorch cannot interrupt it); the next call waits for that pass to end.
@@ -27,6 +34,11 @@ from .judge import JUDGE_MAX_TOKENS, ChatReply, JudgeBase, JudgeVerdict, judge_m
 
 YES_WORDS = ("YES", "Yes", "yes", " YES", " Yes", " yes")
 NO_WORDS = ("NO", "No", "no", " NO", " No", " no")
+CUT_MARK = " …"  # ends an answer cut to fit the prompt
+
+
+class PromptTooLong(ValueError):
+    """A judge prompt over ``max_prompt_tokens`` even without its answer (instructions, reference)."""
 
 
 class LocalJudge(JudgeBase):
@@ -71,13 +83,40 @@ class LocalJudge(JudgeBase):
     def _first_tokens(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
 
-    def _prompt_ids(self, messages) -> list[int]:
+    def _chat_ids(self, messages) -> list[int]:
         ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
-        ids = list(ids)
-        # keep the end (the generation prompt and the question) when a prompt is too long
-        return ids[-self.max_prompt_tokens:]
+        return list(ids)
+
+    def _prompt_ids(self, messages) -> list[int]:
+        """The prompt's token ids; PromptTooLong past ``max_prompt_tokens`` (never cut here: cutting
+        from either end would drop the instructions or the question; see :meth:`fit_answer`)."""
+        ids = self._chat_ids(messages)
+        if len(ids) > self.max_prompt_tokens:
+            raise PromptTooLong(f"the judge prompt has {len(ids)} tokens, over max_prompt_tokens="
+                                f"{self.max_prompt_tokens}")
+        return ids
+
+    def fit_answer(self, build, answer: str) -> tuple[str, int]:
+        """(the answer to send, characters cut from its end) so that ``build(answer)`` (the chat
+        messages of a prompt holding ``answer``) fits ``max_prompt_tokens``; everything else in the
+        prompt is kept whole. PromptTooLong when it does not fit even with an empty answer."""
+        if len(self._chat_ids(build(answer))) <= self.max_prompt_tokens:
+            return answer, 0
+        fixed = len(self._chat_ids(build(CUT_MARK)))
+        if fixed > self.max_prompt_tokens:
+            raise PromptTooLong(f"the judge prompt needs {fixed} tokens without its answer (instructions, "
+                                f"reference), over max_prompt_tokens={self.max_prompt_tokens}; not judged")
+        tokens = self.tokenizer.encode(answer, add_special_tokens=False)
+        keep = min(len(tokens), self.max_prompt_tokens - fixed)
+        while keep > 0:
+            kept = self.tokenizer.decode(tokens[:keep])
+            over = len(self._chat_ids(build(kept + CUT_MARK))) - self.max_prompt_tokens
+            if over <= 0:
+                return kept + CUT_MARK, max(1, len(answer) - len(kept))
+            keep -= over  # escaping (&, <, >) or merges across the cut can add tokens: try again shorter
+        return CUT_MARK, len(answer)
 
     # ------------------------------------------------------------------ verdicts (batched logits)
     def yes_no_margins(self, messages_list) -> list[float]:
@@ -148,15 +187,34 @@ class LocalJudge(JudgeBase):
     async def judge(self, question: str, reference: str, answer: str, *, deadline=None) -> JudgeVerdict:
         return (await self.judge_many([(question, reference, answer)], deadline=deadline))[0]
 
+    def verdict_prompt(self, reference: str, answer: str):
+        """(chat messages, characters of the answer cut) of the verdict prompt, fitted to the budget;
+        PromptTooLong when the reference alone does not fit."""
+        def build(text):
+            return judge_messages(text, reference, self.parity)
+        text, cut = self.fit_answer(build, answer)
+        return build(text), cut
+
     async def judge_many(self, items, *, deadline=None) -> list[JudgeVerdict]:
         items = list(items)
         gated = [self._gated(r, a) for _, r, a in items]
         keys = [self.verdict_key(q, r, a) for q, r, a in items]
+        prompts: list = [None] * len(items)  # (messages, chars cut), or the PromptTooLong error
+        for i, (_, reference, answer) in enumerate(items):
+            if not gated[i]:  # tokenizing only (~1 ms a prompt): done here, so cached verdicts record cuts too
+                try:
+                    prompts[i] = self.verdict_prompt(reference, answer)
+                except PromptTooLong as exc:
+                    prompts[i] = exc
         replies: list[ChatReply | None] = [None if g else self._cached(k) for g, k in zip(gated, keys)]
+        for i, p in enumerate(prompts):
+            if isinstance(p, PromptTooLong) and replies[i] is None:
+                self.counters.failures += 1
+                replies[i] = ChatReply(text=None, failed=True, error=str(p), attempts=0)
         todo = [i for i, rep in enumerate(replies) if rep is None and not gated[i]]
         if todo:
             t0 = time.monotonic()
-            messages = [judge_messages(items[i][2], items[i][1], self.parity) for i in todo]
+            messages = [prompts[i][0] for i in todo]
             try:
                 texts = await asyncio.wait_for(asyncio.to_thread(self.yes_no_replies, messages),
                                                timeout=self._remaining(deadline))
@@ -171,7 +229,9 @@ class LocalJudge(JudgeBase):
                 for i in todo:
                     replies[i] = ChatReply(text=None, failed=True, error=error, attempts=1,
                                            latency=time.monotonic() - t0)
-        return [self.gate_verdict() if g else self._verdict(rep) for g, rep in zip(gated, replies)]
+        return [self.gate_verdict() if g else
+                self.record_cut(self._verdict(rep), p[1] if isinstance(p, tuple) else 0)
+                for g, rep, p in zip(gated, replies, prompts)]
 
     def _remaining(self, deadline) -> float:
         if deadline is None:

@@ -17,8 +17,12 @@ Deadline: every component is awaited with ``asyncio.wait_for`` against the batch
 last-resort guard abandons the whole judge call ``GUARD_S`` = 0.2 s later); what is not done by
 then counts as failed (judge reward 0 and
 ``judge_failed``; embedding 0 and ``embedding_failed``). Format and modality are computed first
-and never wait. The batch never fails as a whole: an unexpected error inside a component fails
-that component for the affected samples, and the error text is kept in ``judge_error``.
+and never wait. Plug-in functions run on threads of their own (:mod:`.plugins`), never on this
+loop or its thread pool. The Future ``submit`` returns is bounded by itself: if the loop is blocked
+(a judge object whose coroutine runs blocking code), it is completed ``LATE_S`` after the guard
+with every sample failed, so the trainer's wait ends. The batch never fails as a whole: an
+unexpected error inside a component fails that component for the affected samples, and the error
+text is kept in ``judge_error``.
 """
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ from .config import RewardConfig, RewardResult
 from .decision import off_topic
 from .judge import JudgeBase
 from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
-from .plugins import load_function, report_failures, score_function
+from .plugins import add_functions, load_function, report_failures, score_function
 
 log = logging.getLogger(__name__)
 GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
+LATE_S = 2.0  # and after that, before the caller's Future is failed if the worker's loop is blocked
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
@@ -145,6 +150,7 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
         r = results[i]
         r.judge = 1.0 if v.correct else 0.0
         r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
+        r.judge_answer_cut = getattr(v, "answer_cut", 0)
 
     async def topic_gate(rows: list[int]) -> set[int]:
         """The rows the topic gate answers NO (rewards.decision.off_topic), counted with the judge's gated
@@ -187,21 +193,23 @@ async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedde
             results[i].embedding, results[i].embedding_failed = (v if ok else 0.0), not ok
 
     prompts, completions = [s.problem for s in samples], [s.response for s in samples]
-    columns = columns if columns is not None else {"solution": [f"<{s.reference_tag}> {s.reference}" for s in samples]}
+    if columns is None:  # the record's solution again: its tag (already in <...>) and the reference text
+        columns = {"solution": [" ".join(p for p in (s.reference_tag, s.reference) if p) for s in samples]}
     plugin_runs = [score_function(spec, fn, prompts, completions, columns, deadline) for spec, fn, _ in functions]
     *scores, _, _ = await asyncio.gather(*plugin_runs, run_judge(), run_embedding())
     for r in results:
         r.total = cfg.weights.total(judge=r.judge, embedding=r.embedding, modality=r.modality, format=r.format) \
             if cfg.medix else 0.0
     ids = columns.get("id", [])
-    for (_, _, weight), got in zip(functions, scores):
+    for got in scores:
         report_failures(got, ids)
         for r, value, error in zip(results, got.values, got.errors):
             r.functions[got.name] = value
-            r.total += weight * value
             if error is not None:  # counted like a failed judgement (reward/judge_failed_rate, the stop rule)
                 r.function_failed, r.judge_failed = True, True
                 r.judge_error = f"reward function {got.name}: {error}"
+    for r in results:
+        add_functions(r, [(got.name, weight) for (_, _, weight), got in zip(functions, scores)])
     return results
 
 
@@ -301,7 +309,44 @@ class RewardWorker:
         if self._functions:
             columns.setdefault("solution", list(solutions))
         deadline = time.monotonic() + self.cfg.deadline_s
-        return asyncio.run_coroutine_threadsafe(self._score(samples, deadline, columns), self._loop)
+        return self._bounded(asyncio.run_coroutine_threadsafe(self._score(samples, deadline, columns), self._loop),
+                             len(samples), deadline)
+
+    def _bounded(self, inner: Future, n: int, deadline: float) -> Future:
+        """The batch's Future, done by ``deadline + GUARD_S + LATE_S`` whatever the event loop does: a
+        coroutine that blocks the loop (a judge passed in, a bug) cannot make the caller wait for ever.
+        Then every sample is failed (``judge_failed``, counted in ``deadline_misses``)."""
+        outer, lock = Future(), threading.Lock()
+
+        def settle(how, *value) -> None:
+            with lock:
+                if not outer.done():
+                    how(*value)
+
+        def copy(f: Future) -> None:
+            if f.cancelled():
+                settle(outer.cancel)
+            elif f.exception() is not None:
+                settle(outer.set_exception, f.exception())
+            else:
+                settle(outer.set_result, f.result())
+
+        def late() -> None:
+            if outer.done():
+                return
+            log.warning("a reward batch of %d samples was not scored %.1f s after its deadline (the reward worker's "
+                        "event loop is blocked): every sample scores 0 and is flagged judge_failed", n,
+                        GUARD_S + LATE_S)
+            self._stats["deadline_misses"] += 1
+            error = "the reward worker did not return by the batch deadline (its event loop is blocked)"
+            settle(outer.set_result, [RewardResult(judge_failed=True, judge_error=error) for _ in range(n)])
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()) + GUARD_S + LATE_S, late)
+        timer.daemon = True
+        timer.start()
+        inner.add_done_callback(copy)
+        outer.add_done_callback(lambda f: (timer.cancel(), f.cancelled() and inner.cancel()))
+        return outer
 
     async def _score(self, samples, deadline, columns=None) -> list[RewardResult]:
         t0 = time.monotonic()

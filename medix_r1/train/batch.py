@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from medix_r1.train.shared_prompt import prompt_groups
+
+def prompt_groups(prompts: list[list[int]]) -> list[int]:
+    """For each row, the index of its prompt among the distinct prompts (first-seen order): which rows
+    the shared-prompt forward (shared_prompt.py) runs on one prompt pass."""
+    seen: dict[tuple, int] = {}
+    return [seen.setdefault(tuple(p), len(seen)) for p in prompts]
+
 
 
 def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, images=None) -> dict:
@@ -27,8 +33,9 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         mask[b, :len(r)] = 1.0
         pred_pos[b] = torch.clamp(torch.arange(R) + len(p) - 1, max=L - 1)
     batch = {"input_ids": input_ids, "attention_mask": attn, "ids": ids, "mask": mask, "pred_pos": pred_pos,
-             "prompt_len": torch.tensor([len(p) for p in prompts], dtype=torch.long),
-             "prompt_group": prompt_groups(prompts)}  # for the shared-prompt forward
+             # per-row facts the host decides with (shared-prompt forward, loss weights) without reading the device
+             "host": {"prompt_len": [len(p) for p in prompts], "prompt_group": prompt_groups(prompts),
+                      "response_len": [len(r) for r in responses]}}
     if images and any(x is not None for x in images):
         batch["images"] = list(images)
     return batch
@@ -40,9 +47,22 @@ def placeholder_batch(pad_id: int) -> dict:
     return make_batch([[pad_id]], [[pad_id]], pad_id)
 
 
+def index_tensor(values: list[int], device) -> torch.Tensor:
+    """``values`` as an int64 index on ``device``, copied without waiting for the device's queue."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
 def slice_batch(batch: dict, rows) -> dict:
-    """The rows ``rows`` (a slice or index tensor) of a batch, with exactly those rows' images."""
+    """The rows ``rows`` (a slice, a list of ints or a host index tensor) of a batch, with exactly those
+    rows' images and host facts; a list indexes the device tensors without a wait on the device."""
+    picked = list(range(len(batch["ids"])))[rows] if isinstance(rows, slice) else \
+        list(rows) if isinstance(rows, list) else rows.tolist()
     if "images" in batch:
         from medix_r1.vision.prompts import select_rows
-        return select_rows(batch, rows)
-    return {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        out = select_rows(batch, rows)
+    else:
+        index = rows if isinstance(rows, slice) else index_tensor(picked, batch["ids"].device)
+        out = {k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if "host" in batch:
+        out["host"] = {k: [v[i] for i in picked] for k, v in batch["host"].items()}
+    return out

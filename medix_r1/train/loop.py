@@ -36,16 +36,13 @@ from medix_r1.train.batch_metrics import (
 )
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
+from medix_r1.train.output_dir import release_output_dir
 from medix_r1.train.policy import reference_logp, sequence_logp
-from medix_r1.train.step import advantages, collect, overlong_penalties, sync_weights, update
+from medix_r1.train.step import TrainingStopped, advantages, collect, overlong_penalties, sync_weights, update
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
 
 log = logging.getLogger("medix_r1.train")
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, eval_hook=None,
@@ -69,6 +66,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ev
             close_run(run)
         return summarize(run.metrics.history, time.perf_counter() - t_start, last)
     finally:
+        release_output_dir(cfg.train.output_dir)  # the run's lock on its folder (train/output_dir.py)
         if own_group:
             dist.close()
 

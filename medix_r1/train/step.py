@@ -5,8 +5,10 @@ code; what torchrun adds is a call into :mod:`medix_r1.parallel` with the rule i
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ from medix_r1.data.prompts import problem_text
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import fsdp, layout, lockstep
 from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
-from medix_r1.train.batch import slice_batch
+from medix_r1.train.batch import index_tensor, slice_batch
 from medix_r1.train.policy import policy_loss
 from medix_r1.utils.lora import MergedWeights, is_lora
 
@@ -76,6 +78,27 @@ def sync_weights(engine, policy) -> None:
         engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
 
 
+# How much longer than the reward batch deadline the trainer waits for the worker's results. The
+# worker's Future is done by the deadline plus a few seconds whatever its event loop does
+# (RewardWorker._bounded); this bounds the trainer's wait even if that safeguard itself failed.
+REWARD_WAIT_MARGIN_S = 60.0
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (NaN losses, judge failures): the message says why and what to do."""
+
+
+def reward_results(future, cfg: TrainConfig) -> list:
+    """The reward worker's results for a batch, waited for at most reward.deadline_s plus a margin."""
+    limit = cfg.reward.deadline_s + REWARD_WAIT_MARGIN_S
+    try:
+        return future.result(timeout=limit)
+    except concurrent.futures.TimeoutError:
+        raise TrainingStopped(f"the reward worker returned no results within {limit:.0f} s (reward.deadline_s "
+                              f"{cfg.reward.deadline_s:g} s + {REWARD_WAIT_MARGIN_S:g} s): it is stuck; the last "
+                              "checkpoint is intact, restart with --resume") from None
+
+
 @dataclass
 class Collected:
     """A step's scored rollouts (this rank's rows) and the owner rank of each kept group, in order."""
@@ -86,14 +109,13 @@ class Collected:
     times: dict = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0})
     info: dict = field(default_factory=lambda: {"refills": 0, "dropped_groups": 0, "prompts": 0})
 
-    def wait_rewards(self, cfg: TrainConfig | None = None) -> list:
-        """The rewards (with ``cfg``: DAPO's overlong shaping applied, see :func:`shape_overlong`)."""
+    def wait_rewards(self, cfg: TrainConfig) -> list:
+        """The rewards, with DAPO's overlong shaping applied (:func:`shape_overlong`)."""
         if self.results is None:
             t = time.perf_counter()
-            self.results = self.pending.result()
+            self.results = reward_results(self.pending, cfg)
             self.times["reward"] += time.perf_counter() - t
-            if cfg is not None:
-                shape_overlong(self.results, self.rollouts.response_ids, cfg)
+            shape_overlong(self.results, self.rollouts.response_ids, cfg)
         return self.results
 
 
@@ -153,7 +175,7 @@ def collect(run, step: int) -> Collected:
             return Collected(r, layout.owners(len(idx)), pending=score(run.reward_worker, r, records, cfg),
                              times=out.times, info=out.info)
         t = time.perf_counter()
-        results = score(run.reward_worker, r, records, cfg).result() if len(r) else []
+        results = reward_results(score(run.reward_worker, r, records, cfg), cfg) if len(r) else []
         out.times["reward"] += time.perf_counter() - t
         shape_overlong(results, r.response_ids, cfg)  # before the filter: DAPO filters the shaped rewards
         mine = keep_groups(torch.tensor([x.total for x in results], dtype=torch.float32), n, cfg) if results else []
@@ -185,77 +207,101 @@ def advantages(rows: layout.Layout, cfg: TrainConfig) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one update
 
+STATS = ("loss", "kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean",
+         "approx_kl_old")  # loss-weighted means (approx_kl_old: off-policy only, else 0)
+
+
+def mini_batch_plan(B: int, mini: int, epochs: int, gen: torch.Generator) -> list[list[int]]:
+    """The global rows of every mini-batch of the update, epoch by epoch: shuffled (``gen``) when
+    there is more than one mini-batch or epoch, else the rows in order. Host memory only."""
+    plan = []
+    for _ in range(epochs):
+        order = torch.randperm(B, generator=gen).tolist() if (epochs > 1 or mini < B) else list(range(B))
+        plan += [order[ms:ms + mini] for ms in range(0, B, mini)]
+    return plan
+
+
+def backward_mini_batch(model, batch: dict, mini_rows: list[int], advantages, old_logp, ref_logp, cfg: TrainConfig,
+                        lcfg, rows: layout.Layout, raw_logp=None):
+    """Forward + backward over this rank's micro-batches of one mini-batch (gradients accumulate).
+
+    Returns (the stats' weighted sums [len(STATS)] float64, whether every loss was finite, whether a
+    micro-batch had an image), the first two on the device: nothing here waits for it. The loss
+    weights come from the layout's token counts, on the host. ``raw_logp`` [B, R], when given, gets
+    the micro-batches' raw log-probs."""
+    per_token = lcfg.aggregation == "token-mean"  # the loss type's own when loss.aggregation is auto
+    own_tokens = [rows.tokens[g] for g in rows.own_rows()]       # this rank's rows, in local order
+    # sequence aggregations count the rows with tokens (loss.mask_truncated leaves some with none)
+    weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else \
+        float(sum(rows.tokens[g] > 0 for g in mini_rows))
+    dev = advantages.device
+    sums = torch.zeros(len(STATS), dtype=torch.float64, device=dev)
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    saw_image = False
+    for local in lockstep.micro_batches(rows, mini_rows, cfg.optim.micro_batch_size):
+        picked = local if local is not None else [0]
+        r = index_tensor(picked, dev)
+        mb = slice_batch(batch, picked)
+        saw_image |= local is not None and "pixel_values" in mb
+        w = 0.0 if local is None else \
+            (float(sum(own_tokens[j] for j in local)) if per_token else float(sum(own_tokens[j] > 0 for j in local))) \
+            / max(weight_total, 1e-9)
+        loss, stats, raw = fsdp.run(
+            model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
+            None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
+        (loss * w).backward()  # a non-finite loss poisons the gradients too: the step is skipped below
+        if local is None:
+            continue
+        loss = loss.detach()
+        finite &= torch.isfinite(loss)
+        terms = [loss] + [stats[k] if k in stats else loss.new_zeros(()) for k in STATS[1:]]
+        sums += torch.stack([t.detach().double() for t in terms]) * w
+        if raw_logp is not None:
+            raw_logp[r] = raw * mb["mask"]
+    return sums, finite, saw_image
+
+
 def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: TrainConfig, lcfg, step: int,
            rows: layout.Layout):
-    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] or None,
-    nan_skipped).
+    """Mini-batch updates over the step's samples. Returns (stats, raw log-probs [B, R] of the first
+    epoch, nan_skipped).
 
     Mini-batches and loss weights come from the global batch (``rows``, a single process's rows and
     order): each rank runs its own rows of a mini-batch, weighted by their share of the mini-batch's
-    global weight, and FSDP sums the ranks' gradients (see parallel.lockstep for the padded passes)."""
+    global weight, and FSDP sums the ranks' gradients (see parallel.lockstep for the padded passes).
+    The host reads the device once per optimizer step (whether to step, and the statistics), so a GPU's
+    queue runs the micro-batches without waiting."""
     o = cfg.optim
     B = len(rows.tokens)  # rows of the global batch (every rank's)
     mini = o.mini_batch_size or B
-    per_token = lcfg.aggregation == "token-mean"
-    sums = {"loss": 0.0, "kl_mean": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0,
-            "entropy_mean": 0.0, "approx_kl_old": 0.0, "grad_norm": 0.0}
-    count, raw_logp, nan_skipped = 0, None, False
+    totals = dict.fromkeys(STATS + ("grad_norm",), 0.0)
+    count, nan_skipped = 0, False
+    raw_logp = torch.zeros_like(batch["mask"])
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-    rows_tokens = {rows.local[g]: rows.tokens[g] for g in rows.own_rows()}  # this rank's rows: local -> tokens
-
-    for epoch in range(o.updates_per_step):
-        order = torch.randperm(B, generator=gen) if (o.updates_per_step > 1 or mini < B) else torch.arange(B)
-        for ms in range(0, B, mini):
-            mini_rows = order[ms:ms + mini].tolist()
-            # sequence aggregations count the rows with tokens (loss.mask_truncated leaves some with none)
-            weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else \
-                float(sum(rows.tokens[g] > 0 for g in mini_rows))
-            optimizer.zero_grad(set_to_none=True)
-            acc = {k: 0.0 for k in sums if k != "grad_norm"}
-            finite, saw_image = True, False
-            for local in lockstep.micro_batches(rows, mini_rows, o.micro_batch_size):
-                r = torch.tensor(local if local is not None else [0], dtype=torch.long)
-                mb = slice_batch(batch, r)
-                saw_image |= local is not None and "pixel_values" in mb
-                w = 0.0 if local is None else \
-                    (float(mb["mask"].sum()) if per_token else float(sum(rows_tokens[j] > 0 for j in local))) \
-                    / max(weight_total, 1e-9)
-                loss, stats, raw = fsdp.run(
-                    model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
-                    None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
-                if not lockstep.all_finite(None if local is None else loss):
-                    finite = False
-                    break
-                (loss * w).backward()
-                if local is None:
-                    continue
-                acc["loss"] += float(loss.detach()) * w
-                for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean", "approx_kl_old"):
-                    if k in stats:
-                        acc[k] += float(stats[k]) * w
-                if epoch == 0:
-                    if raw_logp is None:
-                        raw_logp = torch.zeros_like(batch["mask"])
-                    raw_logp[r] = raw * mb["mask"]
-            if finite:
-                lockstep.drop_unused_vision_gradients(model, saw_image)
-                params = [p for p in model.parameters() if p.grad is not None]
-                gnorm = fsdp.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
-                finite = bool(torch.isfinite(gnorm))
-                if not finite:
-                    log.warning("step %d: non-finite gradient norm, skipping this optimizer step", step)
-            else:
-                log.warning("step %d: non-finite loss, skipping this optimizer step", step)
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                nan_skipped = True
-                continue
+    plan = mini_batch_plan(B, mini, o.updates_per_step, gen)
+    first_epoch = math.ceil(B / mini)
+    for k, mini_rows in enumerate(plan):
+        optimizer.zero_grad(set_to_none=True)
+        sums, finite, saw_image = backward_mini_batch(model, batch, mini_rows, advantages, old_logp, ref_logp, cfg,
+                                                      lcfg, rows, raw_logp if k < first_epoch else None)
+        lockstep.drop_unused_vision_gradients(model, saw_image)
+        params = [p for p in model.parameters() if p.grad is not None]
+        gnorm = fsdp.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+        gnorm = gnorm.detach().to(sums.device, torch.float64).view(1)
+        read = torch.cat([finite.double().view(1), gnorm, sums]).tolist()  # the step's one read of the device
+        if not lockstep.all_finite(bool(read[0])):
+            log.warning("step %d: non-finite loss, skipping this optimizer step", step)
+        elif not math.isfinite(read[1]):
+            log.warning("step %d: non-finite gradient norm, skipping this optimizer step", step)
+        else:
             optimizer.step()
-            for k, v in acc.items():
-                sums[k] += v
-            sums["grad_norm"] += float(gnorm)
+            for key, v in zip(STATS + ("grad_norm",), read[2:] + read[1:2]):
+                totals[key] += v
             count += 1
-    keys = [k for k in sums if k != "grad_norm"]  # weighted shares of each rank: their sum is the global value
-    sums.update(zip(keys, dist.sum_floats([sums[k] for k in keys])))
-    stats = {k: v / count for k, v in sums.items()} if count else {k: float("nan") for k in sums}
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        nan_skipped = True
+    # weighted shares of each rank: their sum is the global value (the gradient norm is global already)
+    totals.update(zip(STATS, dist.sum_floats([totals[k] for k in STATS])))
+    stats = {k: v / count for k, v in totals.items()} if count else {k: float("nan") for k in totals}
     return stats, raw_logp, nan_skipped

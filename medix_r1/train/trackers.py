@@ -7,13 +7,25 @@ missing is a config error naming the package to install (:func:`check_report_to`
 loads. Offline use: wandb honours ``WANDB_MODE=offline``; mlflow writes a local file store in
 ``OUTPUT_DIR/mlruns`` unless ``MLFLOW_TRACKING_URI`` names a server or database; trackio stores its
 runs locally by default.
+
+A tracker never stops or stalls the run (:class:`GuardedTracker`): each runs on a daemon thread of
+its own and every call, start-up included, is waited for at most :data:`TRACKER_TIMEOUT_S`; a call
+that raises or takes longer logs one warning and disables that tracker, and the run goes on
+(``metrics.jsonl`` and the checkpoints do not depend on any tracker).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
+import logging
 import os
+import queue
+import threading
 from pathlib import Path
+
+log = logging.getLogger("medix_r1.train")
+TRACKER_TIMEOUT_S = 60.0  # the longest one tracker call (its start-up included) may take before it is disabled
 
 TABLE_COLUMNS = ("step", "prompt", "completion", "total", "format", "modality", "judge", "embedding")
 
@@ -148,7 +160,70 @@ def check_report_to(report_to, tensorboard: bool = True) -> None:
 
 
 def make_trackers(report_to, tensorboard: bool, out_dir, run_name: str) -> list:
-    return [TRACKERS[n](Path(out_dir), run_name) for n in tracker_names(report_to, tensorboard)]
+    """The trackers of ``report_to``, each behind a :class:`GuardedTracker` (built by its ``start``)."""
+    def maker(name):
+        return lambda: TRACKERS[name](Path(out_dir), run_name)
+    return [GuardedTracker(n, maker(n)) for n in tracker_names(report_to, tensorboard)]
+
+
+class GuardedTracker:
+    """One tracker, built and called in order on a daemon thread of its own; each call is waited for at
+    most ``timeout_s`` (default :data:`TRACKER_TIMEOUT_S`). A call that raises or times out logs one
+    warning and disables the tracker: later calls do nothing, and the thread is left to finish (or
+    hang) without holding the run or the process's exit."""
+
+    def __init__(self, name: str, make, timeout_s: float | None = None):
+        self.name, self.make, self.tracker, self.disabled = name, make, None, False
+        self.timeout_s = TRACKER_TIMEOUT_S if timeout_s is None else timeout_s
+        self._calls: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name=f"tracker-{name}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, fut = self._calls.get()
+            if fn is None:
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # SystemExit from a library is this tracker's failure, not the run's end
+                fut.set_exception(e if isinstance(e, Exception) else RuntimeError(f"{type(e).__name__}{e.args}"))
+
+    def _call(self, what: str, fn) -> None:
+        if self.disabled:
+            return
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, fut))
+        try:
+            fut.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._disable(f"{what} did not finish within {self.timeout_s:g} s")
+        except Exception as e:
+            self._disable(f"{what} failed: {type(e).__name__}: {str(e)[:300]}")
+
+    def _disable(self, why: str) -> None:
+        self.disabled = True
+        self._calls.put((None, None))  # the thread ends after the call in hand
+        log.warning("tracker %s: %s; it is disabled and the run goes on without it (metrics.jsonl and the "
+                    "checkpoints are unaffected)", self.name, why)
+
+    def _start(self, config: dict) -> None:
+        self.tracker = self.make()
+        self.tracker.start(config)
+
+    def start(self, config: dict) -> None:
+        self._call("start-up", lambda: self._start(config))
+
+    def log(self, step: int, metrics: dict) -> None:
+        self._call(f"logging step {step}", lambda: self.tracker.log(step, metrics))
+
+    def log_table(self, step: int, columns: list[str], rows: list[list]) -> None:
+        self._call(f"the completions table of step {step}", lambda: self.tracker.log_table(step, columns, rows))
+
+    def close(self) -> None:
+        self._call("closing", lambda: self.tracker.close())
+        if not self.disabled:
+            self.disabled = True
+            self._calls.put((None, None))
 
 
 def completions_table(step: int, prompts: list[str], completions: list[str], results: list,
