@@ -32,11 +32,13 @@ def run(tiny, out, *more):
 # --- the default path --------------------------------------------------------------------------------
 
 def test_default_knobs_reproduce_the_run_before_issue_32(tiny, tmp_path):
-    """tests/data/default_run_8c906f1.json holds this run's metrics computed by commit 8c906f1 (before
-    any of issue 32's changes; /tmp script in docs/name_map.md "Defaults"); every new knob is at its
-    default here, so every value must come out the same to the last bit."""
+    """tests/data/default_run_bd4cda2.json holds this run's metrics computed by main at bd4cda2, the last
+    merge of main before issue 32's changes landed (tests/data/default_run.py made it; an earlier file
+    from 8c906f1, before any of them, matched too). Every new knob is at its default here, so every value
+    must come out the same to the last bit. A change that moves these numbers on purpose (a new sampler,
+    another loss default) remakes the file from the commit before it."""
     got = run(tiny, tmp_path / "run")
-    want = json.loads((HERE / "data" / "default_run_8c906f1.json").read_text())
+    want = json.loads((HERE / "data" / "default_run_bd4cda2.json").read_text())
     for before, now in zip(want, got, strict=True):
         for key, value in before.items():
             assert now[key] == value, (before["step"], key, value, now[key])
