@@ -73,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                "      --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen3-4B-Instruct-2507\n"
                "  python -m medix_r1.rewards score --input rollouts.jsonl --output scored.jsonl --judge none "
                "--embedding-model none")
-    io = p.add_argument_group("files")
+    add_file_args(p.add_argument_group("files"))
+    add_judge_args(p.add_argument_group("judge"))
+    add_reward_args(p.add_argument_group("reward"))
+    add_batch_args(p.add_argument_group("batching"))
+    return parser
+
+
+def add_file_args(io) -> None:
+    """--input, --output and how an existing --output is resumed, replaced or retried."""
     io.add_argument("--input", required=True, metavar="PATH",
                     help="JSONL input: one object per line with 'problem', 'response' and 'solution' "
                          "(other fields are kept); blank lines are ignored")
@@ -90,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the end-of-run summary (means, failures, judge counters) to this file")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    j = p.add_argument_group("judge")
+
+def add_judge_args(j) -> None:
+    """The judge backend, its server and requests, and the gates that answer NO without a judge call."""
     j.add_argument("--judge", choices=JUDGE_KINDS, default=None,
                    help="judge backend: 'http' (an OpenAI-compatible server; the default when --judge-url is "
                         "given), 'local' (SmolLM2-135M or --judge-model in this process; the default "
@@ -123,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict parity: NO without a judge call when answer and reference (decisions removed) have "
                         "an embedding cosine similarity below X; 0 = off (default %(default)s)")
 
-    r = p.add_argument_group("reward")
+
+def add_reward_args(r) -> None:
+    """The parsing rules (parity), the embedding reward, the weights of the total."""
     r.add_argument("--parity", choices=PARITIES, default=_DEFAULTS.parity,
                    help="'strict' (default): whitespace removed around tags only, a judge reply that is not "
                         "YES/NO is a failed judgement; 'official': the MediX-R1 code's rules")
@@ -141,13 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-response-chars", type=int, default=_DEFAULTS.max_response_chars, metavar="N",
                    help="truncate longer responses before scoring (default %(default)s)")
 
-    b = p.add_argument_group("batching")
+
+def add_batch_args(b) -> None:
+    """How many lines a batch holds and how long it may take."""
     b.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="lines per scoring batch; two batches are in flight at once (default %(default)s)")
     b.add_argument("--deadline-s", type=float, default=_DEFAULTS.deadline_s, metavar="S",
                    help="each batch returns within this many seconds; judgements not done by then score 0 and "
                         "are flagged judge_failed (default %(default)s)")
-    return parser
 
 
 # ------------------------------------------------------------------------------------------ files
