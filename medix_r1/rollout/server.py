@@ -83,8 +83,17 @@ def is_loopback(host: str) -> bool:
 def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None = None, limits: dict | None = None):
     """The FastAPI app over ``engine`` (every engine call goes through ``runner``); ``token``: the
     bearer token every request must carry (None: no check, loopback only); ``limits``: LIMITS' keys."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi import FastAPI
+
+    app = FastAPI(title="medix rollout server")
+    limits = {**LIMITS, **(limits or {})}
+    add_guards(app, token, limits)
+    add_routes(app, engine, runner, limits)
+    return app
+
+
+def request_models():
+    """The bodies of the POST endpoints (pydantic checks each field's type and range before a handler runs)."""
     from pydantic import BaseModel, Field
 
     class GenerateRequest(BaseModel):
@@ -117,12 +126,16 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
         bucket_mb: float = Field(0.0, ge=0.0)
         sync_id: str = Field(min_length=1, max_length=64)
 
-    def respond(body: dict) -> Response:
-        # allow_nan: a raw log-prob may be -inf; Python's json reads it back
-        return Response(json.dumps(body, allow_nan=True), media_type="application/json")
+    return GenerateRequest, InitRequest, UpdateRequest
 
-    app = FastAPI(title="medix rollout server")
-    limits = {**LIMITS, **(limits or {})}
+
+def add_guards(app, token: str | None, limits: dict) -> None:
+    """What every request passes before its endpoint: the bearer token (401), a POST's Content-Length
+    (411 without one, 413 above --max-request-mb); and errors as ``{"detail": ...}`` (RequestError's
+    status, 507 out of memory, 500 anything else)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
     max_body = int(limits["max_request_mb"] * (1 << 20))
 
     @app.middleware("http")
@@ -151,6 +164,17 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
         log.exception("%s failed", request.url.path)
         return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=status)
 
+
+def add_routes(app, engine: RolloutEngine, runner: EngineThread, limits: dict) -> None:
+    """The endpoints (the module docstring has their fields); each engine call runs on ``runner``."""
+    from fastapi.responses import Response
+
+    GenerateRequest, InitRequest, UpdateRequest = request_models()
+
+    def respond(body: dict) -> Response:
+        # allow_nan: a raw log-prob may be -inf; Python's json reads it back
+        return Response(json.dumps(body, allow_nan=True), media_type="application/json")
+
     @app.get("/health")
     def health():
         return respond({**engine.health(), "busy": runner.busy.is_set()})
@@ -174,8 +198,6 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
     @app.post("/close_weight_sync")
     def close_weight_sync():
         return respond(runner(engine.close_weight_sync))
-
-    return app
 
 
 def build_parser() -> argparse.ArgumentParser:
