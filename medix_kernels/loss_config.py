@@ -41,6 +41,9 @@ class LossConfig:
         would be GRPO under another name).
     max_len: the constant of "seq-mean-token-sum-norm" (None: the padded length L).
     temperature: logits are divided by it before the log-softmax (> 0).
+    entropy_coef: an entropy bonus, >= 0: the per-token loss minus entropy_coef * H_t, with H_t the
+        entropy of softmax(logits / temperature) at token t, aggregated like the rest (verl's
+        entropy_coeff). 0 = off (the entropy is then not needed).
     """
 
     loss_type: str = "grpo"
@@ -52,6 +55,7 @@ class LossConfig:
     aggregation: str | None = None
     max_len: int | None = None
     temperature: float = 1.0
+    entropy_coef: float = 0.0
 
     def __post_init__(self):
         def bad(field, expected):
@@ -79,6 +83,8 @@ class LossConfig:
             bad("beta", "a float >= 0")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             bad("temperature", "a float > 0")
+        if not (isinstance(self.entropy_coef, (int, float)) and self.entropy_coef >= 0):  # NaN fails >= 0 too
+            bad("entropy_coef", "a float >= 0")
         if self.max_len is not None and not (isinstance(self.max_len, int) and self.max_len >= 1):
             bad("max_len", "None or an int >= 1")
 

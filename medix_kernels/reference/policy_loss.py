@@ -82,6 +82,8 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
     if c.beta > 0:
         kl = kl_penalty(logp, ref_logp.to(logp.dtype), c.kl)
         per_token = per_token + c.beta * kl
+    if c.entropy_coef > 0:  # the entropy bonus: higher entropy lowers the loss
+        per_token = per_token - c.entropy_coef * entropy.to(logp.dtype)
     loss = aggregate(per_token, mask, c.aggregation, c.max_len)
     n_tok = mask.sum().clamp_min(1)
     low = (ratio < 1.0 - c.clip_low) & (adv < 0)
@@ -99,8 +101,8 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
 
 def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, config=LossConfig(),
               return_entropy=False):
-    """The clipped-ratio policy loss with KL from [B, L, V] logits: (loss, stats)."""
-    if return_entropy:
+    """The clipped-ratio policy loss with KL (and the entropy bonus) from [B, L, V] logits: (loss, stats)."""
+    if return_entropy or config.entropy_coef > 0:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=True)
     else:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature), None
@@ -108,9 +110,10 @@ def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, co
 
 
 def fused_linear_grpo_loss(hidden, weight, ids, mask, advantages, *, bias=None, old_logp=None, ref_logp=None,
-                           config=LossConfig()):
+                           config=LossConfig(), return_entropy=False):
     """The same loss from hidden states [B, L, H] and the LM head [V, H] (full logits here)."""
     logits = hidden.float() @ weight.float().t()
     if bias is not None:
         logits = logits + bias.float()
-    return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, config=config)
+    return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, config=config,
+                     return_entropy=return_entropy)

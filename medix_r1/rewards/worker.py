@@ -44,8 +44,9 @@ __all__ = ["GUARD_S", "LATE_S", "RewardWorker", "Sample", "check_columns", "clea
            "make_judge", "prepare", "score_samples"]
 
 
-def make_judge(cfg: RewardConfig):
-    """The judge backend the config asks for (None for judge='none')."""
+def make_judge(cfg: RewardConfig, attn_implementation: str = "sdpa"):
+    """The judge backend the config asks for (None for judge='none'); ``attn_implementation``: the local
+    judge's attention backend (the trainer's model.attn_implementation)."""
     if cfg.judge == "none":
         return None
     common = {"concurrency": cfg.judge_concurrency, "timeout_s": cfg.judge_timeout_s,
@@ -55,7 +56,8 @@ def make_judge(cfg: RewardConfig):
         from .judge import JudgeClient
         return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)
     from .local_judge import LocalJudge
-    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, **common)
+    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, attn_implementation=attn_implementation,
+                      **common)
 
 
 class RewardWorker:
@@ -70,8 +72,10 @@ class RewardWorker:
     percentiles).
     """
 
-    def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None):
+    def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None,
+                 attn_implementation: str = "sdpa"):
         self.cfg = cfg if cfg is not None else RewardConfig()
+        self.attn_implementation = attn_implementation  # of a local judge's model
         self.cfg.validate()
         if judge is not None and getattr(judge, "parity", self.cfg.parity) != self.cfg.parity:
             raise ValueError(f"judge parity {judge.parity!r} differs from cfg.parity {self.cfg.parity!r}")
@@ -92,7 +96,7 @@ class RewardWorker:
     def _get_judge(self):
         with self._load_lock:
             if self._judge is None and self.cfg.judge != "none":
-                self._judge = make_judge(self.cfg)
+                self._judge = make_judge(self.cfg, self.attn_implementation)
             if self._judge is not None and hasattr(self._judge, "bind"):
                 self._judge.bind(self._loop)  # the HTTP client is built here, off the event loop
             return self._judge

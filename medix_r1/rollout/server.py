@@ -8,13 +8,15 @@ with :class:`medix_r1.rollout.client.ServerRollout` (``rollout.engine=server``);
 Endpoints (JSON in, JSON out; errors are ``{"detail": "..."}`` with 400 bad request, 409 wrong
 state, 507 out of memory, 500 anything else):
 
-- ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``instance`` (a random id per
+- ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``sampling`` (the optional
+  sampling knobs /generate takes), ``instance`` (a random id per
   server start), ``weights_version`` (0 = the checkpoint's weights, +1 per update), ``weight_sync``
   (whether a sync group is open) and ``last_update`` (timings of the last weight update).
 - ``POST /generate``: ``prompt_token_ids`` (one list of ids per prompt), ``n``, ``max_tokens``,
-  ``temperature``, ``top_p``, ``seeds`` (one per prompt, optional), ``logit_bias`` (optional
-  ``{token id: bias}``). Returns ``outputs``: per prompt ``prompt_len`` and ``samples``, each with
-  ``token_ids``, ``logprobs`` (the sampled tokens' raw log-probs, before temperature and bias:
+  ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` (optional, off by default),
+  ``seeds`` (one per prompt, optional), ``logit_bias`` (optional ``{token id: bias}``). Returns
+  ``outputs``: per prompt ``prompt_len`` and ``samples``, each with ``token_ids``, ``logprobs`` (the
+  sampled tokens' raw log-probs, before temperature and bias:
   what vLLM returns with ``logprobs=0``), ``text`` and ``finish_reason``; plus ``instance`` and
   ``weights_version`` so a client can tell which weights sampled.
 - ``POST /init_weight_sync``: ``host``, ``port`` (the trainer's store), ``world_size``, ``rank`` (this
@@ -100,6 +102,9 @@ def request_models():
         max_tokens: int = Field(16, ge=1)
         temperature: float = Field(1.0, ge=0.0)
         top_p: float = Field(1.0, gt=0.0, le=1.0)
+        top_k: int = Field(0, ge=0)
+        min_p: float = Field(0.0, ge=0.0, le=1.0)
+        repetition_penalty: float = Field(1.0, gt=0.0)
         seeds: list[int] | None = None
         logit_bias: dict[int, float] | None = None
 
