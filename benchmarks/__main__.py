@@ -10,6 +10,8 @@
     python -m benchmarks judge-vs-decision ITEMS.jsonl   # the training judge on those responses, by decision
     python -m benchmarks run-curves A/metrics.jsonl B/metrics.jsonl --out X.png   # training runs side by side
 
+The last four are the studies of a training run, ``python -m medix_r1.eval.studies NAME`` (forwarded).
+
 The default profile is --medium (~20 min on the 2-core CPU); --quick (< 10 min) and --smoke
 (tiny shapes, seconds: the test) are smaller, --full is the GPU sweep. Results go to
 benchmarks/results/<device>-<date>[-<profile>].csv with a .meta.json (versions, peaks, skipped
@@ -58,8 +60,11 @@ def _suite_parser() -> argparse.ArgumentParser:
     return p
 
 
-SUBCOMMANDS = {"profile-trainer": ".trainer_profile", "judge-pairs": ".judge_pairs", "decision-eval": ".decision_eval",
-               "judge-vs-decision": ".judge_vs_decision", "run-curves": ".run_curves", "report": ".report"}
+# each subcommand is a module with main(argv); the studies of a training run live in medix_r1.eval.studies (the
+# committed results name these commands, so they stay here as forwards)
+SUBCOMMANDS = {"profile-trainer": ".trainer_profile", "report": ".report",
+               **{name: f"medix_r1.eval.studies.{name.replace('-', '_')}"
+                  for name in ("judge-pairs", "decision-eval", "judge-vs-decision", "run-curves")}}
 
 
 def main(argv=None) -> int:

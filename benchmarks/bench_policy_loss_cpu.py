@@ -151,88 +151,33 @@ REUSED_IMPLS = ("medix-cpu", "medix-cpu-inplace", "torch-eager", "torch-compile"
 
 
 def fair(argv: list[str]) -> int:
-    import argparse
     import json
-    import resource
-    import statistics
     import time
-    ap = argparse.ArgumentParser(prog="bench_policy_loss_cpu.py --fair")
-    ap.add_argument("--shape", default="tokens=4096,vocab=49152")
-    ap.add_argument("--peers", default="eager,compile,trl", help="peer families besides eager (always run)")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=0.0, help="more rounds while this budget lasts")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                  FAIR_NAME + ".csv"))
-    args = ap.parse_args(argv)
+    args = fair_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the suite (before torch loads libgomp)
     import torch
 
     from benchmarks import common
     from benchmarks.ops import loss
-    from benchmarks.ops.base import Unavailable
     params = {k: int(v) for k, v in (kv.split("=") for kv in args.shape.split(","))}
     params = {"tokens": params.get("tokens", 4096), "vocab": params.get("vocab", 49152)}
-    peers = {"eager", *args.peers.split(",")}
     t_start = time.perf_counter()
     env = common.environment("cpu")
     x = loss._grpo_inputs(params, torch.float32, "cpu")
-    fresh = {**x, "fresh_logits": True}
-    fns, meta_impls, skipped = {"fresh-copy/logits-copy": loss.copy_logits(x)}, {}, {}
-    for imp in loss._grpo_impls("cpu"):
-        if imp.name not in FAIR_IMPLS or (imp.role == "peer" and imp.family not in peers):
-            continue
-        try:
-            fns[f"fresh-copy/{imp.name}"] = imp.build(fresh)
-            if imp.name in REUSED_IMPLS:
-                fns[f"reused-leaf/{imp.name}"] = imp.build(x)
-        except Unavailable as exc:
-            skipped[imp.name] = str(exc)
-            print(f"skipped {imp.name}: {exc}")
-            continue
-        meta_impls[imp.name] = imp
+    fns, meta_impls, skipped = fair_callables(x, {"eager", *args.peers.split(",")})
     load0 = common.load_avg()
     print(f"{loss.label(params)} fp32, {len(fns)} callables, load {load0[0]:.2f}", flush=True)
     res = common.interleaved(fns, device="cpu", rounds_min=args.rounds, rounds_max=args.rounds if not args.budget_s
                              else 50, budget_s=args.budget_s, min_sample_s=0.0, warmup=2)
     load1 = common.load_avg()
-    faults = {}  # minor page faults of one more call each: the fresh [T, V] buffers it touches
-    for key in res:
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        fns[key]()
-        faults[key] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    faults = page_faults(fns, res)
     copy = res["fresh-copy/logits-copy"]["samples"]
-    rows = []
-    for key, info in res.items():
-        protocol, name = key.split("/", 1)
-        samples = info["samples"]
-        st = common.summarize(samples)
-        net = [a - c for a, c in zip(samples, copy)] if protocol == "fresh-copy" and name != "logits-copy" else samples
-        nt = common.summarize(net)
-        imp = meta_impls.get(name)
-        if name == "logits-copy":
-            note = ("the fresh copy alone (logits.detach().clone().requires_grad_()): subtracted from every "
-                    "fresh-copy row")
-        elif protocol == "fresh-copy":
-            note = "a fresh copy of the logits made inside every timed call; net = sample - the round's copy sample"
-        else:
-            note = "the suite's protocol: one leaf reused by every call" + (
-                " (a private copy the in-place backward overwrites)" if name.endswith("-inplace") else "")
-        rows.append({"op": "grpo_loss", "shape": loss.label(params), **params, "dtype": "float32", "device": "cpu",
-                     "protocol": protocol, "impl": name, "family": imp.family if imp else "copy",
-                     "median_us": round(st["median_s"] * 1e6, 1), "p10_us": round(st["p10_s"] * 1e6, 1),
-                     "p90_us": round(st["p90_s"] * 1e6, 1),
-                     "copy_median_us": round(statistics.median(copy) * 1e6, 1) if protocol == "fresh-copy" else "",
-                     "net_median_us": round(nt["median_s"] * 1e6, 1), "net_p10_us": round(nt["p10_s"] * 1e6, 1),
-                     "net_p90_us": round(nt["p90_s"] * 1e6, 1), "n_samples": st["n_samples"],
-                     "first_call_ms": round(info["first_call_s"] * 1e3, 1), "minor_faults": faults[key],
-                     "fresh_buffer_MB": round(faults[key] * resource.getpagesize() / 2**20),
-                     "load_1m_start": round(load0[0], 2),
-                     "load_1m_end": round(load1[0], 2), "threads": torch.get_num_threads(), "note": note, **env})
-    for r in rows:  # ratios within one protocol, from the net medians
-        for fam, impl in (("eager", "torch-eager"), ("compile", "torch-compile"), ("trl", "trl")):
-            peer = next((p for p in rows if p["protocol"] == r["protocol"] and p["impl"] == impl), None)
-            ok = peer is not None and r["impl"] != "logits-copy" and r["net_median_us"] > 0
-            r[f"x_vs_{fam}"] = round(peer["net_median_us"] / r["net_median_us"], 3) if ok else ""
+    common_cols = {"op": "grpo_loss", "shape": loss.label(params), **params, "dtype": "float32", "device": "cpu"}
+    tail_cols = {"load_1m_start": round(load0[0], 2), "load_1m_end": round(load1[0], 2),
+                 "threads": torch.get_num_threads()}
+    rows = [fair_row(key, info, copy, faults[key], meta_impls, common_cols, tail_cols, env)
+            for key, info in res.items()]
+    add_peer_ratios(rows)
     common.write_csv(args.out, rows, FAIR_COLUMNS)
     meta = {"command": "python benchmarks/bench_policy_loss_cpu.py --fair " + " ".join(argv), "params": params,
             "env": env, "skipped": skipped, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -248,6 +193,91 @@ def fair(argv: list[str]) -> int:
     print(f"wrote {args.out} (load {load0[0]:.2f} -> {load1[0]:.2f}, {meta['wall_s']} s)")
     fair_report(args.out)
     return 0
+
+
+def fair_args(argv: list[str]):
+    import argparse
+    ap = argparse.ArgumentParser(prog="bench_policy_loss_cpu.py --fair")
+    ap.add_argument("--shape", default="tokens=4096,vocab=49152")
+    ap.add_argument("--peers", default="eager,compile,trl", help="peer families besides eager (always run)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--budget-s", type=float, default=0.0, help="more rounds while this budget lasts")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  FAIR_NAME + ".csv"))
+    return ap.parse_args(argv)
+
+
+def fair_callables(x: dict, peers: set) -> tuple[dict, dict, dict]:
+    """The timed callables by ``protocol/impl``: the logits copy alone, every implementation on a fresh copy
+    and, for those in REUSED_IMPLS, on the suite's reused leaf too; with the implementations and the skipped."""
+    from benchmarks.ops import loss
+    from benchmarks.ops.base import Unavailable
+    fresh = {**x, "fresh_logits": True}
+    fns, meta_impls, skipped = {"fresh-copy/logits-copy": loss.copy_logits(x)}, {}, {}
+    for imp in loss._grpo_impls("cpu"):
+        if imp.name not in FAIR_IMPLS or (imp.role == "peer" and imp.family not in peers):
+            continue
+        try:
+            fns[f"fresh-copy/{imp.name}"] = imp.build(fresh)
+            if imp.name in REUSED_IMPLS:
+                fns[f"reused-leaf/{imp.name}"] = imp.build(x)
+        except Unavailable as exc:
+            skipped[imp.name] = str(exc)
+            print(f"skipped {imp.name}: {exc}")
+            continue
+        meta_impls[imp.name] = imp
+    return fns, meta_impls, skipped
+
+
+def page_faults(fns: dict, keys) -> dict:
+    """Minor page faults of one more call each: the fresh [T, V] buffers it touches."""
+    import resource
+    faults = {}
+    for key in keys:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fns[key]()
+        faults[key] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return faults
+
+
+def fair_row(key: str, info: dict, copy: list, faults: int, meta_impls: dict, head: dict, tail: dict,
+             env: dict) -> dict:
+    """One CSV row: raw times, and net times (each sample minus its round's copy sample) for fresh-copy rows."""
+    import resource
+    import statistics
+
+    from benchmarks import common
+    protocol, name = key.split("/", 1)
+    samples = info["samples"]
+    st = common.summarize(samples)
+    net = [a - c for a, c in zip(samples, copy)] if protocol == "fresh-copy" and name != "logits-copy" else samples
+    nt = common.summarize(net)
+    imp = meta_impls.get(name)
+    if name == "logits-copy":
+        note = ("the fresh copy alone (logits.detach().clone().requires_grad_()): subtracted from every "
+                "fresh-copy row")
+    elif protocol == "fresh-copy":
+        note = "a fresh copy of the logits made inside every timed call; net = sample - the round's copy sample"
+    else:
+        note = "the suite's protocol: one leaf reused by every call" + (
+            " (a private copy the in-place backward overwrites)" if name.endswith("-inplace") else "")
+    return {**head, "protocol": protocol, "impl": name, "family": imp.family if imp else "copy",
+            "median_us": round(st["median_s"] * 1e6, 1), "p10_us": round(st["p10_s"] * 1e6, 1),
+            "p90_us": round(st["p90_s"] * 1e6, 1),
+            "copy_median_us": round(statistics.median(copy) * 1e6, 1) if protocol == "fresh-copy" else "",
+            "net_median_us": round(nt["median_s"] * 1e6, 1), "net_p10_us": round(nt["p10_s"] * 1e6, 1),
+            "net_p90_us": round(nt["p90_s"] * 1e6, 1), "n_samples": st["n_samples"],
+            "first_call_ms": round(info["first_call_s"] * 1e3, 1), "minor_faults": faults,
+            "fresh_buffer_MB": round(faults * resource.getpagesize() / 2**20), **tail, "note": note, **env}
+
+
+def add_peer_ratios(rows: list[dict]) -> None:
+    """x_vs_<peer>: the peer's net median over the row's, within one protocol."""
+    for r in rows:
+        for fam, impl in (("eager", "torch-eager"), ("compile", "torch-compile"), ("trl", "trl")):
+            peer = next((p for p in rows if p["protocol"] == r["protocol"] and p["impl"] == impl), None)
+            ok = peer is not None and r["impl"] != "logits-copy" and r["net_median_us"] > 0
+            r[f"x_vs_{fam}"] = round(peer["net_median_us"] / r["net_median_us"], 3) if ok else ""
 
 
 def _ms(us) -> str:

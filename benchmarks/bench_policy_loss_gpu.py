@@ -130,8 +130,7 @@ def main() -> int:
     logits = (torch.randn(b, seq, vocab, device=device, generator=gen) * 2).to(dtype)
     ids = torch.randint(0, vocab, (b, seq), device=device, generator=gen)
     rows = []
-    elem = logits.element_size()
-    read_bytes = tokens * vocab * elem
+    read_bytes = tokens * vocab * logits.element_size()
 
     def record(case, impl, ms, bytes_moved, peak=float("nan"), note=""):
         gbs = bytes_moved / (ms * 1e-3) / 1e9
@@ -139,7 +138,21 @@ def main() -> int:
                          frac_peak_bw=round(gbs * 1e9 / bw, 3), peak_extra_mb=round(peak, 1), note=note))
         print(f"{case:34s} {impl:34s} {ms:9.3f} ms {gbs:8.1f} GB/s {gbs * 1e9 / bw:6.1%} {note}")
 
-    # 1. per-token log-prob + entropy, forward
+    logprob_rows(record, backends, logits, ids, device, read_bytes)
+    policy = policy_inputs(logits, ids, device, gen)
+    grpo_rows(record, backends, logits, ids, policy, device, read_bytes)
+    fused_linear_rows(record, logits, ids, policy, tokens, hidden, device, gen)
+    out = ARGS.out or (os.path.join(tempfile.mkdtemp(prefix="medix-bench-"), "policy_loss_gpu_dryrun.csv") if dry
+                       else os.path.join(HERE, "results", "policy_loss_gpu.csv"))
+    meta = dict(device=gpu, dtype=str(dtype).replace("torch.", ""), tokens=tokens, vocab=vocab,
+                date=datetime.datetime.now().isoformat(timespec="seconds"),
+                **{f"v_{k}": v for k, v in versions().items()})
+    write_rows(out, meta, rows)
+    return 0
+
+
+def logprob_rows(record, backends, logits, ids, device, read_bytes) -> None:
+    """1. Per-token log-prob + entropy, forward: medix's kernels vs TRL's functions."""
     for be in backends:
         fwd = medix_kernel_fwd(be)
         record("logprob+entropy fwd", f"medix-{be}", bench(lambda: fwd(logits, ids, 1.0, True), device), read_bytes)
@@ -154,14 +167,24 @@ def main() -> int:
     except ImportError as exc:
         print("trl not importable:", exc)
 
-    # 2. GRPO loss forward + backward over materialised logits (read, read, write)
-    # Old and reference policies close to the current one (as in training). The timed steps overwrite
-    # the logits with their gradient (small values), which keeps every later call finite too.
+
+def policy_inputs(logits, ids, device, gen) -> dict:
+    """Old and reference policies close to the current one (as in training), advantages and the mask."""
+    b, seq = ids.shape
     logp0 = tk.logprob_fwd(logits, ids, 1.0, False)[0]
     old_logp = logp0 + torch.randn(b, seq, device=device, generator=gen) * 0.05
     ref_logp = logp0 + torch.randn(b, seq, device=device, generator=gen) * 0.05
     adv = torch.randn(b, device=device, generator=gen)
     mask = torch.ones(b, seq, device=device)
+    return {"old_logp": old_logp, "ref_logp": ref_logp, "adv": adv, "mask": mask}
+
+
+def grpo_rows(record, backends, logits, ids, policy: dict, device, read_bytes) -> None:
+    """2. GRPO loss forward + backward over materialised logits (read, read, write): medix's kernels and its
+    grpo_loss API vs Liger's Triton GRPO loss, all in place. The timed steps overwrite the logits with their
+    gradient (small values), which keeps every later call finite too."""
+    import medix_kernels as mk
+    old_logp, ref_logp, adv, mask = policy["old_logp"], policy["ref_logp"], policy["adv"], policy["mask"]
     work = logits.clone()
     for be in backends:
         record("grpo fwd+bwd (in place)", f"medix-{be} kernels",
@@ -188,7 +211,12 @@ def main() -> int:
         record("grpo fwd+bwd (in place)", "liger triton_grpo_loss", bench(liger_step, device), 3 * read_bytes)
         del lg
 
-    # 3. fused-linear GRPO loss from hidden states
+
+def fused_linear_rows(record, logits, ids, policy: dict, tokens, hidden, device, gen) -> None:
+    """3. Fused-linear GRPO loss forward + backward from hidden states, with peak memory: medix vs Liger."""
+    import medix_kernels as mk
+    old_logp, ref_logp, adv, mask = policy["old_logp"], policy["ref_logp"], policy["adv"], policy["mask"]
+    (b, seq), vocab, dtype, elem = ids.shape, logits.shape[-1], logits.dtype, logits.element_size()
     hs = torch.randn(b, seq, hidden, device=device, generator=gen).to(dtype) * 0.5
     w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden ** -0.5).to(dtype)
     hs.requires_grad_(True)
@@ -213,19 +241,16 @@ def main() -> int:
         record("fused-linear grpo fwd+bwd", "liger LigerFusedLinearGRPOLoss", bench(liger_fused, device),
                flop_bytes, peak_mb(liger_fused, device))
 
-    out = ARGS.out or (os.path.join(tempfile.mkdtemp(prefix="medix-bench-"), "policy_loss_gpu_dryrun.csv") if dry
-                       else os.path.join(HERE, "results", "policy_loss_gpu.csv"))
+
+def write_rows(out: str, meta: dict, rows: list[dict]) -> None:
+    """The CSV: every row with the run's device, shape, date and versions in front."""
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    meta = dict(device=gpu, dtype=str(dtype).replace("torch.", ""), tokens=tokens, vocab=vocab,
-                date=datetime.datetime.now().isoformat(timespec="seconds"),
-                **{f"v_{k}": v for k, v in versions().items()})
     with open(out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(meta) + list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({**meta, **row})
     print(f"wrote {out} ({len(rows)} rows)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
             "rollout_kl_k3": ((torch.expm1(log_rho) - log_rho) * m).sum() / n,  # rho - 1 - log rho
             "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
             "rollout_ppl_ratio": ppl.sum() / seq.sum().clamp_min(1),
-            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}
+            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n,
+            "rollout_logp_mismatch_max": (log_rho.abs() * m).amax() if m.numel() else n.new_zeros(())}
 
 
 def token_stats(ratio, kl, adv, mask, config: LossConfig, entropy=None) -> dict:

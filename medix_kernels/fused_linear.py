@@ -259,13 +259,18 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             logits = _chunk_logits(h[s:e], weight, bias)
             lp, lse, en = fwd(logits, flat_ids[s:e], config.temperature, with_entropy)
             chunk_loss, g_lp, ratio, kl = _chunk_loss(lp, tok, s, e, config)
+            g_en = None
+            if config.entropy_coef > 0:  # the bonus -coef * sum_t w_t H_t: d/dH_t = -coef * w_t, and the
+                g_en = -config.entropy_coef * tok["w"][s:e]  # kernel's backward takes d entropy with d logp
+                chunk_loss = chunk_loss + (g_en * en).sum()
             loss += chunk_loss
             ratio_all[s:e] = ratio
             if kl_all is not None:
                 kl_all[s:e] = kl
             if ent_all is not None:
                 ent_all[s:e] = en
-            bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None, None, config.temperature)  # logits := d logits
+            bwd_inplace(logits, flat_ids[s:e], lse, g_lp, None if g_en is None else en, g_en,
+                        config.temperature)  # logits := d logits
             _d_hidden_(logits, weight, grad_h[s:e])  # d hidden = dZ W, into its rows of the buffer
             add_dw(grad_w, logits.t(), h[s:e], s == 0)  # d W (+)= dZ^T h, in float32
             if grad_b is not None:
@@ -324,13 +329,15 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     if backend == "torch" or hidden.dtype == torch.float64:
         loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
                                                        bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
-                                                       rollout_logp=rollout_logp, config=config)
+                                                       rollout_logp=rollout_logp, config=config,
+                                                       return_entropy=return_entropy)
         return loss, stats
     chunk, accumulate = _resolve_chunk(chunk_size, ids.numel(), lm_head_weight, hidden.dtype, hidden.device)
+    with_entropy = bool(return_entropy) or config.entropy_coef > 0  # the entropy bonus needs it
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
-                                     ref_logp, rollout_logp, config, chunk, backend, bool(return_entropy), accumulate)
+                                     ref_logp, rollout_logp, config, chunk, backend, with_entropy, accumulate)
     names = sorted(["clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"]
-                   + (["entropy_mean"] if return_entropy else [])
+                   + (["entropy_mean"] if with_entropy else [])
                    + (list(ROLLOUT_STATS) if rollout_logp is not None else []))
     return out[0], dict(zip(names, out[1:]))
 

@@ -118,7 +118,7 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
         config: LossConfig (loss type, clip range, dual clip, KL estimator, aggregation, temperature).
         inplace_backward: the backward writes d logits over the logits (no extra [B, L, V] buffer);
             logits whose elements share memory (an expanded view) are refused.
-        return_entropy: also report the mean entropy in the stats.
+        return_entropy: also report the mean entropy in the stats (reported too when config.entropy_coef > 0).
         check_finite: raise on non-finite logits before computing (debug mode).
         validate: check the values of ids, mask, advantages and rollout_logp (the default; two host
             syncs per call). False is the fast path: shapes, dtypes and devices are still checked,
@@ -144,16 +144,19 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
                                    rollout_logp=rollout_logp, config=config, return_entropy=return_entropy)
     if inplace_backward:
         check_inplace_logits(logits, op)
-    path = kernel_config("grpo_loss_triton") if backend == "triton" and ids.numel() else "composed"
+    # the entropy bonus needs the entropy's gradient: the composed path's log-prob kernels have it
+    fused = backend == "triton" and ids.numel() and config.entropy_coef == 0
+    path = kernel_config("grpo_loss_triton") if fused else "composed"
     return TRITON_PATHS[path](logits, ids, mask, advantages, old_logp, ref_logp, config, inplace_backward,
                               return_entropy, backend, rollout_logp)
 
 
 def _composed(logits, ids, mask, advantages, old_logp, ref_logp, config, inplace, return_entropy, backend,
               rollout_logp=None):
-    out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=return_entropy,
+    with_entropy = return_entropy or config.entropy_coef > 0  # the bonus needs it, with its gradient
+    out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=with_entropy,
                                 inplace_backward=inplace, validate=False, backend=backend)
-    logp, entropy = out if return_entropy else (out, None)
+    logp, entropy = out if with_entropy else (out, None)
     return policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, entropy, rollout_logp)
 
 
@@ -200,6 +203,8 @@ def policy_loss_from_logp(logp, mask, advantages, old_logp, ref_logp, config, en
         is_weight, keep, inside = rollout_weights(log_rho, mask, config)
     per_token, ratio, kl = per_token_terms(logp, old, None if ref_logp is None else ref_logp.float(), adv, config, seq,
                                            is_weight)
+    if config.entropy_coef > 0:  # the entropy bonus (its gradient: selective_log_softmax's entropy backward)
+        per_token = per_token - config.entropy_coef * entropy
     loss = (per_token * token_weights(mask if keep is None else mask * keep, config)).sum()
     stats = token_stats(ratio, kl, adv, mask, config, entropy)
     if rollout_logp is not None:

@@ -23,7 +23,7 @@ ROLLOUT_SEQUENCE_RATIOS = ("geometric", "product")
 ROLLOUT_MASK_STYLES = ("weight", "reject")
 #: The rollout diagnostics a loss given rollout_logp returns in its stats (reference.policy_loss.rollout_stats).
 ROLLOUT_STATS = ("rollout_weight_mean", "rollout_weight_max", "rollout_flagged_frac", "rollout_kl_k3", "rollout_chi2",
-                 "rollout_ppl_ratio", "rollout_logp_mismatch")
+                 "rollout_ppl_ratio", "rollout_logp_mismatch", "rollout_logp_mismatch_max")
 #: The peers' definitions as LossConfig fields (docs/rollout_correction.md has the sources). cap / lower are the
 #: peers' defaults, overridable in LossConfig.with_rollout; lower None there means 1 / cap (verl's rollout_rs).
 ROLLOUT_PRESETS = {
@@ -86,6 +86,9 @@ class LossConfig:
     rollout_mask: "weight" (a ratio outside the bounds weighs 0, the token stays in the denominators:
         TRL) or "reject" (the token, or the whole sequence, leaves the batch as if masked; the tokens kept
         weigh 1: verl's rollout_rs).
+    entropy_coef: an entropy bonus, >= 0: the per-token loss minus entropy_coef * H_t, with H_t the
+        entropy of softmax(logits / temperature) at token t, aggregated like the rest (verl's
+        entropy_coeff). 0 = off (the entropy is then not needed).
     """
 
     loss_type: str = "grpo"
@@ -102,6 +105,7 @@ class LossConfig:
     rollout_is_lower: float = 0.0
     rollout_is_sequence: str = "geometric"
     rollout_mask: str = "weight"
+    entropy_coef: float = 0.0
 
     def __post_init__(self):
         def bad(field, expected):
@@ -129,6 +133,8 @@ class LossConfig:
             bad("beta", "a float >= 0")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             bad("temperature", "a float > 0")
+        if not (isinstance(self.entropy_coef, (int, float)) and self.entropy_coef >= 0):  # NaN fails >= 0 too
+            bad("entropy_coef", "a float >= 0")
         if self.max_len is not None and not (isinstance(self.max_len, int) and self.max_len >= 1):
             bad("max_len", "None or an int >= 1")
         for name, choices in (("rollout_correction", ROLLOUT_CORRECTIONS),

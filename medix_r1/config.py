@@ -39,6 +39,17 @@ def _f(default, help: str, **kw):
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapters through peft (docs/lora.md): the base weights stay frozen and only the adapters train."""
+    r: int = _f(0, "LoRA rank (0 = off: full fine-tuning); the adapters' update is scaled by alpha / r")
+    alpha: float = _f(16.0, "LoRA alpha (peft's lora_alpha)")
+    dropout: float = _f(0.0, "dropout on the adapters' input while training (peft's lora_dropout)")
+    target_modules: str | list[str] = _f("all-linear", "the linear layers that get adapters: 'all-linear' "
+                                         "(every linear layer but the LM head) or a list of module names or "
+                                         "name suffixes, e.g. [q_proj, v_proj]")
+
+
+@dataclass
 class ModelSection:
     policy: str = _f("smollm2", "policy model: 'smollm2' (bundled SmolLM2-135M-Instruct) or a HF model folder")
     reference: str = _f("", "frozen reference model for the KL term ('' = same weights as the policy at step 0); "
@@ -55,6 +66,10 @@ class ModelSection:
     share_prompt_forward: bool = _f(True, "run each distinct prompt of a micro-batch once and its responses on "
                                     "its KV cache (same values, fewer FLOPs when micro_batch_size covers several "
                                     "samples of a prompt; text-only models, off with gradient_checkpointing)")
+    attn_implementation: str = _f("sdpa", "attention backend of every model load (policy, reference, local "
+                                  "judge): 'sdpa', 'eager' or 'flash_attention_2' (needs the flash-attn "
+                                  "package: pip install 'medix[flash]', CUDA GPUs only)")
+    lora: LoraSection = field(default_factory=LoraSection, metadata={"help": "LoRA adapters (off by default)"})
 
 
 @dataclass
@@ -110,6 +125,10 @@ class RolloutSection:
     max_tokens: int = _f(112, "max new tokens per response")
     temperature: float = _f(1.0, "sampling temperature (also used by the loss' log-probs)")
     top_p: float = _f(1.0, "nucleus sampling top-p")
+    top_k: int = _f(0, "sample among the k most likely tokens only (0 = off)")
+    min_p: float = _f(0.0, "drop tokens whose probability is below min_p times the most likely one's (0 = off)")
+    repetition_penalty: float = _f(1.0, "divide the logits of tokens already in the prompt or response by this "
+                                   "(multiply when negative; 1 = off)")
     kv_cache_gb: float = _f(1.0, "vLLM KV-cache size in GiB")
     max_model_len: int = _f(640, "vLLM max sequence length (prompt + response)")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory share (GPU only; ignored on CPU)")
@@ -165,6 +184,10 @@ class LossSection:
                           "or 'auto': the loss type's own (dr_grpo: seq-mean-token-sum-norm; gspo, gspo_token: "
                           "seq-mean-token-mean; the others token-mean)")
     chunk_size: int = _f(0, "fused loss: rows per vocabulary chunk (0 = the kernel's default)")
+    mask_truncated: bool = _f(False, "responses cut at rollout.max_tokens (no EOS) get no loss and count in no "
+                              "denominator (TRL's mask_truncated_completions)")
+    entropy_coef: float = _f(0.0, "entropy bonus: the loss minus entropy_coef times the aggregated per-token "
+                             "entropy of softmax(logits / temperature) (0 = off; verl's entropy_coeff)")
     rollout_correction: str = _f("none", "importance sampling for the rollout engine's mismatch, from its sampling "
                                  "log-probs (docs/rollout_correction.md): none, token_truncate / sequence_truncate "
                                  "(TIS: weight min(max(rho, lower), cap)), token_mask / sequence_mask (MIS: weight 0 "
@@ -244,6 +267,15 @@ class DistSection:
 
 
 @dataclass
+class TrainRewardSection(RewardConfig):
+    """The reward section: the reward worker's settings plus the shaping the trainer adds from token counts."""
+    overlong_buffer: int = _f(0, "DAPO's overlong reward shaping: a response longer than rollout.max_tokens - "
+                              "overlong_buffer tokens loses overlong_penalty x (excess / overlong_buffer) from its "
+                              "total, up to overlong_penalty at rollout.max_tokens (0 = off)")
+    overlong_penalty: float = _f(1.0, "the largest overlong penalty (DAPO's penalty factor)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -251,7 +283,7 @@ class TrainConfig:
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward: TrainRewardSection = field(default_factory=TrainRewardSection)
     train: TrainSection = field(default_factory=TrainSection)
     vision: VisionSection = field(default_factory=VisionSection)
     dist: DistSection = field(default_factory=DistSection)

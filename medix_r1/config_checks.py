@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 
 from medix_kernels.group_advantages import MODES as ADVANTAGE_MODES
@@ -21,6 +22,7 @@ from medix_r1.data.records import FIELDS as RECORD_FIELDS
 from medix_r1.data.templates import TEMPLATES as PROMPT_TEMPLATES
 from medix_r1.rewards import MODALITY_TAGS
 from medix_r1.rollout import ENGINES as ROLLOUT_ENGINES
+from medix_r1.rollout import SAMPLING_KNOBS
 from medix_r1.vision.images import RGB_CONVERSIONS
 
 LOSS_IMPLS = ("fused", "plain")
@@ -29,6 +31,7 @@ OPTIMIZERS = ("adamw", "adamw_bf16")
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.autocast": ("", "bfloat16"),
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "data.on_malformed": ("fail", "skip"),
     "rollout.engine": tuple(ROLLOUT_ENGINES),
     "rollout.server_sync_backend": ("auto", "gloo", "nccl"),
@@ -66,6 +69,15 @@ RANGES = {
     "rollout.max_tokens": (1, None),
     "rollout.temperature": (0.0, None, True),
     "rollout.top_p": (0.0, 1.0, True),
+    "rollout.top_k": (0, None),
+    "rollout.min_p": (0.0, 1.0),
+    "rollout.repetition_penalty": (0.0, None, True),
+    "model.lora.r": (0, None),
+    "model.lora.alpha": (0.0, None, True),
+    "model.lora.dropout": (0.0, 1.0, False, True),
+    "loss.entropy_coef": (0.0, None),
+    "reward.overlong_buffer": (0, None),
+    "reward.overlong_penalty": (0.0, None),
     "rollout.kv_cache_gb": (0.0, None, True),
     "rollout.hf_batch_size": (1, None),
     "algorithm.advantage_eps": (0.0, None),
@@ -108,7 +120,10 @@ REASONS = {
     "loss.clip_low": "the ratio is clipped below at 1 - clip_low, which must stay positive",
     "loss.rollout_is_cap": "a weight capped at or below 1 could only shrink every token's update",
     "loss.rollout_is_lower": "a lower bound of 1 or more would leave no ratio below it",
+    "model.lora.r": "the rank of the adapters; 0 turns LoRA off",
 }
+# a field whose value needs a package that is not installed: (field, value) -> (package, extra)
+NEEDS_PACKAGE = {("model.attn_implementation", "flash_attention_2"): ("flash_attn", "flash")}
 
 
 def _get(cfg, key: str):
@@ -196,9 +211,53 @@ def validate(cfg) -> None:
         raise ValueError(f"vision.min_pixels ({v.min_pixels}) must be <= vision.max_pixels ({v.max_pixels})")
     if not cfg.train.output_dir:
         raise ValueError("train.output_dir must not be empty")
+    _check_packages(cfg)
+    _check_lora(cfg.model.lora)
+    _check_sampling(r)
+    if cfg.reward.overlong_buffer > r.max_tokens:
+        raise ValueError(f"reward.overlong_buffer ({cfg.reward.overlong_buffer}) must be <= rollout.max_tokens "
+                         f"({r.max_tokens}): the penalty ramps up over the last overlong_buffer tokens")
     # The reward section validates itself where it can (its own __post_init__ / validate()).
     check = getattr(cfg.reward, "validate", None)
     if callable(check):
         check()
     elif hasattr(cfg.reward, "__post_init__"):
         cfg.reward.__post_init__()
+
+
+def _check_packages(cfg) -> None:
+    for (key, value), (package, extra) in NEEDS_PACKAGE.items():
+        if _get(cfg, key) == value and importlib.util.find_spec(package) is None:
+            raise ValueError(f"{key}={value} needs the {package.replace('_', '-')} package, which is not "
+                             f"installed: pip install 'medix[{extra}]' (or pip install "
+                             f"{package.replace('_', '-')}), or use sdpa")
+
+
+def _check_lora(lora) -> None:
+    """LoRA is on when model.lora.r >= 1; its other fields set while r is 0 are a mistake, not 'off'."""
+    targets = lora.target_modules
+    if isinstance(targets, str):
+        if not targets.strip():
+            raise ValueError("model.lora.target_modules must be 'all-linear', a module-name pattern or a list of "
+                             "module names, got ''")
+    elif not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        raise ValueError(f"model.lora.target_modules must be a non-empty list of module names, got {targets!r}")
+    if lora.r > 0 and importlib.util.find_spec("peft") is None:
+        raise ValueError("model.lora.r > 0 trains LoRA adapters through the peft package, which is not installed: "
+                         "pip install 'medix[lora]' (or pip install peft)")
+    if lora.r == 0:
+        default = type(lora)()
+        changed = [f.name for f in dataclasses.fields(lora) if getattr(lora, f.name) != getattr(default, f.name)]
+        if changed:
+            raise ValueError(f"model.lora.r must be >= 1 to train LoRA adapters (model.lora.{changed[0]} is set "
+                             f"but model.lora.r is 0, which means full fine-tuning); e.g. --set model.lora.r=16")
+
+
+def _check_sampling(r) -> None:
+    """A sampling knob away from its neutral value must be one the engine honours."""
+    neutral = type(r)()
+    for knob in ("top_k", "min_p", "repetition_penalty"):
+        if getattr(r, knob) != getattr(neutral, knob) and knob not in SAMPLING_KNOBS[r.engine]:
+            raise ValueError(f"rollout.{knob}={getattr(r, knob)}: rollout.engine={r.engine} cannot sample with it; "
+                             f"leave rollout.{knob} at {getattr(neutral, knob)} or use an engine of "
+                             f"{sorted(e for e, k in SAMPLING_KNOBS.items() if knob in k)}")

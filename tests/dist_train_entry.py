@@ -19,7 +19,7 @@ def faulty_rank() -> bool:
     return os.environ.get("MEDIX_TEST_ONE_RANK_FAULTS") == "1" and os.environ.get("RANK") == "1"
 
 
-def make_worker(cfg):  # what train() builds when it is given no worker
+def make_worker(cfg, **kwargs):  # what train() builds when it is given no worker
     if not faulty_rank():
         return CharRewardWorker()
     return CharRewardWorker(on_submit=lambda call: os.kill(os.getpid(), signal.SIGTERM) if call == 2 else None)

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from benchmarks import decision_eval, decision_report
 from benchmarks.__main__ import main as benchmarks_main
 from medix_r1.config import load_config
 from medix_r1.data.prompts import prompt_token_ids
+from medix_r1.eval.studies import decision_eval, decision_report
 from medix_r1.models import smollm2_hf_dir
 
 

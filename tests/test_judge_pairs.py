@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import judge_pairs
+from medix_r1.eval.studies import judge_pairs
 from medix_r1.rewards import parse_solution
 from medix_r1.rewards.decision import decision_mismatch, leading_decision
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import judge_vs_decision
 from benchmarks.__main__ import main as benchmarks_main
-from benchmarks.decision_eval import load_items
+from medix_r1.eval.studies import judge_vs_decision
+from medix_r1.eval.studies.decision_eval import load_items
 
 
 def test_gap_interval_on_constructed_cases():
@@ -60,8 +60,8 @@ def test_bad_items_are_named(tmp_path):
 
 
 def test_run_curves_plots_two_real_runs(tmp_path):
-    from benchmarks import run_curves
     from benchmarks.__main__ import main
+    from medix_r1.eval.studies import run_curves
     # the embedded run of 2026-12-01 (before the judge's gates), kept for comparisons
     metrics = run_curves.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / \
         "train_cpu_default-2026-12-01-metrics.jsonl"

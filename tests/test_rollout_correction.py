@@ -237,7 +237,8 @@ def test_stats_by_hand():
     ln2 = math.log(2)
     want = {"rollout_weight_mean": (1.5 + 1.0) / 2, "rollout_weight_max": 1.5, "rollout_flagged_frac": 0.5,
             "rollout_kl_k3": ((2 - ln2 - 1) + 0) / 2, "rollout_chi2": ((4 - 1) + 0) / 2,
-            "rollout_ppl_ratio": math.exp(-ln2 / 2), "rollout_logp_mismatch": ln2 / 2}
+            "rollout_ppl_ratio": math.exp(-ln2 / 2), "rollout_logp_mismatch": ln2 / 2,
+            "rollout_logp_mismatch_max": ln2}
     for k, v in want.items():
         assert float(stats[k]) == pytest.approx(v, rel=1e-6), k
     logits = torch.randn(1, 3, 5)

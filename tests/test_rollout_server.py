@@ -48,8 +48,9 @@ class Recorder:
     """A stand-in rollout server: /health, and /generate answering n samples per prompt whose ids
     encode (prompt index, sample index); records every request body."""
 
-    def __init__(self, max_model_len=640, generate_status=200, generate_detail="", instance="abc", version=0):
-        self.bodies, self.max_model_len = [], max_model_len
+    def __init__(self, max_model_len=640, generate_status=200, generate_detail="", instance="abc", version=0,
+                 sampling=None):
+        self.bodies, self.max_model_len, self.sampling = [], max_model_len, sampling
         self.generate_status, self.generate_detail = generate_status, generate_detail
         self.instance, self.version = instance, version
         rec = self
@@ -68,7 +69,8 @@ class Recorder:
 
             def do_GET(self):
                 self.reply(200, {"status": "ok", "model": "m", "dtype": "float32", "instance": rec.instance,
-                                 "max_model_len": rec.max_model_len, "weights_version": rec.version})
+                                 "max_model_len": rec.max_model_len, "weights_version": rec.version,
+                                 **({} if rec.sampling is None else {"sampling": rec.sampling})})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -9,7 +9,8 @@ build's register/spill report into OUT (at most 8 files). ``--dry-run`` runs the
 CPU machine (Triton interpreted, tiny shapes; what needs a GPU is skipped and says so):
 tests/test_gpu_check.py runs it. benchmarks/gpu/README.md has the device-run invocation.
 
-Modules: ``check`` (the orchestrator: phases, time budget, output folder), ``rows`` (the
+Modules: ``check`` (the orchestrator: phases, time budget, output folder; its phases live in
+``check_build``, ``check_tests``, ``check_bench``, its outputs in ``check_report``), ``rows`` (the
 benchmark rows through ``benchmarks.suite`` and the measured ceilings), ``correctness`` (the
 backend-vs-reference matrix), ``sanitize`` (the short run of each CUDA kernel under
 compute-sanitizer), ``targets`` (target evaluation and the Markdown), ``ptxas`` (the register /

@@ -89,7 +89,7 @@ def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
     """The mismatch diagnostics, means over response tokens (rho per token): the weight applied (mean,
     max), the share of ratios outside the bounds, KL(rollout || train) by k3 = E[rho - log rho - 1],
     chi^2 = E[rho^2] - 1, the perplexity ratio PPL_train / PPL_rollout = mean over sequences of
-    exp(-mean_t log rho_t), and the mean |log pi_train - log pi_rollout|."""
+    exp(-mean_t log rho_t), and the mean and max |log pi_train - log pi_rollout|."""
     m = mask.to(log_rho.dtype)
     n = m.sum().clamp_min(1)
     rho = log_rho.exp()
@@ -103,7 +103,8 @@ def rollout_stats(log_rho, weight, keep, inside, mask) -> dict:
             "rollout_kl_k3": ((torch.expm1(log_rho) - log_rho) * m).sum() / n,  # rho - 1 - log rho, >= 0
             "rollout_chi2": ((rho * rho - 1.0) * m).sum() / n,
             "rollout_ppl_ratio": ppl_ratio.sum() / seq.sum().clamp_min(1),
-            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n}
+            "rollout_logp_mismatch": (log_rho.abs() * m).sum() / n,
+            "rollout_logp_mismatch_max": (log_rho.abs() * m).max() if m.numel() else log_rho.new_zeros(())}
 
 
 def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=LossConfig(), entropy=None,
@@ -141,6 +142,8 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
     if c.beta > 0:
         kl = kl_penalty(logp, ref_logp.to(logp.dtype), c.kl)
         per_token = per_token + c.beta * kl
+    if c.entropy_coef > 0:  # the entropy bonus: higher entropy lowers the loss
+        per_token = per_token - c.entropy_coef * entropy.to(logp.dtype)
     loss = aggregate(per_token, mask if rollout_logp is None else mask * keep, c.aggregation, c.max_len)
     n_tok = mask.sum().clamp_min(1)
     low = (ratio < 1.0 - c.clip_low) & (adv < 0)
@@ -160,8 +163,8 @@ def policy_loss(logp, mask, advantages, old_logp=None, ref_logp=None, config=Los
 
 def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, rollout_logp=None, config=LossConfig(),
               return_entropy=False):
-    """The clipped-ratio policy loss with KL from [B, L, V] logits: (loss, stats)."""
-    if return_entropy:
+    """The clipped-ratio policy loss with KL (and the entropy bonus) from [B, L, V] logits: (loss, stats)."""
+    if return_entropy or config.entropy_coef > 0:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=True)
     else:
         logp, entropy = selective_log_softmax(logits, ids, temperature=config.temperature), None
@@ -169,10 +172,10 @@ def grpo_loss(logits, ids, mask, advantages, *, old_logp=None, ref_logp=None, ro
 
 
 def fused_linear_grpo_loss(hidden, weight, ids, mask, advantages, *, bias=None, old_logp=None, ref_logp=None,
-                           rollout_logp=None, config=LossConfig()):
+                           rollout_logp=None, config=LossConfig(), return_entropy=False):
     """The same loss from hidden states [B, L, H] and the LM head [V, H] (full logits here)."""
     logits = hidden.float() @ weight.float().t()
     if bias is not None:
         logits = logits + bias.float()
     return grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp,
-                     config=config)
+                     config=config, return_entropy=return_entropy)

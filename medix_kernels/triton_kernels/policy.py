@@ -22,10 +22,10 @@ import triton
 import triton.language as tl
 
 # per-sequence sums: loss, length, clip low, clip high, ratio, KL, entropy, kept length (the aggregation's),
-# then the rollout diagnostics: weight, max weight, flagged, k3, chi^2 sum, |log rho|, log rho, (unused)
+# then the rollout diagnostics: weight, max weight, flagged, k3, chi^2 sum, |log rho|, log rho, max |log rho|
 N_PARTS = 16
 PARTS = tl.constexpr(N_PARTS)
-N_OUT = 13  # loss, the 5 loss stats, the 7 rollout stats (loss_config.ROLLOUT_STATS order)
+N_OUT = 14  # loss, the 5 loss stats, the 8 rollout stats (loss_config.ROLLOUT_STATS order)
 
 
 @triton.jit
@@ -145,13 +145,14 @@ def _k3(lr, rho):
 @triton.jit
 def _rollout_sums(lr, w, kp, inside, m, keep):
     """One chunk's share of the rollout diagnostics: the weight applied (sum, max), the tokens outside the
-    bounds, k3, chi^2, |log rho| and log rho (sums over the response tokens)."""
+    bounds, k3, chi^2, |log rho| (sum, max) and log rho (sums over the response tokens)."""
     rho = tl.exp(lr)
     return (tl.sum(tl.where(keep, m * kp * w, 0.0), axis=0), tl.max(tl.where(keep, kp * w, 0.0), axis=0),
             tl.sum(tl.where(keep & (inside == 0), m, 0.0), axis=0),
             tl.sum(tl.where(keep, m * _k3(lr, rho), 0.0), axis=0),
             tl.sum(tl.where(keep, m * (rho * rho - 1.0), 0.0), axis=0),
-            tl.sum(tl.where(keep, m * tl.abs(lr), 0.0), axis=0), tl.sum(tl.where(keep, m * lr, 0.0), axis=0))
+            tl.sum(tl.where(keep, m * tl.abs(lr), 0.0), axis=0), tl.sum(tl.where(keep, m * lr, 0.0), axis=0),
+            tl.max(tl.where(keep, tl.abs(lr), 0.0), axis=0))
 
 
 @triton.jit
@@ -209,7 +210,7 @@ def policy_seq_kernel(logp_ptr, old_ptr, ref_ptr, roll_ptr, adv_ptr, mask_ptr, e
     s_kl = tl.zeros([BLOCK_L], dtype=tl.float32)
     s_ent = tl.zeros([BLOCK_L], dtype=tl.float32)
     # the aggregation's length and the rollout diagnostics: scalars (a reduction per chunk, few registers)
-    kept, r_w, r_max, r_flag, r_k3, r_chi2, r_abs, r_sum = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    kept, r_w, r_max, r_flag, r_k3, r_chi2, r_abs, r_sum, r_amax = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     for l0 in range(0, L, BLOCK_L):
         c = l0 + offs
         ok = c < L
@@ -231,9 +232,9 @@ def policy_seq_kernel(logp_ptr, old_ptr, ref_ptr, roll_ptr, adv_ptr, mask_ptr, e
             lr = _log_rho(lp, od, rl, keep, HAS_OLD)
             w, kp, inside = rollout_weight(lr, log_rho_seq, r_lower, r_cap, ROLLOUT, REJECT)
             me = m * kp
-            d_w, d_max, d_flag, d_k3, d_chi2, d_abs, d_sum = _rollout_sums(lr, w, kp, inside, m, keep)
+            d_w, d_max, d_flag, d_k3, d_chi2, d_abs, d_sum, d_amax = _rollout_sums(lr, w, kp, inside, m, keep)
             r_w, r_max, r_flag, r_k3 = r_w + d_w, tl.maximum(r_max, d_max), r_flag + d_flag, r_k3 + d_k3
-            r_chi2, r_abs, r_sum = r_chi2 + d_chi2, r_abs + d_abs, r_sum + d_sum
+            r_chi2, r_abs, r_sum, r_amax = r_chi2 + d_chi2, r_abs + d_abs, r_sum + d_sum, tl.maximum(r_amax, d_amax)
         a = tl.load(adv_ptr + b * adv_stride_b + c * adv_stride_l, mask=ok, other=0.0).to(tl.float32)
         loss, dl, r, kl = token_terms(lp, od, rf, a, log_s, clip_low, clip_high, dual_clip, beta, RATIO, CISPO,
                                       DUAL_CLIP, KL, w)
@@ -263,6 +264,7 @@ def policy_seq_kernel(logp_ptr, old_ptr, ref_ptr, roll_ptr, adv_ptr, mask_ptr, e
     tl.store(out + 12, r_chi2)
     tl.store(out + 13, r_abs)
     tl.store(out + 14, r_sum)
+    tl.store(out + 15, r_amax)
 
 
 @triton.jit
@@ -288,6 +290,7 @@ def policy_finalize_kernel(part_ptr, coef_ptr, out_ptr, B, norm, AGG: tl.constex
     n_seq_kept = tl.zeros([BLOCK_B], dtype=tl.float32)
     ppl = tl.zeros([BLOCK_B], dtype=tl.float32)
     w_max = tl.zeros([BLOCK_B], dtype=tl.float32)
+    lr_max = tl.zeros([BLOCK_B], dtype=tl.float32)
     stats = tl.zeros([BLOCK_B, PARTS], dtype=tl.float32)
     kcol = tl.arange(0, PARTS)
     for b0 in range(0, B, BLOCK_B):
@@ -302,6 +305,7 @@ def policy_finalize_kernel(part_ptr, coef_ptr, out_ptr, B, norm, AGG: tl.constex
         # PPL_train / PPL_rollout of the sequence: exp(-mean log rho)
         ppl += tl.where(ln > 0.0, tl.exp(-_part(part_ptr, rb, ok, 14) / tl.maximum(ln, 1.0)), 0.0)
         w_max = tl.maximum(w_max, _part(part_ptr, rb, ok, 9))
+        lr_max = tl.maximum(lr_max, _part(part_ptr, rb, ok, 15))
         stats += tl.load(part_ptr + rb[:, None] * PARTS + kcol[None, :], mask=ok[:, None], other=0.0)
     n_tok_all = tl.maximum(tl.sum(n_tok, axis=0), 1.0)
     n_kept_all = tl.maximum(tl.sum(n_kept, axis=0), 1.0)
@@ -332,6 +336,7 @@ def policy_finalize_kernel(part_ptr, coef_ptr, out_ptr, B, norm, AGG: tl.constex
     tl.store(out_ptr + 10, _pick(sums, kcol, 12) / n_tok_all)  # chi^2
     tl.store(out_ptr + 11, tl.sum(ppl, axis=0) / tl.maximum(tl.sum(n_seq, axis=0), 1.0))
     tl.store(out_ptr + 12, _pick(sums, kcol, 13) / n_tok_all)  # mean |log rho|
+    tl.store(out_ptr + 13, tl.max(lr_max, axis=0))
 
 
 def block(n: int, cap: int = 1024) -> int:

@@ -5,6 +5,7 @@ from medix_r1.checkpoint.store import (
     MARKER,
     PREFIX,
     CheckpointError,
+    CheckpointMismatch,
     file_sha256,
     latest_checkpoint,
     list_checkpoints,
@@ -18,6 +19,6 @@ from medix_r1.checkpoint.store import (
     verify_checkpoint,
 )
 
-__all__ = ["MARKER", "PREFIX", "CheckpointError", "dcp_model_state", "export_hf", "file_sha256", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "load_latest", "main", "manifest", "prune", "save_checkpoint",
-           "save_sharded", "step_dir", "verify_checkpoint"]
+__all__ = ["MARKER", "PREFIX", "CheckpointError", "CheckpointMismatch", "dcp_model_state", "export_hf",
+           "file_sha256", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_latest", "main", "manifest",
+           "prune", "save_checkpoint", "save_sharded", "step_dir", "verify_checkpoint"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from medix_r1.checkpoint.store import MARKER, save_hf_folder, verify_checkpoint
+from medix_r1.checkpoint.lora_export import LORA_EXPORTS, export_lora
+from medix_r1.checkpoint.store import ADAPTER_DIR, MARKER, save_hf_folder, verify_checkpoint
 from medix_r1.utils.cli import command_name
 
 # ----------------------------------------------------------------------------- export to a Hugging Face folder
@@ -37,11 +38,13 @@ def dcp_model_state(dcp_dir: Path) -> dict:
     return state["model"]
 
 
-def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str | None = None) -> Path:
+def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str | None = None,
+              lora: str = "merged") -> Path:
     """A Hugging Face folder (config, safetensors, tokenizer, processor) from a checkpoint ``step``,
     single-process or sharded (``dcp/``, any world size); ``dtype`` fp32/bf16/fp16 (default: as saved).
     The config, tokenizer and processor come from the checkpoint's ``model/`` or the run's
-    ``model.policy``. ``push_to_hub``: also upload the folder to that hub repository."""
+    ``model.policy``. ``push_to_hub``: also upload the folder to that hub repository. A LoRA run's
+    checkpoint (``adapter/``) exports ``lora='merged'`` (into its base) or ``'adapter'`` (lora_export.py)."""
     import transformers
 
     from medix_r1.models import resolve_model_dir
@@ -61,6 +64,11 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
     if problem is not None:
         raise ValueError(f"{step}: {problem}; the checkpoint is damaged and was not exported (use an earlier one)")
     policy = checkpoint_policy(step)
+    if (step / ADAPTER_DIR).is_dir():  # a LoRA run's checkpoint: merged into its base, or the adapter
+        tmp = out.parent / f".tmp_{out.name}_{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_lora(step, tmp, lora, policy, None if dtype is None else EXPORT_DTYPES[dtype])
+        return _finish_export(tmp, out, push_to_hub)
     source = step / "model" if (step / "model" / "config.json").is_file() else \
         Path(resolve_model_dir(policy, "the checkpoint's model.policy"))
     config = transformers.AutoConfig.from_pretrained(str(source))
@@ -98,6 +106,10 @@ def export_hf(step: Path, out: Path, dtype: str | None = None, push_to_hub: str 
         except (OSError, ValueError, TypeError, KeyError) as e:
             if loader is transformers.AutoTokenizer:
                 raise ValueError(f"{source}: no tokenizer to export ({e})") from e
+    return _finish_export(tmp, out, push_to_hub)
+
+
+def _finish_export(tmp: Path, out: Path, push_to_hub: str | None) -> Path:
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
@@ -159,9 +171,12 @@ def main(argv=None) -> int:
     e.add_argument("out_dir", help="the folder to write (must not exist or be empty)")
     e.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), help="cast floating-point weights (default: as saved)")
     e.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this hub repository")
+    e.add_argument("--lora", choices=LORA_EXPORTS, default="merged",
+                   help="a LoRA run's checkpoint: 'merged' (the adapters folded into the base model, a plain "
+                        "Hugging Face folder; the default) or 'adapter' (peft's adapter folder)")
     args = p.parse_args(argv)
     try:
-        out = export_hf(Path(args.step_dir), Path(args.out_dir), args.dtype, args.push_to_hub)
+        out = export_hf(Path(args.step_dir), Path(args.out_dir), args.dtype, args.push_to_hub, args.lora)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Atomic, resumable checkpoints: ``step_000042/`` folders written to a temp folder, then renamed.
 
-A checkpoint holds the model (``model/``, safetensors via ``save_pretrained``), the optimizer and
+A checkpoint holds the model (``model/``, safetensors via ``save_pretrained``; a LoRA run's holds its
+adapters instead, ``adapter/`` in peft's format, the frozen base being ``model.policy``), the optimizer and
 scheduler states, the RNG states (python, numpy, torch), and ``trainer_state.json`` with the step,
 the data position, the reward-cache pointer, counters, the config and the metrics so far. A folder
 counts only when its ``COMPLETE`` marker exists (it is written last, before the rename), so a run
@@ -36,15 +37,28 @@ import torch
 
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel.fsdp import reshard
+from medix_r1.utils.lora import (
+    ADAPTER_WEIGHTS,
+    adapter_state,
+    from_peft_name,
+    is_lora,
+    load_adapter_state,
+    save_adapter,
+)
 
 PREFIX = "step_"
 MARKER = "COMPLETE"
+ADAPTER_DIR = "adapter"  # a LoRA run's checkpoint: its adapters (peft's format) instead of model/
 HASH_CHUNK = 8 << 20
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """No usable checkpoint where one was asked for."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint is intact but of another kind of run (LoRA adapters vs full weights)."""
 
 
 def step_dir(out_dir: Path, step: int) -> Path:
@@ -124,9 +138,13 @@ def save_checkpoint(out_dir, step: int, *, model, tokenizer, optimizer, schedule
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if is_lora(model):  # the adapters alone (peft's format); the base is model.policy, unchanged
+            folder = save_adapter(tmp / ADAPTER_DIR, adapter_state(model.named_parameters()), model)
+        else:
+            folder = tmp / "model"
+            model.save_pretrained(folder, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(folder)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "optim_rng.pt")
         _finish(tmp, final, step, state, keep_last)
@@ -183,12 +201,19 @@ def save_sharded(out_dir, step: int, *, model, tokenizer, optimizer, scheduler, 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     full = None
-    if full_model_max_gb > 0 and sum(p.numel() for p in model.parameters()) * 4 <= full_model_max_gb * (1 << 30):
+    adapter = None
+    if is_lora(model):  # the adapters in peft's format too (gathered: they are small), not a full model/
+        adapter = adapter_state(model.named_parameters())  # every rank: each adapter tensor is gathered
+    elif full_model_max_gb > 0 and sum(p.numel() for p in model.parameters()) * 4 <= full_model_max_gb * (1 << 30):
         # gathered parameter by parameter; only rank 0 keeps the (CPU) tensors
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_main():
         if full is not None:
             save_hf_folder(tmp / "model", model, full, tokenizer)
+        if adapter is not None:
+            save_adapter(tmp / ADAPTER_DIR, adapter, model)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / ADAPTER_DIR)
         torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state(), "world_size": dist.world_size()},
                    tmp / "sched_rng.pt")
     dist.barrier()  # every rank's shards are written
@@ -258,6 +283,8 @@ def load_latest(out_dir, *, model, optimizer, scheduler) -> tuple[Path, dict] | 
         if problem is None:
             try:
                 return path, load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+            except CheckpointMismatch:  # another kind of run (LoRA / full): no older checkpoint fits either
+                raise
             except Exception as exc:  # any unreadable file: fall back, reported below
                 if dist.enabled():  # a collective load that failed on some rank: no agreed way back
                     raise
@@ -278,10 +305,14 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     path = Path(path)
     if not (path / MARKER).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    check_adapter_matches(path, model)
     if (path / "dcp").is_dir():
         return load_sharded(path, model=model, optimizer=optimizer, scheduler=scheduler)
     if dist.enabled():
         return load_full_into_sharded(path, model=model, optimizer=optimizer, scheduler=scheduler)
+    if is_lora(model):
+        load_adapter_state(model, path / ADAPTER_DIR)
+        return _load_rest(path, optimizer, scheduler)
     weights = {}
     for f in sorted((path / "model").glob("*.safetensors")):
         weights.update(load_file(f))
@@ -296,11 +327,28 @@ def load_checkpoint(path, *, model, optimizer, scheduler) -> dict:
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {sorted(set(missing) - tied)}, "
                          f"unexpected {sorted(unexpected)})")
+    return _load_rest(path, optimizer, scheduler)
+
+
+def _load_rest(path: Path, optimizer, scheduler) -> dict:
+    """Optimizer, scheduler and RNG states of a single-process checkpoint; the trainer state."""
     blob = _load_pt(path / "optim_rng.pt")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def check_adapter_matches(path: Path, model) -> None:
+    """A LoRA checkpoint resumes only a LoRA run, a full one only a full run (else CheckpointMismatch)."""
+    has_adapter, lora = (path / ADAPTER_DIR).is_dir(), is_lora(model)
+    if has_adapter and not lora:
+        raise CheckpointMismatch(f"{path} holds LoRA adapters ({ADAPTER_DIR}/) but this run trains the full "
+                                 "model (model.lora.r is 0): resume with the run's model.lora settings")
+    if lora and not has_adapter:
+        raise CheckpointMismatch(f"{path} holds full weights but this run trains LoRA adapters (model.lora.r > 0): "
+                                 "resume without model.lora, or start the LoRA run from an exported model "
+                                 "(model.policy)")
 
 
 def load_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
@@ -327,9 +375,12 @@ def load_full_into_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     weights = {}
+    if is_lora(model):  # the adapters; the frozen base is already the model.policy it was loaded from
+        weights = {from_peft_name(k): v for k, v in load_file(path / ADAPTER_DIR / ADAPTER_WEIGHTS).items()}
     for f in sorted((path / "model").glob("*.safetensors")):
         weights.update(load_file(f))
-    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights and weights \
+            and not is_lora(model):
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     blob = _load_pt(path / "optim_rng.pt")
     # torch's optimizer state is keyed by parameter position; the trainer built its AdamW from the
@@ -340,7 +391,7 @@ def load_full_into_sharded(path: Path, *, model, optimizer, scheduler) -> dict:
                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain["param_groups"]]}
     reshard(model)
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True, strict=not is_lora(model)))
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "trainer_state.json").read_text())

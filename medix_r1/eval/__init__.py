@@ -4,7 +4,8 @@ Modules: ``benchmarks`` (registry of the 17 MediX-R1 benchmarks + the bundled Pu
 split, loaders into one record format), ``generation`` (vLLM / transformers / OpenAI endpoint),
 ``judging`` (prompt, strict JSON parsing, majority vote), ``store`` (append-only JSON lines with
 resume), ``runner`` (one run), ``summary`` (bootstrap CIs, Markdown/CSV), ``charts`` (PNG),
-``compare`` (runs side by side), ``cli``.
+``compare`` (runs side by side), ``cli``; ``studies``: the studies of a training run
+(``python -m medix_r1.eval.studies``).
 """
 from .benchmarks import PAPER_BENCHMARKS, REGISTRY, load_benchmark
 from .judging import majority_vote, parse_judge_reply

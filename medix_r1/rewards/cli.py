@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 from medix_r1.utils.cli import command_name
-from medix_r1.utils.jsonl import input_lines
 
+from .cli_files import InputError, check_paths, output_line, read_inputs, resume_output
 from .config import EMBEDDING_MODES, JUDGE_KINDS, RewardConfig, RewardWeights
-from .parsing import PARITIES, parse_solution
+from .parsing import PARITIES
 
-REQUIRED = ("problem", "response", "solution")
 COMPONENTS = ("total", "format", "modality", "judge", "embedding")
 FLAGS = ("judge_failed", "embedding_failed", "exact_match", "invalid_answer", "truncated")
 _DEFAULTS = RewardConfig(judge="none")
@@ -53,10 +52,6 @@ The judge's API key is read from the environment variable named by --judge-api-k
 (default MEDIX_JUDGE_API_KEY), never from a flag."""
 
 
-class InputError(Exception):
-    """A problem with the input or output file; the message names the file and line."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=command_name("medix_r1.rewards"),
@@ -73,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                "      --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen3-4B-Instruct-2507\n"
                "  python -m medix_r1.rewards score --input rollouts.jsonl --output scored.jsonl --judge none "
                "--embedding-model none")
-    io = p.add_argument_group("files")
+    add_file_args(p.add_argument_group("files"))
+    add_judge_args(p.add_argument_group("judge"))
+    add_reward_args(p.add_argument_group("reward"))
+    add_batch_args(p.add_argument_group("batching"))
+    return parser
+
+
+def add_file_args(io) -> None:
+    """--input, --output and how an existing --output is resumed, replaced or retried."""
     io.add_argument("--input", required=True, metavar="PATH",
                     help="JSONL input: one object per line with 'problem', 'response' and 'solution' "
                          "(other fields are kept); blank lines are ignored")
@@ -90,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the end-of-run summary (means, failures, judge counters) to this file")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    j = p.add_argument_group("judge")
+
+def add_judge_args(j) -> None:
+    """The judge backend, its server and requests, and the gates that answer NO without a judge call."""
     j.add_argument("--judge", choices=JUDGE_KINDS, default=None,
                    help="judge backend: 'http' (an OpenAI-compatible server; the default when --judge-url is "
                         "given), 'local' (SmolLM2-135M or --judge-model in this process; the default "
@@ -123,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict parity: NO without a judge call when answer and reference (decisions removed) have "
                         "an embedding cosine similarity below X; 0 = off (default %(default)s)")
 
-    r = p.add_argument_group("reward")
+
+def add_reward_args(r) -> None:
+    """The parsing rules (parity), the embedding reward, the weights of the total."""
     r.add_argument("--parity", choices=PARITIES, default=_DEFAULTS.parity,
                    help="'strict' (default): whitespace removed around tags only, a judge reply that is not "
                         "YES/NO is a failed judgement; 'official': the MediX-R1 code's rules")
@@ -141,106 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-response-chars", type=int, default=_DEFAULTS.max_response_chars, metavar="N",
                    help="truncate longer responses before scoring (default %(default)s)")
 
-    b = p.add_argument_group("batching")
+
+def add_batch_args(b) -> None:
+    """How many lines a batch holds and how long it may take."""
     b.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="lines per scoring batch; two batches are in flight at once (default %(default)s)")
     b.add_argument("--deadline-s", type=float, default=_DEFAULTS.deadline_s, metavar="S",
                    help="each batch returns within this many seconds; judgements not done by then score 0 and "
                         "are flagged judge_failed (default %(default)s)")
-    return parser
-
-
-# ------------------------------------------------------------------------------------------ files
-def read_inputs(path: Path, parity: str) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; raises InputError naming the first bad line."""
-    if not path.is_file():
-        raise InputError(f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
-    records = []
-    for lineno, obj, problem in input_lines(path):
-        where = f"{path}:{lineno}"
-        if problem is not None:
-            raise InputError(f"{where}: {problem}")
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in REQUIRED if k not in obj]
-        if missing:
-            raise InputError(f"{where}: missing field(s) {', '.join(missing)} (each line needs "
-                             f"{', '.join(REQUIRED)})")
-        for k in REQUIRED:
-            if not isinstance(obj[k], str):
-                raise InputError(f"{where}: field '{k}' must be a string, got {type(obj[k]).__name__}")
-        try:  # a \\ud800-style escape decodes to a lone surrogate, which no UTF-8 output can hold
-            output_line(obj)
-        except UnicodeEncodeError as e:
-            raise InputError(f"{where}: contains a lone surrogate ({e.object[e.start:e.end]!r}), "
-                             f"which is not text; fix the line") from None
-        try:
-            parse_solution(obj["solution"], parity)
-        except ValueError as e:
-            raise InputError(f"{where}: bad 'solution': {e}") from None
-        records.append((lineno, obj))
-    return records
-
-
-def output_line(row: dict) -> bytes:
-    """One output line, as written (UTF-8; raises UnicodeEncodeError on lone surrogates)."""
-    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def line_start(record: dict) -> bytes:
-    """The bytes that the output line of ``record`` starts with, up to its rewards' value."""
-    text = output_line({**record, "rewards": "\x00"}).decode("utf-8")
-    return text[:text.rindex('"\\u0000"')].encode("utf-8")
-
-
-def check_paths(in_path: Path, out_path: Path) -> None:
-    if out_path.is_dir():
-        raise InputError(f"--output {out_path} is a directory; give a file path")
-    if in_path.exists() and out_path.exists() and os.path.samefile(in_path, out_path):
-        raise InputError(f"--output {out_path} is the --input file; scoring would destroy it, choose another path")
-
-
-def resume_output(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
-    """The output's complete lines (checked against the inputs); a torn last line is cut off the file.
-    Raises InputError, leaving the file as it is, unless every byte of it is verifiably this command's
-    output for ``records``."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline, else an unterminated (torn) line
-    done, good_bytes = [], 0
-    for k, raw in enumerate(lines):
-        where = f"{path}:{k + 1}"
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict) or not isinstance(obj.get("rewards"), dict):
-                raise ValueError("no 'rewards' object")
-        except ValueError as e:
-            if k == len(lines) - 1 and not tail:  # a torn last line that happens to end in a newline
-                break
-            raise InputError(f"{where}: the existing output has a malformed line ({e}); it is not a "
-                             f"partial output of this command: choose another --output or pass --overwrite") from None
-        if k >= len(records):
-            raise InputError(f"{path} has more lines ({len(lines)}) than the input has records ({len(records)})")
-        original = {key: value for key, value in obj.items() if key != "rewards"}
-        lineno, record = records[k]
-        if original != {key: value for key, value in record.items() if key != "rewards"}:
-            raise InputError(f"{where} does not match input line {lineno}: the output belongs to another input; "
-                             f"choose another --output or pass --overwrite")
-        done.append(obj)
-        good_bytes += len(raw) + 1
-    torn = data[good_bytes:]
-    if torn:  # only the start of the next record's line (a kill mid-write) may be cut off
-        nxt = len(done)
-        start = line_start(records[nxt][1]) if nxt < len(records) else b""
-        if not start or not (torn.startswith(start) or start.startswith(torn)):
-            raise InputError(f"{path}:{nxt + 1}: not a line of this command's output for this input (the file "
-                             f"is left as it is); choose another --output or pass --overwrite")
-    if good_bytes != len(data):
-        with open(path, "r+b") as fh:  # drop the torn line: it is rewritten from the input
-            fh.truncate(good_bytes)
-    return done
 
 
 # ------------------------------------------------------------------------------------------ scoring

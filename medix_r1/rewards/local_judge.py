@@ -48,7 +48,7 @@ class LocalJudge(JudgeBase):
     def __init__(self, model_dir=None, *, concurrency: int = 1, timeout_s: float = 120.0, max_retries: int = 0,
                  cache_path=None, parity: str = "strict", batch_size: int = 16, max_prompt_tokens: int = 768,
                  device: str = "cpu", threshold: float = 0.0, decision_gate: bool = False,
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, attn_implementation: str = "sdpa"):
         super().__init__(cache_path, parity, decision_gate)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -70,7 +70,8 @@ class LocalJudge(JudgeBase):
         self.tokenizer.padding_side = "left"  # the last position is then every row's next token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                          attn_implementation=attn_implementation).to(device).eval()
         self.device = device
         self.yes_ids = self._first_tokens(YES_WORDS)
         self.no_ids = self._first_tokens(NO_WORDS)

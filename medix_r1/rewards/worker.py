@@ -2,8 +2,9 @@
 
 Design: one daemon thread running its own asyncio event loop. ``submit`` validates the batch in
 the caller's thread (so caller mistakes raise at once, with the sample index) and hands the
-scoring coroutine to the loop with ``asyncio.run_coroutine_threadsafe``, which returns exactly
-the ``concurrent.futures.Future`` the trainer waits on. Why a thread and not a process:
+scoring coroutine (:func:`.scoring.score_samples`) to the loop with
+``asyncio.run_coroutine_threadsafe``, which returns exactly the ``concurrent.futures.Future`` the
+trainer waits on. Why a thread and not a process:
 
 - the judge work is I/O (HTTP requests waiting on a vLLM server); one event loop keeps hundreds
   of requests in flight with no extra memory, and the GIL is released while waiting;
@@ -28,193 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from .config import RewardConfig, RewardResult
-from .decision import off_topic
-from .judge import JudgeBase
-from .parsing import format_reward, is_invalid_answer, modality_reward, parse_response, parse_solution
-from .plugins import add_functions, load_function, report_failures, score_function
+from .plugins import load_function
+from .scoring import GUARD_S, Sample, check_columns, clean_text, prepare, score_samples
 
 log = logging.getLogger(__name__)
-GUARD_S = 0.2  # grace after the deadline before the whole judge call is abandoned
-LATE_S = 2.0  # and after that, before the caller's Future is failed if the worker's loop is blocked
-_SURROGATES = re.compile(r"[\ud800-\udfff]")
+LATE_S = 2.0  # after the guard, before the caller's Future is failed if the worker's loop is blocked
+# the batch checks and scoring live in .scoring; importable from here as before
+__all__ = ["GUARD_S", "LATE_S", "RewardWorker", "Sample", "check_columns", "clean_text", "compute_rewards",
+           "make_judge", "prepare", "score_samples"]
 
 
-@dataclass
-class Sample:
-    problem: str
-    response: str
-    reference_tag: str
-    reference: str | None         # None: reward.parity=official and a solution without a tag (accuracy 0)
-    truncated: bool
-
-
-def clean_text(value, name: str, index: int, limit: int | None = None) -> tuple[str, bool]:
-    """A str from a str or UTF-8 bytes; invalid bytes and lone surrogates become U+FFFD."""
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("utf-8", errors="replace")
-    if not isinstance(value, str):
-        raise TypeError(f"{name}[{index}] must be a str (or UTF-8 bytes), got {type(value).__name__}")
-    value = _SURROGATES.sub("\ufffd", value)
-    if limit is not None and len(value) > limit:
-        return value[:limit], True
-    return value, False
-
-
-def check_columns(columns, n: int) -> dict:
-    """The extra per-sample columns handed to plug-in reward functions: a mapping of lists of length n."""
-    if columns is None:
-        return {}
-    if not isinstance(columns, dict):
-        raise TypeError(f"columns must be a dict of lists, got {type(columns).__name__}")
-    for k, v in columns.items():
-        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != n:
-            raise ValueError(f"columns[{k!r}] must be a list of {n} values (one per response)")
-    return {k: list(v) for k, v in columns.items()}
-
-
-def prepare(problems, responses, solutions, cfg: RewardConfig) -> list[Sample]:
-    """Check a batch and turn it into Samples; raises ValueError/TypeError on caller mistakes."""
-    for name, seq in (("problems", problems), ("responses", responses), ("solutions", solutions)):
-        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
-            raise TypeError(f"{name} must be a list, got {type(seq).__name__}")
-    if not (len(problems) == len(responses) == len(solutions)):
-        raise ValueError(f"problems, responses and solutions must have the same length, got "
-                         f"{len(problems)}, {len(responses)} and {len(solutions)}")
-    samples = []
-    for i, (problem, response, solution) in enumerate(zip(problems, responses, solutions)):
-        problem, _ = clean_text(problem, "problems", i)
-        response, truncated = clean_text(response, "responses", i, cfg.max_response_chars)
-        solution, _ = clean_text(solution, "solutions", i)
-        try:
-            tag, reference = parse_solution(solution, cfg.parity)
-        except ValueError as e:
-            raise ValueError(f"solutions[{i}]: {e}") from None
-        samples.append(Sample(problem, response, tag, reference, truncated))
-    return samples
-
-
-async def score_samples(samples: list[Sample], cfg: RewardConfig, judge, embedder_fn, deadline: float,
-                        functions=(), columns: dict | None = None) -> list[RewardResult]:
-    """All reward components of a batch. ``judge``: a judge backend or None (judge='none');
-    ``embedder_fn``: a zero-argument function returning the Embedder, or None (embedding off);
-    ``functions``: (import path, callable, weight) of the plug-in rewards, given ``columns``."""
-    results, pending = [], []
-    for i, s in enumerate(samples):
-        parsed = parse_response(s.response, cfg.parity)
-        r = RewardResult(format=format_reward(parsed), modality=modality_reward(parsed, s.reference_tag),
-                         answer=parsed.answer, truncated=s.truncated)
-        if s.reference is None:  # the official reward's accuracy raises on an untagged solution and scores 0
-            pass
-        elif is_invalid_answer(parsed.answer):
-            r.invalid_answer = True
-        elif parsed.answer == s.reference:
-            r.exact_match, r.judge, r.embedding = True, 1.0, 1.0
-        else:
-            pending.append(i)
-        results.append(r)
-
-    async def run_judge():
-        if judge is None or not pending:
-            return
-        gated = await topic_gate(pending) if cfg.judge_min_similarity > 0 and embedder_fn is not None else set()
-        for i in gated:
-            apply_verdict(i, JudgeBase.gate_verdict())
-        asked = [i for i in pending if i not in gated]
-        if not asked:
-            return
-        items = [(samples[i].problem, samples[i].reference, results[i].answer) for i in asked]
-        try:
-            # the backends stop each item at the deadline themselves; this is the last-resort guard
-            verdicts = list(await asyncio.wait_for(judge.judge_many(items, deadline=deadline),
-                                                   timeout=max(0.0, deadline - time.monotonic()) + GUARD_S))
-            if len(verdicts) != len(items):  # a backend bug: never pair verdicts with the wrong samples
-                raise RuntimeError(f"the judge returned {len(verdicts)} verdicts for {len(items)} items")
-        except Exception as exc:  # the deadline or a bug in the backend: fail these judgements
-            error = "batch deadline reached" if isinstance(exc, asyncio.TimeoutError) else \
-                f"{type(exc).__name__}: {exc}"
-            for i in asked:
-                results[i].judge_failed, results[i].judge_error = True, error
-            return
-        for i, v in zip(asked, verdicts):
-            apply_verdict(i, v)
-
-    def apply_verdict(i: int, v) -> None:
-        r = results[i]
-        r.judge = 1.0 if v.correct else 0.0
-        r.judge_failed, r.judge_reply, r.judge_error = v.failed, v.reply, v.error
-        r.judge_answer_cut = getattr(v, "answer_cut", 0)
-
-    async def topic_gate(rows: list[int]) -> set[int]:
-        """The rows the topic gate answers NO (rewards.decision.off_topic), counted with the judge's gated
-        verdicts. When the embedding model fails, none: every row goes to the judge (the gate only says NO)."""
-        def compute():
-            return off_topic(embedder_fn().encode, [results[i].answer for i in rows],
-                             [samples[i].reference for i in rows], cfg.judge_min_similarity)
-        try:
-            flags = await asyncio.wait_for(asyncio.to_thread(compute), timeout=max(0.0, deadline - time.monotonic()))
-        except Exception as exc:
-            log.warning("topic gate skipped for %d samples (the embedding model failed): %s", len(rows), exc)
-            return set()
-        gated = {i for i, off in zip(rows, flags) if off}
-        if isinstance(judge, JudgeBase):  # test doubles that are not judges keep no counters
-            judge.count_gated(len(gated))
-        return gated
-
-    async def run_embedding():
-        if embedder_fn is None or not pending:
-            return
-
-        def compute():
-            return embedder_fn().rewards([results[i].answer for i in pending],
-                                         [samples[i].reference for i in pending],
-                                         mode=cfg.embedding_mode, threshold=cfg.embedding_threshold)
-        try:
-            values, bad = await asyncio.wait_for(asyncio.to_thread(compute),
-                                                 timeout=max(0.0, deadline - time.monotonic()))
-            values, bad = list(values), list(bad)
-            if not (len(values) == len(bad) == len(pending)):
-                raise RuntimeError(f"the embedder returned {len(values)} values for {len(pending)} pairs")
-        except Exception as exc:
-            log.warning("embedding reward failed for %d samples: %s", len(pending), exc)
-            for i in pending:
-                results[i].embedding_failed = True
-            return
-        for i, v, b in zip(pending, values, bad):
-            v = float(v)
-            ok = math.isfinite(v) and not b
-            results[i].embedding, results[i].embedding_failed = (v if ok else 0.0), not ok
-
-    prompts, completions = [s.problem for s in samples], [s.response for s in samples]
-    if columns is None:  # the record's solution again: its tag (already in <...>) and the reference text
-        columns = {"solution": [" ".join(p for p in (s.reference_tag, s.reference) if p) for s in samples]}
-    plugin_runs = [score_function(spec, fn, prompts, completions, columns, deadline) for spec, fn, _ in functions]
-    *scores, _, _ = await asyncio.gather(*plugin_runs, run_judge(), run_embedding())
-    for r in results:
-        r.total = cfg.weights.total(judge=r.judge, embedding=r.embedding, modality=r.modality, format=r.format) \
-            if cfg.medix else 0.0
-    ids = columns.get("id", [])
-    for got in scores:
-        report_failures(got, ids)
-        for r, value, error in zip(results, got.values, got.errors):
-            r.functions[got.name] = value
-            if error is not None:  # counted like a failed judgement (reward/judge_failed_rate, the stop rule)
-                r.function_failed, r.judge_failed = True, True
-                r.judge_error = f"reward function {got.name}: {error}"
-    for r in results:
-        add_functions(r, [(got.name, weight) for (_, _, weight), got in zip(functions, scores)])
-    return results
-
-
-def make_judge(cfg: RewardConfig):
-    """The judge backend the config asks for (None for judge='none')."""
+def make_judge(cfg: RewardConfig, attn_implementation: str = "sdpa"):
+    """The judge backend the config asks for (None for judge='none'); ``attn_implementation``: the local
+    judge's attention backend (the trainer's model.attn_implementation)."""
     if cfg.judge == "none":
         return None
     common = {"concurrency": cfg.judge_concurrency, "timeout_s": cfg.judge_timeout_s,
@@ -224,7 +56,8 @@ def make_judge(cfg: RewardConfig):
         from .judge import JudgeClient
         return JudgeClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, **common)
     from .local_judge import LocalJudge
-    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, **common)
+    return LocalJudge(cfg.judge_model, threshold=cfg.judge_threshold, attn_implementation=attn_implementation,
+                      **common)
 
 
 class RewardWorker:
@@ -239,8 +72,10 @@ class RewardWorker:
     percentiles).
     """
 
-    def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None):
+    def __init__(self, cfg: RewardConfig | None = None, *, judge=None, embedder=None,
+                 attn_implementation: str = "sdpa"):
         self.cfg = cfg if cfg is not None else RewardConfig()
+        self.attn_implementation = attn_implementation  # of a local judge's model
         self.cfg.validate()
         if judge is not None and getattr(judge, "parity", self.cfg.parity) != self.cfg.parity:
             raise ValueError(f"judge parity {judge.parity!r} differs from cfg.parity {self.cfg.parity!r}")
@@ -261,7 +96,7 @@ class RewardWorker:
     def _get_judge(self):
         with self._load_lock:
             if self._judge is None and self.cfg.judge != "none":
-                self._judge = make_judge(self.cfg)
+                self._judge = make_judge(self.cfg, self.attn_implementation)
             if self._judge is not None and hasattr(self._judge, "bind"):
                 self._judge.bind(self._loop)  # the HTTP client is built here, off the event loop
             return self._judge

@@ -17,12 +17,14 @@ vLLM only when built, so this package imports without it.
 from medix_r1.rollout.client import ServerRollout
 from medix_r1.rollout.colocated import VllmRollout
 from medix_r1.rollout.hf import HfRollout
+from medix_r1.rollout.types import SAMPLING_KNOBS as _KNOBS
 from medix_r1.rollout.types import (  # noqa: F401
     RolloutOutOfMemory,
     Rollouts,
     RolloutServerError,
     is_oom,
     sample_seed,
+    sampling_extras,
 )
 from medix_r1.rollout.vllm_server import VllmServerRollout
 
@@ -33,6 +35,10 @@ ENGINES = {
     "server": lambda model_dir, policy, tokenizer, cfg, seed, extra: ServerRollout(cfg, seed, model_dir=model_dir),
     "vllm-server": lambda model_dir, policy, tokenizer, cfg, seed, extra: VllmServerRollout(cfg, seed),
 }
+
+# name -> the sampling knobs it honours (rollout.top_k, min_p, repetition_penalty); a config that sets
+# another is refused naming it (config_checks). The rollout server says which it takes in /health too.
+SAMPLING_KNOBS = {"vllm": tuple(_KNOBS), "hf": tuple(_KNOBS), "server": tuple(_KNOBS), "vllm-server": tuple(_KNOBS)}
 
 
 def make_engine(cfg, *, model_dir, policy, tokenizer, seed: int, extra_engine_kwargs=None):

@@ -12,7 +12,14 @@ import time
 
 import torch
 
-from medix_r1.rollout.types import RolloutOutOfMemory, Rollouts, RolloutServerError, is_oom, sample_seed
+from medix_r1.rollout.types import (
+    RolloutOutOfMemory,
+    Rollouts,
+    RolloutServerError,
+    is_oom,
+    sample_seed,
+    sampling_extras,
+)
 from medix_r1.rollout.vllm_engine import SAMPLING_LOGPROBS
 from medix_r1.rollout.weight_sync import (
     TOKEN_ENV,
@@ -79,6 +86,12 @@ class ServerRollout:
                 f"the rollout server at {self.url} was started with --max-model-len {self.info.get('max_model_len')}, "
                 f"smaller than rollout.max_model_len ({cfg.max_model_len}): restart it with --max-model-len "
                 f"{cfg.max_model_len} or lower rollout.max_model_len")
+        refused = [k for k in sampling_extras(cfg) if k not in self.info.get("sampling", ())]
+        if refused:  # a server from before these knobs would ignore them: refuse rather than sample otherwise
+            raise RolloutServerError(
+                f"rollout.{refused[0]}={getattr(cfg, refused[0])}: the rollout server at {self.url} does not take "
+                f"it (its /health lists {self.info.get('sampling', [])}); restart it from this version of medix "
+                f"or leave rollout.{refused[0]} off")
         log.info("rollout server %s: %s (%s, max_model_len %s, weights version %s)", self.url, self.info.get("model"),
                  self.info.get("dtype"), self.info.get("max_model_len"), self.info.get("weights_version"))
 
@@ -139,7 +152,8 @@ class ServerRollout:
         body = {"prompt_token_ids": [list(map(int, p)) for p in prompt_ids], "n": c.n, "max_tokens": c.max_tokens,
                 "temperature": c.temperature, "top_p": c.top_p,
                 "seeds": [sample_seed(seed, step, offset + i, attempt) for i in range(len(prompt_ids))],
-                "logit_bias": {str(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None}
+                "logit_bias": {str(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+                **sampling_extras(c)}
         resp = self._request("POST", "/generate", body)
         if self.version is not None and (resp.get("instance"), resp.get("weights_version")) != self.version:
             raise RolloutServerError(

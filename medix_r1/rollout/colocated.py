@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from medix_r1.rollout.types import OOM_HINT, RolloutOutOfMemory, Rollouts, is_oom, sample_seed
+from medix_r1.rollout.types import OOM_HINT, RolloutOutOfMemory, Rollouts, is_oom, sample_seed, sampling_extras
 from medix_r1.rollout.vllm_engine import SAMPLING_LOGPROBS, build_llm, engine_kwargs, load_weights, sampled_logprobs
 
 log = logging.getLogger("medix_r1.rollout")
@@ -44,7 +44,7 @@ class VllmRollout:
         c = self.cfg
         params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
                                  logprobs=0, seed=sample_seed(seed, step, offset + i, attempt),
-                                 logit_bias=self.logit_bias)
+                                 logit_bias=self.logit_bias, **sampling_extras(c))
                   for i in range(len(prompt_ids))]
         # TokensPrompt dicts; a VL item adds multi_modal_data={"image": [...]} (see vllm_request)
         prompts = [vllm_request(p) for p in prompt_ids]

@@ -34,7 +34,9 @@ class HfRollout:
 
     def sampling(self) -> Sampling:
         """The sampling settings of ``self.cfg`` as it is now (validation swaps in its own section)."""
-        return Sampling(temperature=self.cfg.temperature, top_p=self.cfg.top_p, suppress=self.suppress)
+        c = self.cfg
+        return Sampling(temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, min_p=c.min_p,
+                        repetition_penalty=c.repetition_penalty, suppress=self.suppress)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list, step: int, seed: int, attempt: int = 0, offset: int = 0) -> Rollouts:
@@ -86,7 +88,7 @@ class HfRollout:
             mask[b, width - len(p):] = 1
         images = [x for _, x in prompts if x]
         extra = {k: torch.cat([x[k] for x in images]).to(device) for k in images[0]} if images else {}
-        sampler = TokenSampler(self.sampling(), gens, max_tokens, device)
+        sampler = TokenSampler(self.sampling(), gens, max_tokens, device, prompts=[p for p, _ in prompts])
         # Greedy on the sampler's forced choice: transformers' own sampling and processors stay out of it.
         gen = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, pad_token_id=self.pad,
                                eos_token_id=self.eos)

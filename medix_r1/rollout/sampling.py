@@ -2,10 +2,11 @@
 
 Each step takes the model's raw next-token logits [B, V] and:
 
-1. turns them into the distribution to draw from with the transforms of :data:`TRANSFORMS`, in
-   order (suppressed ids, temperature, top-p): each is a plain function of (logits, settings)
-   that returns new logits with ``-inf`` outside what it keeps; a new knob is one function and one
-   entry there;
+1. turns them into the distribution to draw from: the repetition penalty first (on the raw logits,
+   as vLLM and transformers apply it; it needs the ids already in each row, which the sampler
+   keeps), then the transforms of :data:`TRANSFORMS`, in order (suppressed ids, temperature, top-k,
+   top-p, min-p): each is a plain function of (logits, settings) that returns new logits with
+   ``-inf`` outside what it keeps; a new knob is one function and one entry there;
 2. draws one token per row with the exponential race (:func:`draw`) on noise from the row's own
    generator, or takes the arg-max at temperature 0;
 3. records the token's raw log-prob (log-softmax of the unprocessed logits) and its log-prob under
@@ -31,6 +32,9 @@ class Sampling:
     """What one ``generate`` samples with (a rollout section's fields; ``temperature`` 0 = greedy)."""
     temperature: float
     top_p: float = 1.0
+    top_k: int = 0                   # 0 = off
+    min_p: float = 0.0               # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
     suppress: tuple[int, ...] = ()   # ids never sampled (the raw log-probs are not affected)
 
     @property
@@ -63,8 +67,31 @@ def nucleus(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-# name -> transform, applied in this order (temperature before top-p, as vLLM and transformers do)
-TRANSFORMS = {"suppress": suppress_ids, "temperature": scale_by_temperature, "top_p": nucleus}
+def top_k(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """Keep the ``top_k`` most likely tokens (and any tied with the k-th)."""
+    if s.greedy or s.top_k <= 0 or s.top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(s.top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def min_p(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """Keep the tokens whose probability is at least ``min_p`` times the most likely one's."""
+    if s.greedy or s.min_p <= 0:
+        return logits
+    threshold = logits.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(s.min_p))
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def penalize_repeats(raw: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty of vLLM and transformers: the logit of a token already in the row (prompt
+    or response; ``seen`` [B, V]) is divided by ``penalty`` when positive, multiplied when negative."""
+    return torch.where(seen, torch.where(raw > 0, raw / penalty, raw * penalty), raw)
+
+
+# name -> transform, applied in this order (temperature, then top-k, top-p, min-p, as transformers does)
+TRANSFORMS = {"suppress": suppress_ids, "temperature": scale_by_temperature, "top_k": top_k, "top_p": nucleus,
+              "min_p": min_p}
 
 
 def sampling_logits(raw: torch.Tensor, s: Sampling) -> torch.Tensor:
@@ -103,15 +130,26 @@ class TokenSampler:
     [B, max_tokens] hold, per step, the chosen token's raw log-prob and its log-prob under the
     distribution it was drawn from (0 when greedy); they stay on the device until read."""
 
-    def __init__(self, s: Sampling, generators: list[torch.Generator], max_tokens: int, device):
+    def __init__(self, s: Sampling, generators: list[torch.Generator], max_tokens: int, device,
+                 prompts: list[list[int]] | None = None):
         self.s, self.generators, self.t = s, generators, 0
+        # the repetition penalty's ids so far, per row: its prompt (without the left padding), then each
+        # token drawn; built at the first step, when the vocabulary size is known
+        self.prompts, self.seen = prompts, None
         # one spare column: a decode loop that checks for its end a step late calls once more
         self.raw_logp = torch.zeros(len(generators), max_tokens + 1, device=device)
         self.sampled_logp = torch.zeros_like(self.raw_logp)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         raw = scores.float()
-        logits = sampling_logits(raw, self.s)
+        penalized = raw
+        if self.s.repetition_penalty != 1.0:
+            if self.seen is None:
+                self.seen = torch.zeros_like(raw, dtype=torch.bool)
+                for row, ids in enumerate(self.prompts or []):
+                    self.seen[row, torch.tensor(ids, dtype=torch.long)] = True
+            penalized = penalize_repeats(raw, self.seen, self.s.repetition_penalty)
+        logits = sampling_logits(penalized, self.s)
         if self.s.greedy:
             token = logits.argmax(-1)
         else:
@@ -120,6 +158,8 @@ class TokenSampler:
                 row.exponential_(generator=g)
             token = draw(logits, noise)
         pick = token.unsqueeze(-1)
+        if self.seen is not None:
+            self.seen.scatter_(-1, pick, True)
         col = min(self.t, self.raw_logp.shape[1] - 1)
         self.raw_logp[:, col] = raw.log_softmax(-1).gather(-1, pick).squeeze(-1)
         if not self.s.greedy:

@@ -8,16 +8,18 @@ with :class:`medix_r1.rollout.client.ServerRollout` (``rollout.engine=server``);
 Endpoints (JSON in, JSON out; errors are ``{"detail": "..."}`` with 400 bad request, 409 wrong
 state, 507 out of memory, 500 anything else):
 
-- ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``instance`` (a random id per
+- ``GET /health``: ``status``, ``model``, ``dtype``, ``max_model_len``, ``sampling`` (the optional
+  sampling knobs /generate takes), ``instance`` (a random id per
   server start), ``weights_version`` (0 = the checkpoint's weights, +1 per update), ``weight_sync``
   (whether a sync group is open), ``last_update`` (timings of the last weight update) and
   ``logprobs_mode`` (vLLM's: ``processed_logprobs`` unless ``--engine-arg logprobs_mode=...`` says
   otherwise).
 - ``POST /generate``: ``prompt_token_ids`` (one list of ids per prompt), ``n``, ``max_tokens``,
-  ``temperature``, ``top_p``, ``seeds`` (one per prompt, optional), ``logit_bias`` (optional
-  ``{token id: bias}``). Returns ``outputs``: per prompt ``prompt_len`` and ``samples``, each with
-  ``token_ids``, ``logprobs`` (the sampled tokens' log-probs under the distribution they were drawn
-  from: logit bias, temperature and top-p applied), ``text`` and ``finish_reason``; plus ``instance`` and
+  ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` (optional, off by default),
+  ``seeds`` (one per prompt, optional), ``logit_bias`` (optional ``{token id: bias}``). Returns
+  ``outputs``: per prompt ``prompt_len`` and ``samples``, each with ``token_ids``, ``logprobs`` (the
+  sampled tokens' log-probs under the distribution they were drawn from: logit bias, penalties,
+  temperature, top-k / top-p / min-p applied), ``text`` and ``finish_reason``; plus ``instance`` and
   ``weights_version`` so a client can tell which weights sampled.
 - ``POST /init_weight_sync``: ``host``, ``port`` (the trainer's store), ``world_size``, ``rank`` (this
   server's rank; the trainer is rank 0), ``backend`` (``gloo`` or ``nccl``), ``timeout_s``. The
@@ -83,8 +85,17 @@ def is_loopback(host: str) -> bool:
 def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None = None, limits: dict | None = None):
     """The FastAPI app over ``engine`` (every engine call goes through ``runner``); ``token``: the
     bearer token every request must carry (None: no check, loopback only); ``limits``: LIMITS' keys."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi import FastAPI
+
+    app = FastAPI(title="medix rollout server")
+    limits = {**LIMITS, **(limits or {})}
+    add_guards(app, token, limits)
+    add_routes(app, engine, runner, limits)
+    return app
+
+
+def request_models():
+    """The bodies of the POST endpoints (pydantic checks each field's type and range before a handler runs)."""
     from pydantic import BaseModel, Field
 
     class GenerateRequest(BaseModel):
@@ -93,6 +104,9 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
         max_tokens: int = Field(16, ge=1)
         temperature: float = Field(1.0, ge=0.0)
         top_p: float = Field(1.0, gt=0.0, le=1.0)
+        top_k: int = Field(0, ge=0)
+        min_p: float = Field(0.0, ge=0.0, le=1.0)
+        repetition_penalty: float = Field(1.0, gt=0.0)
         seeds: list[int] | None = None
         logit_bias: dict[int, float] | None = None
 
@@ -114,12 +128,16 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
         bucket_mb: float = Field(0.0, ge=0.0)
         sync_id: str = Field(min_length=1, max_length=64)
 
-    def respond(body: dict) -> Response:
-        # allow_nan: a raw log-prob may be -inf; Python's json reads it back
-        return Response(json.dumps(body, allow_nan=True), media_type="application/json")
+    return GenerateRequest, InitRequest, UpdateRequest
 
-    app = FastAPI(title="medix rollout server")
-    limits = {**LIMITS, **(limits or {})}
+
+def add_guards(app, token: str | None, limits: dict) -> None:
+    """What every request passes before its endpoint: the bearer token (401), a POST's Content-Length
+    (411 without one, 413 above --max-request-mb); and errors as ``{"detail": ...}`` (RequestError's
+    status, 507 out of memory, 500 anything else)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
     max_body = int(limits["max_request_mb"] * (1 << 20))
 
     @app.middleware("http")
@@ -148,6 +166,17 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
         log.exception("%s failed", request.url.path)
         return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=status)
 
+
+def add_routes(app, engine: RolloutEngine, runner: EngineThread, limits: dict) -> None:
+    """The endpoints (the module docstring has their fields); each engine call runs on ``runner``."""
+    from fastapi.responses import Response
+
+    GenerateRequest, InitRequest, UpdateRequest = request_models()
+
+    def respond(body: dict) -> Response:
+        # allow_nan: a raw log-prob may be -inf; Python's json reads it back
+        return Response(json.dumps(body, allow_nan=True), media_type="application/json")
+
     @app.get("/health")
     def health():
         return respond({**engine.health(), "busy": runner.busy.is_set()})
@@ -171,8 +200,6 @@ def build_app(engine: RolloutEngine, runner: EngineThread, *, token: str | None 
     @app.post("/close_weight_sync")
     def close_weight_sync():
         return respond(runner(engine.close_weight_sync))
-
-    return app
 
 
 def build_parser() -> argparse.ArgumentParser:

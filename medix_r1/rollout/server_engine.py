@@ -12,6 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from medix_r1.rollout.types import SAMPLING_KNOBS
 from medix_r1.rollout.vllm_engine import build_llm, expected_reload_warnings_as_one_line, finish_weight_update
 from medix_r1.rollout.weight_sync import (
     WeightSyncGroup,
@@ -37,8 +38,9 @@ def sampling_kwargs(req: dict, i: int) -> dict:
     seeds = req.get("seeds")
     bias = req.get("logit_bias")
     return {"n": req["n"], "temperature": req["temperature"], "top_p": req["top_p"], "max_tokens": req["max_tokens"],
-                "logprobs": 0, "seed": None if seeds is None else int(seeds[i]),
-                "logit_bias": {int(k): float(v) for k, v in bias.items()} if bias else None}
+            "logprobs": 0, "seed": None if seeds is None else int(seeds[i]),
+            "logit_bias": {int(k): float(v) for k, v in bias.items()} if bias else None,
+            **{k: req[k] for k, neutral in SAMPLING_KNOBS.items() if req.get(k, neutral) != neutral}}
 
 
 LIMITS = {"max_n": 64, "max_prompts": 1024, "max_request_mb": 64.0}  # the server's flag defaults
@@ -87,9 +89,10 @@ class RolloutEngine:
 
     def health(self) -> dict:
         return {"status": "ok" if self.weights_broken is None else "weights_broken", "model": self.model,
-                "dtype": self.dtype, "max_model_len": self.max_model_len, "instance": self.instance,
-                "weights_version": self.weights_version, "weight_sync": self.group is not None,
-                "last_update": self.last_update, "error": self.weights_broken, "logprobs_mode": self.logprobs_mode}
+                "dtype": self.dtype, "max_model_len": self.max_model_len, "sampling": list(SAMPLING_KNOBS),
+                "instance": self.instance, "weights_version": self.weights_version,
+                "weight_sync": self.group is not None, "last_update": self.last_update, "error": self.weights_broken,
+                "logprobs_mode": self.logprobs_mode}
 
     def generate(self, req: dict) -> dict:
         from vllm import SamplingParams

@@ -12,6 +12,16 @@ OOM_START_HINT = ("out of memory while starting vLLM: lower rollout.kv_cache_gb 
                   "rollout.gpu_memory_utilization (GPU), or rollout.max_model_len")
 
 
+# The sampling knobs beyond temperature / top-p, each with its neutral value (the knob is off). An engine
+# is sent only the knobs a config moves away from neutral, so a run that sets none samples as before.
+SAMPLING_KNOBS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def sampling_extras(cfg) -> dict:
+    """The knobs of the rollout section ``cfg`` that are set (not neutral), by name."""
+    return {k: getattr(cfg, k) for k, neutral in SAMPLING_KNOBS.items() if getattr(cfg, k, neutral) != neutral}
+
+
 class RolloutOutOfMemory(RuntimeError):
     """Rollouts ran out of memory; the message names the config knobs to turn."""
 

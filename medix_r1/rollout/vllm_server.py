@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from medix_r1.rollout.types import Rollouts, RolloutServerError, sample_seed
+from medix_r1.rollout.types import Rollouts, RolloutServerError, sample_seed, sampling_extras
 from medix_r1.rollout.weight_sync import full_tensor, named_weights
 
 log = logging.getLogger("medix_r1.rollout")
@@ -89,7 +89,7 @@ class VllmServerRollout:
         c = self.cfg
         body = {"model": self.model, "prompt": [int(t) for t in ids], "n": c.n, "max_tokens": c.max_tokens,
                 "temperature": c.temperature, "top_p": c.top_p, "seed": seed, "logprobs": 0,
-                "return_token_ids": True, "skip_special_tokens": True}
+                "return_token_ids": True, "skip_special_tokens": True, **sampling_extras(c)}
         if self.logit_bias:
             body["logit_bias"] = self.logit_bias
         return self._request("POST", "/v1/completions", body)

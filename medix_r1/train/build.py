@@ -29,7 +29,7 @@ from medix_r1.rollout import make_engine
 from medix_r1.train.metrics import MetricsLog, plot_history, progress_bar
 from medix_r1.train.optim import make_optimizer
 from medix_r1.train.output_dir import prepare_output_dir
-from medix_r1.train.policy import load_model, loss_config
+from medix_r1.train.policy import check_lora_targets, load_model, loss_config
 from medix_r1.train.step import check_engine_logprobs, sync_weights
 from medix_r1.train.validate import Validation, load_validation_records
 from medix_r1.vision.prompts import setup_vision
@@ -62,6 +62,7 @@ class Run:
     bar: object = None
     eval_hook: object = None
     validation: object = None   # train.validate.Validation over data.val, or None
+    ref_is_base: bool = False   # LoRA: the reference is the policy with its adapters off
     stop_signal: int | None = None
     prompt_cache: dict = field(default_factory=dict)
     old_handlers: dict = field(default_factory=dict)
@@ -143,19 +144,24 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     vision = setup_vision(records, model_dir, tokenizer, cfg, {})
     validation = None if val_records is None else \
         Validation(val_records, setup_vision(val_records, model_dir, tokenizer, cfg, {}, source=cfg.data.val))
+    lora = cfg.model.lora.r > 0
+    if lora:
+        check_lora_targets(model_dir, cfg)  # a target the model does not have: one error, before any weight loads
     policy = load_model(model_dir, cfg, trainable=True)
     if vision is not None:
         vision.configure_policy(policy)  # vision.freeze_tower
-    # With beta = 0 there is no KL term, so the reference is never loaded (saves memory and a forward).
+    # With beta = 0 there is no KL term, so the reference is never loaded (saves memory and a forward);
+    # with LoRA and no other reference named, the reference is the policy with its adapters off.
+    ref_is_base = lora and cfg.loss.beta > 0 and not cfg.model.reference
     ref = load_model(resolve_model_dir(cfg.model.reference or cfg.model.policy, "model.reference"), cfg,
-                     trainable=False) if cfg.loss.beta > 0 else None
+                     trainable=False) if cfg.loss.beta > 0 and not ref_is_base else None
     optimizer = make_optimizer((p for p in policy.parameters() if p.requires_grad), cfg.optim)
     run = Run(cfg=cfg, out_dir=out_dir, records=records, sampler=sampler,
               tokenizer=tokenizer, pad_id=pad_id, vision=vision, policy=policy, ref=ref, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)), lcfg=loss_config(cfg),
               counters={"nan_in_row": 0, "skipped_records": skipped},
               judge_window=deque(maxlen=cfg.train.judge_failure_window), eval_hook=eval_hook,
-              validation=validation)
+              validation=validation, ref_is_base=ref_is_base)
     history = resume_from_checkpoint(run) if resume else []
     if vision is not None:
         vision.attach(run.counters)  # bad-image records are counted in the checkpointed counters
@@ -173,7 +179,8 @@ def build_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
         run.engine.suppress_tokens(vision.suppress_ids())  # no image placeholders inside responses
     if reward_worker is None:
         from medix_r1.rewards import RewardWorker
-        reward_worker, run.own_worker = RewardWorker(cfg.reward), True
+        reward_worker = RewardWorker(cfg.reward, attn_implementation=cfg.model.attn_implementation)
+        run.own_worker = True
     run.reward_worker = reward_worker
 
     def on_signal(signum, frame):  # finish the current step, checkpoint, exit

@@ -19,16 +19,34 @@ import logging
 import time
 from contextlib import contextmanager
 
+import torch
+
 from medix_r1.config import TrainConfig
 from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import layout, lockstep
 from medix_r1.rewards.plugins import function_name
 from medix_r1.train.batch import make_batch, placeholder_batch
+from medix_r1.train.batch_metrics import (
+    batch_metrics,
+    gpu_peak_flops,
+    judge_metrics,
+    memory_metrics,
+    seen_so_far,
+    update_mfu,
+)
 from medix_r1.train.build import Run, build_run, close_run
 from medix_r1.train.metrics import bar_postfix, step_metrics, summarize
 from medix_r1.train.output_dir import release_output_dir
-from medix_r1.train.policy import sequence_logp
-from medix_r1.train.step import TrainingStopped, advantages, collect, sync_weights, update, with_rollout_logp
+from medix_r1.train.policy import reference_logp, sequence_logp
+from medix_r1.train.step import (
+    TrainingStopped,
+    advantages,
+    collect,
+    overlong_penalties,
+    sync_weights,
+    update,
+    with_rollout_logp,
+)
 from medix_r1.train.trackers import check_report_to, completions_table
 from medix_r1.train.validate import validate
 
@@ -90,18 +108,23 @@ def run_steps(run: Run) -> int:
                 break
             continue
         r = got.rollouts
-        batch = layout.to_device(with_rollout_logp(make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images)
-                                                   if len(r) else placeholder_batch(run.pad_id), r, run.engine))
+        batch = make_batch(r.prompt_ids, r.response_ids, run.pad_id, r.images) if len(r) \
+            else placeholder_batch(run.pad_id)
+        trained = [not (cfg.loss.mask_truncated and t) for t in r.truncated]  # loss.mask_truncated: no loss
+        if not all(trained):
+            batch["mask"] *= torch.tensor(trained, dtype=batch["mask"].dtype)[:, None]
+        batch = layout.to_device(with_rollout_logp(batch, r, run.engine))
         # 2. log-probs the loss needs, while the worker scores (off-policy updates need the old ones)
         with timed(times, "logp"):
-            ref_logp = sequence_logp(run.ref, batch, cfg.rollout.temperature, o.micro_batch_size) \
-                if run.ref is not None else None
+            ref_logp = reference_logp(run.ref, run.policy, batch, cfg.rollout.temperature, o.micro_batch_size,
+                                      run.ref_is_base)
             rows_global = len(got.group_owner) * cfg.rollout.n
             old_logp = sequence_logp(run.policy, batch, cfg.rollout.temperature, o.micro_batch_size) \
                 if (o.updates_per_step > 1 or (o.mini_batch_size and o.mini_batch_size < rows_global)) else None
         # 3. advantages over the global batch, once the rewards are in
         results = got.wait_rewards(cfg)
-        rows = layout.row_layout(got.group_owner, cfg.rollout.n, [len(x) for x in r.response_ids],
+        rows = layout.row_layout(got.group_owner, cfg.rollout.n,
+                                 [len(x) if keep else 0 for x, keep in zip(r.response_ids, trained)],
                                  [x.total for x in results])
         adv = advantages(rows, cfg)
         # 4. update
@@ -118,9 +141,10 @@ def run_steps(run: Run) -> int:
             if not nan_skipped:
                 sync_weights(run.engine, run.policy)
         m = step_metrics(r, results, batch, stats, got.info, nan_skipped,
-                         [function_name(f) for f in cfg.reward.functions])
+                         [function_name(f) for f in cfg.reward.functions], overlong_penalties(r, cfg))
         m.update({"optim/lr": run.scheduler.get_last_lr()[0], **{f"time/{k}": v for k, v in times.items()}})
         m["time/reward_wait"] = m.pop("time/reward")
+        m.update(first_read_metrics(run, r, results, adv, rows, stats, old_logp is not None, times["update"]))
         if peak_update is not None:  # GiB allocated by PyTorch on this rank's GPU
             m.update({"memory/update_peak_gb": peak_update, "memory/rollout_logp_peak_gb": peak_before_update})
         run.counters["nan_in_row"] = run.counters["nan_in_row"] + 1 if nan_skipped else 0
@@ -143,6 +167,24 @@ def run_steps(run: Run) -> int:
     if every and step % every and step > run.start_step:  # the official trainer validates the final weights too
         run.metrics.log(step, validate(run, step))
     return step
+
+
+def first_read_metrics(run: Run, r, results, adv, rows, stats: dict, off_policy: bool, update_s: float) -> dict:
+    """What a GRPO user reads first besides the means (train/batch_metrics.py): the spread of rewards,
+    advantages and lengths, tokens and samples so far, the judge's counters, memory; the old-vs-new
+    KL when the update is off-policy; on a GPU the update's FLOP/s and MFU."""
+    cfg = run.cfg
+    m = batch_metrics(r, results, adv, rows, cfg.rollout.n, [function_name(f) for f in cfg.reward.functions])
+    m.update(seen_so_far(run.counters, r))
+    m.update(judge_metrics(run.reward_worker))
+    m.update(memory_metrics())
+    if off_policy:
+        m["loss/approx_kl_old"] = stats["approx_kl_old"]
+    if dist.device().type == "cuda":
+        tokens = dist.sum_floats([float(sum(len(p) + len(x) for p, x in zip(r.prompt_ids, r.response_ids)))])[0]
+        m.update(update_mfu(sum(p.numel() for p in run.policy.parameters()), int(tokens), cfg.optim.updates_per_step,
+                            update_s, gpu_peak_flops(torch.cuda.get_device_name()), dist.world_size()))
+    return m
 
 
 def log_step(run: Run, step: int, m: dict) -> None:

@@ -13,9 +13,11 @@ from medix_r1.train.trackers import make_trackers
 
 PLOT_PANELS = (
     ("reward", ("reward/total", "reward/format", "reward/modality", "reward/judge", "reward/embedding")),
-    ("KL to reference", ("loss/kl_mean",)),
-    ("response length (tokens)", ("rollout/response_len",)),
+    ("entropy (nats per token)", ("loss/entropy",)),
+    ("groups with zero reward std (no advantage)", ("reward/zero_std_frac",)),
+    ("response length (tokens)", ("rollout/response_len", "rollout/terminated_len")),
 )
+KL_PANEL = ("KL to reference", ("loss/kl_mean",))  # drawn only when some step has a KL (loss.beta > 0)
 
 
 def _finite(v) -> bool:
@@ -81,13 +83,16 @@ def bar_postfix(m: dict) -> dict:
 
 
 def plot_history(history: list[dict], path) -> Path:
-    """Reward components, KL and response length against step, as a PNG (matplotlib Agg)."""
+    """Reward components, entropy, the zero-std share of groups, response lengths (and the KL when there
+    is one) against step, as a PNG (matplotlib Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(PLOT_PANELS), 1, figsize=(8, 9), sharex=True)
-    for ax, (title, keys) in zip(axes, PLOT_PANELS):
+    panels = PLOT_PANELS + ((KL_PANEL,) if any(_finite(r.get("loss/kl_mean")) and r["loss/kl_mean"] != 0
+                                               for r in history) else ())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels) + 1), sharex=True)
+    for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             pts = [(r["step"], r[key]) for r in history if _finite(r.get(key))]
             if pts:
@@ -109,13 +114,14 @@ def plot_history(history: list[dict], path) -> Path:
 ROLLOUT_METRICS = {"rollout_logp_mismatch": "rollout/logp_mismatch", "rollout_weight_mean": "rollout/is_weight_mean",
                    "rollout_weight_max": "rollout/is_weight_max", "rollout_flagged_frac": "rollout/is_flagged_frac",
                    "rollout_kl_k3": "rollout/kl_k3", "rollout_chi2": "rollout/chi2",
-                   "rollout_ppl_ratio": "rollout/ppl_ratio"}
+                   "rollout_ppl_ratio": "rollout/ppl_ratio", "rollout_logp_mismatch_max": "rollout/logp_mismatch_max"}
 
 
-def step_metrics(r, results, batch, stats, info, nan_skipped, function_names=()) -> dict:
+def step_metrics(r, results, batch, stats, info, nan_skipped, function_names=(), overlong=None) -> dict:
     """The step's metrics over the whole batch: sums and counts of this rank's samples, added over the
     ranks (a single process's means); ``stats`` and ``info`` are global already. ``function_names``:
-    the plug-in reward functions (``reward/fn/NAME``)."""
+    the plug-in reward functions (``reward/fn/NAME``); ``overlong``: each sample's overlong penalty
+    (already in its total) when reward.overlong_buffer is on."""
     rows = len(results)
     pairs = {f"reward/{k}": (sum(float(getattr(x, k)) for x in results), rows)
              for k in ("total", "format", "modality", "judge", "embedding")}
@@ -127,6 +133,8 @@ def step_metrics(r, results, batch, stats, info, nan_skipped, function_names=())
     if function_names:
         pairs["reward/function_failed_rate"] = (sum(float(getattr(x, "function_failed", False)) for x in results),
                                                 rows)
+    if overlong is not None:
+        pairs["reward/overlong_penalty"] = (float(sum(overlong)), rows)
     pairs["rollout/response_len"] = (sum(len(x) for x in r.response_ids), rows)
     pairs["rollout/truncated_frac"] = (sum(float(x) for x in r.truncated), rows)
     pairs["rollout/groups_kept"] = (len(set(r.group)), 1)
@@ -148,6 +156,7 @@ def step_metrics(r, results, batch, stats, info, nan_skipped, function_names=())
     m["loss/clip_frac_high"] = stats["clip_frac_high"]
     m["loss/clip_frac"] = stats["clip_frac_low"] + stats["clip_frac_high"]
     m["loss/ratio_mean"] = stats["ratio_mean"]
+    m["loss/entropy"] = stats["entropy_mean"]  # mean per-token entropy of softmax(logits / temperature)
     m["optim/grad_norm"] = stats["grad_norm"]
     m["nan_skipped"] = int(nan_skipped)
     return m

@@ -16,6 +16,7 @@ from medix_r1.parallel import collectives as dist
 from medix_r1.parallel import fsdp, lockstep
 from medix_r1.train.batch import slice_batch
 from medix_r1.train.shared_prompt import response_pass_needed, shared_prompt_hidden, worth_sharing
+from medix_r1.utils.lora import adapters_disabled, add_lora, check_targets
 
 EXTRA_MODEL_INPUTS = ("pixel_values", "image_grid_thw")  # passed through to the policy forward
 
@@ -33,12 +34,17 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
         dtype = fsdp.mixed_precision(cfg).param_dtype or torch.float32
     else:
         dtype = torch.bfloat16 if bf16 else torch.float32
-    model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype)
-    model.train(trainable)  # no dropout in these models; train() only matters for checkpointing
+    model = auto_model_class(model_dir).from_pretrained(str(model_dir), dtype=dtype,
+                                                        attn_implementation=cfg.model.attn_implementation)
+    lora = trainable and cfg.model.lora.r > 0
+    if lora:  # adapters only train; the frozen base stays bit-identical (utils/lora.py)
+        model = add_lora(model, cfg.model.lora, base_model=str(model_dir))
+    model.train(trainable)  # no dropout in these models (but LoRA's); train() also matters for checkpointing
     if trainable and cfg.model.gradient_checkpointing:
         # non-reentrant checkpointing composes with FSDP's hooks (the recomputation gathers the layer again)
+        # and gives LoRA's adapters gradients although the frozen embeddings' outputs need none
         model.gradient_checkpointing_enable(**({"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-                                               if dist.enabled() else {}))
+                                               if dist.enabled() or lora else {}))
     if not trainable:
         model.requires_grad_(False)
     if not dist.enabled():
@@ -53,6 +59,18 @@ def load_model(model_dir, cfg: TrainConfig, trainable: bool):
     return fsdp.shard(model, cfg, trainable)  # FSDP2 under torchrun, else the model as loaded
 
 
+def check_lora_targets(model_dir, cfg: TrainConfig) -> None:
+    """model.lora.target_modules against the policy's module tree, built on the meta device (no weights)."""
+    from transformers import AutoConfig
+
+    from medix_r1.vision.model import auto_model_class
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        skeleton = auto_model_class(model_dir).from_config(config)
+    check_targets(skeleton, cfg.model.lora.target_modules)
+
+
 def loss_config(cfg: TrainConfig) -> LossConfig:
     """The kernel's LossConfig from the config's loss section (temperature from the rollouts)."""
     section = cfg.loss
@@ -60,8 +78,9 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
     return LossConfig(loss_type=section.loss_type, clip_low=section.clip_low, clip_high=section.clip_high,
                       dual_clip=section.dual_clip if section.dual_clip > 0 else None, kl=section.kl,
                       beta=section.beta, aggregation=aggregation, max_len=cfg.rollout.max_tokens,
-                      temperature=cfg.rollout.temperature, rollout_correction=section.rollout_correction,
-                      rollout_is_cap=section.rollout_is_cap, rollout_is_lower=section.rollout_is_lower)
+                      temperature=cfg.rollout.temperature, entropy_coef=section.entropy_coef,
+                      rollout_correction=section.rollout_correction, rollout_is_cap=section.rollout_is_cap,
+                      rollout_is_lower=section.rollout_is_lower)
 
 
 def autocast(model, device: torch.device):
@@ -115,6 +134,17 @@ def micro_logp(model, mb: dict, temperature: float) -> torch.Tensor:
     return fused_linear_selective_log_softmax(hidden, weight, mb["ids"], bias=bias, temperature=temperature)
 
 
+def reference_logp(ref, policy, batch: dict, temperature: float, micro: int, base_of_policy: bool):
+    """The reference policy's log-probs: ``ref``'s, or with ``base_of_policy`` (LoRA with no other
+    reference) the policy's own with its adapters off; None when the loss needs none."""
+    if ref is not None:
+        return sequence_logp(ref, batch, temperature, micro)
+    if not base_of_policy:
+        return None
+    with adapters_disabled(policy):
+        return sequence_logp(policy, batch, temperature, micro)
+
+
 @torch.no_grad()
 def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.Tensor:
     """Per-token log-probs [B, R] of the response ids under ``model`` (no grad), micro-batched."""
@@ -126,21 +156,34 @@ def sequence_logp(model, batch: dict, temperature: float, micro: int) -> torch.T
     return torch.cat(parts) * batch["mask"]
 
 
+@torch.no_grad()
+def approx_kl(hidden, weight, bias, mb: dict, old_logp, temperature: float) -> torch.Tensor:
+    """KL(old || new) over the micro-batch's response tokens, k3 estimate from the sampled tokens: the
+    mean of r - 1 - log r with r = p_new / p_old (one more no-grad pass over the LM head, off-policy only)."""
+    new = fused_linear_selective_log_softmax(hidden.detach(), weight.detach(), mb["ids"],
+                                             bias=None if bias is None else bias.detach(), temperature=temperature)
+    x = (new - old_logp).clamp(-20.0, 20.0)
+    mask = mb["mask"]
+    return ((x.exp() - 1.0 - x) * mask).sum() / mask.sum().clamp_min(1)
+
+
 def policy_loss(model, mb: dict, advantages, old_logp, ref_logp, lcfg: LossConfig, impl: str, chunk: int):
-    """Loss and stats for one micro-batch. With the engine's sampling log-probs in the batch
-    (``rollout_logp``) the loss applies loss.rollout_correction and reports the rollout/trainer
-    mismatch in its stats (no second pass over the logits)."""
+    """Loss and stats (the mean entropy among them, logged every step) for one micro-batch. With the engine's
+    sampling log-probs in the batch (``rollout_logp``) the loss applies loss.rollout_correction and reports
+    the rollout/trainer mismatch in its stats (no second pass over the logits)."""
     hidden, weight, bias = head_inputs(model, policy_hidden(model, mb))
     rollout_logp = mb.get("rollout_logp")
     if impl == "fused":
         extra = {"lm_head_bias": bias} if bias is not None else {}
         loss, stats = fused_linear_grpo_loss(hidden, weight, mb["ids"], mb["mask"], advantages,
                                              old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp,
-                                             config=lcfg, chunk_size=chunk or None, **extra)
+                                             config=lcfg, chunk_size=chunk or None, return_entropy=True, **extra)
     else:
         logits = torch.nn.functional.linear(hidden, weight, bias)
         loss, stats = grpo_loss(logits, mb["ids"], mb["mask"], advantages, old_logp=old_logp, ref_logp=ref_logp,
-                                rollout_logp=rollout_logp, config=lcfg)
+                                rollout_logp=rollout_logp, config=lcfg, return_entropy=True)
+    if old_logp is not None:  # off-policy: how far the policy has moved from the one that sampled (k3)
+        stats["approx_kl_old"] = approx_kl(hidden, weight, bias, mb, old_logp, lcfg.temperature)
     zero_vision_grads = lockstep.vision_gradient_term(model, mb)
     if zero_vision_grads is not None:
         loss = loss + zero_vision_grads

@@ -23,6 +23,7 @@ from medix_r1.parallel import fsdp, layout, lockstep
 from medix_r1.rollout import HfRollout, Rollouts, VllmRollout
 from medix_r1.train.batch import index_tensor, slice_batch
 from medix_r1.train.policy import policy_loss
+from medix_r1.utils.lora import MergedWeights, is_lora
 
 log = logging.getLogger("medix_r1.train")
 
@@ -89,8 +90,15 @@ def with_rollout_logp(batch: dict, r: Rollouts, engine) -> dict:
 
 def sync_weights(engine, policy) -> None:
     """The policy's new weights into the engine; a sharded policy reaches the vLLM engine one gathered
-    parameter at a time (the server engine gathers DTensors itself; hf has nothing to do)."""
-    engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
+    parameter at a time (the server engine gathers DTensors itself; hf has nothing to do). A LoRA
+    policy's engines get the merged weights under the base model's names (utils.lora.MergedWeights)."""
+    if isinstance(engine, HfRollout):
+        engine.sync(policy)  # generates on the policy itself, adapters included
+    elif is_lora(policy):
+        fsdp.reshard(policy)
+        engine.sync(MergedWeights(policy))
+    else:
+        engine.sync(fsdp.gathered(policy) if isinstance(engine, VllmRollout) else policy)
 
 
 # How much longer than the reward batch deadline the trainer waits for the worker's results. The
@@ -125,11 +133,41 @@ class Collected:
     info: dict = field(default_factory=lambda: {"refills": 0, "dropped_groups": 0, "prompts": 0})
 
     def wait_rewards(self, cfg: TrainConfig) -> list:
+        """The rewards, with DAPO's overlong shaping applied (:func:`shape_overlong`)."""
         if self.results is None:
             t = time.perf_counter()
             self.results = reward_results(self.pending, cfg)
             self.times["reward"] += time.perf_counter() - t
+            shape_overlong(self.results, self.rollouts.response_ids, cfg)
         return self.results
+
+
+def overlong_penalty(length: int, max_tokens: int, buffer: int, penalty: float) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_tokens - buffer`` tokens, then falling linearly
+    to ``-penalty`` at ``max_tokens`` (0 when ``buffer`` is 0)."""
+    if buffer <= 0:
+        return 0.0
+    return min(0.0, -(length - (max_tokens - buffer)) / buffer * penalty)
+
+
+def overlong_penalties(r: Rollouts, cfg: TrainConfig) -> list[float] | None:
+    """Each sample's overlong penalty, or None when reward.overlong_buffer is off."""
+    rw = cfg.reward
+    if rw.overlong_buffer <= 0:
+        return None
+    return [overlong_penalty(len(ids), cfg.rollout.max_tokens, rw.overlong_buffer, rw.overlong_penalty)
+            for ids in r.response_ids]
+
+
+def shape_overlong(results: list, response_ids: list, cfg: TrainConfig) -> None:
+    """Add each response's overlong penalty to its reward total, in place (``reward.overlong_buffer``;
+    off: nothing changes)."""
+    rw = cfg.reward
+    if rw.overlong_buffer <= 0:
+        return
+    for x, ids in zip(results, response_ids):
+        x.total = x.total + overlong_penalty(len(ids), cfg.rollout.max_tokens, rw.overlong_buffer,
+                                             rw.overlong_penalty)
 
 
 def collect(run, step: int) -> Collected:
@@ -162,6 +200,7 @@ def collect(run, step: int) -> Collected:
         t = time.perf_counter()
         results = reward_results(score(run.reward_worker, r, records, cfg), cfg) if len(r) else []
         out.times["reward"] += time.perf_counter() - t
+        shape_overlong(results, r.response_ids, cfg)  # before the filter: DAPO filters the shaped rewards
         mine = keep_groups(torch.tensor([x.total for x in results], dtype=torch.float32), n, cfg) if results else []
         keep = [g for part in dist.all_gather([lo + g for g in mine]) for g in part]  # global, ascending
         out.info["dropped_groups"] += len(idx) - len(keep)
@@ -191,7 +230,8 @@ def advantages(rows: layout.Layout, cfg: TrainConfig) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one update
 
-STATS = ("loss", "kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean")  # loss-weighted means
+STATS = ("loss", "kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy_mean",
+         "approx_kl_old")  # loss-weighted means (approx_kl_old: off-policy only, else 0)
 
 
 def mini_batch_plan(B: int, mini: int, epochs: int, gen: torch.Generator) -> list[list[int]]:
@@ -214,7 +254,9 @@ def backward_mini_batch(model, batch: dict, mini_rows: list[int], advantages, ol
     given, takes each micro-batch's rollout_* stats (on the device too)."""
     per_token = lcfg.aggregation == "token-mean"  # the loss type's own when loss.aggregation is auto
     own_tokens = [rows.tokens[g] for g in rows.own_rows()]       # this rank's rows, in local order
-    weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else float(len(mini_rows))
+    # sequence aggregations count the rows with tokens (loss.mask_truncated leaves some with none)
+    weight_total = float(sum(rows.tokens[g] for g in mini_rows)) if per_token else \
+        float(sum(rows.tokens[g] > 0 for g in mini_rows))
     dev = advantages.device
     sums = torch.zeros(len(STATS), dtype=torch.float64, device=dev)
     finite = torch.ones((), dtype=torch.bool, device=dev)
@@ -225,7 +267,8 @@ def backward_mini_batch(model, batch: dict, mini_rows: list[int], advantages, ol
         mb = slice_batch(batch, picked)
         saw_image |= local is not None and "pixel_values" in mb
         w = 0.0 if local is None else \
-            (float(sum(own_tokens[j] for j in local)) if per_token else float(len(local))) / max(weight_total, 1e-9)
+            (float(sum(own_tokens[j] for j in local)) if per_token else float(sum(own_tokens[j] > 0 for j in local))) \
+            / max(weight_total, 1e-9)
         loss, stats = fsdp.run(
             model, policy_loss, mb, advantages[r], None if old_logp is None else old_logp[r],
             None if ref_logp is None else ref_logp[r], lcfg, cfg.loss.impl, cfg.loss.chunk_size)
@@ -291,29 +334,33 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
 
 class RolloutStats:
     """The loss's rollout_* stats over the first epoch's micro-batches (all ranks): means weighted by the
-    micro-batch's response tokens (its sequences for the perplexity ratio), the largest weight. Summed on
-    the device and read once per step (no host read per micro-batch)."""
+    micro-batch's response tokens (its sequences for the perplexity ratio), and the maxima. Summed on the
+    device and read once per step (no host read per micro-batch)."""
 
-    MEANS = tuple(k for k in ROLLOUT_STATS if k != "rollout_weight_max")
+    MAXES = ("rollout_weight_max", "rollout_logp_mismatch_max")
+    MEANS = tuple(k for k in ROLLOUT_STATS if k not in ("rollout_weight_max", "rollout_logp_mismatch_max"))
 
     def __init__(self):
-        self.acc = None  # [the weighted sums of MEANS..., tokens, sequences, the largest weight]
+        self.acc = None  # [the weighted sums of MEANS..., tokens, sequences, the MAXES...]
 
     def add(self, stats: dict, mask: torch.Tensor) -> None:
         m = mask.float()
         tokens, seqs = m.sum(), (m.sum(-1) > 0).float().sum()
         parts = [stats[k].float() * (seqs if k == "rollout_ppl_ratio" else tokens) for k in self.MEANS]
-        row = torch.stack(parts + [tokens, seqs, stats["rollout_weight_max"].float()])
+        row = torch.stack(parts + [tokens, seqs] + [stats[k].float() for k in self.MAXES])
         if self.acc is None:
             self.acc = row
         else:
-            self.acc = torch.cat([self.acc[:-1] + row[:-1], torch.maximum(self.acc[-1:], row[-1:])])
+            n = len(self.MAXES)
+            self.acc = torch.cat([self.acc[:-n] + row[:-n], torch.maximum(self.acc[-n:], row[-n:])])
 
     def result(self) -> dict:
-        local = [0.0] * (len(self.MEANS) + 3) if self.acc is None else self.acc.tolist()  # the one read
-        total = dist.sum_floats(local[:-1])  # the same length on every rank, whether it ran rows or not
+        n = len(self.MAXES)
+        local = [0.0] * (len(self.MEANS) + 2 + n) if self.acc is None else self.acc.tolist()  # the one read
+        total = dist.sum_floats(local[:-n])  # the same length on every rank, whether it ran rows or not
         tokens, seqs = total[-2], total[-1]
         out = {k: v / (seqs if k == "rollout_ppl_ratio" else tokens) for k, v in zip(self.MEANS, total)
                if (seqs if k == "rollout_ppl_ratio" else tokens) > 0}
-        out["rollout_weight_max"] = max(dist.all_gather(local[-1]))
+        maxima = zip(*dist.all_gather(local[-n:]))
+        out.update({k: max(v) for k, v in zip(self.MAXES, maxima)})
         return out

@@ -1,9 +1,10 @@
 """Is the trained checkpoint better than the base model? Scored by decision on the bundled PubMedQA test items.
 
-    python -m benchmarks decision-eval --model BASE --model CHECKPOINT [--model ...] [--labels a,b,...]
-                                       [--recipe cpu_smollm2] [--set KEY=VALUE] [--limit N] [--max-tokens 112]
-                                       [--resamples 10000] [--seed 0] [--out-dir benchmarks/results]
-                                       [--name decision_eval_cpu] [--overwrite]
+    python -m medix_r1.eval.studies decision-eval --model BASE --model CHECKPOINT [--model ...]
+        [--labels a,b,...] [--recipe cpu_smollm2] [--set KEY=VALUE] [--limit N] [--max-tokens 112]
+        [--resamples 10000] [--seed 0] [--out-dir benchmarks/results] [--name decision_eval_cpu] [--overwrite]
+
+(``python -m benchmarks decision-eval ...`` runs the same.)
 
 The first ``--model`` is the baseline; each model is what ``python -m medix_r1.eval --model`` takes
 (``smollm2``, a Hugging Face folder, a trainer checkpoint such as ``runs/x/step_000030``).
@@ -53,7 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.decision_report import (
+from medix_r1.utils.cli import command_name
+
+from . import RESULTS
+from .decision_report import (
     COLUMNS,
     describe,
     model_row,
@@ -133,7 +137,7 @@ def make_vllm_generate(rollout, seed: int):
 # ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks decision-eval", description=__doc__,
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.eval.studies") + " decision-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[],
                    help="a model, repeated (two or more; the first is the baseline): 'smollm2', a Hugging Face "
@@ -148,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "rollout.max_tokens)")
     p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and engine seed")
-    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--name", default="decision_eval_cpu", help="file names: NAME.md, NAME.csv, NAME-items.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p

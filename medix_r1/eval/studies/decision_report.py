@@ -1,9 +1,9 @@
-"""The report of ``python -m benchmarks decision-eval``: statistics over the scored items and the files.
+"""The report of ``python -m medix_r1.eval.studies decision-eval``: statistics over the scored items and the files.
 
 Accuracy and balanced accuracy with paired percentile-bootstrap intervals (:func:`paired_bootstrap`),
 one row per model (:func:`model_row`), the sentences that say what the intervals show, and the three
 output files (:func:`write_outputs`: Markdown, CSV, per-item JSON lines). What is measured and how is
-described in :mod:`benchmarks.decision_eval`.
+described in :mod:`medix_r1.eval.studies.decision_eval`.
 """
 from __future__ import annotations
 

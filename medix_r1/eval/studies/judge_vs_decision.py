@@ -1,15 +1,17 @@
 """Does the training reward's judge move with correctness? The judge on real policy responses.
 
-    python -m benchmarks judge-vs-decision ITEMS.jsonl [--recipe cpu_smollm2] [--out-dir benchmarks/results]
-                                           [--name judge_vs_decision_cpu] [--resamples 10000] [--seed 0]
+    python -m medix_r1.eval.studies judge-vs-decision ITEMS.jsonl [--recipe cpu_smollm2]
+        [--out-dir benchmarks/results] [--name judge_vs_decision_cpu] [--resamples 10000] [--seed 0]
 
-Reads the per-item file of ``python -m benchmarks decision-eval`` (``<name>-items.jsonl``: every
-model's greedy response to the 500 bundled PubMedQA test items and whether its yes / no / maybe
-decision is right), scores every response with the recipe's reward exactly as the trainer does
-(``RewardWorker`` with the recipe's ``reward`` section: for the CPU recipe the local SmolLM2 judge
-behind the decision and topic gates, and the MiniLM embedding reward) and reports, per model, the
-judge reward's mean on responses whose decision is right and on those whose decision is wrong, with
-a 95% bootstrap interval of the gap. The judge sees the response's answer tag and the reference
+(``python -m benchmarks judge-vs-decision ...`` runs the same.)
+
+Reads the per-item file of ``decision-eval`` (``<name>-items.jsonl``: every model's greedy response
+to the 500 bundled PubMedQA test items and whether its yes / no / maybe decision is right), scores
+every response with the recipe's reward exactly as the trainer does (``RewardWorker`` with the
+recipe's ``reward`` section: for the CPU recipe the local SmolLM2 judge behind the decision and
+topic gates, and the MiniLM embedding reward) and reports, per model, the judge reward's mean on
+responses whose decision is right and on those whose decision is wrong, with a 95% bootstrap
+interval of the gap. The judge sees the response's answer tag and the reference
 conclusion, not the gold label, so a gap is the judge telling right from wrong on text a policy
 really writes (the labelled pairs of ``judge-pairs`` are built by rule).
 
@@ -26,6 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from medix_r1.utils.cli import command_name
+
+from . import RESULTS
 
 COLUMNS = ["model", "responses", "decision_right", "judge_right", "judge_wrong", "gap", "gap_ci_low", "gap_ci_high",
            "judge_gated_share", "embedding_right", "embedding_wrong", "format", "seconds"]
@@ -69,8 +75,9 @@ def score(worker, cfg, records: dict, items: list[dict], label: str):
 
 
 def run(args) -> list[dict]:
-    from benchmarks.decision_eval import load_items
     from medix_r1.config import load_config
+
+    from .decision_eval import load_items
     items = read_items(Path(args.items))
     cfg = load_config(args.recipe)
     records = {r["id"]: r for r in load_items()}
@@ -137,11 +144,11 @@ def write(rows: list[dict], args, command: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks judge-vs-decision", description=__doc__,
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.eval.studies") + " judge-vs-decision", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", help="the -items.jsonl of `python -m benchmarks decision-eval`")
     p.add_argument("--recipe", default=None, help="recipe whose reward section scores (default: the CPU default)")
-    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--name", default="judge_vs_decision_cpu")
     p.add_argument("--resamples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)

@@ -1,9 +1,11 @@
 """Does the reward judge tell right from wrong? Labelled answer/reference pairs from PubMedQA.
 
-    python -m benchmarks judge-pairs [--records 60] [--seed 0] [--threshold X] [--decision-gate on|off]
-                                     [--calibrate] [--exclude-from MARGINS.csv] [--margins MARGINS.csv]
-                                     [--attacks] [--restatement-gate on|off] [--fill-missing]
-                                     [--out-dir benchmarks/results] [--name judge_pairs_cpu]
+    python -m medix_r1.eval.studies judge-pairs [--records 60] [--seed 0] [--threshold X]
+        [--decision-gate on|off] [--calibrate] [--exclude-from MARGINS.csv] [--margins MARGINS.csv]
+        [--attacks] [--restatement-gate on|off] [--fill-missing] [--out-dir benchmarks/results]
+        [--name judge_pairs_cpu]
+
+(``python -m benchmarks judge-pairs ...`` runs the same.)
 
 Pairs (built by :func:`build_pairs` from the bundled ``medix_r1/data/pubmedqa/train.jsonl``; the
 reference is what the reward gives the judge: the solution without its modality tag, e.g.
@@ -55,8 +57,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "medix_r1" / "data" / "pubmedqa" / "train.jsonl"
+from medix_r1.utils.cli import command_name
+
+from . import RESULTS
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "pubmedqa" / "train.jsonl"  # medix_r1/data/pubmedqa
 KINDS = {"own": True, "paraphrase": True, "other": False, "flipped": False}
 ATTACKS = {"negated": False, "shuffled": False}  # wrong, held out from the accuracy and any fitted threshold
 AUXILIARIES = ("is", "are", "was", "were", "may", "might", "can", "could", "should", "would", "will", "does",
@@ -258,7 +263,7 @@ def write(rows: list[dict], out_dir: Path, name: str, command: str, machine: str
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks judge-pairs", description=__doc__,
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.eval.studies") + " judge-pairs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=60, help="PubMedQA records used (4 pairs each)")
     p.add_argument("--seed", type=int, default=0)
@@ -283,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-missing", action="store_true",
                    help="with --margins: run the model on the pairs the file has no margin for, and save them all")
     p.add_argument("--judge-model", default=None, help="local judge model folder (default: bundled SmolLM2)")
-    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--name", default="judge_pairs_cpu")
     return p
 

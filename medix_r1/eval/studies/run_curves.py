@@ -1,6 +1,8 @@
 """Training runs side by side: their metrics.jsonl curves in one plot, first / last 10-step means.
 
-    python -m benchmarks run-curves RUN_A/metrics.jsonl RUN_B/metrics.jsonl [--labels a,b] --out PATH.png
+    python -m medix_r1.eval.studies run-curves RUN_A/metrics.jsonl RUN_B/metrics.jsonl [--labels a,b] --out PATH.png
+
+(``python -m benchmarks run-curves ...`` runs the same.)
 
 Plots, per step, the total reward, the format, judge and embedding rewards, the response length and
 the step time of each run (one line per run), and prints a Markdown table of each metric's mean
@@ -13,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from medix_r1.utils.cli import command_name
 
 PANELS = [("reward/total", "total reward"), ("reward/format", "format reward"), ("reward/judge", "judge reward"),
           ("reward/embedding", "embedding reward"), ("rollout/response_len", "response length (tokens)"),
@@ -68,7 +72,7 @@ def plot(runs: dict[str, list[dict]], out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks run-curves", description=__doc__,
+    p = argparse.ArgumentParser(prog=command_name("medix_r1.eval.studies") + " run-curves", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", nargs="+", help="metrics.jsonl files of training runs")
     p.add_argument("--labels", default=None, help="comma-separated names, one per file (default: the folder names)")
