@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import torch_backend
 from ._backend import resolve_backend
 from ._policy_math import per_token_terms, token_stats, token_weights
-from .grpo_loss import check_loss_inputs
+from .grpo_loss import check_loss_inputs, grpo_loss
 from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import _ops
 
@@ -228,10 +228,9 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
         raise ValueError(f"{op}: 'chunk_size' must be None or an int >= 1, got {chunk_size!r}")
     backend = resolve_backend(backend, hidden, op)
     if backend == "torch" or hidden.dtype == torch.float64:
-        loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
-                                                       bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
-                                                       config=config)
-        return loss, stats
+        return grpo_loss(torch_backend.fused_linear_logits(hidden, lm_head_weight, lm_head_bias), ids, mask, advantages,
+                         old_logp=old_logp, ref_logp=ref_logp, config=config, return_entropy=return_entropy,
+                         backend="torch")
     chunk = chunk_size or default_chunk_size(lm_head_weight.shape[0], hidden.dtype, hidden.device)
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
                                      ref_logp, config, chunk, backend, bool(return_entropy))
@@ -255,7 +254,7 @@ def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tenso
     b, l, hdim = hidden.shape
     if backend == "torch" or hidden.dtype == torch.float64:
         logits = _chunk_logits(hidden.float(), weight.float(), None if bias is None else bias.float())
-        return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
+        return torch_backend.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
     chunk = chunk_size or default_chunk_size(weight.shape[0], hidden.dtype, hidden.device)
     logp, ent = _chunked_logp(hidden.reshape(b * l, hdim), weight, bias, ids.reshape(b * l), float(temperature),
                               backend, chunk, with_entropy=return_entropy)

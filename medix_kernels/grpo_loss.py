@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
 from ._backend import resolve_backend
 from ._policy_math import gspo_seq_log_ratio, per_token_terms, token_stats, token_weights
 from .loss_config import SEQUENCE_RATIO_TYPES, LossConfig
@@ -92,9 +91,6 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
     if logits.dim() != 3:
         raise ValueError(f"{op}: 'logits' must be [B, L, V], got shape {tuple(logits.shape)}")
     check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op)
-    if backend == "torch":
-        return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
-                                   config=config, return_entropy=return_entropy)
     out = selective_log_softmax(logits, ids, temperature=config.temperature, return_entropy=return_entropy,
                                 inplace_backward=inplace_backward, backend=backend)
     logp, entropy = out if return_entropy else (out, None)

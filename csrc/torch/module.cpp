@@ -1,6 +1,8 @@
 // The Python module medix_kernels._C: importing it registers the ops in torch.ops.medix.
 #include <pybind11/pybind11.h>
 
+#include "../cpu/isa.h"
+
 namespace {
 bool cuda_compiled() {
 #ifdef MEDIX_WITH_CUDA
@@ -22,4 +24,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "medix_kernels compiled ops (registered in torch.ops.medix)";
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled in");
   m.def("openmp_compiled", &openmp_compiled, "whether the CPU kernels were compiled with OpenMP");
+  m.def("cpu_level", &medix::cpu::cpu_level,
+        "the vector ISA the CPU kernels use: 2 AVX-512, 1 AVX2 + FMA, 0 baseline (capped by MEDIX_CPU_LEVEL)");
 }
