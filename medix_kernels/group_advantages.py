@@ -174,7 +174,7 @@ def group_stats(rewards: torch.Tensor, group_size: int | None = None, *, group_i
     _check_values(rewards, "rewards", 1, "[N]", "group_stats")
     _, _, mean, std, degenerate = _run(rewards, None, group_size, group_index, "grpo", "group", 1e-6, "zero",
                                        nan_policy, backend, "group_stats")
-    return GroupStats(mean, std, degenerate)
+    return GroupStats(mean.float(), std.float(), degenerate)  # the torch backend's are float64
 
 
 def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Sequence[float],

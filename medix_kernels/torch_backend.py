@@ -25,26 +25,27 @@ from . import reference
 # ----------------------------------------------------------------------------- group advantages
 
 def _fixed_groups(r: torch.Tensor, g: int):
-    """(mean, ss, centred, expand) of fixed groups of g rewards (float64 r of length G * g)."""
+    """(mean, std, centred, count, expand) of fixed groups of g rewards (float64 r of length G * g)."""
     x = r.view(-1, g)
-    ones = x.new_ones(g)
-    mean = (x @ ones) / g
+    mean = (x @ x.new_ones(g)).div_(g)  # sum, then divide: equal rewards give their value exactly
     centred = x - mean[:, None]
-    ss = (centred * centred) @ ones
-    return mean, ss, centred, lambda per_group: per_group[:, None]
+    std = torch.linalg.vector_norm(centred, dim=1).mul_(1.0 / max(g - 1, 1) ** 0.5)
+    return mean, std, centred, float(g), lambda per_group: per_group[:, None]
 
 
 def _ragged_groups(r: torch.Tensor, counts: torch.Tensor):
-    """(mean, ss, centred, expand) of contiguous groups of counts [G] rewards."""
+    """(mean, std, centred, count, expand) of contiguous groups of counts [G] rewards."""
     seg = torch.repeat_interleave(torch.arange(counts.numel(), device=r.device), counts, output_size=r.numel())
-    mean = torch.zeros(counts.numel(), dtype=r.dtype, device=r.device).index_add_(0, seg, r) / counts.clamp_min(1)
+    count = counts.double()
+    mean = torch.zeros_like(count).index_add_(0, seg, r) / count.clamp_min(1.0)
     centred = r - mean[seg]
-    ss = torch.zeros_like(mean).index_add_(0, seg, centred * centred)
-    return mean, ss, centred, lambda per_group: per_group[seg]
+    ss = torch.zeros_like(count).index_add_(0, seg, centred * centred)
+    return mean, (ss / (count - 1.0).clamp_min(1.0)).sqrt_(), centred, count, lambda per_group: per_group[seg]
 
 
 def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, singleton, nan_to_zero):
-    """(adv, total, mean, std, degenerate) as torch.ops.medix.group_advantages returns them.
+    """(adv, total, mean, std, degenerate) as torch.ops.medix.group_advantages returns them, except
+    that mean and std stay float64 (group_stats rounds them; the other callers do not read them).
 
     values: [N] rewards or [N, K] components (with weights [K]); group_size, or offsets [G + 1]
     (int64, checked by the caller) for ragged groups."""
@@ -52,31 +53,25 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
         values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     total = (values.double() @ weights.double()).float() if values.dim() == 2 else values.float()
     r = total.double()
-    if offsets is None:  # the group size is a number: per-group rules are scalars
-        mean, ss, centred, expand = _fixed_groups(r, group_size)
-        count, nonempty, single = float(group_size), True, group_size == 1
-        count_m1 = max(count - 1.0, 1.0)
+    if offsets is None:
+        mean, std, centred, count, expand = _fixed_groups(r, group_size)
+        degenerate = std == 0  # every member equal (a group of one included)
     else:
-        counts = offsets.to(r.device).diff()
-        mean, ss, centred, expand = _ragged_groups(r, counts)
-        count, nonempty, single = counts.double(), counts > 0, expand(counts == 1)
-        count_m1 = (count - 1.0).clamp_min(1.0)
-    std = (ss / count_m1).sqrt()
-    degenerate = (ss == 0) & nonempty  # groups of one included
-    batch_std = r.std() if r.numel() > 1 else r.new_zeros(())
+        mean, std, centred, count, expand = _ragged_groups(r, offsets.to(r.device).diff())
+        degenerate = (std == 0) & (count > 0)
+    needs_batch_std = scale == "batch" or singleton == "verl"
+    batch_std = (r.std() if r.numel() > 1 else r.new_zeros(())) if needs_batch_std else None
     if mode == "rloo":
-        factor = count / count_m1
+        factor = torch.where(degenerate, 0.0, count / ((count - 1.0).clamp_min(1.0) if offsets is not None
+                                                        else max(count - 1.0, 1.0)))
     elif mode == "dr_grpo" or scale == "none":
-        factor = 1.0
+        factor = torch.where(degenerate, 0.0, 1.0)
     elif scale == "batch":
-        factor = 1.0 / (batch_std + eps)
-    else:
-        factor = 1.0 / (std + eps)
-    if isinstance(factor, torch.Tensor):  # where, not a product: std + eps may be 0 with eps = 0
-        factor = torch.where(degenerate, 0.0, factor)
-    else:
-        factor = (~degenerate).to(r.dtype) * factor
-    adv = centred * expand(factor)
+        factor = torch.where(degenerate, 0.0, 1.0 / (batch_std + eps))
+    else:  # masked, not multiplied: std + eps is 0 for a degenerate group when eps = 0
+        factor = (std + eps).reciprocal_().masked_fill_(degenerate, 0.0)
+    adv = centred.mul_(expand(factor))
+    single = expand(count == 1.0) if offsets is not None else group_size == 1
     if singleton == "verl" and mode != "rloo" and single is not False:
         # verl: a group of one has mean 0 and std 1
         if mode == "grpo" and scale == "group":
@@ -86,7 +81,7 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
         else:
             verl = r
         adv = verl.view_as(adv) if single is True else torch.where(single, verl, adv)
-    return adv.reshape(-1).to(values.dtype), total, mean.float(), std.float(), degenerate
+    return adv.reshape(-1).to(values.dtype), total, mean, std, degenerate
 
 
 # ----------------------------------------------------------------------------- cosine rewards
