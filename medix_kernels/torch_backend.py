@@ -27,7 +27,7 @@ from . import reference
 def _fixed_groups(r: torch.Tensor, g: int):
     """(mean, std, centred, count, expand) of fixed groups of g rewards (float64 r of length G * g)."""
     x = r.view(-1, g)
-    mean = (x @ x.new_ones(g)).div_(g)  # sum, then divide: equal rewards give their value exactly
+    mean = x.sum(1).div_(g)  # sum, then divide: equal rewards give their value exactly
     centred = x - mean[:, None]
     std = torch.linalg.vector_norm(centred, dim=1).mul_(1.0 / max(g - 1, 1) ** 0.5)
     return mean, std, centred, float(g), lambda per_group: per_group[:, None]
@@ -62,15 +62,16 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
     needs_batch_std = scale == "batch" or singleton == "verl"
     batch_std = (r.std() if r.numel() > 1 else r.new_zeros(())) if needs_batch_std else None
     if mode == "rloo":
-        factor = torch.where(degenerate, 0.0, count / ((count - 1.0).clamp_min(1.0) if offsets is not None
-                                                        else max(count - 1.0, 1.0)))
+        factor = count / ((count - 1.0).clamp_min(1.0) if offsets is not None else max(count - 1.0, 1.0))
     elif mode == "dr_grpo" or scale == "none":
-        factor = torch.where(degenerate, 0.0, 1.0)
+        factor = 1.0
     elif scale == "batch":
-        factor = torch.where(degenerate, 0.0, 1.0 / (batch_std + eps))
-    else:  # masked, not multiplied: std + eps is 0 for a degenerate group when eps = 0
-        factor = (std + eps).reciprocal_().masked_fill_(degenerate, 0.0)
-    adv = centred.mul_(expand(factor))
+        factor = 1.0 / (batch_std + eps)
+    else:
+        factor = (std + eps).reciprocal_()
+    adv = centred.mul_(expand(factor) if isinstance(factor, torch.Tensor) and factor.dim() else factor)
+    if eps == 0:  # a degenerate group's centred rewards are exactly 0: only an infinite factor matters
+        adv.masked_fill_(expand(degenerate), 0.0)
     single = expand(count == 1.0) if offsets is not None else group_size == 1
     if singleton == "verl" and mode != "rloo" and single is not False:
         # verl: a group of one has mean 0 and std 1

@@ -14,13 +14,13 @@ from tests.tolerances import tol
 MODES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none")]
 
 
-def check_advantages(values, group_size=None, group_index=None, weights=None, dtype=torch.float32, **kw):
+def check_advantages(values, group_size=None, group_index=None, weights=None, dtype=torch.float32, eps=1e-6, **kw):
     offsets = None if group_index is None else group_offsets(values.shape[0], None, group_index)
-    adv, total, mean, std, degenerate = tb.group_advantages(values, weights, group_size, offsets, eps=1e-6,
+    adv, total, mean, std, degenerate = tb.group_advantages(values, weights, group_size, offsets, eps=eps,
                                                             nan_to_zero=False, **kw)
     want_total = ref.composite_rewards(values, weights) if weights is not None else values.float()
     lay = dict(group_index=group_index) if group_index is not None else dict(group_size=group_size)
-    want = ref.group_advantages(want_total, **lay, eps=1e-6, **kw).to(dtype)
+    want = ref.group_advantages(want_total, **lay, eps=eps, **kw).to(dtype)
     want_mean, want_std, want_deg = ref.group_stats(want_total, **lay)
     assert adv.dtype == dtype
     # float64 rewards are summed as float32 totals (as by every backend): float32's tolerance
@@ -42,6 +42,15 @@ def test_fixed_groups(mode, scale, singleton, g):
     adv = check_advantages(r, g, mode=mode, scale=scale, singleton=singleton)
     if g > 1:
         assert (adv[:g] == 0).all()
+
+
+@pytest.mark.parametrize("mode,scale", MODES)
+def test_eps_zero(mode, scale):
+    """eps = 0: degenerate groups (and a batch of equal rewards) still give 0, not 0 / 0."""
+    r = torch.tensor([1.0, 1.0, 2.0, 4.0, 0.5, 0.5])
+    check_advantages(r, 2, eps=0.0, mode=mode, scale=scale, singleton="zero")
+    check_advantages(torch.full((6,), 0.3), 3, eps=0.0, mode=mode, scale=scale, singleton="zero")
+    check_advantages(r, group_index=torch.tensor([0, 0, 1, 1, 1, 2]), eps=0.0, mode=mode, scale=scale, singleton="zero")
 
 
 @pytest.mark.parametrize("mode,scale", MODES)
