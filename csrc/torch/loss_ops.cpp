@@ -4,10 +4,6 @@
 //   logprob_bwd(...) -> grad_logits;  logprob_bwd_(logits, ...) writes the gradient over logits
 #include <torch/library.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "../cpu/logprob.h"
 #include "checks.h"
 #include "logprob_glue.h"
@@ -19,21 +15,6 @@ void check_ids_in_range(const LogprobParams& p) {
   for (int64_t t = 0; t < p.T; ++t)
     TORCH_CHECK_VALUE(p.ids[t] >= 0 && p.ids[t] < p.V, "medix: 'ids' must be in [0, V=", p.V, "), got ",
                       p.ids[t], " at flat position ", t);
-}
-
-// A fresh [T, V] gradient is written once, right after it is allocated: with 4 KiB pages its
-// first touch is one page fault per 4 KiB (49,152 for 1,024 x 49,152 fp32 logits), which costs
-// more than the kernel. Asking for transparent huge pages (Linux; honoured when THP is enabled
-// as "madvise" or "always") makes that 96 faults. A hint: if refused, nothing changes.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t b = reinterpret_cast<uintptr_t>(t.data_ptr()), e = b + uintptr_t(t.nbytes());
-  const uintptr_t hb = (b + kHuge - 1) & ~(kHuge - 1), he = e & ~(kHuge - 1);  // whole huge pages inside
-  if (he > hb) (void)madvise(reinterpret_cast<void*>(hb), he - hb, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
 }
 
 template <typename F>
@@ -69,7 +50,6 @@ at::Tensor logprob_bwd_cpu(const at::Tensor& logits, const at::Tensor& ids, cons
   at::Tensor x = prepare_logprob_inputs(logits, ids, temperature, &ids64, &p);
   check_ids_in_range(p);
   at::Tensor grad = at::empty(logits.sizes(), logits.options());  // contiguous: its rows view is [T, V]
-  advise_huge_pages(grad);
   auto in = prepare_logprob_bwd(logits, &p, lse, grad_logp, entropy, grad_entropy, grad.view({p.T, p.V}));
   dispatch_logprob(p, [&](auto tag) { cpu::logprob_bwd<decltype(tag)>(p, AtenParallelFor{}); });
   return grad;
