@@ -12,7 +12,7 @@
 // less than kGroupAdvSerialWork elements never enter it (see below).
 //
 // Kernels, picked once per process by the widest ISA the CPU has (isa.h; MEDIX_CPU_LEVEL caps it):
-//  - AVX-512 (group_advantages_avx512.h) and AVX2 + FMA (group_advantages_avx2.h): fp32 rewards
+//  - AVX-512 (group_advantages_avx512.h) and AVX2 + FMA (group_advantages_avx2*.h): fp32 rewards
 //    in fixed groups a tile of 16 (8) groups at a time, one lane per group (a shuffle tree for
 //    group sizes 2, 4, 8 and multiples of the width, gathers for other sizes up to 15); ragged
 //    groups one masked vector loop per group; composite rewards (K = 4) get their totals by an
