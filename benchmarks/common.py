@@ -49,8 +49,12 @@ def cpu_model() -> str:
 
 
 def cpu_isa() -> str:
-    """The widest vector ISA the medix C++ kernels pick here (csrc/cpu/isa.h): avx512, avx2 or base.
-    Machines lent under the same CPU model name differ in it, and the kernels' speed with it."""
+    """The vector ISA the medix C++ kernels pick here (csrc/cpu/isa.h): avx512, avx2 or base, as
+    capped by MEDIX_CPU_LEVEL. Machines lent under the same CPU model name differ in it, and the
+    kernels' speed with it."""
+    from medix_kernels import _backend
+    if _backend.extension() is not None:
+        return {2: "avx512", 1: "avx2", 0: "base"}[_backend.extension().cpu_level()]
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
@@ -58,7 +62,7 @@ def cpu_isa() -> str:
         return "?"
     if {"avx512bw", "avx512vl", "avx512dq"} <= set(flags):
         return "avx512"
-    return "avx2" if {"avx2", "fma"} <= set(flags) else "base"
+    return "avx2" if {"avx2", "fma", "f16c"} <= set(flags) else "base"
 
 
 def device_name(device: str) -> str:

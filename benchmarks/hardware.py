@@ -9,9 +9,37 @@ what the machine gives at that moment, so it moves with the load (recorded next 
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
+
+# The CPU flags that decide which vector code runs (x86: /proc/cpuinfo "flags"; Arm: "Features").
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
+                "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+KERNEL_LEVELS = {0: "base", 1: "avx2", 2: "avx512"}  # csrc/cpu/isa.h
+
+
+def cpu_vector_extensions() -> str:
+    """The CPU's vector extensions among VECTOR_FLAGS, space-separated ("?" if unknown)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((ln for ln in fh if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        return "?"
+    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return " ".join(f for f in VECTOR_FLAGS if f in flags) or "?"
+
+
+def kernel_level() -> str:
+    """The vector level the medix C++ CPU kernels run at in this process (medix_kernels._C.cpu_level():
+    the widest the CPU has, capped by MEDIX_CPU_LEVEL), e.g. "1 avx2 (MEDIX_CPU_LEVEL=1)"."""
+    from medix_kernels import _backend
+    ext = _backend.extension()
+    cap = os.environ.get("MEDIX_CPU_LEVEL")
+    level = f"{ext.cpu_level()} {KERNEL_LEVELS[ext.cpu_level()]}" if ext is not None else "- (no extension)"
+    return level + (f" (MEDIX_CPU_LEVEL={cap})" if cap is not None else "")
+
 
 # (name substrings, all required; HBM bytes/s; {dtype: FLOP/s}); the first match wins.
 GPU_PEAKS = [

@@ -32,7 +32,8 @@ COLUMNS = (["op", "shape", *PARAM_COLUMNS, "dtype", "device", "impl", "role", "f
             "peak_GBps", "peak_TFLOPs", "peak_source"]
            + [f"x_vs_{f}" for f in PEER_FAMILIES]
            + ["best_peer", "x_vs_best_peer", "load_1m_start", "load_1m_end", "load_5m", "threads", "profile",
-              "note", "device_name", "medix", "torch", "triton", "driver", "trl_version", "liger_version", "date"])
+              "note", "device_name", "cpu_vector_ext", "cpu_level", "medix", "torch", "triton", "driver",
+              "trl_version", "liger_version", "date"])
 
 
 @dataclass
@@ -148,10 +149,14 @@ def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
     if device == "cuda":
         warmup = max(warmup, 3)
     env = common.environment(device)
+    # Which vector code the C++ CPU kernels ran (the CPU's extensions, and the level they picked, which
+    # MEDIX_CPU_LEVEL can cap to measure the AVX2 / baseline paths on a wider CPU): in every row.
+    env.update(cpu_vector_ext=hardware.cpu_vector_extensions(), cpu_level=hardware.kernel_level())
     if s.dry_run:
         env["device_name"] += " [dry run: TRITON_INTERPRET=1, tiny shapes; timings meaningless]"
     peaks = hardware.peaks(device, dtype, env["device_name"])
-    log(f"device: {env['device_name']}; peaks: {peaks['peak_GBps']:.1f} GB/s, {peaks['peak_TFLOPs']:.3f} TFLOP/s "
+    log(f"device: {env['device_name']}; CPU kernels at level {env['cpu_level']} ({env['cpu_vector_ext']}); "
+        f"peaks: {peaks['peak_GBps']:.1f} GB/s, {peaks['peak_TFLOPs']:.3f} TFLOP/s "
         f"({peaks['peak_source']}); load {common.load_avg()[0]:.2f}")
     budget = mem_budget_bytes(s)
     mem_method = s.memory

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import torch_backend
 from ._backend import resolve_backend
 
 
@@ -48,7 +48,7 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
             raise TypeError(f"{op}: 'pred' and 'ref' must have the same dtype, got {pred.dtype} and {ref.dtype}")
         raise TypeError(f"{op}: backend {backend!r} takes float32, bfloat16 or float16, got float64")
     if backend == "torch":
-        return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)
+        return torch_backend.cosine_rewards(pred, ref, threshold=threshold, eps=eps)
     pred, ref = _unit_columns(pred), _unit_columns(ref)
     thr = None if threshold is None else float(threshold)
     if backend == "triton":

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import torch_backend
 from ._backend import resolve_backend
 from ._fused_linear_chunks import ACCUMULATE, CHUNK_CONFIGS, accumulate_mode, chunk_rows, default_config
 from ._policy_math import (
@@ -42,7 +42,7 @@ from ._policy_math import (
     token_stats,
     token_weights,
 )
-from .grpo_loss import check_loss_inputs
+from .grpo_loss import check_loss_inputs, grpo_loss
 from .loss_config import ROLLOUT_STATS, SEQUENCE_RATIO_TYPES, LossConfig
 from .selective_log_softmax import _ops
 
@@ -327,11 +327,9 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
     _check_chunk_size(chunk_size, op)
     backend = resolve_backend(backend, hidden, op)
     if backend == "torch" or hidden.dtype == torch.float64:
-        loss, stats = reference.fused_linear_grpo_loss(hidden, lm_head_weight, ids, mask, advantages,
-                                                       bias=lm_head_bias, old_logp=old_logp, ref_logp=ref_logp,
-                                                       rollout_logp=rollout_logp, config=config,
-                                                       return_entropy=return_entropy)
-        return loss, stats
+        return grpo_loss(torch_backend.fused_linear_logits(hidden, lm_head_weight, lm_head_bias), ids, mask, advantages,
+                         old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp, config=config,
+                         return_entropy=return_entropy, backend="torch", validate=False)
     chunk, accumulate = _resolve_chunk(chunk_size, ids.numel(), lm_head_weight, hidden.dtype, hidden.device)
     with_entropy = bool(return_entropy) or config.entropy_coef > 0  # the entropy bonus needs it
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,
@@ -360,7 +358,7 @@ def fused_linear_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tenso
     b, l, hdim = hidden.shape
     if backend == "torch" or hidden.dtype == torch.float64:
         logits = _chunk_logits(hidden.float(), weight.float(), None if bias is None else bias.float())
-        return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
+        return torch_backend.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
     chunk, _ = _resolve_chunk(chunk_size, b * l, weight, hidden.dtype, hidden.device)
     logp, ent = _chunked_logp(hidden.reshape(b * l, hdim), weight, bias, ids.reshape(b * l), float(temperature),
                               backend, chunk, with_entropy=return_entropy)

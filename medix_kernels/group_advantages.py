@@ -19,7 +19,7 @@ try:
 except ImportError:  # numpy is optional: the check then uses torch
     _np = None
 
-from . import reference
+from . import torch_backend
 from ._backend import resolve_backend
 from ._groups import group_offsets, validate_group_args
 
@@ -112,23 +112,16 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
             offsets = group_offsets(n, None, group_index)
 
     if backend == "torch":
-        if eager and not nan_to_zero and values.numel():
-            _report_non_finite(values, nan_policy, name, op)
-        vals = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0) if nan_to_zero else values
-        total = reference.composite_rewards(vals, weights) if vals.dim() == 2 else vals.float()
-        kw = dict(group_index=group_index) if group_index is not None else {}
-        gs = None if group_index is not None else group_size
-        adv = reference.group_advantages(total, gs, mode=mode, scale=scale, eps=eps, singleton=singleton, **kw)
-        mean, std, degenerate = reference.group_stats(total, gs, **kw)
-        return adv.to(values.dtype), total, mean.to(values.device), std.to(values.device), degenerate.to(values.device)
-
-    args = (values, weights, offsets, 0 if group_size is None else group_size, MODES[mode], SCALES[scale],
-            SINGLETONS[singleton], float(eps), nan_to_zero)
-    if backend == "triton":
-        from .triton_kernels.group_advantages import group_advantages_triton
-        out = group_advantages_triton(*args)
+        out = torch_backend.group_advantages(values, weights, group_size, offsets, mode=mode, scale=scale, eps=eps,
+                                             singleton=singleton, nan_to_zero=nan_to_zero)
     else:
-        out = torch.ops.medix.group_advantages(*args)
+        args = (values, weights, offsets, 0 if group_size is None else group_size, MODES[mode], SCALES[scale],
+                SINGLETONS[singleton], float(eps), nan_to_zero)
+        if backend == "triton":
+            from .triton_kernels.group_advantages import group_advantages_triton
+            out = group_advantages_triton(*args)
+        else:
+            out = torch.ops.medix.group_advantages(*args)
     # A non-finite reward makes its group's mean non-finite: checking the G means instead of the
     # N rewards keeps the common case cheap; the slow path names the positions.
     if eager and not nan_to_zero and out[2].numel() and not math.isfinite(_sum(out[2])):
@@ -181,7 +174,7 @@ def group_stats(rewards: torch.Tensor, group_size: int | None = None, *, group_i
     _check_values(rewards, "rewards", 1, "[N]", "group_stats")
     _, _, mean, std, degenerate = _run(rewards, None, group_size, group_index, "grpo", "group", 1e-6, "zero",
                                        nan_policy, backend, "group_stats")
-    return GroupStats(mean, std, degenerate)
+    return GroupStats(mean.float(), std.float(), degenerate)  # the torch backend's are float64
 
 
 def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Sequence[float],

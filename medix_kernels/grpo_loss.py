@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
 from ._backend import resolve_backend
 from ._defaults import kernel_config
 from ._policy_math import (
@@ -139,9 +138,6 @@ def grpo_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, advan
         raise ValueError(f"{op}: 'logits' must be [B, L, V], got shape {tuple(logits.shape)}")
     check_loss_inputs(tuple(ids.shape), logits.device, mask, advantages, old_logp, ref_logp, config, op,
                       validate=validate, rollout_logp=rollout_logp)
-    if backend == "torch":
-        return reference.grpo_loss(logits, ids, mask, advantages, old_logp=old_logp, ref_logp=ref_logp,
-                                   rollout_logp=rollout_logp, config=config, return_entropy=return_entropy)
     if inplace_backward:
         check_inplace_logits(logits, op)
     # the entropy bonus needs the entropy's gradient: the composed path's log-prob kernels have it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import torch_backend
 from ._backend import resolve_backend
 
 
@@ -132,7 +132,8 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor, *, temperatur
     if inplace_backward:
         check_inplace_logits(logits, op)
     if backend == "torch" or logits.dtype == torch.float64:
-        return reference.selective_log_softmax(logits, ids, temperature=temperature, return_entropy=return_entropy)
+        return torch_backend.selective_log_softmax(logits, ids, temperature=temperature,
+                                                   return_entropy=return_entropy)
     logp, _, entropy = _FusedLogprob.apply(logits, ids, float(temperature), bool(return_entropy), backend,
                                            bool(inplace_backward))
     return (logp, entropy) if return_entropy else logp

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import suite  # noqa: E402
+from benchmarks import hardware, suite  # noqa: E402
 from benchmarks.hardware import table_peak  # noqa: E402
 
 
@@ -59,8 +59,20 @@ def test_smoke_run_writes_csv_with_every_column(smoke_run):
         assert float(r["GBps"]) > 0 and float(r["frac_peak"]) > 0 and float(r["peak_GBps"]) > 0
         assert r["load_1m_start"] != "" and r["device_name"].startswith("CPU") and r["torch"] == torch.__version__
         assert r["medix"].startswith("0.1.0") and r["triton"] and r["driver"] == "-" and r["date"]
+        assert r["cpu_level"] == hardware.kernel_level() and r["cpu_vector_ext"] == hardware.cpu_vector_extensions()
     fused = [r for r in rows if r["op"] == "grpo_loss"]
     assert all(r["bound"] == "memory" for r in fused)
+
+
+def test_the_kernel_level_in_effect_is_recorded():
+    """MEDIX_CPU_LEVEL caps the level the C++ kernels pick: the recorded level (and the device name's
+    ISA) is the capped one, the vector extensions stay the CPU's."""
+    code = "from benchmarks import common, hardware; print(hardware.kernel_level()); print(common.cpu_isa())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**_env(), "MEDIX_CPU_LEVEL": "0"},
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split("\n")
+    assert out[:2] == ["0 base (MEDIX_CPU_LEVEL=0)", "base"], out
+    if "avx2" in hardware.cpu_vector_extensions().split():
+        assert hardware.kernel_level().split()[0] in ("1", "2")
 
 
 def test_speedups_are_ratios_of_the_measured_medians(smoke_run):

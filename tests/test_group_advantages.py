@@ -1,7 +1,6 @@
 """group_advantages / group_stats / composite_advantages on every backend vs the reference, and
 vs TRL's and verl's formulas written out independently here."""
 import math
-import os
 import zlib
 
 import pytest
@@ -290,7 +289,7 @@ def test_cuda_fixed_groups(dtype, n, g):
         torch.testing.assert_close(got.float().cpu(), want.float(), **tol("advantages", dtype))
 
 
-# --- CPU kernel paths: serial vs threaded, AVX-512 tiles vs scalar, ragged offsets in C++ -------
+# --- CPU kernel paths: serial vs threaded, ragged offsets in C++ (every ISA level: test_cpu_levels.py)
 SERIAL_WORK = 1 << 18  # csrc/cpu/group_advantages.h kGroupAdvSerialWork
 
 
@@ -310,46 +309,6 @@ def test_serial_and_threaded_paths_agree(g):
         finally:
             torch.set_num_threads(threads)
         torch.testing.assert_close(got, one, rtol=1e-6, atol=1e-6)
-
-
-def test_isa_variants_agree(tmp_path):
-    """The AVX-512 tile kernels against the AVX2 and baseline builds of the scalar kernels
-    (MEDIX_CPU_LEVEL caps the level picked at run time): fixed sizes with and without a vector
-    kernel, ragged groups, composite rewards, NaN handling, stats."""
-    script = tmp_path / "dump.py"
-    script.write_text(
-        "import sys, torch, medix_kernels as mk\n"
-        "gen = torch.Generator().manual_seed(0)\n"
-        "out = {}\n"
-        "for g in (2, 3, 5, 8, 12, 16, 17, 32, 64):\n"
-        "    r = (torch.rand(16 * g * 9 + 3 * g, generator=gen) * 3).round(decimals=1)\n"
-        "    r[7] = float('nan')\n"
-        "    out[f'g{g}'] = mk.group_advantages(r, g, nan_policy='zero')\n"
-        "    out[f's{g}'] = torch.stack(list(mk.group_stats(r.nan_to_num(0.0), g)[:2]))\n"
-        "    out[f'rl{g}'] = mk.group_advantages(r.nan_to_num(0.0), g, mode='rloo', scale='batch')\n"
-        "ids = torch.repeat_interleave(torch.arange(300), torch.randint(1, 21, (300,), generator=gen))\n"
-        "r = torch.rand(ids.numel(), generator=gen).round(decimals=1)\n"
-        "out['ragged'] = mk.group_advantages(r, group_index=ids)\n"
-        "c = (torch.rand(max(ids.numel(), 3048), 4, generator=gen) > 0.5).float()\n"
-        "out['comp_total'], out['comp_adv'] = mk.composite_advantages(\n"
-        "    c[:ids.numel()], [0.5175, 0.3375, 0.045, 0.1], group_index=ids)\n"
-        "out['comp8'] = torch.cat(mk.composite_advantages(c[:3048], [0.5175, 0.3375, 0.045, 0.1], 8))\n"
-        "torch.save(out, sys.argv[1])\n")
-    import subprocess
-    import sys
-    results = {}
-    for level in ("2", "1", "0"):
-        path = tmp_path / f"out{level}.pt"
-        env = dict(os.environ, MEDIX_CPU_LEVEL=level)
-        subprocess.run([sys.executable, str(script), str(path)], check=True, env=env, timeout=300)
-        results[level] = torch.load(path)
-    for level in ("1", "0"):
-        for key, want in results[level].items():
-            got = results["2"][key]
-            if key == "comp_total":  # summed in double in every kernel: the same fp32 totals
-                assert torch.equal(got, want), key
-            else:
-                torch.testing.assert_close(got, want, **tol("advantages", torch.float32), msg=key)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])

@@ -11,17 +11,23 @@
 // at::parallel_for (so torch's thread settings apply), the unit tests a serial loop. Calls with
 // less than kGroupAdvSerialWork elements never enter it (see below).
 //
-// Kernels, picked per call:
-//  - AVX-512, fp32 rewards in fixed groups (group_advantages_avx512.h): 16 groups per step, their
-//    statistics computed 16 lanes at a time (a shuffle tree over the tile for group sizes 2, 4,
-//    8 and multiples of 16, gathers for the other sizes up to 15); composite rewards (K = 4) get
-//    their totals 16 rows at a time, block by block, and then go through the same group kernel.
-//  - scalar loops (any dtype, ragged groups, other sizes), compiled for AVX-512, AVX2 and
-//    baseline x86-64 (isa.h) so the compiler vectorises what it can for the machine.
+// Kernels, picked once per process by the widest ISA the CPU has (isa.h; MEDIX_CPU_LEVEL caps it):
+//  - AVX-512 (group_advantages_avx512.h) and AVX2 + FMA (group_advantages_avx2*.h): fp32 rewards
+//    in fixed groups a tile of 16 (8) groups at a time, one lane per group (a shuffle tree for
+//    group sizes 2, 4, 8 and multiples of the width, gathers for other sizes up to 15); ragged
+//    groups one masked vector loop per group; composite rewards (K = 4) get their totals by an
+//    in-register transpose, block by block, and then go through the same group kernel.
+//  - portable loops (any dtype, any level, the rest of the cases): fixed groups of 2..64 as a
+//    transposed tile of 16 groups (member j of the 16 groups contiguous), so each statistic is a
+//    loop over 16 independent lanes that the compiler vectorises for the target; other groups one
+//    at a time with their totals staged on the stack. Compiled once per ISA level as well.
+// Every kernel redoes a group whose fp32 statistics are not finite with the one-group loop
+// (which redoes fp32 overflow in double), so NaN / inf rewards have one semantics everywhere.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/dtypes.h"
 #include "../common/group_advantages_params.h"
@@ -84,99 +90,74 @@ __attribute__((noinline)) void group_in_double(const GroupAdvParams& p, int64_t 
   }
 }
 
-// Fixed groups of a compile-time size G (plain rewards of type TI, advantages of type TO): the
-// member loops unroll into straight line code, and a block of groups is processed together so
-// the per-group square root and division pipeline instead of serialising.
-// (The kernels work on a local copy of the params: every store through a float pointer could
-// otherwise alias one of its fields, and the compiler would reload them all in the inner loops.)
-template <typename TI, typename TO, int G>
-MEDIX_INLINE void fixed_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
-  const GroupAdvParams p = p_in;
-  constexpr int kBlock = 16;
-  const TI* v = static_cast<const TI*>(p.values);
-  TO* adv = static_cast<TO*>(p.adv);
-  for (int64_t g0 = gb; g0 < ge; g0 += kBlock) {
-    const int nb = int(std::min<int64_t>(kBlock, ge - g0));
-    float x[kBlock][G], mean[kBlock], ss[kBlock];
-    bool deg[kBlock];
-    for (int l = 0; l < nb; ++l) {
-      const TI* row = v + (g0 + l) * G * p.stride_n;
-      float sum = 0.f, lo = INFINITY, hi = -INFINITY;
-#pragma GCC unroll 64
-      for (int j = 0; j < G; ++j) {
-        float r = to_float(row[j * p.stride_n]);
-        if (p.nan_to_zero && !is_finite(r)) r = 0.f;
-        x[l][j] = r; sum += r; lo = std::min(lo, r); hi = std::max(hi, r);
-      }
-      mean[l] = sum * (1.f / float(G));
-      deg[l] = lo == hi;
-      float acc = 0.f;
-#pragma GCC unroll 64
-      for (int j = 0; j < G; ++j) { float d = x[l][j] - mean[l]; acc += d * d; }
-      ss[l] = acc;
-    }
-    for (int l = 0; l < nb; ++l) {
-      const int64_t g = g0 + l;
-      if (!is_finite(mean[l]) || !is_finite(ss[l])) {  // fp32 overflow (or NaN / inf rewards)
-        group_in_double<TI, TO>(p, g, g * G, (g + 1) * G, deg[l], batch_std);
-        continue;
-      }
-      const float std = G > 1 ? std::sqrt(ss[l] * (1.f / float(G > 1 ? G - 1 : 1))) : 0.f;
-      if (p.group_mean) p.group_mean[g] = mean[l];
-      if (p.group_std) p.group_std[g] = std;
-      if (p.degenerate) p.degenerate[g] = deg[l];
-      const GroupAffine a = group_affine<float>(mean[l], std, G, deg[l], batch_std, p);
-      TO* out = adv + g * G;
-#pragma GCC unroll 64
-      for (int j = 0; j < G; ++j) out[j] = from_float<TO>((x[l][j] - a.shift) * a.factor);
-    }
+// The affine rule of a call for groups of >= 2 members that are not degenerate: factor =
+// 1 / (std + eps) per group (by_std), or one constant for the call (rloo with fixed groups of
+// size `count`, dr_grpo, scale none / batch). Degenerate groups get factor 0 on top of it.
+struct TileAffine { bool by_std; float constant, eps; };
+
+MEDIX_INLINE TileAffine tile_affine(const GroupAdvParams& p, int64_t count, double batch_std) {
+  if (p.mode == int(AdvMode::kRloo)) return {false, float(count) / float(count - 1), p.eps};
+  if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return {false, 1.f, p.eps};
+  if (p.scale == int(AdvScale::kBatch)) return {false, float(1.0 / (batch_std + double(p.eps))), p.eps};
+  return {true, 1.f, p.eps};
+}
+
+// The totals of a group's rows [b, b + count) into stage (plain rewards: one load per row, the
+// NaN policy hoisted out of the loop).
+template <typename TI>
+MEDIX_INLINE void stage_totals(const GroupAdvParams& p, int64_t b, int64_t count, float* stage) {
+  if (p.k != 1 || p.weights) {
+    for (int64_t i = 0; i < count; ++i) stage[i] = row_total<TI>(p, b + i);
+    return;
+  }
+  const TI* v = static_cast<const TI*>(p.values) + b * p.stride_n;
+  const int64_t s = p.stride_n;
+  if (p.nan_to_zero) {
+    for (int64_t i = 0; i < count; ++i) { const float r = to_float(v[i * s]); stage[i] = is_finite(r) ? r : 0.f; }
+  } else {
+    for (int64_t i = 0; i < count; ++i) stage[i] = to_float(v[i * s]);
   }
 }
 
-template <typename TI, typename TO>
-MEDIX_INLINE bool try_fixed_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  if (p.offsets || p.k != 1 || p.weights || p.total) return false;
-  switch (p.group_size) {
-    case 2: fixed_groups<TI, TO, 2>(p, gb, ge, batch_std); return true;
-    case 4: fixed_groups<TI, TO, 4>(p, gb, ge, batch_std); return true;
-    case 5: fixed_groups<TI, TO, 5>(p, gb, ge, batch_std); return true;
-    case 8: fixed_groups<TI, TO, 8>(p, gb, ge, batch_std); return true;
-    case 16: fixed_groups<TI, TO, 16>(p, gb, ge, batch_std); return true;
-    case 32: fixed_groups<TI, TO, 32>(p, gb, ge, batch_std); return true;
-    case 64: fixed_groups<TI, TO, 64>(p, gb, ge, batch_std); return true;
-    default: return false;
-  }
-}
-
-// Any groups (ragged or fixed), any k: rows of type TI, advantages of type TO.
+// Any groups (ragged or fixed, any k), one at a time: rows of type TI, advantages of type TO.
+// A group of up to kStage rows is staged on the stack and every statistic is a vectorisable loop
+// over it; a larger one is streamed (row_total three times).
 template <typename TI, typename TO>
 MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
   const GroupAdvParams p = p_in;
   TO* adv = static_cast<TO*>(p.adv);
-  // A group's totals are staged on the stack (when it fits) for the second and third pass.
   constexpr int64_t kStage = 256;
-  float stage[kStage];
+  alignas(64) float stage[kStage];
   for (int64_t g = gb; g < ge; ++g) {
     int64_t b, e; group_bounds(p, g, &b, &e);
     const int64_t count = e - b;
     const bool staged = count <= kStage;
     float sum = 0.f, lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = b; i < e; ++i) {
-      float r = row_total<TI>(p, i);
-      if (staged) stage[i - b] = r;
-      sum += r; lo = std::min(lo, r); hi = std::max(hi, r);
+    if (staged) {
+      stage_totals<TI>(p, b, count, stage);
+      // lo / hi skip NaN (a comparison with NaN is false), in every lane order alike.
+#pragma omp simd reduction(+ : sum) reduction(min : lo) reduction(max : hi)
+      for (int64_t i = 0; i < count; ++i) {
+        const float r = stage[i];
+        sum += r; lo = r < lo ? r : lo; hi = r > hi ? r : hi;
+      }
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        const float r = row_total<TI>(p, i);
+        sum += r; lo = r < lo ? r : lo; hi = r > hi ? r : hi;
+      }
     }
-    float mean = count ? sum / float(count) : 0.f;
+    const float mean = count ? sum / float(count) : 0.f;
     float ss = 0.f;
     if (staged) {
-      for (int64_t i = 0; i < count; ++i) { float d = stage[i] - mean; ss += d * d; }
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < count; ++i) { const float d = stage[i] - mean; ss += d * d; }
     } else {
-      for (int64_t i = b; i < e; ++i) { float d = row_total<TI>(p, i) - mean; ss += d * d; }
+      for (int64_t i = b; i < e; ++i) { const float d = row_total<TI>(p, i) - mean; ss += d * d; }
     }
-    float std = count > 1 ? std::sqrt(ss / float(count - 1)) : 0.f;
-    // NaN totals make lo/hi comparisons false: such a group is not degenerate, its mean is
-    // NaN, and the Python wrapper reports it (nan_policy="raise").
-    bool degenerate = count > 0 && lo == hi;
+    const float std = count > 1 ? std::sqrt(ss / float(count - 1)) : 0.f;
+    // NaN totals make the group's mean NaN; lo/hi skip them, and the double redo keeps that flag.
+    const bool degenerate = count > 0 && lo == hi;
     if (!is_finite(sum) || !is_finite(ss)) {  // fp32 overflow (or NaN / inf rewards)
       group_in_double<TI, TO>(p, g, b, e, degenerate, batch_std);
       continue;
@@ -186,11 +167,11 @@ MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t
     if (p.degenerate) p.degenerate[g] = degenerate;
     const GroupAffine a = group_affine<float>(mean, std, count, degenerate, batch_std, p);
     if (staged) {
-      if (p.total) for (int64_t i = b; i < e; ++i) p.total[i] = stage[i - b];
-      for (int64_t i = b; i < e; ++i) adv[i] = from_float<TO>((stage[i - b] - a.shift) * a.factor);
+      if (p.total) for (int64_t i = 0; i < count; ++i) p.total[b + i] = stage[i];
+      for (int64_t i = 0; i < count; ++i) adv[b + i] = from_float<TO>((stage[i] - a.shift) * a.factor);
     } else {
       for (int64_t i = b; i < e; ++i) {
-        float r = row_total<TI>(p, i);
+        const float r = row_total<TI>(p, i);
         if (p.total) p.total[i] = r;
         adv[i] = from_float<TO>((r - a.shift) * a.factor);
       }
@@ -198,14 +179,152 @@ MEDIX_INLINE void general_groups(const GroupAdvParams& p_in, int64_t gb, int64_t
   }
 }
 
+constexpr int kTileLanes = 16;      // groups per step of the portable tile kernel
+constexpr int64_t kTileMaxG = 64;   // larger fixed groups go through general_groups
+
+// Fixed groups of 2..kTileMaxG plain rewards, 16 groups per step, without intrinsics: the tile is
+// transposed into x[j][l] (member j of group g0 + l), so the sums, minima, maxima and squared
+// deviations are loops over 16 independent lanes (vectorised for the target, no add waiting on
+// the previous one), as are the square roots and divisions of the 16 groups and the advantages;
+// only the transposition in and out is element by element.
+// kG: the group size when fixed at compile time (the small sizes, whose loops it unrolls), else 0.
+template <typename TI, typename TO, bool kNanToZero, int kG>
+MEDIX_INLINE void tile_groups(const GroupAdvParams& p_in, int64_t gb, int64_t ge, double batch_std) {
+  constexpr int L = kTileLanes;
+  const GroupAdvParams p = p_in;
+  const int64_t G = kG > 0 ? kG : p.group_size, s = p.stride_n;
+  const TI* v = static_cast<const TI*>(p.values);
+  TO* adv = static_cast<TO*>(p.adv);
+  const TileAffine a = tile_affine(p, G, batch_std);
+  const float inv_g = 1.f / float(G), inv_g1 = 1.f / float(G - 1);
+  alignas(64) float x[kTileMaxG][L];
+  alignas(64) float sum[L], lo[L], hi[L], ss[L], stdv[L], factor[L];
+  for (int64_t g0 = gb; g0 < ge; g0 += L) {
+    const int nb = int(std::min<int64_t>(L, ge - g0));
+    for (int l = 0; l < L; ++l) {  // lanes past the last group repeat it (every lane stays finite)
+      const TI* row = v + (g0 + std::min(l, nb - 1)) * G * s;
+      for (int64_t j = 0; j < G; ++j) {
+        const float r = to_float(row[j * s]);
+        x[j][l] = (kNanToZero && !is_finite(r)) ? 0.f : r;
+      }
+    }
+    for (int l = 0; l < L; ++l) { sum[l] = 0.f; lo[l] = INFINITY; hi[l] = -INFINITY; ss[l] = 0.f; }
+    for (int64_t j = 0; j < G; ++j) {
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const float r = x[j][l];
+        sum[l] += r; lo[l] = r < lo[l] ? r : lo[l]; hi[l] = r > hi[l] ? r : hi[l];
+      }
+    }
+#pragma omp simd
+    for (int l = 0; l < L; ++l) sum[l] *= inv_g;  // the means from here on
+    for (int64_t j = 0; j < G; ++j) {
+#pragma omp simd
+      for (int l = 0; l < L; ++l) { const float d = x[j][l] - sum[l]; ss[l] += d * d; }
+    }
+#pragma omp simd
+    for (int l = 0; l < L; ++l) stdv[l] = ss[l] * inv_g1;
+    sqrt_in_place(stdv, L);
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      const float f = a.by_std ? 1.f / (stdv[l] + a.eps) : a.constant;
+      factor[l] = lo[l] == hi[l] ? 0.f : f;
+    }
+    for (int64_t j = 0; j < G; ++j) {  // the advantages, in the tile
+#pragma omp simd
+      for (int l = 0; l < L; ++l) x[j][l] = (x[j][l] - sum[l]) * factor[l];
+    }
+    for (int l = 0; l < nb; ++l) {
+      TO* out = adv + (g0 + l) * G;
+      for (int64_t j = 0; j < G; ++j) out[j] = from_float<TO>(x[j][l]);
+    }
+    for (int l = 0; l < nb; ++l) {
+      if (p.group_mean) p.group_mean[g0 + l] = sum[l];
+      if (p.group_std) p.group_std[g0 + l] = stdv[l];
+      if (p.degenerate) p.degenerate[g0 + l] = lo[l] == hi[l];
+    }
+    int bad = 0;  // NaN / inf rewards or fp32 overflow: such groups are redone by the one-group loop
+#pragma omp simd reduction(+ : bad)
+    for (int l = 0; l < L; ++l) bad += !is_finite(sum[l]) || !is_finite(ss[l]);
+    for (int l = 0; bad && l < nb; ++l) {
+      if (!is_finite(sum[l]) || !is_finite(ss[l])) general_groups<TI, TO>(p, g0 + l, g0 + l + 1, batch_std);
+    }
+  }
+}
+
 template <typename TI, typename TO>
 MEDIX_INLINE void scalar_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  if (!try_fixed_groups<TI, TO>(p, gb, ge, batch_std)) general_groups<TI, TO>(p, gb, ge, batch_std);
+  const bool tile = !p.offsets && p.k == 1 && !p.weights && !p.total && p.group_size >= 2 &&
+                    p.group_size <= kTileMaxG;
+  if (!tile) { general_groups<TI, TO>(p, gb, ge, batch_std); return; }
+  if (p.nan_to_zero) { tile_groups<TI, TO, true, 0>(p, gb, ge, batch_std); return; }
+  switch (p.group_size) {
+    case 2: tile_groups<TI, TO, false, 2>(p, gb, ge, batch_std); return;
+    case 4: tile_groups<TI, TO, false, 4>(p, gb, ge, batch_std); return;
+    case 8: tile_groups<TI, TO, false, 8>(p, gb, ge, batch_std); return;
+    default: tile_groups<TI, TO, false, 0>(p, gb, ge, batch_std); return;
+  }
+}
+
+// The kernels of the portable level: totals row by row (MediX-R1's K = 4 contiguous components
+// unrolled, in row_total's order), no fp32 fast path of its own.
+struct PortableKernels {
+  template <typename T>
+  static MEDIX_INLINE void totals(const GroupAdvParams& p, int64_t i0, int64_t i1) {
+    if (p.k != 4 || p.stride_k != 1) {
+      for (int64_t i = i0; i < i1; ++i) p.total[i] = row_total<T>(p, i);
+      return;
+    }
+    const T* v = static_cast<const T*>(p.values);
+    const double w0 = p.weights[0], w1 = p.weights[1], w2 = p.weights[2], w3 = p.weights[3];
+    const bool z = p.nan_to_zero;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* r = v + i * p.stride_n;
+      float x0 = to_float(r[0]), x1 = to_float(r[1]), x2 = to_float(r[2]), x3 = to_float(r[3]);
+      if (z) { x0 = is_finite(x0) ? x0 : 0.f; x1 = is_finite(x1) ? x1 : 0.f; x2 = is_finite(x2) ? x2 : 0.f;
+               x3 = is_finite(x3) ? x3 : 0.f; }
+      p.total[i] = float(0.0 + w0 * double(x0) + w1 * double(x1) + w2 * double(x2) + w3 * double(x3));
+    }
+  }
+  static MEDIX_INLINE bool float_groups(const GroupAdvParams&, int64_t, int64_t, double) { return false; }
+};
+
+// Composite rewards: per block of groups, the fp32 totals (written to p.total, an output), then
+// the groups of the block from those totals (still in cache). K: the ISA's kernels.
+template <typename T, class K>
+MEDIX_INLINE void composite_range(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
+  constexpr int64_t kBlockRows = 4096;
+  GroupAdvParams q = p;  // the second stage: plain fp32 rewards = the totals
+  q.values = p.total; q.k = 1; q.stride_n = 1; q.stride_k = 1; q.weights = nullptr; q.total = nullptr;
+  q.nan_to_zero = false;
+  const int64_t avg = std::max<int64_t>(1, p.offsets ? p.n / std::max<int64_t>(1, p.num_groups) : p.group_size);
+  const int64_t step = std::max<int64_t>(1, kBlockRows / avg);
+  for (int64_t b0 = gb; b0 < ge; b0 += step) {
+    const int64_t b1 = std::min(ge, b0 + step);
+    int64_t i0, i1, unused;
+    group_bounds(p, b0, &i0, &unused);
+    group_bounds(p, b1 - 1, &unused, &i1);
+    K::template totals<T>(p, i0, i1);
+    if (std::is_same<T, float>::value && K::float_groups(q, b0, b1, batch_std)) continue;
+    scalar_groups<float, T>(q, b0, b1, batch_std);
+  }
+}
+
+// One range of groups with the kernels K of an ISA level (inlined into that level's function).
+template <typename T, class K>
+MEDIX_INLINE void group_range_with(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
+  if (p.weights && p.total) {
+    composite_range<T, K>(p, gb, ge, batch_std);
+    return;
+  }
+  if (std::is_same<T, float>::value && K::float_groups(p, gb, ge, batch_std)) return;
+  scalar_groups<T, T>(p, gb, ge, batch_std);
 }
 
 }  // namespace cpu
 }  // namespace medix
 
+#include "group_advantages_avx2.h"
 #include "group_advantages_avx512.h"
 
 namespace medix {
@@ -216,19 +335,18 @@ using GroupRangeFn = void (*)(const GroupAdvParams&, int64_t, int64_t, double);
 
 template <typename T>
 void group_range_base(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  scalar_groups<T, T>(p, gb, ge, batch_std);
+  group_range_with<T, PortableKernels>(p, gb, ge, batch_std);
 }
 
 #if MEDIX_HAS_ISA_VARIANTS
 template <typename T>
 MEDIX_TARGET_AVX2 void group_range_avx2(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  scalar_groups<T, T>(p, gb, ge, batch_std);
+  group_range_with<T, avx2::Kernels>(p, gb, ge, batch_std);
 }
 
 template <typename T>
 MEDIX_TARGET_AVX512 void group_range_avx512(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  if (avx512::group_range<T>(p, gb, ge, batch_std)) return;
-  scalar_groups<T, T>(p, gb, ge, batch_std);
+  group_range_with<T, avx512::Kernels>(p, gb, ge, batch_std);
 }
 #endif
 
@@ -237,7 +355,7 @@ GroupRangeFn<T> pick_group_range() {
 #if MEDIX_HAS_ISA_VARIANTS
   const int level = cpu_level();
   if (level == 2 && avx512::tile_orders_ok()) return group_range_avx512<T>;
-  if (level >= 1) return group_range_avx2<T>;
+  if (level >= 1 && avx2::tile_orders_ok()) return group_range_avx2<T>;
 #endif
   return group_range_base<T>;
 }

@@ -113,17 +113,6 @@ template <int G> struct LaneGroups {
 };
 template <int G> inline constexpr LaneGroups<G> kLaneGroups{};
 
-// The affine rule of a call: factor = 1 / (std + eps) per group, or one constant (rloo,
-// dr_grpo, scale none/batch); 0 for degenerate groups (group sizes here are >= 2).
-struct Affine { bool by_std; float constant, eps; };
-
-MEDIX_INLINE Affine affine_of(const GroupAdvParams& p, int64_t g, double batch_std) {
-  if (p.mode == int(AdvMode::kRloo)) return {false, float(g) / float(g - 1), p.eps};
-  if (p.mode == int(AdvMode::kDrGrpo) || p.scale == int(AdvScale::kNone)) return {false, 1.f, p.eps};
-  if (p.scale == int(AdvScale::kBatch)) return {false, float(1.0 / (batch_std + double(p.eps))), p.eps};
-  return {true, 1.f, p.eps};
-}
-
 template <bool kNanToZero> MEDIX_V512 __m512 load(const float* x) {
   __m512 v = _mm512_loadu_ps(x);
   if constexpr (kNanToZero) {  // finite <=> x - x == 0
@@ -144,7 +133,7 @@ template <bool kNanToZero> MEDIX_V512 __m512 gather(__m512i idx, const float* x)
 // sum of squared deviations is not finite (NaN / inf rewards, or fp32 overflow): the caller
 // redoes the tile with the scalar kernel, which redoes overflowing groups in double.
 MEDIX_V512 bool finish_stats(const GroupAdvParams& p, int64_t g0, int G, __m512 mean, __m512 ss, __m512 lo, __m512 hi,
-                             const Affine& a, __m512* factor) {
+                             const TileAffine& a, __m512* factor) {
   if (_mm512_cmp_ps_mask(_mm512_sub_ps(mean, mean), _mm512_setzero_ps(), _CMP_EQ_OQ) != 0xFFFF) return false;
   if (_mm512_cmp_ps_mask(_mm512_sub_ps(ss, ss), _mm512_setzero_ps(), _CMP_EQ_OQ) != 0xFFFF) return false;
   const __m512 stdv = _mm512_sqrt_ps(_mm512_mul_ps(ss, _mm512_set1_ps(1.f / float(G - 1))));
@@ -174,7 +163,7 @@ MEDIX_V512 void write_tile(const float* x, float* out, float* total, __m512 mean
 
 template <int G, bool kNanToZero>
 MEDIX_V512 bool tree_tile(const GroupAdvParams& p, const float* x, float* out, float* total, int64_t g0,
-                          const Affine& a, const __m512i order) {
+                          const TileAffine& a, const __m512i order) {
   constexpr int R = kTreeR<G>, M = kTreeM<G>;
   __m512 v[R];
   // Sums, then min, then max: one tree each (the tile, 16 * G floats, stays in L1 meanwhile).
@@ -214,7 +203,7 @@ MEDIX_V512 bool tree_tile(const GroupAdvParams& p, const float* x, float* out, f
 
 template <int G, bool kNanToZero>
 MEDIX_V512 bool gather_tile(const GroupAdvParams& p, const float* x, float* out, float* total, int64_t g0,
-                            const Affine& a) {
+                            const TileAffine& a) {
   const __m512i base = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                           _mm512_set1_epi32(G));
   __m512 m[G];
@@ -243,7 +232,7 @@ MEDIX_V512 void fixed_range(const GroupAdvParams& p_in, int64_t gb, int64_t ge, 
   const GroupAdvParams p = p_in;
   const float* x = static_cast<const float*>(p.values);
   float* out = static_cast<float*>(p.adv);
-  const Affine a = affine_of(p, G, batch_std);
+  const TileAffine a = tile_affine(p, G, batch_std);
   int64_t g = gb;
   if constexpr (kTreeSize<G>) {
     const __m512i order = _mm512_load_si512(tile_order<G>().order);
@@ -363,42 +352,18 @@ MEDIX_V512 void totals_k4(const GroupAdvParams& p_in, int64_t i0, int64_t i1) {
   for (; i < i1; ++i) p.total[i] = row_total<float>(p, i);
 }
 
-// Composite rewards: per block of groups, the fp32 totals (written to p.total, an output), then
-// the groups of the block from those totals (still in cache).
-template <typename T>
-MEDIX_V512 void composite_range(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  constexpr int64_t kBlockRows = 4096;
-  GroupAdvParams q = p;  // the second stage: plain fp32 rewards = the totals
-  q.values = p.total; q.k = 1; q.stride_n = 1; q.stride_k = 1; q.weights = nullptr; q.total = nullptr;
-  q.nan_to_zero = false;
-  const bool vec_totals = std::is_same<T, float>::value && p.k == 4 && p.stride_n == 4 && p.stride_k == 1;
-  const int64_t avg = std::max<int64_t>(1, p.offsets ? p.n / std::max<int64_t>(1, p.num_groups) : p.group_size);
-  const int64_t step = std::max<int64_t>(1, kBlockRows / avg);
-  for (int64_t b0 = gb; b0 < ge; b0 += step) {
-    const int64_t b1 = std::min(ge, b0 + step);
-    int64_t i0, i1, unused;
-    group_bounds(p, b0, &i0, &unused);
-    group_bounds(p, b1 - 1, &unused, &i1);
-    if (vec_totals) {
-      totals_k4(p, i0, i1);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) p.total[i] = row_total<T>(p, i);
-    }
-    if (std::is_same<T, float>::value && fixed_float(q, b0, b1, batch_std)) continue;
-    scalar_groups<float, T>(q, b0, b1, batch_std);
+// The AVX-512 kernels as group_range_with (group_advantages.h) uses them: calls
+// per block of groups, not inlined (a target-less template cannot inline target code).
+struct Kernels {
+  template <typename T>
+  static MEDIX_TARGET_AVX512 void totals(const GroupAdvParams& p, int64_t i0, int64_t i1) {
+    if (std::is_same<T, float>::value && p.k == 4 && p.stride_n == 4 && p.stride_k == 1) totals_k4(p, i0, i1);
+    else for (int64_t i = i0; i < i1; ++i) p.total[i] = row_total<T>(p, i);
   }
-}
-
-// The AVX-512 entry of one range of groups; false: not handled here (scalar kernels).
-template <typename T>
-MEDIX_V512 bool group_range(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
-  if (p.weights && p.total) {
-    composite_range<T>(p, gb, ge, batch_std);
-    return true;
+  static MEDIX_TARGET_AVX512 bool float_groups(const GroupAdvParams& p, int64_t gb, int64_t ge, double batch_std) {
+    return fixed_float(p, gb, ge, batch_std);
   }
-  if constexpr (std::is_same<T, float>::value) return fixed_float(p, gb, ge, batch_std);
-  return false;
-}
+};
 
 #undef MEDIX_V512
 

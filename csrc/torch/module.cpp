@@ -6,6 +6,8 @@
 // against another torch usually fails on an undefined symbol, and medix_kernels names both versions.
 extern "C" __attribute__((used)) const char medix_built_with_torch[] = "medix-built-with-torch " TORCH_VERSION;
 
+#include "../cpu/isa.h"
+
 namespace {
 bool cuda_compiled() {
 #ifdef MEDIX_WITH_CUDA
@@ -28,4 +30,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled in");
   m.def("openmp_compiled", &openmp_compiled, "whether the CPU kernels were compiled with OpenMP");
   m.attr("built_with_torch") = TORCH_VERSION;
+  m.def("cpu_level", &medix::cpu::cpu_level,
+        "the vector ISA the CPU kernels use: 2 AVX-512, 1 AVX2 + FMA, 0 baseline (capped by MEDIX_CPU_LEVEL)");
 }

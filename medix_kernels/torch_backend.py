@@ -1,0 +1,133 @@
+"""The "torch" backend: plain PyTorch for every op, what runs where the compiled extension is missing
+(a platform without a compiler) or when ``backend="torch"`` is asked for.
+
+``medix_kernels.reference`` reads like the maths and is the tests' oracle; this module computes
+the same results with fewer passes over the data and no host work beyond the checks:
+
+- group statistics in float64, as the reference. A [G, g] view of fixed groups gives the sums by
+  matrix-vector products (no repeat_interleave, no index tensors); ragged groups use one segment
+  id per reward. Equal float32 rewards sum exactly in float64 (g * r needs at most 24 + 31 bits),
+  so their mean is r and their squared deviations are 0: "degenerate" is ss == 0, no min / max
+  pass. float64 also keeps rewards near 3e38 finite, so there is no second path for them.
+- log-probs by one log_softmax and a gather, without dividing by a temperature of 1; the entropy
+  without a third [T, V] temporary when no gradient is asked for.
+- cosine similarity in float32 by three row-wise dot products; rows whose float32 sums overflow
+  (entries above ~1e19) make the call use the float64 reference instead (one check per call).
+
+tests/test_torch_backend.py checks every function here against the reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+# ----------------------------------------------------------------------------- group advantages
+
+def _fixed_groups(r: torch.Tensor, g: int):
+    """(mean, std, centred, count, expand) of fixed groups of g rewards (float64 r of length G * g)."""
+    x = r.view(-1, g)
+    mean = x.sum(1).div_(g)  # sum, then divide: equal rewards give their value exactly
+    centred = x - mean[:, None]
+    std = torch.linalg.vector_norm(centred, dim=1).mul_(1.0 / max(g - 1, 1) ** 0.5)
+    return mean, std, centred, float(g), lambda per_group: per_group[:, None]
+
+
+def _ragged_groups(r: torch.Tensor, counts: torch.Tensor):
+    """(mean, std, centred, count, expand) of contiguous groups of counts [G] rewards."""
+    seg = torch.repeat_interleave(torch.arange(counts.numel(), device=r.device), counts, output_size=r.numel())
+    count = counts.double()
+    mean = torch.zeros_like(count).index_add_(0, seg, r) / count.clamp_min(1.0)
+    centred = r - mean[seg]
+    ss = torch.zeros_like(count).index_add_(0, seg, centred * centred)
+    return mean, (ss / (count - 1.0).clamp_min(1.0)).sqrt_(), centred, count, lambda per_group: per_group[seg]
+
+
+def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, singleton, nan_to_zero):
+    """(adv, total, mean, std, degenerate) as torch.ops.medix.group_advantages returns them, except
+    that mean and std stay float64 (group_stats rounds them; the other callers do not read them).
+
+    values: [N] rewards or [N, K] components (with weights [K]); group_size, or offsets [G + 1]
+    (int64, checked by the caller) for ragged groups."""
+    if nan_to_zero:
+        values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    total = (values.double() @ weights.double()).float() if values.dim() == 2 else values.float()
+    r = total.double()
+    if offsets is None:
+        mean, std, centred, count, expand = _fixed_groups(r, group_size)
+        degenerate = std == 0  # every member equal (a group of one included)
+    else:
+        mean, std, centred, count, expand = _ragged_groups(r, offsets.to(r.device).diff())
+        degenerate = (std == 0) & (count > 0)
+    needs_batch_std = scale == "batch" or singleton == "verl"
+    batch_std = (r.std() if r.numel() > 1 else r.new_zeros(())) if needs_batch_std else None
+    if mode == "rloo":
+        factor = count / ((count - 1.0).clamp_min(1.0) if offsets is not None else max(count - 1.0, 1.0))
+    elif mode == "dr_grpo" or scale == "none":
+        factor = 1.0
+    elif scale == "batch":
+        factor = 1.0 / (batch_std + eps)
+    else:
+        factor = (std + eps).reciprocal_()
+    adv = centred.mul_(expand(factor) if isinstance(factor, torch.Tensor) and factor.dim() else factor)
+    if eps == 0:  # a degenerate group's centred rewards are exactly 0: only an infinite factor matters
+        adv.masked_fill_(expand(degenerate), 0.0)
+    single = expand(count == 1.0) if offsets is not None else group_size == 1
+    if singleton == "verl" and mode != "rloo" and single is not False:
+        # verl: a group of one has mean 0 and std 1
+        if mode == "grpo" and scale == "group":
+            verl = r / (1.0 + eps)
+        elif mode == "grpo" and scale == "batch":
+            verl = r / (batch_std + eps)
+        else:
+            verl = r
+        adv = verl.view_as(adv) if single is True else torch.where(single, verl, adv)
+    return adv.reshape(-1).to(values.dtype), total, mean, std, degenerate
+
+
+# ----------------------------------------------------------------------------- cosine rewards
+
+def cosine_rewards(pred, ref, *, threshold=None, eps=1e-8):
+    """Row-wise cosine similarity (each norm clamped to eps), or 1.0 / 0.0 against a threshold."""
+    x = pred if pred.dtype in (torch.float32, torch.float64) else pred.float()
+    y = ref if ref.dtype in (torch.float32, torch.float64) else ref.float()
+    if x.dtype != y.dtype:
+        x, y = x.double(), y.double()
+    dot, xx, yy = torch.linalg.vecdot(x, y), torch.linalg.vecdot(x, x), torch.linalg.vecdot(y, y)
+    if x.dtype == torch.float32 and not bool(torch.isfinite(xx.sum() + yy.sum())):
+        return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)  # overflow, or NaN / inf entries
+    cos = dot / (xx.sqrt_().clamp_min_(eps) * yy.sqrt_().clamp_min_(eps))
+    if threshold is not None:
+        return (cos >= threshold).float()
+    return cos.float()
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def selective_log_softmax(logits, ids, *, temperature=1.0, return_entropy=False):
+    """log softmax(logits / temperature) at ids, float32 (float64 for float64 logits), and the
+    entropy (0 log 0 = 0 for -inf logits, in the value and the gradient)."""
+    x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    logprobs = torch.log_softmax(x, dim=-1)
+    logp = logprobs.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
+    if not return_entropy:
+        return logp
+    # 0 log 0 = 0: log-probs clamped to -1e4 (a probability is 0 below ~-745 in float64), so a
+    # -inf logit adds 0 * -1e4 to the value and 0 to the gradient (not 0 * -inf = NaN).
+    probs = logprobs.exp()
+    if logprobs.requires_grad:
+        return logp, -(probs * logprobs.clamp_min(-1e4)).sum(-1)
+    # No gradient: the log-probs are ours to clamp in place, and a batched dot product sums
+    # p * log p without a third [T, V] tensor.
+    logprobs.clamp_(min=-1e4)
+    v = logprobs.shape[-1]
+    entropy = torch.bmm(probs.reshape(-1, 1, v), logprobs.reshape(-1, v, 1)).reshape(logp.shape)
+    return logp, entropy.neg_()
+
+
+def fused_linear_logits(hidden, weight, bias=None):
+    """Full float32 logits h @ W^T (+ b) of the fused-linear ops' torch backend."""
+    logits = hidden.float() @ weight.float().t()
+    return logits if bias is None else logits + bias.float()

@@ -1,0 +1,126 @@
+"""medix_kernels.torch_backend (the "torch" backend: plain PyTorch formulated for speed) against
+medix_kernels.reference (the readable oracle), function by function, including the cases its
+formulation treats differently: degenerate groups found by ss == 0, groups of one, huge rewards,
+composite totals from strided weights, float32 cosine sums that overflow, -inf logits in the
+entropy with and without a gradient."""
+import pytest
+import torch
+
+from medix_kernels import reference as ref
+from medix_kernels import torch_backend as tb
+from medix_kernels._groups import group_offsets
+from tests.tolerances import tol
+
+MODES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none")]
+
+
+def check_advantages(values, group_size=None, group_index=None, weights=None, dtype=torch.float32, eps=1e-6, **kw):
+    offsets = None if group_index is None else group_offsets(values.shape[0], None, group_index)
+    adv, total, mean, std, degenerate = tb.group_advantages(values, weights, group_size, offsets, eps=eps,
+                                                            nan_to_zero=False, **kw)
+    want_total = ref.composite_rewards(values, weights) if weights is not None else values.float()
+    lay = dict(group_index=group_index) if group_index is not None else dict(group_size=group_size)
+    want = ref.group_advantages(want_total, **lay, eps=eps, **kw).to(dtype)
+    want_mean, want_std, want_deg = ref.group_stats(want_total, **lay)
+    assert adv.dtype == dtype
+    # float64 rewards are summed as float32 totals (as by every backend): float32's tolerance
+    torch.testing.assert_close(adv.float(), want.float(), **tol("advantages", torch.float32 if dtype == torch.float64
+                                                                     else dtype))
+    torch.testing.assert_close(total, want_total, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mean.float(), want_mean, **tol("advantages", torch.float32))  # float64 here
+    torch.testing.assert_close(std.float(), want_std, **tol("advantages", torch.float32))
+    assert degenerate.tolist() == want_deg.tolist()
+    return adv
+
+
+@pytest.mark.parametrize("mode,scale", MODES)
+@pytest.mark.parametrize("singleton", ["zero", "verl"])
+@pytest.mark.parametrize("g", [1, 2, 5, 8, 64])
+def test_fixed_groups(mode, scale, singleton, g):
+    r = (torch.rand(16 * g, generator=torch.Generator().manual_seed(g)) * 2).round(decimals=1)
+    r[:g] = 0.1  # equal rewards that do not sum exactly in float32: degenerate, A = 0 exactly
+    adv = check_advantages(r, g, mode=mode, scale=scale, singleton=singleton)
+    if g > 1:
+        assert (adv[:g] == 0).all()
+
+
+@pytest.mark.parametrize("mode,scale", MODES)
+def test_eps_zero(mode, scale):
+    """eps = 0: degenerate groups (and a batch of equal rewards) still give 0, not 0 / 0."""
+    r = torch.tensor([1.0, 1.0, 2.0, 4.0, 0.5, 0.5])
+    check_advantages(r, 2, eps=0.0, mode=mode, scale=scale, singleton="zero")
+    check_advantages(torch.full((6,), 0.3), 3, eps=0.0, mode=mode, scale=scale, singleton="zero")
+    check_advantages(r, group_index=torch.tensor([0, 0, 1, 1, 1, 2]), eps=0.0, mode=mode, scale=scale, singleton="zero")
+
+
+@pytest.mark.parametrize("mode,scale", MODES)
+@pytest.mark.parametrize("singleton", ["zero", "verl"])
+def test_ragged_groups(mode, scale, singleton):
+    gen = torch.Generator().manual_seed(1)
+    sizes = torch.randint(1, 12, (60,), generator=gen)  # groups of one included
+    gi = torch.repeat_interleave(torch.arange(60) * 3, sizes)
+    r = torch.randn(gi.numel(), generator=gen)
+    r[: sizes[0]] = 0.7
+    check_advantages(r, group_index=gi, mode=mode, scale=scale, singleton=singleton)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_dtypes_and_huge_rewards(dtype):
+    r = torch.cat([torch.full((4,), 3e38), torch.tensor([3e38, -3e38, 1.0, 2.0]), torch.randn(8) * 1e20])
+    if dtype != torch.float32:
+        r = torch.randn(64) * 3
+    check_advantages(r.to(dtype), 4, dtype=dtype, mode="grpo", scale="group", singleton="zero")
+
+
+def test_composite_totals_strided_weights():
+    gen = torch.Generator().manual_seed(2)
+    comp = (torch.rand(40, 4, generator=gen) > 0.5).float()
+    w = torch.tensor([0.5175, 9.0, 0.3375, 9.0, 0.045, 9.0, 0.1, 9.0])[::2]  # a strided view
+    for kw in (dict(group_size=8), dict(group_index=torch.repeat_interleave(torch.arange(8), 5))):
+        check_advantages(comp, weights=w, mode="grpo", scale="group", singleton="zero", **kw)
+        check_advantages(comp.t().contiguous().t(), weights=w, mode="rloo", scale="none", singleton="zero", **kw)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_cosine(threshold):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 48, generator=gen)
+    y = x + torch.randn(64, 48, generator=gen)
+    x[3] = 0.0  # a zero row: 0, not NaN
+    x[5] *= 1e25  # float32 sums of squares overflow: the float64 path
+    for a, b in ((x, y), (x.bfloat16(), y.bfloat16()), (x, y.double()), (x[:, ::2], y[:, ::2])):
+        got = tb.cosine_rewards(a, b, threshold=threshold)
+        torch.testing.assert_close(got, ref.cosine_rewards(a, b, threshold=threshold), **tol("cosine", torch.float32))
+    assert tb.cosine_rewards(x[:3], y[:3], eps=1e-3).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("grad", [False, True])
+def test_selective_log_softmax(dtype, temperature, grad):
+    gen = torch.Generator().manual_seed(4)
+    logits = (torch.randn(2, 3, 500, generator=gen) * 2).to(dtype)
+    logits[0, 1, :200] = -float("inf")  # masked words
+    ids = torch.randint(200, 500, (2, 3), generator=gen)
+    x, xr = logits.clone().requires_grad_(grad), logits.double().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        logp, ent = tb.selective_log_softmax(x, ids, temperature=temperature, return_entropy=True)
+        logp_r, ent_r = ref.selective_log_softmax(xr, ids, temperature=temperature, return_entropy=True)
+    torch.testing.assert_close(logp, logp_r.to(logp.dtype), **tol("logprob", dtype if dtype != torch.float64 else
+                                                                     torch.float32))
+    torch.testing.assert_close(ent, ent_r.to(ent.dtype), **tol("logprob", torch.float32))
+    torch.testing.assert_close(tb.selective_log_softmax(x, ids, temperature=temperature), logp)
+    if grad:
+        g = torch.randn(2, 3, generator=gen)
+        (logp * g + ent * g.flip(0)).sum().backward()
+        (logp_r * g + ent_r * g.flip(0)).sum().backward()
+        assert (x.grad[0, 1, :200] == 0).all()  # -inf logits: zero gradient, not NaN
+        torch.testing.assert_close(x.grad.float(), xr.grad.to(dtype).float(),
+                                   **tol("logprob_grad", dtype if dtype != torch.float64 else torch.float32))
+
+
+def test_fused_linear_logits():
+    gen = torch.Generator().manual_seed(5)
+    h, w, b = torch.randn(2, 3, 8, generator=gen), torch.randn(11, 8, generator=gen), torch.randn(11, generator=gen)
+    torch.testing.assert_close(tb.fused_linear_logits(h.bfloat16(), w.bfloat16(), b),
+                               h.bfloat16().float() @ w.bfloat16().float().t() + b)
