@@ -98,6 +98,7 @@ def test_the_rollout_server_lists_the_knobs_it_takes():
     eng = RolloutEngine.__new__(RolloutEngine)
     eng.weights_broken, eng.model, eng.dtype, eng.max_model_len = None, "m", "float32", 640
     eng.instance, eng.weights_version, eng.group, eng.last_update = "i", 0, None, {}
+    eng.logprobs_mode = "processed_logprobs"
     assert eng.health()["sampling"] == list(SET)
 
 

@@ -31,6 +31,15 @@ def run(tiny, out, *more):
 
 # --- the default path --------------------------------------------------------------------------------
 
+# Keys allowed to move by float rounding since that file was made, with the bound: the loss of these
+# steps is a sum of terms that cancel to ~0 (ratio 1, group-centred advantages), so the CPU kernels' exp
+# polynomial (issue 27) and the loss's rollout-stat composition (issue 28) move it by ~2e-7; and
+# rollout/logp_mismatch is now measured inside the loss against the distribution the engine sampled
+# from (issue 28), not by a separate raw log-prob pass. Rewards, lengths, KL and the gradient norm
+# stay bit-identical.
+ROUNDED = {"loss/loss": 1e-6, "rollout/logp_mismatch": 1e-5}
+
+
 def test_default_knobs_reproduce_the_run_before_issue_32(tiny, tmp_path):
     """tests/data/default_run_bd4cda2.json holds this run's metrics computed by main at bd4cda2, the last
     merge of main before issue 32's changes landed (tests/data/default_run.py made it; an earlier file
@@ -41,7 +50,10 @@ def test_default_knobs_reproduce_the_run_before_issue_32(tiny, tmp_path):
     want = json.loads((HERE / "data" / "default_run_bd4cda2.json").read_text())
     for before, now in zip(want, got, strict=True):
         for key, value in before.items():
-            assert now[key] == value, (before["step"], key, value, now[key])
+            if key in ROUNDED:
+                assert abs(now[key] - value) <= ROUNDED[key], (before["step"], key, value, now[key])
+            else:
+                assert now[key] == value, (before["step"], key, value, now[key])
         assert now["loss/entropy"] > 0  # new in issue 32
 
 
@@ -52,7 +64,7 @@ def _update(model_dir, cfg, batch, adv, tokens):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     rows = layout.Layout(owner=[0] * len(tokens), local=list(range(len(tokens))), tokens=tokens,
                          rewards=[0.0] * len(tokens))
-    stats, _, _ = update(model, opt, batch, adv, None, None, cfg, loss_config(cfg), 1, rows)
+    stats, _ = update(model, opt, batch, adv, None, None, cfg, loss_config(cfg), 1, rows)
     return stats["loss"], {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
