@@ -113,7 +113,8 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
 
     if backend == "torch":
         out = torch_backend.group_advantages(values, weights, group_size, offsets, mode=mode, scale=scale, eps=eps,
-                                             singleton=singleton, nan_to_zero=nan_to_zero)
+                                             singleton=singleton, nan_to_zero=nan_to_zero,
+                                             with_degenerate=op == "group_stats")
     else:
         args = (values, weights, offsets, 0 if group_size is None else group_size, MODES[mode], SCALES[scale],
                 SINGLETONS[singleton], float(eps), nan_to_zero)
@@ -206,9 +207,13 @@ def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Seque
     # every backend reads the K weights as one dense vector: a strided or expanded view is copied
     weights = weights.detach().float().contiguous()
     # K weights: one small host sync in eager mode (a NaN weight would silently make every total NaN)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(weights).all()):
-        bad = (~torch.isfinite(weights)).nonzero().flatten().tolist()
-        raise ValueError(f"{op}: 'weights' must be finite, got {weights.tolist()} (non-finite at positions {bad})")
+    if not torch.compiler.is_compiling():
+        # on the CPU the K values are read directly (a tensor reduction costs more than the kernel at small N)
+        finite = (all(map(math.isfinite, weights.tolist())) if weights.device.type == "cpu"
+                  else bool(torch.isfinite(weights).all()))
+        if not finite:
+            bad = (~torch.isfinite(weights)).nonzero().flatten().tolist()
+            raise ValueError(f"{op}: 'weights' must be finite, got {weights.tolist()} (non-finite at positions {bad})")
     adv, total, *_ = _run(components, weights, group_size, group_index, mode, scale, eps, singleton, nan_policy,
                           backend, op)
     return total, adv

@@ -25,12 +25,15 @@ from . import reference
 # ----------------------------------------------------------------------------- group advantages
 
 def _fixed_groups(r: torch.Tensor, g: int):
-    """(mean, std, centred, count, expand) of fixed groups of g rewards (float64 r of length G * g)."""
+    """(mean, std, centred, count, expand) of fixed groups of g rewards (float64 r of length G * g).
+    The statistics are [G, 1] columns, so they broadcast over the [G, g] rewards with no index op."""
     x = r.view(-1, g)
-    mean = x.sum(1).div_(g)  # sum, then divide: equal rewards give their value exactly
-    centred = x - mean[:, None]
-    std = torch.linalg.vector_norm(centred, dim=1).mul_(1.0 / max(g - 1, 1) ** 0.5)
-    return mean, std, centred, float(g), lambda per_group: per_group[:, None]
+    mean = x.sum(1, keepdim=True).div_(g)  # sum, then divide: equal rewards give their value exactly
+    centred = x - mean
+    std = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
+    if g > 2:  # unbiased: the norm / sqrt(g - 1) (1 for g = 2, and a group of one has std 0)
+        std.mul_(1.0 / (g - 1) ** 0.5)
+    return mean, std, centred, float(g), lambda per_group: per_group
 
 
 def _ragged_groups(r: torch.Tensor, counts: torch.Tensor):
@@ -43,33 +46,36 @@ def _ragged_groups(r: torch.Tensor, counts: torch.Tensor):
     return mean, (ss / (count - 1.0).clamp_min(1.0)).sqrt_(), centred, count, lambda per_group: per_group[seg]
 
 
-def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, singleton, nan_to_zero):
+def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, singleton, nan_to_zero,
+                     with_degenerate=True):
     """(adv, total, mean, std, degenerate) as torch.ops.medix.group_advantages returns them, except
-    that mean and std stay float64 (group_stats rounds them; the other callers do not read them).
+    that mean and std stay float64 (group_stats rounds them; the other callers do not read them) and
+    degenerate is None unless ``with_degenerate`` (only group_stats reads it: one op less per call).
 
     values: [N] rewards or [N, K] components (with weights [K]); group_size, or offsets [G + 1]
     (int64, checked by the caller) for ragged groups."""
     if nan_to_zero:
         values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    total = (values.double() @ weights.double()).float() if values.dim() == 2 else values.float()
+    total = torch.mv(values.double(), weights.double()).float() if values.dim() == 2 else values.float()
     r = total.double()
     if offsets is None:
         mean, std, centred, count, expand = _fixed_groups(r, group_size)
-        degenerate = std == 0  # every member equal (a group of one included)
     else:
         mean, std, centred, count, expand = _ragged_groups(r, offsets.to(r.device).diff())
-        degenerate = (std == 0) & (count > 0)
+    degenerate = None
+    if with_degenerate or eps == 0:  # every member equal (a group of one included; not an empty group)
+        degenerate = std == 0 if offsets is None else (std == 0) & (count > 0)
     needs_batch_std = scale == "batch" or singleton == "verl"
     batch_std = (r.std() if r.numel() > 1 else r.new_zeros(())) if needs_batch_std else None
     if mode == "rloo":
         factor = count / ((count - 1.0).clamp_min(1.0) if offsets is not None else max(count - 1.0, 1.0))
+        adv = centred.mul_(expand(factor) if isinstance(factor, torch.Tensor) else factor)
     elif mode == "dr_grpo" or scale == "none":
-        factor = 1.0
+        adv = centred
     elif scale == "batch":
-        factor = 1.0 / (batch_std + eps)
+        adv = centred.div_(batch_std + eps)
     else:
-        factor = (std + eps).reciprocal_()
-    adv = centred.mul_(expand(factor) if isinstance(factor, torch.Tensor) and factor.dim() else factor)
+        adv = centred.div_(expand(std + eps))
     if eps == 0:  # a degenerate group's centred rewards are exactly 0: only an infinite factor matters
         adv.masked_fill_(expand(degenerate), 0.0)
     single = expand(count == 1.0) if offsets is not None else group_size == 1
@@ -82,7 +88,9 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
         else:
             verl = r
         adv = verl.view_as(adv) if single is True else torch.where(single, verl, adv)
-    return adv.reshape(-1).to(values.dtype), total, mean, std, degenerate
+    if degenerate is not None:
+        degenerate = degenerate.view(-1)
+    return adv.reshape(-1).to(values.dtype), total, mean.view(-1), std.view(-1), degenerate
 
 
 # ----------------------------------------------------------------------------- cosine rewards
