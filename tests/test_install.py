@@ -30,7 +30,9 @@ def installed(tmp_path_factory):
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                     cwd=tmp).stdout.strip())
     (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp)
+    # clean_env: with PYTHONPATH at the checkout, pip would take the build's medix.egg-info there for an
+    # installed medix and skip the wheel
+    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp, env=clean_env())
     return python, tmp
 
 
