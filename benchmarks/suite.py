@@ -15,7 +15,8 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -139,15 +140,65 @@ def add_ratios(rows: list[dict]) -> None:
             r["x_vs_best_peer"] = round(best[0] / t, 3) if best and t > 0 else ""
 
 
+@dataclass
+class SuiteRun:
+    """What the steps of one run share: the settings, the machine, the memory method and the rows so far."""
+    s: Settings
+    dtype: torch.dtype
+    env: dict
+    peaks: dict
+    budget: int
+    mem_method: str
+    out_csv: Path
+    timing: dict                     # common.interleaved's rounds_min, budget_s, min_sample_s, warmup
+    timer: common.Timer
+    log: Callable[[str], None]
+    worker: MemoryWorker | None = None
+    rows: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+    def skip(self, op, impl, reason):
+        key = f"{op} / {impl}"
+        if key not in self.skipped:
+            self.skipped[key] = reason
+            self.log(f"  skipped {key}: {reason}")
+
+
 def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
     t_start = time.perf_counter()
+    r = start_run(s, log)
+    try:
+        for op_name in s.ops:
+            spec = (s.specs or {}).get(op_name) or OPS[op_name]
+            log(f"== {op_name}: {spec.description}")
+            for params in cases_for(spec, s):
+                run_case(r, op_name, spec, params)
+    finally:
+        if r.worker is not None:
+            r.worker.close()
+    if s.device == "cpu" and r.rows:
+        use_higher_cpu_peaks(r)
+    add_ratios(r.rows)
+    common.write_csv(r.out_csv, r.rows, COLUMNS)
+    meta = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "specs"},
+            "env": r.env, "peaks": r.peaks, "mem_method": r.mem_method,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "mem_budget_GiB": round(r.budget / 2**30, 2),
+            "skipped": r.skipped, "errors": r.errors, "wall_s": round(time.perf_counter() - t_start, 1),
+            "csv": r.out_csv.name}
+    r.out_csv.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    r.out_csv.with_suffix(".partial.csv").unlink(missing_ok=True)
+    log(f"wrote {r.out_csv} ({len(r.rows)} rows, {meta['wall_s']} s)")
+    return r.out_csv, r.rows, meta
+
+
+def start_run(s: Settings, log) -> SuiteRun:
+    """The machine (environment, peak throughputs), the timing and memory settings and the output file."""
     device, dtype = s.device, getattr(torch, s.dtype)
-    elem = torch.empty((), dtype=dtype).element_size()
     rounds_min, budget_s, min_sample_s, warmup = TIMING[s.profile]
-    rounds_min = s.rounds_min or rounds_min
-    budget_s = s.budget_s if s.budget_s is not None else budget_s
-    if device == "cuda":
-        warmup = max(warmup, 3)
+    timing = dict(rounds_min=s.rounds_min or rounds_min, budget_s=s.budget_s if s.budget_s is not None else budget_s,
+                  min_sample_s=min_sample_s, warmup=max(warmup, 3) if device == "cuda" else warmup)
     env = common.environment(device)
     # Which vector code the C++ CPU kernels ran (the CPU's extensions, and the level they picked, which
     # MEDIX_CPU_LEVEL can cap to measure the AVX2 / baseline paths on a wider CPU): in every row.
@@ -158,134 +209,127 @@ def run(s: Settings, log=print) -> tuple[Path, list[dict], dict]:
     log(f"device: {env['device_name']}; CPU kernels at level {env['cpu_level']} ({env['cpu_vector_ext']}); "
         f"peaks: {peaks['peak_GBps']:.1f} GB/s, {peaks['peak_TFLOPs']:.3f} TFLOP/s "
         f"({peaks['peak_source']}); load {common.load_avg()[0]:.2f}")
-    budget = mem_budget_bytes(s)
     mem_method = s.memory
     if mem_method == "auto":
         mem_method = "cuda-allocator" if device == "cuda" else "worker"
     out_csv = csv_path(s, env)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    worker = None
+    r = SuiteRun(s=s, dtype=dtype, env=env, peaks=peaks, budget=mem_budget_bytes(s), mem_method=mem_method,
+                 out_csv=out_csv, timing=timing, timer=common.Timer(device), log=log)
     if mem_method in ("worker", "isolated"):
         log_path = os.path.join(tempfile.gettempdir(), f"medix-bench-{out_csv.stem}.memlog")
-        worker = MemoryWorker(isolated=mem_method == "isolated", log_path=log_path)
+        r.worker = MemoryWorker(isolated=mem_method == "isolated", log_path=log_path)
         log(f"memory: {mem_method} (worker stderr: {log_path})")
-    timer = common.Timer(device)
-    rows, skipped, errors = [], {}, []
+    return r
 
-    def skip(op, impl, reason):
-        key = f"{op} / {impl}"
-        if key not in skipped:
-            skipped[key] = reason
-            log(f"  skipped {key}: {reason}")
 
-    try:
-        for op_name in s.ops:
-            spec = (s.specs or {}).get(op_name) or OPS[op_name]
-            log(f"== {op_name}: {spec.description}")
-            for params in cases_for(spec, s):
-                label = spec.label(params)
-                need = spec.footprint(params, elem)
-                # On a GPU an implementation that runs out of memory raises (reported as failed, the others go
-                # on), so only hopeless cases are skipped; on the CPU it would be killed (or kill a neighbour).
-                if need > (4 * budget if device == "cuda" else budget):
-                    skip(op_name, label, f"needs ~{need / 2**30:.1f} GiB, memory budget {budget / 2**30:.1f} GiB "
-                                         "(--mem-budget-gb)")
-                    continue
-                inputs = spec.make_inputs(params, dtype, device)
-                impls, fns = {}, {}
-                for imp in spec.impls(device):
-                    if imp.role == "peer" and s.peers is not None and imp.family not in s.peers:
-                        continue
-                    try:
-                        fns[imp.name] = imp.build(inputs)
-                        impls[imp.name] = imp
-                    except Unavailable as exc:
-                        skip(op_name, imp.name, str(exc))
+def run_case(r: SuiteRun, op_name: str, spec, params: dict) -> None:
+    """One op at one shape: every implementation timed side by side, its memory measured, its rows
+    written (to the partial CSV too, which survives an interrupted run)."""
+    label = spec.label(params)
+    need = spec.footprint(params, r.dtype.itemsize)
+    # On a GPU an implementation that runs out of memory raises (reported as failed, the others go
+    # on), so only hopeless cases are skipped; on the CPU it would be killed (or kill a neighbour).
+    if need > (4 * r.budget if r.s.device == "cuda" else r.budget):
+        r.skip(op_name, label, f"needs ~{need / 2**30:.1f} GiB, memory budget {r.budget / 2**30:.1f} GiB "
+                               "(--mem-budget-gb)")
+        return
+    case = dict(op=op_name, spec=spec, params=params, label=label, nbytes=spec.bytes_moved(params, r.dtype.itemsize),
+                flops=spec.flops(params), **measure_case(r, op_name, spec, params, label))
+    r.rows += [case_row(r, case, name) for name in case["timings"]]
+    case_rows = [row for row in r.rows if row["op"] == op_name and row["shape"] == label]
+    add_ratios(case_rows)
+    r.log(_case_table(label, case_rows, case["load0"][0]))
+    common.write_csv(r.out_csv.with_suffix(".partial.csv"), r.rows, COLUMNS)
 
-                def failed(name, exc):
-                    fns.pop(name, None)
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                    errors.append(f"{op_name} {label} {name}: {msg}")
-                    log(f"  {name} failed at {label}: {msg}")
 
-                load0 = common.load_avg()
-                res = common.interleaved(fns, device=device, rounds_min=rounds_min, budget_s=budget_s,
-                                         min_sample_s=min_sample_s, warmup=warmup, timer=timer, on_error=failed)
-                load1 = common.load_avg()
-                mem = {}
-                if mem_method == "cuda-allocator":
-                    for name in res:
-                        try:
-                            mem[name] = cuda_peak_extra(fns[name])
-                        except Exception as exc:
-                            mem[name] = f"{type(exc).__name__}: {exc}"
-                fns = inputs = None
-                gc.collect()
-                if worker is not None and res:
-                    mem = worker.measure(op_name, params, s.dtype, device, list(res))
-                nbytes = spec.bytes_moved(params, elem)
-                flops = spec.flops(params)
-                for name, info in res.items():
-                    imp = impls[name]
-                    st = common.summarize(info["samples"])
-                    med = st["median_s"]
-                    gbps = nbytes / med / 1e9
-                    tflops = flops / med / 1e12 if flops else None
-                    frac = (tflops / peaks["peak_TFLOPs"]) if spec.bound == "compute" else gbps / peaks["peak_GBps"]
-                    m = mem.get(name)
-                    note = imp.note
-                    if isinstance(m, str):
-                        note = (note + "; " if note else "") + f"memory not measured: {m}"
-                    rows.append({
-                        "op": op_name, "shape": label, **{k: params.get(k, "") for k in PARAM_COLUMNS},
-                        "dtype": s.dtype if op_name not in ("group_advantages", "composite_advantages") else "float32",
-                        "device": device, "impl": name, "role": imp.role, "family": imp.family,
-                        "backend": imp.backend + (" (interpreted)" if s.dry_run and imp.backend == "triton" else ""),
-                        "median_us": _fmt(med * 1e6), "p10_us": _fmt(st["p10_s"] * 1e6),
-                        "p90_us": _fmt(st["p90_s"] * 1e6), "n_samples": st["n_samples"],
-                        "calls_per_sample": info["calls_per_sample"], "first_call_ms": _fmt(info["first_call_s"] * 1e3),
-                        "peak_mem_MB": _sig(m / 2**20) if isinstance(m, int) else "",
-                        "mem_method": mem_method if isinstance(m, int) else "",
-                        "bytes_moved": nbytes, "flops": flops or "", "GBps": _sig(gbps),
-                        "TFLOPs": _sig(tflops), "bound": spec.bound, "frac_peak": _sig(frac),
-                        "peak_GBps": peaks["peak_GBps"], "peak_TFLOPs": peaks["peak_TFLOPs"],
-                        "peak_source": peaks["peak_source"],
-                        "load_1m_start": round(load0[0], 2), "load_1m_end": round(load1[0], 2),
-                        "load_5m": round(load1[1], 2), "threads": torch.get_num_threads(), "profile": s.profile,
-                        "note": note, **env})
-                case_rows = [r for r in rows if r["op"] == op_name and r["shape"] == label]
-                add_ratios(case_rows)
-                log(_case_table(label, case_rows, load0[0]))
-                common.write_csv(out_csv.with_suffix(".partial.csv"), rows, COLUMNS)  # survives an interrupted run
-    finally:
-        if worker is not None:
-            worker.close()
-    if device == "cpu" and rows:
-        # On a shared CPU the peak measured at the start depends on the load at that moment: measure again at
-        # the end and use the higher of the two for every row (both are in the meta file).
-        end = hardware.peaks(device, dtype, env["device_name"])
-        start_peaks = dict(peaks)
-        peaks = {"peak_GBps": max(peaks["peak_GBps"], end["peak_GBps"]),
-                 "peak_TFLOPs": max(peaks["peak_TFLOPs"], end["peak_TFLOPs"]),
-                 "peak_source": end["peak_source"].replace("measured at start", "measured at start and end (higher)")}
-        peaks["measured_start"], peaks["measured_end"] = start_peaks, end
-        for r in rows:
-            gb, tf = _f(r["GBps"]), _f(r["TFLOPs"])
-            r["frac_peak"] = _sig(tf / peaks["peak_TFLOPs"] if r["bound"] == "compute" else gb / peaks["peak_GBps"])
-            r.update({k: peaks[k] for k in ("peak_GBps", "peak_TFLOPs", "peak_source")})
-    add_ratios(rows)
-    common.write_csv(out_csv, rows, COLUMNS)
-    meta = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items() if k != "specs"},
-            "env": env, "peaks": peaks, "mem_method": mem_method,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "mem_budget_GiB": round(budget / 2**30, 2),
-            "skipped": skipped, "errors": errors, "wall_s": round(time.perf_counter() - t_start, 1),
-            "csv": out_csv.name}
-    out_csv.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    out_csv.with_suffix(".partial.csv").unlink(missing_ok=True)
-    log(f"wrote {out_csv} ({len(rows)} rows, {meta['wall_s']} s)")
-    return out_csv, rows, meta
+def measure_case(r: SuiteRun, op_name: str, spec, params: dict, label: str) -> dict:
+    """Build the inputs and the implementations, time them interleaved, then measure each one's peak
+    extra memory: {impls, timings, mem (per implementation), load0, load1 (the load before, after)}."""
+    device = r.s.device
+    inputs = spec.make_inputs(params, r.dtype, device)
+    impls, fns = {}, {}
+    for imp in spec.impls(device):
+        if imp.role == "peer" and r.s.peers is not None and imp.family not in r.s.peers:
+            continue
+        try:
+            fns[imp.name] = imp.build(inputs)
+            impls[imp.name] = imp
+        except Unavailable as exc:
+            r.skip(op_name, imp.name, str(exc))
+
+    def failed(name, exc):
+        fns.pop(name, None)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        r.errors.append(f"{op_name} {label} {name}: {msg}")
+        r.log(f"  {name} failed at {label}: {msg}")
+
+    load0 = common.load_avg()
+    res = common.interleaved(fns, device=device, timer=r.timer, on_error=failed, **r.timing)
+    load1 = common.load_avg()
+    mem = {}
+    if r.mem_method == "cuda-allocator":
+        for name in res:
+            try:
+                mem[name] = cuda_peak_extra(fns[name])
+            except Exception as exc:
+                mem[name] = f"{type(exc).__name__}: {exc}"
+    fns = inputs = None  # the worker measures in its own process: free this one's tensors first
+    gc.collect()
+    if r.worker is not None and res:
+        mem = r.worker.measure(op_name, params, r.s.dtype, device, list(res))
+    return dict(impls=impls, timings=res, mem=mem, load0=load0, load1=load1)
+
+
+def case_row(r: SuiteRun, case: dict, name: str) -> dict:
+    """One implementation's row: its timing summary, throughput against the peaks, memory (bytes, or
+    the reason it was not measured), the load and the environment."""
+    s, peaks, spec, params, op_name = r.s, r.peaks, case["spec"], case["params"], case["op"]
+    imp, info, m = case["impls"][name], case["timings"][name], case["mem"].get(name)
+    nbytes, flops, load0, load1 = case["nbytes"], case["flops"], case["load0"], case["load1"]
+    st = common.summarize(info["samples"])
+    med = st["median_s"]
+    gbps = nbytes / med / 1e9
+    tflops = flops / med / 1e12 if flops else None
+    frac = (tflops / peaks["peak_TFLOPs"]) if spec.bound == "compute" else gbps / peaks["peak_GBps"]
+    note = imp.note
+    if isinstance(m, str):
+        note = (note + "; " if note else "") + f"memory not measured: {m}"
+    return {
+        "op": op_name, "shape": case["label"], **{k: params.get(k, "") for k in PARAM_COLUMNS},
+        "dtype": s.dtype if op_name not in ("group_advantages", "composite_advantages") else "float32",
+        "device": s.device, "impl": imp.name, "role": imp.role, "family": imp.family,
+        "backend": imp.backend + (" (interpreted)" if s.dry_run and imp.backend == "triton" else ""),
+        "median_us": _fmt(med * 1e6), "p10_us": _fmt(st["p10_s"] * 1e6),
+        "p90_us": _fmt(st["p90_s"] * 1e6), "n_samples": st["n_samples"],
+        "calls_per_sample": info["calls_per_sample"], "first_call_ms": _fmt(info["first_call_s"] * 1e3),
+        "peak_mem_MB": _sig(m / 2**20) if isinstance(m, int) else "",
+        "mem_method": r.mem_method if isinstance(m, int) else "",
+        "bytes_moved": nbytes, "flops": flops or "", "GBps": _sig(gbps),
+        "TFLOPs": _sig(tflops), "bound": spec.bound, "frac_peak": _sig(frac),
+        "peak_GBps": peaks["peak_GBps"], "peak_TFLOPs": peaks["peak_TFLOPs"],
+        "peak_source": peaks["peak_source"],
+        "load_1m_start": round(load0[0], 2), "load_1m_end": round(load1[0], 2),
+        "load_5m": round(load1[1], 2), "threads": torch.get_num_threads(), "profile": s.profile,
+        "note": note, **r.env}
+
+
+def use_higher_cpu_peaks(r: SuiteRun) -> None:
+    """On a shared CPU the peak measured at the start depends on the load at that moment: measure again
+    at the end and use the higher of the two for every row (both are in the meta file)."""
+    end = hardware.peaks(r.s.device, r.dtype, r.env["device_name"])
+    start_peaks = dict(r.peaks)
+    peaks = {"peak_GBps": max(r.peaks["peak_GBps"], end["peak_GBps"]),
+             "peak_TFLOPs": max(r.peaks["peak_TFLOPs"], end["peak_TFLOPs"]),
+             "peak_source": end["peak_source"].replace("measured at start", "measured at start and end (higher)")}
+    peaks["measured_start"], peaks["measured_end"] = start_peaks, end
+    for row in r.rows:
+        gb, tf = _f(row["GBps"]), _f(row["TFLOPs"])
+        row["frac_peak"] = _sig(tf / peaks["peak_TFLOPs"] if row["bound"] == "compute" else gb / peaks["peak_GBps"])
+        row.update({k: peaks[k] for k in ("peak_GBps", "peak_TFLOPs", "peak_source")})
+    r.peaks = peaks
 
 
 def _case_table(label, rows, load) -> str:

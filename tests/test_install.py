@@ -5,9 +5,8 @@ carries the C++/CUDA sources the extension is built from.
 
 The fresh environment borrows the project environment's third-party packages through a ``.pth``
 line (installing torch again would download gigabytes); the medix packages themselves must come
-from the wheel, which the test checks."""
-import os
-import subprocess
+from the wheel, which the test checks. tests/test_install_extras.py installs the same wheel with its
+extras alone into a venv of its own, which catches a dependency missing from pyproject.toml."""
 import sys
 import sysconfig
 import tarfile
@@ -16,37 +15,25 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.install_helpers import ROOT, build_wheel, clean_env, run
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, cwd, **kw):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, **kw)
-    assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("install")
-    # --no-build-isolation: the extension compiles against the installed torch (no download); the
-    # in-tree build folder makes it incremental
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
-         str(ROOT)], cwd=ROOT)
-    wheel = next((tmp / "dist").glob("medix-*.whl"))
+    wheel = build_wheel(tmp_path_factory)
     env_dir = tmp / "env"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                     cwd=tmp).stdout.strip())
     (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp)
+    # clean_env: with PYTHONPATH at the checkout, pip would take the build's medix.egg-info there for an
+    # installed medix and skip the wheel
+    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp, env=clean_env())
     return python, tmp
-
-
-def clean_env():
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 def test_the_wheel_installs_and_the_trainer_cli_runs_outside_the_tree(installed):

@@ -190,22 +190,35 @@ def grpo_case(device: str, dry: bool) -> Case:
     """MediX GRPO (clip 0.2, k3 KL, beta 1e-2, token-mean), 10% of the tokens masked. Every medix
     variant runs in place on one private copy of the logits that all its timed calls reuse (as
     Liger's kernel does): no [T, V] gradient buffer is allocated per call."""
-    import importlib
-
     import medix_kernels as mk
-    from medix_kernels import reference as mref
-    from medix_kernels._defaults import kernel_config
-    from medix_kernels.triton_kernels import configs
-    from medix_kernels.triton_kernels import grpo as tg
-    from medix_kernels.triton_kernels import single_pass as sp
-
-    from ..ops.logprob import liger_logits
-    from ..ops.loss import BETA, CLIP, _policy_inputs
-    from ..peers import liger_peer
-    gl = importlib.import_module("medix_kernels.grpo_loss")
     b, l, v = (2, 3, 257) if dry else (8, 1024, 152064)
     t, dtype = b * l, torch.bfloat16
     cfg = mk.LossConfig.preset("grpo")
+    variants = (_grpo_kernel_variants(cfg, device, t, v) + _grpo_autograd_variants(cfg, device, t, v)
+                + [_grpo_liger_variant(l, t, v, device)])
+    return Case("grpo_loss", f"T={t} ({b}x{l}) V={v}", dtype, _grpo_inputs(b, l, v, dtype, device),
+                _grpo_reference(cfg, t, v, dtype), variants, bytes=3 * t * v * 2, small=True, size_tensor="logits")
+
+
+def _grpo_inputs(b, l, v, dtype, device) -> Callable:
+    """make() -> logits [B, L, V], sampled ids, and the policy inputs around their log-probs."""
+    import medix_kernels as mk
+
+    from ..ops.loss import _policy_inputs
+
+    def make():
+        g = torch.Generator(device=device).manual_seed(0)
+        logits = (torch.randn(b, l, v, generator=g, device=device) * 2).to(dtype)
+        ids = torch.randint(0, v, (b, l), generator=g, device=device)
+        with torch.no_grad():
+            logp0 = mk.selective_log_softmax(logits, ids)
+        return _policy_inputs(b, l, logp0, g, device, {"logits": logits, "ids": ids})
+    return make
+
+
+def _grpo_reference(cfg, t, v, dtype) -> Callable:
+    """The fp32 PyTorch reference over the whole batch: its loss and the first rows of d logits."""
+    from medix_kernels import reference as mref
 
     def reference(x):
         xr = x["logits"].float().requires_grad_(True)
@@ -214,13 +227,25 @@ def grpo_case(device: str, dry: bool) -> Case:
         r = min(REF_ROWS, t)
         return {"loss": (loss.detach(), bar("fp32", dtype)),
                 "grad": (grad.view(t, v)[:r].clone(), bar("stored", dtype))}
+    return reference
 
-    def private(x, src=None):
-        return (x["logits"] if src is None else src).detach().clone()
+
+def _private(x, src=None):
+    """The variant's own copy of the logits, which its in-place backward overwrites with d logits."""
+    return (x["logits"] if src is None else src).detach().clone()
+
+
+def _grpo_kernel_variants(cfg, device, t, v) -> list[Variant]:
+    """The raw Triton launches, one variant per named config: the lean forward + backward kernels and
+    the single-pass kernel (forward and d logits in one pass)."""
+    from medix_kernels._defaults import kernel_config
+    from medix_kernels.triton_kernels import configs
+    from medix_kernels.triton_kernels import grpo as tg
+    from medix_kernels.triton_kernels import single_pass as sp
 
     def lean_kernels(fwd, bwd):
         def build(x, state):
-            buf = private(x)
+            buf = _private(x)
             one_hot = torch.zeros(6, device=device)
             one_hot[0] = 1.0
 
@@ -235,7 +260,7 @@ def grpo_case(device: str, dry: bool) -> Case:
 
     def single_kernels(fwd):
         def build(x, state):
-            buf = private(x)
+            buf = _private(x)
 
             def run():  # forward + d logits (for an upstream gradient of 1) in one pass, over buf
                 out, grad = sp.single_pass_fwd(buf, x["ids"], x["mask"], x["adv"], x["old"], x["ref"], 1.0,
@@ -245,9 +270,27 @@ def grpo_case(device: str, dry: bool) -> Case:
             return run
         return build
 
+    variants = [Variant(f"lean fwd={name}", "triton", lean_kernels(name, None), "lean kernels, bwd default")
+                for name in configs.LOGPROB_FWD_CONFIGS]
+    variants += [Variant(f"lean bwd={name}", "triton", lean_kernels(None, name), "lean kernels, fwd default")
+                 for name in configs.LOGPROB_BWD_CONFIGS if name != kernel_config("logprob_bwd")]
+    variants += [Variant(f"single fwd={name}", "triton", single_kernels(name), "single-pass kernels (one row per "
+                         "program: the config's rows ignored)")
+                 for name, c in configs.LOGPROB_FWD_CONFIGS.items() if c.rows == 1]
+    return variants
+
+
+def _grpo_autograd_variants(cfg, device, t, v) -> list[Variant]:
+    """grpo_loss through autograd, in place: its two Triton paths by name, then the public API per
+    backend with value checks on and off."""
+    import importlib
+
+    import medix_kernels as mk
+    gl = importlib.import_module("medix_kernels.grpo_loss")
+
     def autograd_call(fn):
         def build(x, state):
-            buf = private(x)  # one private copy: the in-place backward writes d logits over it
+            buf = _private(x)  # one private copy: the in-place backward writes d logits over it
 
             def run():
                 leaf = buf.requires_grad_(True)
@@ -272,9 +315,24 @@ def grpo_case(device: str, dry: bool) -> Case:
                 leaf, x["ids"], x["mask"], x["adv"], x["old"], x["ref"], cfg, True, False, "triton"))(x, state)
         return build
 
+    variants = [Variant("single_pass", "triton", path("single_pass"),
+                        "the single_pass path with autograd (its backward: the scale-unless-one kernel)"),
+                Variant("composed", "triton", path("composed"), "selective_log_softmax + the objective in PyTorch")]
+    variants += [Variant(f"api-{b_}-{'checked' if val else 'unchecked'}", b_, api(b_, val),
+                         f"grpo_loss(inplace_backward=True, validate={val}) + autograd.grad")
+                 for b_ in ("triton", "cuda") for val in (True, False)]
+    return variants
+
+
+def _grpo_liger_variant(l, t, v, device) -> Variant:
+    """Liger-Kernel's Triton GRPO loss in place (its bnpo aggregation), with the same clip and beta."""
+    from ..ops.logprob import liger_logits
+    from ..ops.loss import BETA, CLIP
+    from ..peers import liger_peer
+
     def liger(x, state):
         fn = liger_peer.triton_grpo_loss(device)
-        buf = private(x, liger_logits(x))  # [B, L + 1, V]: Liger drops the last position
+        buf = _private(x, liger_logits(x))  # [B, L + 1, V]: Liger drops the last position
 
         def run():
             leaf = buf.requires_grad_(True)
@@ -285,28 +343,4 @@ def grpo_case(device: str, dry: bool) -> Case:
             buf.requires_grad_(False)
             return {"loss": loss.detach(), "grad": grad[:, :l].reshape(t, v)}
         return run
-
-    variants = [Variant(f"lean fwd={name}", "triton", lean_kernels(name, None), "lean kernels, bwd default")
-                for name in configs.LOGPROB_FWD_CONFIGS]
-    variants += [Variant(f"lean bwd={name}", "triton", lean_kernels(None, name), "lean kernels, fwd default")
-                 for name in configs.LOGPROB_BWD_CONFIGS if name != kernel_config("logprob_bwd")]
-    variants += [Variant(f"single fwd={name}", "triton", single_kernels(name), "single-pass kernels (one row per "
-                         "program: the config's rows ignored)")
-                 for name, c in configs.LOGPROB_FWD_CONFIGS.items() if c.rows == 1]
-    variants.append(Variant("single_pass", "triton", path("single_pass"),
-                            "the single_pass path with autograd (its backward: the scale-unless-one kernel)"))
-    variants.append(Variant("composed", "triton", path("composed"), "selective_log_softmax + the objective in PyTorch"))
-    variants += [Variant(f"api-{b_}-{'checked' if val else 'unchecked'}", b_, api(b_, val),
-                         f"grpo_loss(inplace_backward=True, validate={val}) + autograd.grad")
-                 for b_ in ("triton", "cuda") for val in (True, False)]
-    variants.append(Variant("liger-triton", "liger", liger, "liger_kernel triton_grpo_loss (in place, bnpo)"))
-
-    def make():
-        g = torch.Generator(device=device).manual_seed(0)
-        logits = (torch.randn(b, l, v, generator=g, device=device) * 2).to(dtype)
-        ids = torch.randint(0, v, (b, l), generator=g, device=device)
-        with torch.no_grad():
-            logp0 = mk.selective_log_softmax(logits, ids)
-        return _policy_inputs(b, l, logp0, g, device, {"logits": logits, "ids": ids})
-    return Case("grpo_loss", f"T={t} ({b}x{l}) V={v}", dtype, make, reference, variants,
-                bytes=3 * t * v * 2, small=True, size_tensor="logits")
+    return Variant("liger-triton", "liger", liger, "liger_kernel triton_grpo_loss (in place, bnpo)")
