@@ -58,6 +58,8 @@ def synthetic_batch(vocab: int, rows: int, n: int, prompt: int, lengths: list[in
     responses = [torch.randint(0, vocab, (k,), generator=g).tolist() for k in lengths]
     rewards = torch.rand(rows, generator=g).tolist()
     batch = layout.to_device(make_batch(prompts, responses, 0))
+    # the engine's sampling log-probs, which the grpo recipe's rollout correction (token_truncate) reads
+    batch["rollout_logp"] = (-5 * torch.rand(batch["mask"].shape, generator=g)).to(batch["mask"]) * batch["mask"]
     rows_layout = layout.row_layout(layout.owners(groups), n, [len(r) for r in responses], rewards)
     adv = torch.randn(rows, generator=g).to(dist.device())
     return batch, rows_layout, adv
