@@ -40,7 +40,10 @@ def adapter(step_folder) -> dict:
 def assert_same_adapter(a: dict, b: dict):
     assert sorted(a) == sorted(b) and len(a) == 28  # 2 layers x 7 linear layers x (A, B)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, worst
+    # Adam's step is ~lr (1e-2) whatever the gradient's size, so the gradients two ranks sum in another
+    # order move a near-zero gradient's step by ~1e-5 (measured 1.1e-5 after two steps); adapters that
+    # were not synchronised or not restored differ by a whole step, ~1e-2
+    assert worst < 5e-5, worst
 
 
 def test_two_ranks_train_the_same_adapters_and_resume_in_one_process(tiny, single, tmp_path):
