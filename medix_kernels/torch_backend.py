@@ -18,9 +18,23 @@ tests/test_torch_backend.py checks every function here against the reference.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+try:
+    import numpy as _np
+except ImportError:  # numpy is optional here: fixed groups on the CPU then use the torch formulation
+    _np = None
+
 from . import reference
+
+#: Fixed groups of up to HOST_MAX_REWARDS rewards in CPU tensors go through numpy (the same float64
+#: formulas). At the trainer's sizes (a few thousand rewards) a torch op costs a few microseconds of
+#: dispatch and allocation, a numpy one about one, and the advantages are about a dozen such ops;
+#: larger batches stay with torch, whose ops use every thread. The tests run both formulations.
+FIXED_GROUPS_ON_HOST = _np is not None
+HOST_MAX_REWARDS = 16384
 
 # ----------------------------------------------------------------------------- group advantages
 
@@ -56,6 +70,9 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
     (int64, checked by the caller) for ragged groups."""
     if nan_to_zero:
         values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    if offsets is None and FIXED_GROUPS_ON_HOST and values.device.type == "cpu" and len(values) <= HOST_MAX_REWARDS:
+        return _fixed_group_advantages_host(values, weights, group_size, mode=mode, scale=scale, eps=eps,
+                                            singleton=singleton, with_degenerate=with_degenerate)
     total = torch.mv(values.double(), weights.double()).float() if values.dim() == 2 else values.float()
     r = total.double()
     if offsets is None:
@@ -91,6 +108,43 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
     if degenerate is not None:
         degenerate = degenerate.view(-1)
     return adv.reshape(-1).to(values.dtype), total, mean.view(-1), std.view(-1), degenerate
+
+
+def _fixed_group_advantages_host(values, weights, g, *, mode, scale, eps, singleton, with_degenerate):
+    """group_advantages for fixed groups of CPU tensors, in numpy: the formulas of the torch
+    formulation above, float64 statistics of the float32 totals, outputs shared with numpy (no copy)."""
+    v = (values if values.dtype in (torch.float32, torch.float64) else values.float()).numpy()
+    with _np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf / NaN as torch gives them
+        if v.ndim == 2:
+            total = (v.astype(_np.float64) @ weights.numpy().astype(_np.float64)).astype(_np.float32)
+        else:
+            total = v.astype(_np.float32, copy=False)
+        r = total.astype(_np.float64)
+        x = r.reshape(-1, g)
+        mean = x.sum(1, keepdims=True) / g  # sum, then divide: equal rewards give their value exactly
+        centred = x - mean
+        std = _np.sqrt(_np.einsum("ij,ij->i", centred, centred))[:, None]
+        if g > 2:
+            std *= 1.0 / math.sqrt(g - 1)
+        degenerate = std == 0 if with_degenerate or eps == 0 else None
+        batch_std = (r.std(ddof=1) if r.size > 1 else 0.0) if scale == "batch" or singleton == "verl" else None
+        if mode == "rloo":
+            adv = centred * (g / max(g - 1, 1))
+        elif mode == "dr_grpo" or scale == "none":
+            adv = centred
+        elif scale == "batch":
+            adv = centred / (batch_std + eps)
+        else:
+            adv = centred / (std + eps)
+        if eps == 0:  # a degenerate group's centred rewards are exactly 0: only an infinite factor matters
+            adv = _np.where(degenerate, 0.0, adv)
+        if singleton == "verl" and mode != "rloo" and g == 1:  # verl: a group of one has mean 0 and std 1
+            adv = r / (1.0 + eps) if scale == "group" and mode == "grpo" else (
+                r / (batch_std + eps) if scale == "batch" and mode == "grpo" else r)
+        adv = adv.reshape(-1)
+        adv = adv if values.dtype == torch.float64 else adv.astype(_np.float32)
+    return (torch.from_numpy(adv).to(values.dtype), torch.from_numpy(total), torch.from_numpy(mean.reshape(-1)),
+            torch.from_numpy(std.reshape(-1)), None if degenerate is None else torch.from_numpy(degenerate.reshape(-1)))
 
 
 # ----------------------------------------------------------------------------- cosine rewards

@@ -14,6 +14,16 @@ from tests.tolerances import tol
 MODES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none")]
 
 
+@pytest.fixture(autouse=True, params=["host", "torch"])
+def fixed_groups_formulation(request, monkeypatch):
+    """Every test runs twice: fixed groups of CPU tensors through numpy (the default on the CPU) and
+    through the torch formulation (what CUDA tensors, ragged groups and a machine without numpy get)."""
+    if request.param == "host" and not tb.FIXED_GROUPS_ON_HOST:
+        pytest.skip("numpy is not installed")
+    monkeypatch.setattr(tb, "FIXED_GROUPS_ON_HOST", request.param == "host")
+    return request.param
+
+
 def check_advantages(values, group_size=None, group_index=None, weights=None, dtype=torch.float32, eps=1e-6, **kw):
     offsets = None if group_index is None else group_offsets(values.shape[0], None, group_index)
     adv, total, mean, std, degenerate = tb.group_advantages(values, weights, group_size, offsets, eps=eps,
