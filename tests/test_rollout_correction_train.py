@@ -87,7 +87,7 @@ def test_step_stats_weight_micro_batches_by_tokens():
     acc.add({**{k: torch.tensor(0.0) for k in names}, "rollout_weight_max": torch.tensor(0.5),
              "rollout_ppl_ratio": torch.tensor(1.0), "rollout_logp_mismatch_max": torch.tensor(0.75)},
             torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
-    out = acc.result()
+    out = acc.result(acc.device_sums(torch.device("cpu")).tolist())
     assert out["rollout_weight_mean"] == pytest.approx(3 / 4)  # 3 tokens at 1, 1 token at 0
     assert out["rollout_ppl_ratio"] == pytest.approx(1.5)  # one sequence each (the empty row counts in neither)
     assert out["rollout_weight_max"] == 1.5 and out["rollout_logp_mismatch_max"] == 0.75

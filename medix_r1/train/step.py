@@ -300,6 +300,7 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     totals = dict.fromkeys(STATS + ("grad_norm",), 0.0)
     count, nan_skipped = 0, False
     rollout = RolloutStats() if "rollout_logp" in batch else None
+    rollout_local = None  # its sums as read from the device, with the first epoch's last optimizer step
     gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     plan = mini_batch_plan(B, mini, o.updates_per_step, gen)
     first_epoch = math.ceil(B / mini)
@@ -311,7 +312,13 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
         params = [p for p in model.parameters() if p.grad is not None]
         gnorm = fsdp.clip_grad_norm(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
         gnorm = gnorm.detach().to(sums.device, torch.float64).view(1)
-        read = torch.cat([finite.double().view(1), gnorm, sums]).tolist()  # the step's one read of the device
+        parts = [finite.double().view(1), gnorm, sums]
+        if rollout is not None and k == first_epoch - 1:  # the rollout stats are complete: read them with the rest
+            parts.append(rollout.device_sums(sums.device))
+        read = torch.cat(parts).tolist()  # the step's one read of the device
+        read, rollout_read = read[:2 + len(STATS)], read[2 + len(STATS):]
+        if rollout_read:
+            rollout_local = rollout_read
         if not lockstep.all_finite(bool(read[0])):
             log.warning("step %d: non-finite loss, skipping this optimizer step", step)
         elif not math.isfinite(read[1]):
@@ -328,14 +335,14 @@ def update(model, optimizer, batch: dict, advantages, ref_logp, old_logp, cfg: T
     totals.update(zip(STATS, dist.sum_floats([totals[k] for k in STATS])))
     stats = {k: v / count for k, v in totals.items()} if count else {k: float("nan") for k in totals}
     if rollout is not None:
-        stats.update(rollout.result())
+        stats.update(rollout.result(rollout_local))
     return stats, nan_skipped
 
 
 class RolloutStats:
     """The loss's rollout_* stats over the first epoch's micro-batches (all ranks): means weighted by the
     micro-batch's response tokens (its sequences for the perplexity ratio), and the maxima. Summed on the
-    device and read once per step (no host read per micro-batch)."""
+    device and read with the optimizer step that ends the first epoch (no read of their own)."""
 
     MAXES = ("rollout_weight_max", "rollout_logp_mismatch_max")
     MEANS = tuple(k for k in ROLLOUT_STATS if k not in ("rollout_weight_max", "rollout_logp_mismatch_max"))
@@ -354,9 +361,16 @@ class RolloutStats:
             n = len(self.MAXES)
             self.acc = torch.cat([self.acc[:-n] + row[:-n], torch.maximum(self.acc[-n:], row[-n:])])
 
-    def result(self) -> dict:
+    def device_sums(self, device) -> torch.Tensor:
+        """This rank's sums and maxima as one float64 vector (zeros where it ran no rows), for the
+        optimizer step's one read of the device."""
+        if self.acc is None:
+            return torch.zeros(len(self.MEANS) + 2 + len(self.MAXES), dtype=torch.float64, device=device)
+        return self.acc.to(device, torch.float64)
+
+    def result(self, local: list[float]) -> dict:
+        """The step's rollout_* stats over every rank, from ``local``: device_sums() as read on the host."""
         n = len(self.MAXES)
-        local = [0.0] * (len(self.MEANS) + 2 + n) if self.acc is None else self.acc.tolist()  # the one read
         total = dist.sum_floats(local[:-n])  # the same length on every rank, whether it ran rows or not
         tokens, seqs = total[-2], total[-1]
         out = {k: v / (seqs if k == "rollout_ppl_ratio" else tokens) for k, v in zip(self.MEANS, total)
