@@ -4,7 +4,7 @@ The adapters are injected in place (utils/lora.py): only they train and sit in t
 reference of the KL term is the base with the adapters off, the engines get the merged weights,
 checkpoints hold the adapters (peft's format) and export merged or as an adapter. Runs on the
 bundled SmolLM2-135M where the issue asks for it (the loss falls, the base stays bit-identical,
-resume is bit-exact), on a tiny Llama elsewhere. The tests that train SmolLM2 for two steps (one
+resume reproduces the run), on a tiny Llama elsewhere. The tests that train SmolLM2 for two steps (one
 thread each, for bit-exact sums: several minutes on a busy 2-core machine) and the vLLM engine check
 are marked slow."""
 import contextlib
@@ -198,7 +198,7 @@ def _null_scheduler():
 
 
 @pytest.mark.slow
-def test_resume_is_bit_exact(smollm2, lora_run, tmp_path):
+def test_resume_reproduces_the_run(smollm2, lora_run, tmp_path):
     from safetensors.torch import load_file
 
     out, history = lora_run
@@ -207,13 +207,18 @@ def test_resume_is_bit_exact(smollm2, lora_run, tmp_path):
     shutil.rmtree(part / "step_000002")
     with one_thread():
         resumed = train(run_config(smollm2, part), resume=True, reward_worker=CharRewardWorker())["history"]
-    for key in ("loss/loss", "loss/kl_mean", "loss/entropy", "optim/grad_norm", "reward/total"):
+    # The samples, rewards and forward losses are bit-identical. The backward once came out 1 ulp apart
+    # in float32 (grad norm 0.80169076 vs 0.80169064, one CI run of many, not reproduced since): the CPU
+    # matmul library does not promise bit-identical sums from one process to another. A resume that
+    # loses state (optimizer moments, RNG, the schedule) moves these by orders of magnitude more.
+    for key in ("loss/loss", "loss/kl_mean", "loss/entropy", "reward/total"):
         assert resumed[1][key] == history[1][key], key
+    assert resumed[1]["optim/grad_norm"] == pytest.approx(history[1]["optim/grad_norm"], rel=1e-6)
     a = load_file(str(out / "step_000002" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(part / "step_000002" / "adapter" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b)
-    worst = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
-    assert not worst, (len(worst), max(worst.values()), sorted(worst)[:4])
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-7, worst  # one AdamW step at lr 2e-3 moves an adapter weight by up to ~2e-3
 
 
 @pytest.mark.slow
