@@ -60,6 +60,15 @@ def _ragged_groups(r: torch.Tensor, counts: torch.Tensor):
     return mean, (ss / (count - 1.0).clamp_min(1.0)).sqrt_(), centred, count, lambda per_group: per_group[seg]
 
 
+def _verl_singleton(r, mode, scale, eps, batch_std):
+    """verl's advantage of a group of one (mean 0, std 1), for float64 rewards r (a tensor or a numpy array)."""
+    if mode == "grpo" and scale == "group":
+        return r / (1.0 + eps)
+    if mode == "grpo" and scale == "batch":
+        return r / (batch_std + eps)
+    return r
+
+
 def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, singleton, nan_to_zero,
                      with_degenerate=True):
     """(adv, total, mean, std, degenerate) as torch.ops.medix.group_advantages returns them, except
@@ -97,13 +106,7 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
         adv.masked_fill_(expand(degenerate), 0.0)
     single = expand(count == 1.0) if offsets is not None else group_size == 1
     if singleton == "verl" and mode != "rloo" and single is not False:
-        # verl: a group of one has mean 0 and std 1
-        if mode == "grpo" and scale == "group":
-            verl = r / (1.0 + eps)
-        elif mode == "grpo" and scale == "batch":
-            verl = r / (batch_std + eps)
-        else:
-            verl = r
+        verl = _verl_singleton(r, mode, scale, eps, batch_std)
         adv = verl.view_as(adv) if single is True else torch.where(single, verl, adv)
     if degenerate is not None:
         degenerate = degenerate.view(-1)
@@ -138,9 +141,8 @@ def _fixed_group_advantages_host(values, weights, g, *, mode, scale, eps, single
             adv = centred / (std + eps)
         if eps == 0:  # a degenerate group's centred rewards are exactly 0: only an infinite factor matters
             adv = _np.where(degenerate, 0.0, adv)
-        if singleton == "verl" and mode != "rloo" and g == 1:  # verl: a group of one has mean 0 and std 1
-            adv = r / (1.0 + eps) if scale == "group" and mode == "grpo" else (
-                r / (batch_std + eps) if scale == "batch" and mode == "grpo" else r)
+        if singleton == "verl" and mode != "rloo" and g == 1:
+            adv = _verl_singleton(r, mode, scale, eps, batch_std)
         adv = adv.reshape(-1)
         adv = adv if values.dtype == torch.float64 else adv.astype(_np.float32)
     return (torch.from_numpy(adv).to(values.dtype), torch.from_numpy(total), torch.from_numpy(mean.reshape(-1)),
