@@ -42,7 +42,8 @@ def cosine_rewards(pred: torch.Tensor, ref: torch.Tensor, *, threshold: float | 
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise TypeError(f"{op}: 'threshold' must be a float or None, got {type(threshold).__name__}")
     backend = resolve_backend(backend, pred, op)
-    pred, ref = pred.detach(), ref.detach()
+    if pred.requires_grad or ref.requires_grad:
+        pred, ref = pred.detach(), ref.detach()
     if backend != "torch" and (pred.dtype != ref.dtype or pred.dtype == torch.float64):
         if pred.dtype != ref.dtype:
             raise TypeError(f"{op}: 'pred' and 'ref' must have the same dtype, got {pred.dtype} and {ref.dtype}")

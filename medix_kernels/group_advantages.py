@@ -86,7 +86,8 @@ def _run(values, weights, group_size, group_index, mode, scale, eps, singleton, 
     Rewards are data, not a function of the policy: every backend takes them detached, so the
     outputs never require grad (the compiled ops have no autograd formula, and the reference
     would otherwise differentiate through the group statistics)."""
-    values = values.detach()
+    if values.requires_grad:
+        values = values.detach()
     n = values.shape[0]
     validate_group_args(n, group_size, group_index, values.device, op)
     _check_choice("mode", mode, MODES, op)
@@ -135,7 +136,8 @@ def _sum(t: torch.Tensor) -> float:
     100K+ means with the OpenMP team, and on a loaded machine waking it can cost more than the
     kernel (a scheduler slice); numpy's sum stays on this thread."""
     if _np is not None and t.device.type == "cpu":
-        return float(_np.add.reduce(t.numpy(), dtype=_np.float64))
+        a = t.numpy()
+        return float(_np.add.reduce(a) if a.dtype == _np.float64 else _np.add.reduce(a, dtype=_np.float64))
     return float(t.sum())
 
 
@@ -205,7 +207,10 @@ def composite_advantages(components: torch.Tensor, weights: torch.Tensor | Seque
     if weights.device != components.device:
         raise ValueError(f"{op}: 'weights' is on {weights.device} but 'components' is on {components.device}")
     # every backend reads the K weights as one dense vector: a strided or expanded view is copied
-    weights = weights.detach().float().contiguous()
+    if weights.requires_grad:
+        weights = weights.detach()
+    if weights.dtype != torch.float32 or not weights.is_contiguous():
+        weights = weights.float().contiguous()
     # K weights: one small host sync in eager mode (a NaN weight would silently make every total NaN)
     if not torch.compiler.is_compiling():
         # on the CPU the K values are read directly (a tensor reduction costs more than the kernel at small N)

@@ -35,6 +35,10 @@ from . import reference
 #: larger batches stay with torch, whose ops use every thread. The tests run both formulations.
 FIXED_GROUPS_ON_HOST = _np is not None
 HOST_MAX_REWARDS = 16384
+#: Cosine rewards of CPU batches of up to COSINE_HOST_MAX_ELEMENTS entries per side go through numpy
+#: (see cosine_rewards; 2^17: 256 x 384 MiniLM embeddings, or 128 x 1024).
+COSINE_ON_HOST = _np is not None
+COSINE_HOST_MAX_ELEMENTS = 1 << 17
 
 # ----------------------------------------------------------------------------- group advantages
 
@@ -115,18 +119,20 @@ def group_advantages(values, weights, group_size, offsets, *, mode, scale, eps, 
 
 def _fixed_group_advantages_host(values, weights, g, *, mode, scale, eps, singleton, with_degenerate):
     """group_advantages for fixed groups of CPU tensors, in numpy: the formulas of the torch
-    formulation above, float64 statistics of the float32 totals, outputs shared with numpy (no copy)."""
+    formulation above, float64 statistics of the float32 totals, outputs shared with numpy (no copy).
+    The sums of squares are dot products with a vector of ones (numpy's sum along a short axis costs
+    ~4x more); the means are not: BLAS may add 3e38 - 3e38 + 1 + 2 in an order that gives 0, not 3."""
     v = (values if values.dtype in (torch.float32, torch.float64) else values.float()).numpy()
     with _np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf / NaN as torch gives them
         if v.ndim == 2:
-            total = (v.astype(_np.float64) @ weights.numpy().astype(_np.float64)).astype(_np.float32)
+            total = _np.dot(v.astype(_np.float64), weights.numpy().astype(_np.float64)).astype(_np.float32)
         else:
             total = v.astype(_np.float32, copy=False)
         r = total.astype(_np.float64)
         x = r.reshape(-1, g)
         mean = x.sum(1, keepdims=True) / g  # sum, then divide: equal rewards give their value exactly
         centred = x - mean
-        std = _np.sqrt(_np.einsum("ij,ij->i", centred, centred))[:, None]
+        std = _np.sqrt(_np.dot(centred * centred, _np.ones(g)))[:, None]
         if g > 2:
             std *= 1.0 / math.sqrt(g - 1)
         degenerate = std == 0 if with_degenerate or eps == 0 else None
@@ -145,25 +151,55 @@ def _fixed_group_advantages_host(values, weights, g, *, mode, scale, eps, single
             adv = _verl_singleton(r, mode, scale, eps, batch_std)
         adv = adv.reshape(-1)
         adv = adv if values.dtype == torch.float64 else adv.astype(_np.float32)
-    return (torch.from_numpy(adv).to(values.dtype), torch.from_numpy(total), torch.from_numpy(mean.reshape(-1)),
-            torch.from_numpy(std.reshape(-1)), None if degenerate is None else torch.from_numpy(degenerate.reshape(-1)))
+    adv = torch.from_numpy(adv)
+    if adv.dtype != values.dtype:  # bfloat16 / float16 rewards
+        adv = adv.to(values.dtype)
+    return (adv, torch.from_numpy(total), torch.from_numpy(mean.reshape(-1)), torch.from_numpy(std.reshape(-1)),
+            None if degenerate is None else torch.from_numpy(degenerate.reshape(-1)))
 
 
 # ----------------------------------------------------------------------------- cosine rewards
 
 def cosine_rewards(pred, ref, *, threshold=None, eps=1e-8):
-    """Row-wise cosine similarity (each norm clamped to eps), or 1.0 / 0.0 against a threshold."""
+    """Row-wise cosine similarity (each norm clamped to eps), or 1.0 / 0.0 against a threshold.
+
+    Three row-wise dot products (x.y, x.x, y.y), then B values. Small CPU batches (up to
+    COSINE_HOST_MAX_ELEMENTS entries per side) go through numpy, on this thread: a torch reduction
+    of 100K entries wakes the OpenMP team, which costs more than the work where threads wait
+    passively (the trainer's setting). float32 sums that overflow (entries above ~1e19) and NaN /
+    inf entries make a norm or a dot product non-finite: one check of their sums, then the float64
+    reference (a float32 sum of huge finite values can send it there too: slower, same result)."""
     x = pred if pred.dtype in (torch.float32, torch.float64) else pred.float()
     y = ref if ref.dtype in (torch.float32, torch.float64) else ref.float()
     if x.dtype != y.dtype:
         x, y = x.double(), y.double()
-    dot, xx, yy = torch.linalg.vecdot(x, y), torch.linalg.vecdot(x, x), torch.linalg.vecdot(y, y)
-    if x.dtype == torch.float32 and not bool(torch.isfinite(xx.sum() + yy.sum())):
-        return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)  # overflow, or NaN / inf entries
-    cos = dot / (xx.sqrt_().clamp_min_(eps) * yy.sqrt_().clamp_min_(eps))
+    if COSINE_ON_HOST and x.device.type == "cpu" and x.numel() <= COSINE_HOST_MAX_ELEMENTS:
+        a, b = x.numpy(), y.numpy()
+        with _np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN: the check below
+            dot = _rowwise_dot(a, b)
+            denom = _np.maximum(_np.sqrt(_rowwise_dot(a, a)), eps) * _np.maximum(_np.sqrt(_rowwise_dot(b, b)), eps)
+            finite = x.dtype == torch.float64 or math.isfinite(float(dot.sum()) + float(denom.sum()))
+    else:
+        dot = torch.linalg.vecdot(x, y)
+        norm_x, norm_y = (torch.linalg.vector_norm(t, dim=1).clamp_min_(eps) for t in (x, y))
+        denom = norm_x.mul_(norm_y)
+        finite = x.dtype == torch.float64 or math.isfinite(float(dot.sum()) + float(denom.sum()))
+    if not finite:
+        return reference.cosine_rewards(pred, ref, threshold=threshold, eps=eps)
+    cos = dot / denom
     if threshold is not None:
-        return (cos >= threshold).float()
-    return cos.float()
+        cos = cos >= threshold
+    if isinstance(cos, torch.Tensor):
+        return cos.float()
+    return torch.from_numpy(cos.astype(_np.float32, copy=False))
+
+
+def _rowwise_dot(a, b):
+    """[B] dot products of the rows of two [B, D] arrays: numpy 2's vecdot, else B products of
+    [1, D] by [D, 1] (both about half the time of einsum's)."""
+    if hasattr(_np, "vecdot"):
+        return _np.vecdot(a, b)
+    return (a[:, None, :] @ b[:, :, None]).reshape(-1)
 
 
 # ----------------------------------------------------------------------------- log-probs

@@ -15,12 +15,14 @@ MODES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "no
 
 
 @pytest.fixture(autouse=True, params=["host", "torch"])
-def fixed_groups_formulation(request, monkeypatch):
-    """Every test runs twice: fixed groups of CPU tensors through numpy (the default on the CPU) and
-    through the torch formulation (what CUDA tensors, ragged groups and a machine without numpy get)."""
-    if request.param == "host" and not tb.FIXED_GROUPS_ON_HOST:
+def host_formulation(request, monkeypatch):
+    """Every test runs twice: fixed groups and small cosine batches of CPU tensors through numpy (the
+    default on the CPU) and through the torch formulation (what CUDA tensors, ragged groups, large
+    batches and a machine without numpy get)."""
+    if request.param == "host" and not (tb.FIXED_GROUPS_ON_HOST and tb.COSINE_ON_HOST):
         pytest.skip("numpy is not installed")
     monkeypatch.setattr(tb, "FIXED_GROUPS_ON_HOST", request.param == "host")
+    monkeypatch.setattr(tb, "COSINE_ON_HOST", request.param == "host")
     return request.param
 
 
@@ -102,6 +104,18 @@ def test_cosine(threshold):
         got = tb.cosine_rewards(a, b, threshold=threshold)
         torch.testing.assert_close(got, ref.cosine_rewards(a, b, threshold=threshold), **tol("cosine", torch.float32))
     assert tb.cosine_rewards(x[:3], y[:3], eps=1e-3).dtype == torch.float32
+
+
+def test_cosine_non_finite_and_huge_rows():
+    """NaN and inf entries, and rows each finite in float32 whose norms' sum is not (~1e19 entries),
+    give the reference's values (the check of the sums sends them to the float64 path)."""
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 8, generator=gen)
+    x[1, 2], y[2, 0], x[4, 4] = float("nan"), float("inf"), -float("inf")
+    x[8:] *= 3e18
+    for threshold in (None, 0.0):
+        got, want = tb.cosine_rewards(x, y, threshold=threshold), ref.cosine_rewards(x, y, threshold=threshold)
+        torch.testing.assert_close(got, want, equal_nan=True, **tol("cosine", torch.float32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
