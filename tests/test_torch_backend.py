@@ -121,7 +121,11 @@ def test_cosine_non_finite_and_huge_rows():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("grad", [False, True])
-def test_selective_log_softmax(dtype, temperature, grad):
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+def test_selective_log_softmax(dtype, temperature, grad, chunk_rows, monkeypatch):
+    """chunk_rows 4: the no-gradient path in chunks of 4 of the 6 rows (a full chunk and a partial one)."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(tb, "LOGPROB_CHUNK_BYTES", chunk_rows * 500 * (8 if dtype == torch.float64 else 4))
     gen = torch.Generator().manual_seed(4)
     logits = (torch.randn(2, 3, 500, generator=gen) * 2).to(dtype)
     logits[0, 1, :200] = -float("inf")  # masked words
@@ -141,6 +145,30 @@ def test_selective_log_softmax(dtype, temperature, grad):
         assert (x.grad[0, 1, :200] == 0).all()  # -inf logits: zero gradient, not NaN
         torch.testing.assert_close(x.grad.float(), xr.grad.to(dtype).float(),
                                    **tol("logprob_grad", dtype if dtype != torch.float64 else torch.float32))
+
+
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_selective_log_softmax_chunks_equal_one_pass(return_entropy, monkeypatch):
+    """Without a gradient, chunks of 5 rows give the values of one chunk of all 24 bit for bit (each
+    row's log_softmax is its own), and a slice whose strides allow no [n, V] view takes the one-pass
+    path, with the values of its contiguous copy in chunks."""
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 8, 37, generator=gen) * 3
+    ids = torch.randint(0, 37, (3, 8), generator=gen)
+    sliced = torch.randn(3, 9, 37, generator=gen)[:, :-1]  # [B, L + 1, V] without its last position: no view
+    assert tb._as_rows(sliced) is None and tb._as_rows(logits) is not None
+    call = lambda x: tb.selective_log_softmax(x, ids, temperature=0.9, return_entropy=return_entropy)
+    monkeypatch.setattr(tb, "LOGPROB_CHUNK_BYTES", 1 << 30)
+    want = [call(logits), call(sliced.contiguous())]
+    monkeypatch.setattr(tb, "LOGPROB_CHUNK_BYTES", 5 * 37 * 4)  # 24 rows = 4 chunks of 5 and one of 4
+    got = [call(logits), call(sliced)]
+    for i, (g, w) in enumerate(zip(got, want)):
+        for a, b in zip(g if return_entropy else (g,), w if return_entropy else (w,)):
+            assert a.shape == (3, 8)
+            if i == 0:
+                assert torch.equal(a, b)
+            else:  # strided input: torch may vectorise it differently
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_linear_logits():
