@@ -14,6 +14,8 @@ sequence's mean log-ratio: one extra forward-only pass computes it. So does a ro
 whose weights need other tokens' log-probs (sequence level, or rejecting tokens: the aggregation
 weights change) when no old log-probs are given; with old log-probs, or at token level, the
 correction costs no extra pass (the weights come from old_logp up front, or per chunk).
+The torch backend runs the same pass in float32, with torch ops in place of the log-prob kernels
+(torch_backend.logprob_fwd / logprob_bwd_); float64 inputs take the full-logits path.
 
 Chunk size and d W accumulation: _fused_linear_chunks (named configurations; ``chunk_size`` takes
 a token count or one of their names; docs/fused_linear.md). On a GPU a chunk holds as many bytes
@@ -326,10 +328,13 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, i
                       rollout_logp=rollout_logp)
     _check_chunk_size(chunk_size, op)
     backend = resolve_backend(backend, hidden, op)
-    if backend == "torch" or hidden.dtype == torch.float64:
+    if hidden.dtype == torch.float64:
         return grpo_loss(torch_backend.fused_linear_logits(hidden, lm_head_weight, lm_head_bias), ids, mask, advantages,
                          old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp, config=config,
                          return_entropy=return_entropy, backend="torch", validate=False)
+    if backend == "torch":  # the same chunks, their log-probs and gradients in torch ops, in float32
+        hidden, lm_head_weight = hidden.float(), lm_head_weight.float()
+        lm_head_bias = None if lm_head_bias is None else lm_head_bias.float()
     chunk, accumulate = _resolve_chunk(chunk_size, ids.numel(), lm_head_weight, hidden.dtype, hidden.device)
     with_entropy = bool(return_entropy) or config.entropy_coef > 0  # the entropy bonus needs it
     out = _FusedLinearGRPOLoss.apply(hidden, lm_head_weight, lm_head_bias, ids, mask, advantages, old_logp,

@@ -13,7 +13,10 @@ from ._backend import resolve_backend
 
 
 def _ops(backend: str):
-    """(forward, backward, in-place backward) torch ops of a compiled backend."""
+    """(forward, backward, in-place backward) torch ops of a compiled backend; for "torch", the
+    forward and in-place backward in torch ops that the fused-linear loss runs on its chunks."""
+    if backend == "torch":
+        return torch_backend.logprob_fwd, None, torch_backend.logprob_bwd_
     if backend == "triton":
         from .triton_kernels import logprob  # noqa: F401  (registers the medix::*_triton ops)
         return (torch.ops.medix.logprob_fwd_triton, torch.ops.medix.logprob_bwd_triton,

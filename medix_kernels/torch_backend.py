@@ -4,15 +4,20 @@
 ``medix_kernels.reference`` reads like the maths and is the tests' oracle; this module computes
 the same results with fewer passes over the data and no host work beyond the checks:
 
-- group statistics in float64, as the reference. A [G, g] view of fixed groups gives the sums by
-  matrix-vector products (no repeat_interleave, no index tensors); ragged groups use one segment
-  id per reward. Equal float32 rewards sum exactly in float64 (g * r needs at most 24 + 31 bits),
-  so their mean is r and their squared deviations are 0: "degenerate" is ss == 0, no min / max
-  pass. float64 also keeps rewards near 3e38 finite, so there is no second path for them.
-- log-probs by one log_softmax and a gather, without dividing by a temperature of 1; the entropy
-  without a third [T, V] temporary when no gradient is asked for.
-- cosine similarity in float32 by three row-wise dot products; rows whose float32 sums overflow
-  (entries above ~1e19) make the call use the float64 reference instead (one check per call).
+- group statistics in float64, as the reference. A [G, g] view of fixed groups gives the sums
+  with no repeat_interleave and no index tensors; ragged groups use one segment id per reward.
+  Equal float32 rewards sum exactly in float64 (g * r needs at most 24 + 31 bits), so their mean
+  is r and their squared deviations are 0: "degenerate" is ss == 0, no min / max pass. float64
+  also keeps rewards near 3e38 finite, so there is no second path for them. Fixed groups of CPU
+  tensors up to HOST_MAX_REWARDS go through numpy (same formulas, ~1 us per op instead of several).
+- log-probs by one log_softmax and a gather, without dividing by a temperature of 1; without a
+  gradient, CPU logits in 4 MiB chunks into one reused buffer, and the entropy without a second
+  [T, V] temporary.
+- cosine similarity in float32 by three row-wise dot products (small CPU batches in numpy, on
+  this thread); sums that overflow (entries above ~1e19) or NaN / inf entries make the call use
+  the float64 reference instead (one check per call).
+- the fused-linear loss's chunk ops (logprob_fwd, logprob_bwd_): what the compiled kernels do on
+  each chunk of logits, so the torch backend runs the same chunked pass and never holds [T, V].
 
 tests/test_torch_backend.py checks every function here against the reference.
 """
@@ -273,7 +278,47 @@ def _selective_log_softmax_rows(rows, ids, temperature, return_entropy):
     return logp, entropy
 
 
+# ----------------------------------------------------------------------------- a chunk of the fused-linear loss
+
+def logprob_fwd(logits, ids, temperature, with_entropy):
+    """(logp [n], lse [n], entropy [n], empty without with_entropy) of one chunk's [n, V] logits, float32
+    and without a graph: the torch counterpart of medix::logprob_fwd, which the fused-linear loss calls
+    on each chunk. lse is the log-sum-exp of logits / temperature, which logprob_bwd_ takes back."""
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, -1)
+    logp = z.gather(1, ids.long().unsqueeze(1)).squeeze(1).sub_(lse)
+    if not with_entropy:
+        return logp, lse, logp.new_empty(0)
+    logprobs = (z - lse.unsqueeze(1)).clamp_min_(-1e4)  # 0 log 0 = 0, as in selective_log_softmax
+    return logp, lse, torch.linalg.vecdot(logprobs.exp(), logprobs).neg_()
+
+
+def logprob_bwd_(logits, ids, lse, grad_logp, entropy, grad_entropy, temperature):
+    """logits := d loss / d logits of one chunk, in place, from d loss / d logp (and d loss / d entropy):
+    with z = logits / T, p = softmax(z) and log p clamped at -1e4,
+        d logits_j = (g_logp [j = id] - p_j (g_logp + g_entropy (log p_j + entropy))) / T.
+    The torch counterpart of medix::logprob_bwd_."""
+    z = logits if logits.dtype == torch.float32 else logits.float()
+    if temperature != 1.0:
+        z.div_(temperature)
+    logprobs = z.sub_(lse.unsqueeze(1))
+    if grad_entropy is None:
+        grad = logprobs.exp_().mul_(grad_logp.neg().unsqueeze(1))
+    else:
+        probs = logprobs.clamp_(min=-1e4).exp()
+        grad = (logprobs.add_(entropy.unsqueeze(1)).mul_(grad_entropy.unsqueeze(1)).add_(grad_logp.unsqueeze(1))
+                .mul_(probs).neg_())
+    grad.scatter_add_(1, ids.long().unsqueeze(1), grad_logp.unsqueeze(1).to(grad.dtype))
+    if temperature != 1.0:
+        grad.div_(temperature)
+    if grad is not logits:
+        logits.copy_(grad)
+    return logits
+
+
 def fused_linear_logits(hidden, weight, bias=None):
-    """Full float32 logits h @ W^T (+ b) of the fused-linear ops' torch backend."""
+    """Full float32 logits h @ W^T (+ b): the fused-linear loss of float64 inputs, on any backend."""
     logits = hidden.float() @ weight.float().t()
     return logits if bias is None else logits + bias.float()

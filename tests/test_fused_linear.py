@@ -23,13 +23,14 @@ def batch(b=3, l=5, h=24, v=777, dtype=torch.float32, seed=0):
     return hidden, weight, bias, ids, mask, adv, lp + 0.2 * torch.randn(b, l, generator=gen), lp - 0.1
 
 
-def cpu_and_reference(inputs, cfg, chunk, with_bias):
-    """fused_linear_grpo_loss on the cpu backend and the reference, each on its own leaf copies of
-    hidden, weight and bias, both backpropagated: ((loss, stats, leaves), (loss, stats, leaves))."""
+def cpu_and_reference(inputs, cfg, chunk, with_bias, backend="cpu"):
+    """fused_linear_grpo_loss on the cpu (or torch) backend and the reference, each on its own leaf copies
+    of hidden, weight and bias, both backpropagated: ((loss, stats, leaves), (loss, stats, leaves))."""
     hidden, weight, bias, ids, mask, adv, old, ref_lp = inputs
     ins = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
     loss, stats = mk.fused_linear_grpo_loss(ins[0], ins[1], ids, mask, adv, lm_head_bias=ins[2] if with_bias else None,
-                                            old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk, backend="cpu")
+                                            old_logp=old, ref_logp=ref_lp, config=cfg, chunk_size=chunk,
+                                            backend=backend)
     loss.backward()
     outs = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
     want, want_stats = ref.fused_linear_grpo_loss(outs[0], outs[1], ids, mask, adv, bias=outs[2] if with_bias else None,
@@ -42,10 +43,13 @@ def cpu_and_reference(inputs, cfg, chunk, with_bias):
                                     "medix_gspo"])
 @pytest.mark.parametrize("chunk", [1, 4, None])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_full_logits_path(preset, chunk, with_bias):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_matches_full_logits_path(preset, chunk, with_bias, backend):
+    """The chunked pass (the compiled kernels, or the torch backend's ops on each chunk) equals the
+    reference's full-logits loss, statistics and gradients."""
     cfg = mk.LossConfig.preset(preset)
     inputs = batch(seed=zlib.crc32(preset.encode()) % 100)
-    (loss, stats, ins), (want, want_stats, outs) = cpu_and_reference(inputs, cfg, chunk, with_bias)
+    (loss, stats, ins), (want, want_stats, outs) = cpu_and_reference(inputs, cfg, chunk, with_bias, backend)
     t = tol("fused_linear", torch.float32)
     torch.testing.assert_close(loss, want, **t)
     for k in want_stats:

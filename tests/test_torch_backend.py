@@ -171,6 +171,36 @@ def test_selective_log_softmax_chunks_equal_one_pass(return_entropy, monkeypatch
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_chunk_logprob_fwd_and_bwd_match_autograd(dtype, temperature, with_entropy):
+    """logprob_fwd / logprob_bwd_ (the fused-linear loss's chunk ops on the torch backend): values, and
+    the in-place d logits against autograd through the reference, with -inf logits and a zero row."""
+    gen = torch.Generator().manual_seed(7)
+    logits = (torch.randn(6, 301, generator=gen) * 3).to(dtype)
+    logits[1, :100] = -float("inf")
+    ids = torch.randint(100, 301, (6,), generator=gen)
+    g_lp, g_ent = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
+    g_lp[4], g_ent[4] = 0.0, 0.0  # a masked token: its row of d logits is 0
+    logp, lse, ent = tb.logprob_fwd(logits, ids, temperature, with_entropy)
+    x = logits.double().requires_grad_(True)
+    want_lp, want_ent = ref.selective_log_softmax(x, ids, temperature=temperature, return_entropy=True)
+    torch.testing.assert_close(logp, want_lp.float(), **tol("logprob", torch.float32))
+    want_lse = torch.logsumexp(x.detach() / temperature, -1).float()
+    torch.testing.assert_close(lse, want_lse, **tol("logprob", torch.float32))
+    assert ent.numel() == (6 if with_entropy else 0)
+    if with_entropy:
+        torch.testing.assert_close(ent, want_ent.float(), **tol("logprob", torch.float32))
+    ((want_lp * g_lp).sum() + ((want_ent * g_ent).sum() if with_entropy else 0)).backward()
+    grad = logits.clone()
+    out = tb.logprob_bwd_(grad, ids, lse, g_lp, ent if with_entropy else None, g_ent if with_entropy else None,
+                          temperature)
+    assert out is grad and grad.dtype == dtype
+    assert (grad[4] == 0).all() and (grad[1, :100] == 0).all()
+    torch.testing.assert_close(grad.float(), x.grad.float(), **tol("logprob_grad", dtype))
+
+
 def test_fused_linear_logits():
     gen = torch.Generator().manual_seed(5)
     h, w, b = torch.randn(2, 3, 8, generator=gen), torch.randn(11, 8, generator=gen), torch.randn(11, generator=gen)
