@@ -136,8 +136,7 @@ def _sum(t: torch.Tensor) -> float:
     100K+ means with the OpenMP team, and on a loaded machine waking it can cost more than the
     kernel (a scheduler slice); numpy's sum stays on this thread."""
     if _np is not None and t.device.type == "cpu":
-        a = t.numpy()
-        return float(_np.add.reduce(a) if a.dtype == _np.float64 else _np.add.reduce(a, dtype=_np.float64))
+        return float(_np.add.reduce(t.numpy(), dtype=_np.float64))
     return float(t.sum())
 
 

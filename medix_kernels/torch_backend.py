@@ -236,15 +236,12 @@ def selective_log_softmax(logits, ids, *, temperature=1.0, return_entropy=False)
     probs = logprobs.exp()
     if logprobs.requires_grad:
         return logp, -(probs * logprobs.clamp_min(-1e4)).sum(-1)
-    return logp, _entropy_no_grad(probs, logprobs).reshape(logp.shape)
-
-
-def _entropy_no_grad(probs, logprobs):
-    """-sum p log p of each row of [n, V] tensors that need no gradient: the log-probs are ours to
-    clamp in place, and a batched dot product sums p * log p without a third [n, V] tensor."""
-    v = logprobs.shape[-1]
+    # No gradient: the log-probs are ours to clamp in place, and a batched dot product sums
+    # p * log p without a third [T, V] tensor.
     logprobs.clamp_(min=-1e4)
-    return torch.bmm(probs.reshape(-1, 1, v), logprobs.reshape(-1, v, 1)).reshape(-1).neg_()
+    v = logprobs.shape[-1]
+    entropy = torch.bmm(probs.reshape(-1, 1, v), logprobs.reshape(-1, v, 1)).reshape(logp.shape)
+    return logp, entropy.neg_()
 
 
 def _as_rows(logits):
